@@ -1,0 +1,36 @@
+// The desired state: every declared resource, validated, cross-checked and with defaults applied
+// explicitly (src/config/defaults.ts), so nothing downstream re-derives a default.
+import type {
+  NetworkMapping,
+  ProtectedVM,
+  RecoveryPlan,
+  ReplicationPolicy,
+  Site,
+} from './types.generated.ts';
+
+export type * from './types.generated.ts';
+
+export type Resource = Site | ReplicationPolicy | NetworkMapping | ProtectedVM | RecoveryPlan;
+export type Kind = Resource['kind'];
+export const KINDS = ['Site', 'ReplicationPolicy', 'NetworkMapping', 'ProtectedVM', 'RecoveryPlan'] as const satisfies readonly Kind[];
+export const API_VERSION = 'drsite.dev/v1';
+
+/** Where a resource was declared: diagnostics of later stages point back here. */
+export interface SourceRef {
+  file: string;
+  line: number;
+  column: number;
+}
+
+export interface DesiredState {
+  /** Each list sorted by metadata.name; every optional field that has a default is filled in. */
+  sites: Site[];
+  policies: ReplicationPolicy[];
+  networkMappings: NetworkMapping[];
+  protectedVms: ProtectedVM[];
+  recoveryPlans: RecoveryPlan[];
+  /** `${kind}/${name}` → where it was declared. */
+  sources: Record<string, SourceRef>;
+}
+
+export const resourceKey = (r: { kind: Kind; metadata: { name: string } }): string => `${r.kind}/${r.metadata.name}`;
