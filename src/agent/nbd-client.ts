@@ -1,0 +1,333 @@
+// A minimal NBD client over a unix socket (fixed newstyle, NBD_OPT_GO, simple replies) for our
+// tests, the workload generator and the benchmark. It is itself a BlockDevice.
+
+import net from 'node:net';
+import type { BlockDevice } from '../model/block-device.ts';
+import { RetryableError, TerminalError } from '../model/errors.ts';
+import {
+  CLIENT_FLAG,
+  CMD,
+  CMD_FLAG,
+  connectionClosed,
+  encodeOption,
+  encodeRequest,
+  errnoName,
+  FrameReader,
+  HANDSHAKE_FLAG,
+  IHAVEOPT,
+  INFO,
+  MAX_REQUEST_BYTES,
+  NBD_ERRNO,
+  NBD_MAGIC,
+  OPT,
+  OPTION_REPLY_HEADER_BYTES,
+  OPTION_REPLY_MAGIC_HI,
+  OPTION_REPLY_MAGIC_LO,
+  REP,
+  SIMPLE_REPLY_BYTES,
+  SIMPLE_REPLY_MAGIC,
+} from './nbd-protocol.ts';
+
+/** Zeroing commands carry no payload, so only their 32-bit length field limits them. */
+const MAX_ZEROING = 0x80000000;
+
+/** Splits a range into requests of at most `max` bytes; a zero-length range is one empty request. */
+function spans(offset: number, length: number, max: number): { offset: number; length: number }[] {
+  const out = [{ offset, length: Math.min(length, max) }];
+  for (let at = max; at < length; at += max) out.push({ offset: offset + at, length: Math.min(max, length - at) });
+  return out;
+}
+
+const ERRNO = Symbol.for('drsite.nbdErrno');
+
+/** The NBD error value behind an error a request rejected with, if the server sent one. */
+export function nbdErrnoOf(e: unknown): number | undefined {
+  return typeof e === 'object' && e !== null && ERRNO in e ? (e as { [ERRNO]: number })[ERRNO] : undefined;
+}
+
+/** Turns an error reply into a typed error: a full disk or memory pressure retries, the rest do not. */
+function replyError(errno: number, what: string): Error {
+  const message = `NBD ${what} failed: ${errnoName(errno)}`;
+  let e: Error;
+  switch (errno) {
+    case NBD_ERRNO.ENOSPC:
+      e = new RetryableError('low-disk', message);
+      break;
+    case NBD_ERRNO.ENOMEM:
+      e = new RetryableError('low-memory', message);
+      break;
+    case NBD_ERRNO.ESHUTDOWN:
+      e = new RetryableError('network', message);
+      break;
+    case NBD_ERRNO.EPERM:
+      e = new TerminalError('authorization', message);
+      break;
+    case NBD_ERRNO.EINVAL:
+    case NBD_ERRNO.EOVERFLOW:
+    case NBD_ERRNO.ENOTSUP:
+      e = new TerminalError('invalid-argument', message);
+      break;
+    default:
+      e = new TerminalError('invalid-state', message);
+  }
+  Object.defineProperty(e, ERRNO, { value: errno });
+  return e;
+}
+
+interface Pending {
+  /** Names the request in an error message; built only when one is needed. */
+  readonly what: () => string;
+  readonly readLength: number;
+  readonly resolve: (data: Buffer) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+export interface WriteOptions {
+  /** Force unit access: the reply comes once this write is durable. @default false */
+  readonly fua?: boolean;
+}
+
+/** What a server told us about an export during negotiation. */
+export interface NbdExportInfo {
+  readonly size: number;
+  readonly transmissionFlags: number;
+  /** Present when the server answered NBD_INFO_BLOCK_SIZE. */
+  readonly blockSize?: { readonly minimum: number; readonly preferred: number; readonly maximum: number };
+}
+
+export class NbdClient implements BlockDevice {
+  readonly exportName: string;
+  readonly size: number;
+  readonly info: NbdExportInfo;
+  private readonly socket: net.Socket;
+  private readonly reader: FrameReader;
+  private readonly pending = new Map<number, Pending>();
+  private readonly maxRequest: number;
+  private nextHandle = 1;
+  private idle: (() => void)[] = [];
+  private failure: Error | null = null;
+  private closing: Promise<void> | null = null;
+
+  private constructor(socket: net.Socket, reader: FrameReader, exportName: string, info: NbdExportInfo) {
+    this.socket = socket;
+    this.reader = reader;
+    this.exportName = exportName;
+    this.info = info;
+    this.size = info.size;
+    this.maxRequest = Math.min(MAX_REQUEST_BYTES, info.blockSize?.maximum ?? MAX_REQUEST_BYTES);
+    void this.receive();
+  }
+
+  /**
+   * Connects and negotiates `exportName` with NBD_OPT_GO (NBD_OPT_EXPORT_NAME if the server is
+   * older). An unknown export rejects with TerminalError('not-found'); an unreachable socket
+   * with RetryableError('network').
+   */
+  static async connect(socketPath: string, exportName: string): Promise<NbdClient> {
+    const { socket, reader, noZeroes } = await open(socketPath);
+    try {
+      const info = await go(socket, reader, exportName, noZeroes);
+      return new NbdClient(socket, reader, exportName, info);
+    } catch (e) {
+      socket.destroy();
+      throw e;
+    }
+  }
+
+  /** The export names a server lists (NBD_OPT_LIST). */
+  static async list(socketPath: string): Promise<string[]> {
+    const { socket, reader } = await open(socketPath);
+    try {
+      socket.write(encodeOption(OPT.LIST));
+      const names: string[] = [];
+      for (;;) {
+        const { type, data } = await readOptionReply(reader, OPT.LIST);
+        if (type === REP.ACK) break;
+        if (type !== REP.SERVER) throw new TerminalError('invalid-state', `NBD_OPT_LIST refused: ${data.toString('utf8')}`);
+        names.push(data.toString('utf8', 4, 4 + data.readUInt32BE(0)));
+      }
+      socket.write(encodeOption(OPT.ABORT));
+      return names;
+    } finally {
+      socket.end();
+    }
+  }
+
+  /** Requests sent and not yet answered. */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    const parts = spans(offset, length, this.maxRequest).map((p) => this.request(CMD.READ, 0, p.offset, p.length, p.length));
+    return parts.length === 1 ? parts[0] : Promise.all(parts).then((bufs) => Buffer.concat(bufs, length));
+  }
+
+  async write(offset: number, data: Buffer, opts: WriteOptions = {}): Promise<void> {
+    const flags = opts.fua ? CMD_FLAG.FUA : 0;
+    await Promise.all(
+      spans(offset, data.length, this.maxRequest).map((p) =>
+        this.request(CMD.WRITE, flags, p.offset, p.length, 0, data.subarray(p.offset - offset, p.offset - offset + p.length)),
+      ),
+    );
+  }
+
+  async writeZeroes(offset: number, length: number, opts: WriteOptions = {}): Promise<void> {
+    const flags = opts.fua ? CMD_FLAG.FUA : 0;
+    await Promise.all(spans(offset, length, MAX_ZEROING).map((p) => this.request(CMD.WRITE_ZEROES, flags, p.offset, p.length, 0)));
+  }
+
+  /** NBD_CMD_TRIM (our server zeroes the range). */
+  async trim(offset: number, length: number): Promise<void> {
+    await Promise.all(spans(offset, length, MAX_ZEROING).map((p) => this.request(CMD.TRIM, 0, p.offset, p.length, 0)));
+  }
+
+  async flush(): Promise<void> {
+    await this.request(CMD.FLUSH, 0, 0, 0, 0);
+  }
+
+  /** Waits for every request in flight, then disconnects (NBD_CMD_DISC). */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      if (this.pending.size > 0) await new Promise<void>((resolve) => this.idle.push(resolve));
+      if (!this.failure) {
+        this.failure = new TerminalError('invalid-state', `NBD client for export "${this.exportName}" is closed`);
+        if (!this.socket.destroyed) {
+          const closed = new Promise<void>((resolve) => this.socket.once('close', () => resolve()));
+          this.socket.end(encodeRequest(CMD.DISC, 0, 0, 0, 0));
+          await closed;
+        }
+      }
+      this.socket.destroy();
+    })();
+    return this.closing;
+  }
+
+  private request(type: number, flags: number, offset: number, length: number, readLength: number, data?: Buffer): Promise<Buffer> {
+    if (this.failure) return Promise.reject(this.failure);
+    const handle = this.nextHandle;
+    this.nextHandle = (this.nextHandle + 1) >>> 0 || 1;
+    const what = () => `${Object.keys(CMD).find((k) => CMD[k as keyof typeof CMD] === type)} of export "${this.exportName}" at ${offset}+${length}`;
+    return new Promise<Buffer>((resolve, reject) => {
+      this.pending.set(handle, { what, readLength, resolve, reject });
+      // Written in call order on one socket: the server runs them in that order.
+      this.socket.write(encodeRequest(type, flags, handle, offset, length));
+      if (data && data.length > 0) this.socket.write(data);
+    });
+  }
+
+  private async receive(): Promise<void> {
+    try {
+      for (;;) {
+        const head = await this.reader.read(SIMPLE_REPLY_BYTES);
+        if (head.readUInt32BE(0) !== SIMPLE_REPLY_MAGIC) {
+          throw new TerminalError('invalid-state', `NBD reply with bad magic 0x${head.readUInt32BE(0).toString(16)}`);
+        }
+        const errno = head.readUInt32BE(4);
+        const handle = head.readUInt32BE(12);
+        const p = this.pending.get(handle);
+        if (!p) throw new TerminalError('invalid-state', `NBD reply for unknown handle ${handle}`);
+        this.pending.delete(handle);
+        if (errno !== 0) p.reject(replyError(errno, p.what()));
+        else p.resolve(p.readLength > 0 ? await this.reader.read(p.readLength) : Buffer.alloc(0));
+        if (this.pending.size === 0) this.settle();
+      }
+    } catch (e) {
+      this.failure ??= RetryableError.is(e) || TerminalError.is(e) ? e : connectionClosed(`to export "${this.exportName}"`, e);
+      const failure = this.failure;
+      for (const p of this.pending.values()) p.reject(failure);
+      this.pending.clear();
+      this.settle();
+      this.socket.destroy();
+    }
+  }
+
+  private settle(): void {
+    for (const resolve of this.idle.splice(0)) resolve();
+  }
+}
+
+async function open(socketPath: string): Promise<{ socket: net.Socket; reader: FrameReader; noZeroes: boolean }> {
+  const socket = net.connect(socketPath);
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', () => resolve());
+    socket.once('error', (e) => reject(new RetryableError('network', `cannot connect to NBD socket ${socketPath}: ${e.message}`, { cause: e })));
+  });
+  socket.on('error', () => {}); // surfaced through the reader as a closed connection
+  const reader = new FrameReader(socket, `to NBD server ${socketPath}`);
+  try {
+    const greeting = await reader.read(18);
+    if (!greeting.subarray(0, 8).equals(NBD_MAGIC) || !greeting.subarray(8, 16).equals(IHAVEOPT)) {
+      throw new TerminalError('invalid-state', `${socketPath} does not speak newstyle NBD`);
+    }
+    const flags = greeting.readUInt16BE(16);
+    if (!(flags & HANDSHAKE_FLAG.FIXED_NEWSTYLE)) {
+      throw new TerminalError('invalid-state', `NBD server on ${socketPath} lacks fixed newstyle negotiation`);
+    }
+    const noZeroes = (flags & HANDSHAKE_FLAG.NO_ZEROES) !== 0;
+    const clientFlags = Buffer.alloc(4);
+    clientFlags.writeUInt32BE(CLIENT_FLAG.FIXED_NEWSTYLE | (noZeroes ? CLIENT_FLAG.NO_ZEROES : 0));
+    socket.write(clientFlags);
+    return { socket, reader, noZeroes };
+  } catch (e) {
+    socket.destroy();
+    throw e;
+  }
+}
+
+async function readOptionReply(reader: FrameReader, option: number): Promise<{ type: number; data: Buffer }> {
+  const head = await reader.read(OPTION_REPLY_HEADER_BYTES);
+  if (head.readUInt32BE(0) !== OPTION_REPLY_MAGIC_HI || head.readUInt32BE(4) !== OPTION_REPLY_MAGIC_LO) {
+    throw new TerminalError('invalid-state', 'NBD option reply with bad magic');
+  }
+  if (head.readUInt32BE(8) !== option) throw new TerminalError('invalid-state', 'NBD option reply for another option');
+  const type = head.readUInt32BE(12);
+  const data = await reader.read(head.readUInt32BE(16));
+  return { type, data };
+}
+
+async function go(socket: net.Socket, reader: FrameReader, name: string, noZeroes: boolean): Promise<NbdExportInfo> {
+  const n = Buffer.from(name, 'utf8');
+  const data = Buffer.alloc(4 + n.length + 2 + 2);
+  data.writeUInt32BE(n.length, 0);
+  n.copy(data, 4);
+  data.writeUInt16BE(1, 4 + n.length);
+  data.writeUInt16BE(INFO.BLOCK_SIZE, 6 + n.length);
+  socket.write(encodeOption(OPT.GO, data));
+
+  let size = -1;
+  let transmissionFlags = 0;
+  let blockSize: NbdExportInfo['blockSize'];
+  for (;;) {
+    const { type, data: reply } = await readOptionReply(reader, OPT.GO);
+    if (type === REP.INFO && reply.length >= 2) {
+      const infoType = reply.readUInt16BE(0);
+      if (infoType === INFO.EXPORT && reply.length >= 12) {
+        size = Number(reply.readBigUInt64BE(2));
+        transmissionFlags = reply.readUInt16BE(10);
+      } else if (infoType === INFO.BLOCK_SIZE && reply.length >= 14) {
+        blockSize = { minimum: reply.readUInt32BE(2), preferred: reply.readUInt32BE(6), maximum: reply.readUInt32BE(10) };
+      }
+    } else if (type === REP.ACK) {
+      if (size < 0) throw new TerminalError('invalid-state', `NBD server sent no size for export "${name}"`);
+      return { size, transmissionFlags, blockSize };
+    } else if (type === REP.ERR_UNSUP) {
+      return exportName(socket, reader, name, noZeroes);
+    } else if (type === REP.ERR_UNKNOWN) {
+      throw new TerminalError('not-found', `NBD export "${name}" not found: ${reply.toString('utf8')}`);
+    } else if (type & 0x80000000) {
+      throw new TerminalError('invalid-state', `NBD export "${name}" refused (reply 0x${type.toString(16)}): ${reply.toString('utf8')}`);
+    }
+  }
+}
+
+/** The old way in: no error reply exists, an unknown export just closes the connection. */
+async function exportName(socket: net.Socket, reader: FrameReader, name: string, noZeroes: boolean): Promise<NbdExportInfo> {
+  socket.write(encodeOption(OPT.EXPORT_NAME, Buffer.from(name, 'utf8')));
+  try {
+    const reply = await reader.read(10 + (noZeroes ? 0 : 124));
+    return { size: Number(reply.readBigUInt64BE(0)), transmissionFlags: reply.readUInt16BE(8) };
+  } catch (e) {
+    throw new TerminalError('not-found', `NBD export "${name}" refused by the server`, { cause: e });
+  }
+}
