@@ -1,0 +1,218 @@
+import { createHmac } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { RetryableError, TerminalError } from '../../src/model/errors.ts';
+import type { Extent } from '../../src/core/types.ts';
+import {
+  FOOTER_BYTES, PREAMBLE_BYTES, RECORD_HEADER_BYTES, MAX_RECORD_BYTES, coalesce, encodeLog, openLog, readLogHeader, writeLog,
+} from '../../src/core/log-format.ts';
+import { MiB, applyToReference, header, newKeys, randomWrites, sha, tempDir } from './helpers.ts';
+
+const keys = newKeys();
+let dir: string;
+let cleanup: () => Promise<void>;
+beforeAll(async () => ({ dir, cleanup } = await tempDir('logfmt')));
+afterAll(() => cleanup());
+
+async function collect(it: AsyncIterable<Extent>): Promise<Extent[]> {
+  const out: Extent[] = [];
+  for await (const e of it) out.push(e);
+  return out;
+}
+
+async function rejection(p: Promise<unknown>): Promise<RetryableError> {
+  const e = await p.then(() => undefined, (err: unknown) => err);
+  expect(RetryableError.is(e), `expected a RetryableError, got ${String(e)}`).toBe(true);
+  expect((e as RetryableError).code).toBe('integrity');
+  return e as RetryableError;
+}
+
+/** Re-seals a tampered log with the MAC key: models an attacker holding the MAC key only, so the GCM layer must catch it. */
+function reseal(file: Buffer, k = keys): Buffer {
+  const out = Buffer.from(file);
+  createHmac('sha256', k.macKey).update(out.subarray(0, out.length - 32)).digest().copy(out, out.length - 32);
+  return out;
+}
+
+describe('coalesce', () => {
+  it('keeps the latest write per byte, merges neighbours, turns zero blocks into metadata', () => {
+    for (const seed of [1, 2, 3, 4, 5]) {
+      const size = 4 * MiB;
+      const writes = randomWrites(seed, size, 200, { maxLength: 300 << 10 });
+      const base = Buffer.alloc(size, 0xab); // a non-zero base exposes ranges coalesce forgot
+      const ref = Buffer.from(base);
+      applyToReference(ref, writes);
+      const out = coalesce(writes);
+      const got = Buffer.from(base);
+      applyToReference(got, out);
+      expect(sha(got)).toBe(sha(ref));
+      for (let i = 0; i < out.length; i++) {
+        const e = out[i];
+        const len = 'data' in e ? e.data.length : e.length;
+        if (i > 0) {
+          const p = out[i - 1];
+          expect(e.offset).toBeGreaterThanOrEqual(p.offset + ('data' in p ? p.data.length : p.length));
+        }
+        if ('data' in e) {
+          expect(len).toBeLessThanOrEqual(MAX_RECORD_BYTES);
+          // no aligned all-zero 4 KiB block left inside a data record
+          for (let b = Math.ceil(e.offset / 4096) * 4096; b + 4096 <= e.offset + len; b += 4096) {
+            expect(e.data.subarray(b - e.offset, b - e.offset + 4096).every((x) => x === 0)).toBe(false);
+          }
+        }
+      }
+    }
+  });
+
+  it('resolves overlapping writes exactly (latest wins) and merges adjacent ones', () => {
+    const a = Buffer.alloc(8192, 1);
+    const b = Buffer.alloc(4096, 2);
+    const c = Buffer.alloc(100, 3);
+    const out = coalesce([
+      { offset: 0, data: a },
+      { offset: 2048, data: b },
+      { offset: 8192, data: Buffer.alloc(4096, 4) },
+      { offset: 4000, data: c },
+      { offset: 16384, length: 4096, zero: true },
+      { offset: 20480, data: Buffer.alloc(4096) },
+    ]);
+    expect(out.map((e) => ('data' in e ? ['d', e.offset, e.data.length] : ['z', e.offset, e.length]))).toEqual([
+      ['d', 0, 12288],
+      ['z', 16384, 8192],
+    ]);
+    const d = (out[0] as { data: Buffer }).data;
+    expect(d[0]).toBe(1);
+    expect(d[2048]).toBe(2);
+    expect(d[4000]).toBe(3);
+    expect(d[4099]).toBe(3);
+    expect(d[4100]).toBe(2);
+    expect(d[6144]).toBe(1);
+    expect(d[8192]).toBe(4);
+  });
+});
+
+describe('log format', () => {
+  it('round-trips mixed random, compressible and zero data through writeLog and openLog', async () => {
+    const h = header({ diskId: 'disk0', sequence: 7, diskSize: 16 * MiB });
+    const writes = randomWrites(42, h.diskSize, 300);
+    const extents = coalesce(writes);
+    const path = join(dir, 'roundtrip.hrl');
+    const summary = await writeLog(h, extents, keys, path);
+    const log = await openLog(path, keys, { relationshipId: h.relationshipId, diskId: 'disk0', sequence: 7 });
+    expect(log.header).toEqual(h);
+    expect(await readLogHeader(path)).toEqual(h);
+    const back = await collect(log.records());
+    expect(back.length).toBe(extents.length);
+    expect(summary.records).toBe(extents.length);
+    let dataBytes = 0;
+    let zeroBytes = 0;
+    back.forEach((e, i) => {
+      const x = extents[i];
+      expect(e.offset).toBe(x.offset);
+      if ('data' in x) {
+        expect('data' in e && e.data.equals(x.data)).toBe(true);
+        dataBytes += x.data.length;
+      } else {
+        expect('zero' in e && e.length === x.length).toBe(true);
+        zeroBytes += x.length;
+      }
+    });
+    expect({ dataBytes: summary.dataBytes, zeroBytes: summary.zeroBytes }).toEqual({ dataBytes, zeroBytes });
+    expect(summary.bytes).toBe((await readFile(path)).length);
+    expect(log.summary.digest).toBe(summary.digest);
+    // compressible text and zero extents make the file smaller than the payload it covers
+    expect(summary.bytes).toBeLessThan(dataBytes);
+  });
+
+  it('splits large extents into records of at most 1 MiB and restores them', async () => {
+    const h = header({ diskId: 'd', sequence: 1, diskSize: 8 * MiB });
+    const big = randomWrites(9, 3 * MiB + 5, 1, { maxLength: 3 * MiB + 5 })[0];
+    const data = 'data' in big ? big.data : Buffer.alloc(big.length, 7);
+    const buf = await encodeLog(h, [{ offset: 4096, data }, { offset: 4 * MiB, length: 4 * MiB, zero: true }], keys);
+    const path = join(dir, 'split.hrl');
+    await writeFile(path, buf);
+    const log = await openLog(path, keys);
+    expect(log.index.every((r) => r.zero || r.length <= MAX_RECORD_BYTES)).toBe(true);
+    const joined = Buffer.concat((await collect(log.records())).filter((e) => 'data' in e).map((e) => (e as { data: Buffer }).data));
+    expect(joined.equals(data)).toBe(true);
+  });
+
+  it('rejects a flipped byte anywhere (preamble, header, record, payload, footer) and every truncation', async () => {
+    const h = header({ diskId: 'disk0', sequence: 3 });
+    const good = await encodeLog(h, [
+      { offset: 0, data: Buffer.from('hello replica '.repeat(40)) },
+      { offset: 8192, length: 4096, zero: true },
+      { offset: 65536, data: randomWrites(5, 1 << 20, 1, { maxLength: 700, aligned: false }).map((e) => ('data' in e ? e.data : Buffer.alloc(1)))[0] },
+    ], keys);
+    const path = join(dir, 'flip.hrl');
+    // every single byte position of the file, each flipped on its own
+    for (let i = 0; i < good.length; i++) {
+      const bad = Buffer.from(good);
+      bad[i] ^= 0x5a;
+      await writeFile(path, bad);
+      const e = await rejection(openLog(path, keys));
+      expect(e.message).toContain(path);
+    }
+    for (const n of [0, 10, PREAMBLE_BYTES, PREAMBLE_BYTES + 20, good.length - FOOTER_BYTES, good.length - 1]) {
+      await writeFile(path, good.subarray(0, n));
+      await rejection(openLog(path, keys));
+    }
+    await writeFile(path, Buffer.concat([good, Buffer.from('x')]));
+    await rejection(openLog(path, keys));
+    await writeFile(path, good);
+    await expect(collect((await openLog(path, keys)).records())).resolves.toHaveLength(3);
+  });
+
+  it('rejects a log sealed with another key, or for another disk or sequence than expected', async () => {
+    const h = header({ diskId: 'disk0', sequence: 3 });
+    const path = join(dir, 'expect.hrl');
+    await writeLog(h, [{ offset: 0, data: Buffer.alloc(4096, 1) }], keys, path);
+    expect((await rejection(openLog(path, newKeys()))).message).toContain('MAC mismatch');
+    expect((await rejection(openLog(path, keys, { diskId: 'disk1' }))).message).toContain('diskId');
+    expect((await rejection(openLog(path, keys, { sequence: 4 }))).message).toContain('sequence');
+    await writeFile(path, Buffer.from('not a log at all, just some text that is long enough to pass the size check'.repeat(3)));
+    expect((await rejection(openLog(path, keys))).message).toMatch(/footer|magic/);
+  });
+
+  it('never reuses a nonce: equal logs differ (salt); a record moved to another offset or log fails authentication', async () => {
+    const h = header({ diskId: 'disk0', sequence: 5 });
+    const extents: Extent[] = [
+      { offset: 0, data: Buffer.from('A'.repeat(4096)) },
+      { offset: 4096 * 10, data: Buffer.from('B'.repeat(4096)) },
+    ];
+    const one = await encodeLog(h, extents, keys);
+    const two = await encodeLog(h, extents, keys);
+    expect(one.length).toBe(two.length);
+    expect(one.equals(two)).toBe(false);
+    const recordAt = PREAMBLE_BYTES + one.readUInt32LE(PREAMBLE_BYTES - 4);
+    const stored = one.readUInt32LE(recordAt + 16);
+    const recordEnd = recordAt + RECORD_HEADER_BYTES + stored;
+    expect(one.subarray(recordAt + 20, recordEnd).equals(two.subarray(recordAt + 20, recordEnd))).toBe(false);
+
+    const path = join(dir, 'moved.hrl');
+    // the same record claimed for another offset (header re-sealed, so only GCM can notice)
+    const moved = Buffer.from(one);
+    moved.writeUInt32LE(4096 * 20, recordAt);
+    await writeFile(path, reseal(moved));
+    const log = await openLog(path, keys);
+    expect((await rejection(collect(log.records()))).message).toContain('fails authentication');
+    // record 0 of log two transplanted into log one
+    const spliced = Buffer.concat([one.subarray(0, recordAt), two.subarray(recordAt, recordEnd), one.subarray(recordEnd)]);
+    await writeFile(path, reseal(spliced));
+    await rejection(collect((await openLog(path, keys)).records()));
+    // records swapped in order (nonce = index) also fail
+    const second = one.subarray(recordEnd, recordEnd + (recordEnd - recordAt));
+    const swapped = Buffer.concat([one.subarray(0, recordAt), second, one.subarray(recordAt, recordEnd), one.subarray(recordEnd + second.length)]);
+    await writeFile(path, reseal(swapped));
+    await rejection(collect((await openLog(path, keys)).records()));
+  });
+
+  it('refuses extents outside the disk and bad headers with a TerminalError', async () => {
+    const h = header({ diskId: 'disk0', sequence: 2, diskSize: 8192 });
+    const e = await encodeLog(h, [{ offset: 8000, data: Buffer.alloc(400, 1) }], keys).catch((x: unknown) => x);
+    expect(TerminalError.is(e) && e.code).toBe('invalid-argument');
+    const e2 = await encodeLog({ ...h, sequence: 0 }, [], keys).catch((x: unknown) => x);
+    expect(TerminalError.is(e2) && e2.code).toBe('invalid-argument');
+  });
+});
