@@ -45,6 +45,34 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       ),
     );
 
+  program
+    .command('certs')
+    .description('create a CA and certificates for hosts (and the operator identity), idempotent')
+    .argument('<hosts...>', 'host names (certificate CN)')
+    .option('--dir <dir>', 'where certificates live', '.drsite/certs')
+    .action(run(async (hosts: string[], opts: { dir: string }) => (await import('./certs.ts')).certsCommand(hosts, opts, globals(), io)));
+
+  program
+    .command('agent')
+    .description('run the host agent: NBD exports, change tracking, shipping, Replica server, API')
+    .requiredOption('--config <file>', 'agent configuration (YAML)')
+    .action(run(async (opts: { config: string }) => (await import('./agent.ts')).agentCommand(opts, io)));
+
+  program
+    .command('workload')
+    .description("write a deterministic pattern to a VM's disk through its NBD export")
+    .argument('<vm>', 'VM name')
+    .requiredOption('--disk <name>', 'disk (NBD export name)')
+    .option('--socket <path>', 'NBD unix socket of the VM')
+    .option('--data-dir <dir>', 'agent data directory (socket at <dir>/nbd/<vm>.sock)')
+    .addOption(new Option('--pattern <pattern>', 'write pattern').choices(['random', 'sequential', 'mixed']).default('random'))
+    .option('--rate <size>', 'bytes per second, e.g. 10MB')
+    .option('--bytes <size>', 'stop after this many bytes, e.g. 64MiB')
+    .option('--duration <duration>', 'stop after this long, e.g. 30s')
+    .option('--seed <n>', 'PRNG seed', '1')
+    .option('--compressible <fraction>', 'share of each block zstd can shrink (0-1)')
+    .action(run(async (vm: string, f: import('./workload.ts').WorkloadFlags) => (await import('./workload.ts')).workloadCommand(vm, f, globals(), io)));
+
   try {
     await program.parseAsync(argv);
   } catch (e) {

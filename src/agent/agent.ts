@@ -1,0 +1,494 @@
+// The per-host daemon: serves its VMs' disks over NBD through the change tracker, runs the
+// primary side of its relationships on the policy's schedule, acts as a Replica server for the
+// primaries it accepts, and answers the replication-service API over HTTPS with mutual TLS.
+import { randomBytes } from 'node:crypto';
+import { mkdir, readdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { readJsonIfExists, writeJsonAtomic } from '../core/atomic-file.ts';
+import { digestsToJSON } from '../core/block-checksums.ts';
+import type { RelationshipKeys } from '../core/types.ts';
+import { systemClock, type Clock } from '../model/clock.ts';
+import { TerminalError, isRecoverable } from '../model/errors.ts';
+import type { ReplicationPolicySpec } from '../model/types.generated.ts';
+import {
+  API,
+  type CreateRelationshipRequest,
+  type CreateReplicaRequest,
+  type CreateVmRequest,
+  type RelationshipView,
+} from '../transport/agent-api.ts';
+import { authorizePeer } from '../transport/authorization.ts';
+import { sendError } from '../transport/http-errors.ts';
+import type { PeerIdentity } from '../transport/peer.ts';
+import { readJson } from '../transport/wire.ts';
+import { loadCertBundle, type CertBundle } from '../transport/certs.ts';
+import { stderrLogger, type Logger } from '../transport/logger.ts';
+import { createMtlsServer, type MtlsServer } from '../transport/mtls.ts';
+import { handleUpload } from '../transport/upload.ts';
+import type { AgentConfig } from './config.ts';
+import { FilesHypervisor } from './hypervisor-files.ts';
+import { HttpReplicaLink } from './replica-link.ts';
+import { PrimaryReplication, newPrimaryRecord, retentionOf, type PrimaryRecord } from './primary.ts';
+import { ReplicaReplication, type ReplicaRecord } from './replica.ts';
+import { Router, type RouteContext } from './router.ts';
+import { VmRuntime } from './vm-runtime.ts';
+
+export interface AgentOptions {
+  clock?: Clock;
+  log?: Logger;
+  /** Run cycles on the policy schedule. Off, cycles run only on request (tests drive them). @default true */
+  schedule?: boolean;
+  /** Certificates; default: loaded from config.tlsDir. */
+  tls?: CertBundle;
+}
+
+const RELATIONSHIP_ID = /^[A-Za-z0-9][-A-Za-z0-9_.]{0,127}$/;
+
+function globMatch(glob: string, name: string): boolean {
+  const re = new RegExp(`^${glob.split('*').map((s) => s.replace(/[.+?^${}()|[\]\\]/g, '\\$&')).join('.*')}$`, 'i');
+  return re.test(name);
+}
+
+export class Agent {
+  readonly config: AgentConfig;
+  readonly hv: FilesHypervisor;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  readonly #tls: CertBundle;
+  readonly #runtimes = new Map<string, VmRuntime>();
+  readonly #primaries = new Map<string, PrimaryReplication>();
+  readonly #replicas = new Map<string, ReplicaReplication>();
+  readonly #links = new Map<string, HttpReplicaLink>();
+  readonly #abort = new AbortController();
+  readonly #loops: Promise<void>[] = [];
+  readonly #schedule: boolean;
+  #server: MtlsServer | undefined;
+
+  private constructor(config: AgentConfig, tls: CertBundle, opts: AgentOptions) {
+    this.config = config;
+    this.hv = new FilesHypervisor(join(config.dataDir, 'vms'));
+    this.#clock = opts.clock ?? systemClock;
+    this.#log = opts.log ?? stderrLogger;
+    this.#tls = tls;
+    this.#schedule = opts.schedule ?? true;
+  }
+
+  static async start(config: AgentConfig, opts: AgentOptions = {}): Promise<Agent> {
+    const tls = opts.tls ?? (await loadCertBundle(config.tlsDir, config.name));
+    const agent = new Agent(config, tls, opts);
+    await agent.#load();
+    await agent.#listen();
+    return agent;
+  }
+
+  /** https URL the agent listens on. */
+  get url(): string {
+    const port = this.#server?.port ?? this.config.listen.port;
+    const host = this.config.listen.host.includes(':') ? `[${this.config.listen.host}]` : this.config.listen.host;
+    return `https://${host}:${port}`;
+  }
+
+  get nbdDir(): string {
+    return join(this.config.dataDir, 'nbd');
+  }
+
+  // ------------------------------------------------------------------------------- start and stop
+
+  async #load(): Promise<void> {
+    await mkdir(this.config.dataDir, { recursive: true });
+    for (const vm of await this.hv.list()) this.#runtimes.set(vm.name, await VmRuntime.start(this.hv, vm, this.nbdDir, this.#log));
+    const relDir = join(this.config.dataDir, 'relationships');
+    for (const id of await readdir(relDir).catch(() => [] as string[])) {
+      const record = await readJsonIfExists<PrimaryRecord>(join(relDir, id, 'state.json'));
+      const keys = await this.#readKeys(join(relDir, id));
+      if (!record || !keys) continue;
+      const p = this.#primary(record, keys);
+      const lost = this.#runtimes.get(record.vm)?.lostContinuity() ?? [];
+      if (lost.length) await p.markContinuityLost(`disks ${lost.join(', ')} were not closed cleanly (agent stopped without a clean cut)`);
+    }
+    const repDir = join(this.config.dataDir, 'replicas');
+    for (const id of await readdir(repDir).catch(() => [] as string[])) {
+      const record = await readJsonIfExists<ReplicaRecord>(join(repDir, id, 'state.json'));
+      const keys = await this.#readKeys(join(repDir, id));
+      if (!record || !keys) continue;
+      this.#replicas.set(id, await ReplicaReplication.open(join(repDir, id), record, keys, this.#clock, this.#log));
+    }
+  }
+
+  async #listen(): Promise<void> {
+    const router = this.#routes();
+    this.#server = await createMtlsServer(
+      {
+        ca: this.#tls.ca,
+        cert: this.#tls.cert,
+        key: this.#tls.key,
+        host: this.config.listen.host,
+        port: this.config.listen.port,
+        log: this.#log,
+      },
+      (req, res, peer) => this.#handle(router, req, res, peer),
+    );
+  }
+
+  /** Stops cleanly: the trackers are closed, so continuity is kept for the next start. */
+  async stop(): Promise<void> {
+    this.#abort.abort(new Error('agent stopping'));
+    await this.#server?.close();
+    await Promise.allSettled(this.#loops);
+    for (const l of this.#links.values()) l.close();
+    for (const r of this.#replicas.values()) await r.close();
+    for (const rt of this.#runtimes.values()) await rt.stop();
+  }
+
+  // --------------------------------------------------------------------------------- relationships
+
+  async #readKeys(dir: string): Promise<RelationshipKeys | undefined> {
+    const k = await readJsonIfExists<{ encryptionKey: string; macKey: string }>(join(dir, 'keys.json'));
+    return k && { encryptionKey: Buffer.from(k.encryptionKey, 'base64'), macKey: Buffer.from(k.macKey, 'base64') };
+  }
+
+  async #writeKeys(dir: string, keys: RelationshipKeys): Promise<void> {
+    await writeJsonAtomic(join(dir, 'keys.json'), {
+      encryptionKey: keys.encryptionKey.toString('base64'),
+      macKey: keys.macKey.toString('base64'),
+    });
+  }
+
+  #link(endpoint: string): HttpReplicaLink {
+    let link = this.#links.get(endpoint);
+    if (!link) {
+      link = new HttpReplicaLink(endpoint, this.#tls);
+      this.#links.set(endpoint, link);
+    }
+    return link;
+  }
+
+  #primary(record: PrimaryRecord, keys: RelationshipKeys): PrimaryReplication {
+    const rt = this.#runtimes.get(record.vm);
+    if (!rt) throw new TerminalError('not-found', `VM ${record.vm} of relationship ${record.id} not found on ${this.config.name}`);
+    const disks = record.disks.map((d) => {
+      const t = rt.disks.get(d.id);
+      if (!t) throw new TerminalError('not-found', `disk ${d.id} of VM ${record.vm} not found`);
+      return t;
+    });
+    const p = new PrimaryReplication({
+      dir: join(this.config.dataDir, 'relationships', record.id),
+      record,
+      keys,
+      disks,
+      link: this.#link(record.replica.endpoint),
+      clock: this.#clock,
+      log: this.#log,
+    });
+    this.#primaries.set(record.id, p);
+    if (this.#schedule) this.#loops.push(this.#runSchedule(p));
+    return p;
+  }
+
+  /** The level-triggered shipping loop of one relationship: a cycle each period, or at the retry time after a failure. */
+  async #runSchedule(p: PrimaryReplication): Promise<void> {
+    const signal = this.#abort.signal;
+    let last = this.#clock.now();
+    while (!signal.aborted && this.#primaries.get(p.id) === p) {
+      const due = p.nextRetryAt ?? last + p.frequencyMs;
+      try {
+        await this.#clock.sleep(Math.max(0, due - this.#clock.now()), signal);
+      } catch {
+        return;
+      }
+      if (signal.aborted || this.#primaries.get(p.id) !== p) return;
+      last = this.#clock.now();
+      await p.cycle().catch(() => {}); // recorded by the relationship (retry schedule, health)
+    }
+  }
+
+  async createRelationship(req: CreateRelationshipRequest): Promise<RelationshipView> {
+    if (!RELATIONSHIP_ID.test(req.id ?? '')) throw new TerminalError('invalid-argument', `relationship id ${JSON.stringify(req.id)} is not valid`);
+    const existing = this.#primaries.get(req.id);
+    if (existing) {
+      if (existing.record.vm !== req.vm || existing.record.replica.name !== req.replica.name) {
+        throw new TerminalError('invalid-state', `relationship ${req.id} already exists for VM ${existing.record.vm} → ${existing.record.replica.name}`);
+      }
+      return existing.view(); // idempotent: the same request again changes nothing
+    }
+    for (const p of this.#primaries.values()) {
+      if (p.record.vm === req.vm) throw new TerminalError('invalid-state', `VM ${req.vm} is already protected by relationship ${p.id}`);
+    }
+    const rt = this.#runtimes.get(req.vm);
+    if (!rt) throw new TerminalError('not-found', `VM ${req.vm} not found on ${this.config.name}`);
+    const exclude = new Set(req.excludeDisks ?? []);
+    const disks = rt.vm.disks.filter((d) => !exclude.has(d.name)).map((d) => ({ id: d.name, size: d.size }));
+    if (!disks.length) throw new TerminalError('invalid-argument', `VM ${req.vm}: every disk is excluded`);
+    const keys: RelationshipKeys = { encryptionKey: randomBytes(32), macKey: randomBytes(32) };
+    const link = this.#link(req.replica.endpoint);
+    await link.createReplica({
+      id: req.id,
+      vm: req.vm,
+      disks,
+      keys: { encryptionKey: keys.encryptionKey.toString('base64'), macKey: keys.macKey.toString('base64') },
+      retention: retentionOf(req.policy),
+      ...(req.replicaStoragePath && { storagePath: req.replicaStoragePath }),
+    });
+    const dir = join(this.config.dataDir, 'relationships', req.id);
+    await mkdir(dir, { recursive: true });
+    await this.#writeKeys(dir, keys);
+    const record = newPrimaryRecord({
+      id: req.id,
+      vm: req.vm,
+      replica: req.replica,
+      policy: req.policy,
+      excludeDisks: [...exclude],
+      disks,
+      ...(req.replicaStoragePath && { replicaStoragePath: req.replicaStoragePath }),
+    });
+    const p = this.#primary(record, keys);
+    await p.save();
+    this.#log.info('relationship created', { relationship: req.id, vm: req.vm, replica: req.replica.name });
+    return p.view();
+  }
+
+  primary(id: string): PrimaryReplication {
+    const p = this.#primaries.get(id);
+    if (!p) throw new TerminalError('not-found', `no relationship ${id} with this host as primary (${this.config.name})`);
+    return p;
+  }
+
+  replica(id: string): ReplicaReplication {
+    const r = this.#replicas.get(id);
+    if (!r) throw new TerminalError('not-found', `no relationship ${id} with this host as replica (${this.config.name})`);
+    return r;
+  }
+
+  relationships(): RelationshipView[] {
+    const now = this.#clock.now();
+    return [...[...this.#primaries.values()].map((p) => p.view()), ...[...this.#replicas.values()].map((r) => r.view(now))].sort((a, b) =>
+      a.id < b.id ? -1 : a.id > b.id ? 1 : a.role < b.role ? -1 : 1,
+    );
+  }
+
+  async removeRelationship(id: string): Promise<void> {
+    const p = this.#primaries.get(id);
+    const r = this.#replicas.get(id);
+    if (!p && !r) throw new TerminalError('not-found', `no relationship ${id} on ${this.config.name}`);
+    if (p) {
+      this.#primaries.delete(id);
+      await p.remove({ replicaToo: true });
+    }
+    if (r) {
+      this.#replicas.delete(id);
+      await r.remove();
+    }
+  }
+
+  // ------------------------------------------------------------------------------ replica server
+
+  async createReplica(req: CreateReplicaRequest, peer: PeerIdentity): Promise<ReplicaReplication> {
+    const rs = this.config.replicaServer;
+    if (!rs.enabled) throw new TerminalError('authorization', `${this.config.name} is not a Replica server`);
+    const decision = authorizePeer(
+      rs.allowedPrimaries.map((a) => ({ server: a.server, storagePath: a.storagePath ?? rs.defaultStoragePath, trustGroup: a.trustGroup ?? 'default' })),
+      peer,
+    );
+    if (!decision.allowed) throw new TerminalError('authorization', decision.reason);
+    if (!RELATIONSHIP_ID.test(req.id ?? '')) throw new TerminalError('invalid-argument', `relationship id ${JSON.stringify(req.id)} is not valid`);
+    const existing = this.#replicas.get(req.id);
+    if (existing) {
+      if (existing.record.primary !== peer.commonName) throw new TerminalError('authorization', `relationship ${req.id} belongs to another primary`);
+      return existing;
+    }
+    const storageRoot = req.storagePath ?? decision.storagePath ?? rs.defaultStoragePath;
+    const dir = join(this.config.dataDir, 'replicas', req.id);
+    await mkdir(dir, { recursive: true });
+    const keys: RelationshipKeys = { encryptionKey: Buffer.from(req.keys.encryptionKey, 'base64'), macKey: Buffer.from(req.keys.macKey, 'base64') };
+    if (keys.encryptionKey.length !== 32 || keys.macKey.length !== 32) throw new TerminalError('invalid-argument', 'relationship keys must be 32 bytes each');
+    await this.#writeKeys(dir, keys);
+    const record: ReplicaRecord = {
+      id: req.id,
+      role: 'Replica',
+      vm: req.vm,
+      primary: peer.commonName,
+      storagePath: join(storageRoot, req.id),
+      ...(decision.trustGroup && { trustGroup: decision.trustGroup }),
+      disks: req.disks,
+      retention: req.retention,
+      state: 'ReadyForInitialReplication',
+      integrityErrors: 0,
+    };
+    const r = await ReplicaReplication.open(dir, record, keys, this.#clock, this.#log);
+    await r.save();
+    this.#replicas.set(req.id, r);
+    this.#log.info('replica created', { relationship: req.id, vm: req.vm, primary: peer.commonName, storagePath: record.storagePath });
+    return r;
+  }
+
+  /** A replica's calls must come from the primary that created it. */
+  #ownReplica(id: string, peer: string): ReplicaReplication {
+    const r = this.replica(id);
+    if (r.record.primary !== peer) throw new TerminalError('authorization', `relationship ${id} belongs to primary ${r.record.primary}, not ${peer}`);
+    return r;
+  }
+
+  // ------------------------------------------------------------------------------------------ VMs
+
+  async createVm(req: CreateVmRequest): Promise<unknown> {
+    const vm = await this.hv.create({
+      name: req.name,
+      disks: req.disks,
+      adapters: req.adapters ?? [],
+      power: req.power ?? 'Running',
+    });
+    this.#runtimes.set(vm.name, await VmRuntime.start(this.hv, vm, this.nbdDir, this.#log));
+    return vm;
+  }
+
+  // --------------------------------------------------------------------------------------- routes
+
+  async #handle(router: Router, req: IncomingMessage, res: ServerResponse, peer: PeerIdentity): Promise<void> {
+    const url = new URL(req.url ?? '/', 'https://agent');
+    const found = router.match(req.method ?? 'GET', url.pathname);
+    try {
+      if ('error' in found) {
+        throw new TerminalError(found.error === 404 ? 'not-found' : 'invalid-argument', `${req.method} ${url.pathname}: ${found.error === 404 ? 'no such path' : 'method not allowed'}`);
+      }
+      const { route, params } = found;
+      if (route.caller === 'operator' && !this.config.operators.some((g) => globMatch(g, peer.commonName))) {
+        this.#log.warn('refused: not an operator of this agent', { peer: peer.commonName, fingerprint: peer.fingerprint256, path: url.pathname });
+        throw new TerminalError('authorization', `${peer.commonName} may not manage ${this.config.name}`);
+      }
+      if (route.caller === 'primary' && !this.config.replicaServer.enabled) {
+        throw new TerminalError('authorization', `${this.config.name} is not a Replica server`);
+      }
+      const body = await route.handler({ req, res, params, query: url.searchParams, peer: peer.commonName, identity: peer });
+      if (body !== undefined && !res.headersSent) {
+        const text = JSON.stringify(body);
+        res.writeHead(route.status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+        res.end(text);
+      }
+    } catch (e) {
+      if (!isRecoverable(e) && !TerminalError.is(e)) this.#log.error('request failed', { path: url.pathname, error: (e as Error).stack });
+      if (!res.headersSent) sendError(res, e);
+      else res.destroy();
+    }
+  }
+
+  #routes(): Router {
+    const r = new Router();
+    const json = <T>(ctx: RouteContext) => readJson(ctx.req, 1 << 20) as Promise<T>;
+    const seq = (ctx: RouteContext) => {
+      const n = Number(ctx.params.seq);
+      if (!Number.isSafeInteger(n) || n < 1) throw new TerminalError('invalid-argument', `bad sequence ${ctx.params.seq}`);
+      return n;
+    };
+    r.add('GET', API.health, 'operator', async () => ({
+      name: this.config.name,
+      replicaServer: this.config.replicaServer.enabled,
+      vms: this.#runtimes.size,
+      relationships: this.#primaries.size + this.#replicas.size,
+    }));
+    // VMs (the `files` hypervisor)
+    r.add('GET', API.vms, 'operator', async () =>
+      [...this.#runtimes.values()].map((rt) => ({ ...rt.vm, nbdSocket: rt.socketPath })),
+    );
+    r.add('POST', API.vms, 'operator', async (ctx) => this.createVm(await json<CreateVmRequest>(ctx)), 201);
+    r.add('GET', '/v1/vms/:name', 'operator', async (ctx) => {
+      const rt = this.#runtimes.get(ctx.params.name);
+      if (!rt) throw new TerminalError('not-found', `VM ${ctx.params.name} not found on ${this.config.name}`);
+      return { ...(await this.hv.get(ctx.params.name)), nbdSocket: rt.socketPath };
+    });
+    r.add('POST', '/v1/vms/:name/power', 'operator', async (ctx) => {
+      const { power } = await json<{ power: 'Running' | 'Off' }>(ctx);
+      if (power !== 'Running' && power !== 'Off') throw new TerminalError('invalid-argument', 'power must be Running or Off');
+      const vm = await this.hv.setPower(ctx.params.name, power);
+      const rt = this.#runtimes.get(vm.name);
+      if (rt) Object.assign(rt.vm, { power });
+      return vm;
+    });
+    // The replication service (primary side, and views of both sides)
+    r.add('GET', API.relationships, 'operator', async () => this.relationships());
+    r.add('POST', API.relationships, 'operator', async (ctx) => this.createRelationship(await json<CreateRelationshipRequest>(ctx)), 201);
+    r.add('GET', '/v1/relationships/:id', 'operator', async (ctx) => {
+      const views = this.relationships().filter((v) => v.id === ctx.params.id);
+      if (!views.length) throw new TerminalError('not-found', `no relationship ${ctx.params.id} on ${this.config.name}`);
+      return views.length === 1 ? views[0] : views.find((v) => v.role === 'Primary');
+    });
+    r.add('DELETE', '/v1/relationships/:id', 'operator', async (ctx) => {
+      await this.removeRelationship(ctx.params.id);
+      return { removed: ctx.params.id };
+    });
+    r.add('POST', '/v1/relationships/:id/start', 'operator', async (ctx) => {
+      const p = this.primary(ctx.params.id);
+      const run = p.startInitial();
+      if (ctx.query.get('wait') === 'true') await run;
+      else run.catch(() => {}); // recorded by the relationship; status shows progress
+      return p.view();
+    }, 202);
+    r.add('POST', '/v1/relationships/:id/replicate-now', 'operator', async (ctx) => this.primary(ctx.params.id).cycle({ force: true }));
+    r.add('POST', '/v1/relationships/:id/resync', 'operator', async (ctx) => this.primary(ctx.params.id).requestResync());
+    r.add('PUT', '/v1/relationships/:id/settings', 'operator', async (ctx) => {
+      const { policy } = await json<{ policy: ReplicationPolicySpec }>(ctx);
+      await this.primary(ctx.params.id).modify(policy);
+      return this.primary(ctx.params.id).view();
+    });
+    r.add('POST', '/v1/relationships/:id/suspend', 'operator', async (ctx) => {
+      await this.primary(ctx.params.id).suspend('operator');
+      return this.primary(ctx.params.id).view();
+    });
+    r.add('POST', '/v1/relationships/:id/resume', 'operator', async (ctx) => {
+      await this.primary(ctx.params.id).resume();
+      return this.primary(ctx.params.id).view();
+    });
+    r.add('GET', '/v1/relationships/:id/statistics', 'operator', async (ctx) => {
+      const view = this.relationships().find((v) => v.id === ctx.params.id);
+      if (!view) throw new TerminalError('not-found', `no relationship ${ctx.params.id} on ${this.config.name}`);
+      return view.statistics;
+    });
+    r.add('POST', '/v1/relationships/:id/statistics/reset', 'operator', async (ctx) => {
+      const p = this.primary(ctx.params.id);
+      p.resetStatistics();
+      await p.save();
+      return p.view().statistics;
+    });
+    r.add('GET', '/v1/relationships/:id/recovery-points', 'operator', async (ctx) => this.replica(ctx.params.id).points());
+    r.add('GET', '/v1/relationships/:id/recovery-points/:seq/disks/:disk/sha256', 'operator', async (ctx) => ({
+      sha256: await this.replica(ctx.params.id).pointDigest(seq(ctx), ctx.params.disk),
+    }));
+    r.add('POST', '/v1/relationships/:id/import', 'operator', async (ctx) => {
+      const { folder } = await json<{ folder: string }>(ctx);
+      return this.replica(ctx.params.id).importMedia(join(folder, ctx.params.id));
+    });
+    // Replica server: called by primaries
+    r.add('POST', API.replicaRelationships, 'primary', async (ctx) => {
+      return (await this.createReplica(await json<CreateReplicaRequest>(ctx), ctx.identity)).status();
+    }, 201);
+    r.add('GET', '/v1/replica/relationships/:id', 'primary', async (ctx) => this.#ownReplica(ctx.params.id, ctx.peer).status());
+    r.add('DELETE', '/v1/replica/relationships/:id', 'primary', async (ctx) => {
+      const rep = this.#ownReplica(ctx.params.id, ctx.peer);
+      this.#replicas.delete(rep.id);
+      await rep.remove();
+      return { removed: rep.id };
+    });
+    const upload = async (ctx: RouteContext) => {
+      const rep = this.#ownReplica(ctx.params.id, ctx.peer);
+      const n = seq(ctx);
+      await handleUpload(ctx.req, ctx.res, {
+        dir: join(rep.dir, 'uploads'),
+        name: `${n}.${ctx.params.disk}`,
+        onComplete: (path) => rep.receive(ctx.params.disk, n, path),
+      });
+      return undefined;
+    };
+    r.add('PUT', '/v1/replica/relationships/:id/logs/:seq/:disk', 'primary', upload);
+    r.add('HEAD', '/v1/replica/relationships/:id/logs/:seq/:disk', 'primary', upload);
+    r.add('POST', '/v1/replica/relationships/:id/apply', 'primary', async (ctx) => this.#ownReplica(ctx.params.id, ctx.peer).apply());
+    r.add('GET', '/v1/replica/relationships/:id/disks/:disk/checksums', 'primary', async (ctx) =>
+      digestsToJSON(await this.#ownReplica(ctx.params.id, ctx.peer).checksums(ctx.params.disk)),
+    );
+    r.add('PUT', '/v1/replica/relationships/:id/settings', 'primary', async (ctx) => {
+      const { retention } = await json<{ retention: ReplicaRecord['retention'] }>(ctx);
+      await this.#ownReplica(ctx.params.id, ctx.peer).setRetention(retention);
+      return { ok: true };
+    });
+    return r;
+  }
+}

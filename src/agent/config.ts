@@ -1,0 +1,110 @@
+// The agent's own configuration file (`drsite agent --config <file>`): who this host is, where it
+// listens, its certificates and, when it is a Replica server, which primaries it accepts.
+import { readFile } from 'node:fs/promises';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import { parse } from 'yaml';
+import { TerminalError } from '../model/errors.ts';
+import type { AllowedPrimary } from '../model/types.generated.ts';
+
+export interface AgentConfig {
+  /** This host's name: the CN of its certificate, matched by peers' allowedPrimaries. */
+  name: string;
+  /** VMs under `<dataDir>/vms`, NBD sockets under `<dataDir>/nbd`, relationship state, outboxes. */
+  dataDir: string;
+  listen: { host: string; port: number };
+  /** Folder with `ca.crt`, `<name>.crt`, `<name>.key` (see `drsite certs`). */
+  tlsDir: string;
+  /** Client certificate names (globs) allowed to manage this agent (the reconciler, the CLI). */
+  operators: string[];
+  replicaServer: {
+    enabled: boolean;
+    defaultStoragePath: string;
+    allowedPrimaries: AllowedPrimary[];
+  };
+}
+
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'dataDir'],
+  properties: {
+    name: { type: 'string', pattern: '^[A-Za-z0-9][-A-Za-z0-9.]{0,252}$' },
+    dataDir: { type: 'string', minLength: 1 },
+    listen: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { host: { type: 'string', minLength: 1 }, port: { type: 'integer', minimum: 0, maximum: 65535 } },
+    },
+    tlsDir: { type: 'string', minLength: 1 },
+    operators: { type: 'array', items: { type: 'string', minLength: 1 } },
+    replicaServer: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['enabled'],
+      properties: {
+        enabled: { type: 'boolean' },
+        defaultStoragePath: { type: 'string', minLength: 1 },
+        allowedPrimaries: {
+          type: 'array',
+          items: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['server'],
+            properties: {
+              server: { type: 'string', minLength: 1 },
+              storagePath: { type: 'string', minLength: 1 },
+              trustGroup: { type: 'string', minLength: 1 },
+            },
+          },
+        },
+      },
+    },
+  },
+} as const;
+
+let validate: ReturnType<Ajv2020['compile']> | undefined;
+
+/** Parses and checks an agent configuration; relative paths are taken from the file's folder. */
+export function parseAgentConfig(text: string, file: string): AgentConfig {
+  let doc: unknown;
+  try {
+    doc = parse(text);
+  } catch (e) {
+    throw new TerminalError('invalid-argument', `${file}: not valid YAML: ${(e as Error).message}`);
+  }
+  validate ??= new Ajv2020({ strict: true, allErrors: true }).compile(schema);
+  if (!validate(doc)) {
+    const problems = (validate.errors ?? []).map((e) => `${e.instancePath || '(top)'} ${e.message}`).join('; ');
+    throw new TerminalError('invalid-argument', `${file}: invalid agent configuration: ${problems}`);
+  }
+  const c = doc as Partial<AgentConfig> & { name: string; dataDir: string };
+  const base = dirname(resolve(file));
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
+  const dataDir = abs(c.dataDir);
+  return {
+    name: c.name,
+    dataDir,
+    listen: { host: c.listen?.host ?? '127.0.0.1', port: c.listen?.port ?? 8443 },
+    tlsDir: abs(c.tlsDir ?? 'certs'),
+    operators: c.operators ?? ['drsite-operator'],
+    replicaServer: {
+      enabled: c.replicaServer?.enabled ?? false,
+      defaultStoragePath: abs(c.replicaServer?.defaultStoragePath ?? resolve(dataDir, 'replicas')),
+      allowedPrimaries: (c.replicaServer?.allowedPrimaries ?? []).map((p) => ({
+        ...p,
+        ...(p.storagePath && { storagePath: abs(p.storagePath) }),
+      })),
+    },
+  };
+}
+
+export async function loadAgentConfig(file: string): Promise<AgentConfig> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new TerminalError('not-found', `cannot read agent configuration ${file}: ${(e as NodeJS.ErrnoException).code ?? e}`);
+  }
+  return parseAgentConfig(text, file);
+}

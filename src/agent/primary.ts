@@ -1,0 +1,645 @@
+// The primary side of one replication relationship: cuts the VM's tracked disks at the policy's
+// frequency, seals each cut into logs in the outbox and ships them to the Replica server, which
+// acknowledges a log once it is durable and reports what it applied. Initial replication (network,
+// external media, existing replica) and resynchronisation are cuts of every block, the last two
+// shipping only blocks whose keyed checksums differ from the replica's.
+import { randomUUID } from 'node:crypto';
+import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createHmac } from 'node:crypto';
+import { cutVm } from '../core/cut.ts';
+import type { BlockDigests } from '../core/block-checksums.ts';
+import { DIGEST_BYTES } from '../core/block-checksums.ts';
+import { assessHealth, type HealthReason } from '../core/health.ts';
+import { exportToMedia } from '../core/initial-copy.ts';
+import { writeLog } from '../core/log-format.ts';
+import { transition, type ReplicationEvent, type State } from '../core/replication-state.ts';
+import { RetryState, type RetryStateJSON } from '../core/retry.ts';
+import { ReplicationStatistics, type ReplicationStatisticsJSON } from '../core/statistics.ts';
+import type { FrozenDisk, TrackedDisk } from '../core/tracker.ts';
+import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../core/types.ts';
+import type { Clock } from '../model/clock.ts';
+import { RetryableError, TerminalError, isRecoverable } from '../model/errors.ts';
+import type { ReplicationPolicySpec } from '../model/types.generated.ts';
+import { parseDuration } from '../model/units.ts';
+import type { CreateReplicaRequest, DiskInfo, RelationshipView, ReplicaStatus } from '../transport/agent-api.ts';
+import type { Logger } from '../transport/logger.ts';
+import { writeJsonAtomic } from '../core/atomic-file.ts';
+
+/** How the primary reaches the Replica server (HTTPS with mutual TLS in the agent). */
+export interface ReplicaLink {
+  createReplica(req: CreateReplicaRequest): Promise<ReplicaStatus>;
+  status(id: string): Promise<ReplicaStatus>;
+  /** Resolves once the Replica server holds the log durably (its acknowledgement). */
+  upload(id: string, sequence: number, diskId: string, path: string, onProgress?: (done: number, total: number) => void): Promise<void>;
+  apply(id: string): Promise<ReplicaStatus>;
+  checksums(id: string, diskId: string): Promise<BlockDigests>;
+  settings(id: string, retention: CreateReplicaRequest['retention']): Promise<void>;
+  remove(id: string): Promise<void>;
+}
+
+/** What the primary persists about a relationship (`<dir>/state.json`). */
+export interface PrimaryRecord {
+  id: string;
+  role: 'Primary';
+  vm: string;
+  replica: { name: string; endpoint: string };
+  policy: ReplicationPolicySpec;
+  excludeDisks: string[];
+  disks: DiskInfo[];
+  replicaStoragePath?: string;
+  state: State;
+  suspendedBy?: 'operator' | 'engine';
+  /** Last sequence cut into the outbox. */
+  sequence: number;
+  /** Last sequence the replica reported applied. */
+  applied: number;
+  /** Cut time of the replica's newest point. */
+  lastReplicationTime?: number;
+  replicatingSince?: number;
+  initial?: { method: string; bytesDone: number; bytesTotal: number; startAt?: number };
+  resync?: { bytesDone: number; bytesTotal: number; reason: string };
+  terminalError?: { code: string; message: string };
+  statistics?: ReplicationStatisticsJSON;
+  retry?: RetryStateJSON;
+  bytesShipped: number;
+}
+
+export interface CycleResult {
+  /** What the cycle did. */
+  action: 'none' | 'initial' | 'delta' | 'resync' | 'export' | 'waiting';
+  sequence?: number;
+  bytes?: number;
+  applied: number;
+}
+
+export function frequencyMs(policy: ReplicationPolicySpec): number {
+  return parseDuration(policy.frequency ?? '5m') ?? 300_000;
+}
+
+export function retentionOf(policy: ReplicationPolicySpec): CreateReplicaRequest['retention'] {
+  const app = parseDuration(policy.appConsistentEvery ?? '0') ?? 0;
+  return { additional: policy.recoveryPoints?.additional ?? 0, ...(app > 0 && { appConsistentEvery: app }) };
+}
+
+/** Is `now` inside "HH:MM-HH:MM" (local time; the window may cross midnight)? */
+export function inWindow(window: string, now: number): boolean {
+  const m = /^(\d\d):(\d\d)-(\d\d):(\d\d)$/.exec(window);
+  if (!m) return true;
+  const d = new Date(now);
+  const t = d.getHours() * 60 + d.getMinutes();
+  const from = Number(m[1]) * 60 + Number(m[2]);
+  const to = Number(m[3]) * 60 + Number(m[4]);
+  return from <= to ? t >= from && t < to : t >= from || t < to;
+}
+
+export class PrimaryReplication {
+  readonly dir: string;
+  record: PrimaryRecord;
+  readonly #keys: RelationshipKeys;
+  readonly #disks: TrackedDisk[];
+  readonly #link: ReplicaLink;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  readonly #stats: ReplicationStatistics;
+  readonly #retry: RetryState;
+  #busy: Promise<unknown> = Promise.resolve();
+
+  constructor(opts: {
+    dir: string;
+    record: PrimaryRecord;
+    keys: RelationshipKeys;
+    disks: TrackedDisk[];
+    link: ReplicaLink;
+    clock: Clock;
+    log: Logger;
+  }) {
+    this.dir = opts.dir;
+    this.record = opts.record;
+    this.#keys = opts.keys;
+    this.#disks = opts.disks;
+    this.#link = opts.link;
+    this.#clock = opts.clock;
+    this.#log = opts.log;
+    this.#stats = new ReplicationStatistics(opts.clock, opts.record.statistics);
+    this.#retry = new RetryState(opts.clock, opts.record.retry);
+  }
+
+  get id(): string {
+    return this.record.id;
+  }
+  get state(): State {
+    return this.record.state;
+  }
+  get frequencyMs(): number {
+    return frequencyMs(this.record.policy);
+  }
+  get nextRetryAt(): number | undefined {
+    return this.#retry.nextAttemptAt;
+  }
+  get retryStatus(): RetryState['status'] {
+    return this.#retry.status;
+  }
+
+  /** Runs `fn` after every earlier operation on this relationship: one operation at a time. */
+  #serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#busy.then(fn, fn);
+    this.#busy = run.catch(() => {});
+    return run;
+  }
+
+  async save(): Promise<void> {
+    this.record.statistics = this.#stats.toJSON();
+    this.record.retry = this.#retry.toJSON();
+    await writeJsonAtomic(join(this.dir, 'state.json'), this.record);
+  }
+
+  async #apply(event: ReplicationEvent): Promise<void> {
+    this.record.state = transition(this.record.state, event);
+    this.#stats.setState(this.record.state);
+    await this.save();
+  }
+
+  /** The tracker lost continuity (the primary stopped without a clean cut): the replica may miss changes. */
+  async markContinuityLost(reason: string): Promise<void> {
+    if (['Replicating', 'Suspended', 'InitialReplicationInProgress', 'WaitingForInitialReplicationImport', 'Resynchronizing'].includes(this.record.state)) {
+      this.#log.warn('tracking continuity lost: resynchronization required', { relationship: this.id, reason });
+      this.record.resync = { bytesDone: 0, bytesTotal: 0, reason };
+      await this.#apply('trackerLost');
+    }
+  }
+
+  /** StartReplication: begins the initial copy now or at the policy's startAt. */
+  startInitial(): Promise<CycleResult> {
+    return this.#serial(async () => {
+      if (this.record.state !== 'ReadyForInitialReplication') {
+        throw new TerminalError('invalid-state', `cannot start initial replication of ${this.record.vm} while ${this.record.state}`);
+      }
+      const ir = this.record.policy.initialReplication ?? {};
+      const startAt = ir.startAt && ir.startAt !== 'immediately' ? Date.parse(ir.startAt) : undefined;
+      this.record.initial = { method: ir.method ?? 'network', bytesDone: 0, bytesTotal: this.#totalBytes(), ...(startAt && { startAt }) };
+      await this.save();
+      return this.#cycle(false);
+    });
+  }
+
+  /** One replication cycle: whatever the state calls for. `force` ignores the resync window and startAt. */
+  cycle(opts: { force?: boolean } = {}): Promise<CycleResult> {
+    return this.#serial(() => this.#cycle(opts.force ?? false));
+  }
+
+  async #cycle(force: boolean): Promise<CycleResult> {
+    try {
+      const result = await this.#step(force);
+      if (result.action !== 'none' && result.action !== 'waiting') this.#retry.success();
+      await this.save();
+      return result;
+    } catch (e) {
+      await this.#failed(e);
+      throw e;
+    }
+  }
+
+  async #failed(e: unknown): Promise<void> {
+    const decision = this.#retry.failure(e);
+    this.#stats.recordError();
+    this.#stats.recordMissed();
+    if (!decision.retry && !isRecoverable(e)) {
+      const err = e as { code?: string; message?: string };
+      this.record.terminalError = { code: err.code ?? 'unknown', message: err.message ?? String(e) };
+      if (this.record.state !== 'Critical') this.record.state = transition(this.record.state, 'terminalError');
+      this.#log.error('replication stopped: an operator must act', { relationship: this.id, error: this.record.terminalError.message });
+    } else {
+      this.#log.warn('replication cycle failed; will retry', { relationship: this.id, error: (e as Error).message, nextAttemptAt: this.#retry.nextAttemptAt });
+    }
+    await this.save();
+  }
+
+  async #step(force: boolean): Promise<CycleResult> {
+    const r = this.record;
+    switch (r.state) {
+      case 'ReadyForInitialReplication': {
+        if (!r.initial) return { action: 'none', applied: r.applied };
+        if (r.initial.startAt && r.initial.startAt > this.#clock.now() && !force) return { action: 'waiting', applied: r.applied };
+        if (r.initial.method === 'external-media') return this.#exportMedia();
+        await this.#apply('startInitial');
+        return this.#initial();
+      }
+      case 'Disabled':
+      case 'Suspended':
+      case 'Critical':
+      case 'PreparedForPlannedFailover':
+      case 'FailoverWaitingCompletion':
+      case 'FailedOver':
+        return { action: 'none', applied: r.applied };
+      case 'InitialReplicationInProgress':
+        return this.#initial();
+      case 'WaitingForInitialReplicationImport': {
+        const s = await this.#link.status(r.id);
+        if (s.applied >= 1) {
+          r.applied = s.applied;
+          r.lastReplicationTime = Date.parse(s.points.at(-1)?.time ?? new Date(this.#clock.now()).toISOString());
+          r.replicatingSince = this.#clock.now();
+          await this.#apply('imported');
+          return this.#delta();
+        }
+        return { action: 'waiting', applied: r.applied };
+      }
+      case 'ResynchronizationRequired': {
+        const rs = r.policy.resync ?? {};
+        const automatic = rs.automatic ?? true;
+        if (!force && !(automatic && inWindow(rs.window ?? '22:00-06:00', this.#clock.now()))) {
+          return { action: 'waiting', applied: r.applied };
+        }
+        await this.#apply('resync');
+        return this.#resync();
+      }
+      case 'Resynchronizing':
+        return this.#resync();
+      case 'Replicating':
+        return this.#delta();
+    }
+  }
+
+  #totalBytes(): number {
+    return this.#disks.reduce((n, d) => n + d.size, 0);
+  }
+
+  #outbox(seq?: number): string {
+    return seq === undefined ? join(this.dir, 'outbox') : join(this.dir, 'outbox', String(seq).padStart(12, '0'));
+  }
+
+  async #outboxSequences(): Promise<number[]> {
+    try {
+      return (await readdir(this.#outbox())).filter((n) => /^\d{12}$/.test(n)).map(Number).sort((a, b) => a - b);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
+  }
+
+  /**
+   * Seals one cut of every disk into the outbox as sequence `seq`. `filter` drops blocks the
+   * replica already holds (resync, existing replica). The cut is released once the logs exist: a
+   * crash after that loses tracking continuity anyway, which forces a resync.
+   */
+  async #seal(seq: number, kind: 'delta' | 'full' | 'resync', full: boolean, onProgress?: (done: number) => void,
+    filter?: (diskId: string, extents: AsyncIterable<Extent>) => AsyncIterable<Extent>): Promise<number> {
+    const cutId = randomUUID();
+    const time = this.#clock.now();
+    const cut = await cutVm(this.#disks, { cutId, time, full });
+    const dir = this.#outbox(seq);
+    let bytes = 0;
+    let before = 0;
+    try {
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true });
+      for (const frozen of cut.disks) {
+        const extents = frozen.extents((done) => onProgress?.(before + done));
+        const summary = await writeLog(
+          {
+            relationshipId: this.id,
+            diskId: frozen.diskId,
+            diskSize: frozen.size,
+            sequence: seq,
+            basePoint: seq - 1,
+            blockSize: BLOCK_SIZE,
+            cutTime: time,
+            consistency: 'crash',
+            kind,
+            cutId,
+          },
+          filter ? filter(frozen.diskId, extents) : extents,
+          this.#keys,
+          join(dir, `${frozen.diskId}.hrl`),
+        );
+        before += frozen.size;
+        bytes += summary.dataBytes;
+      }
+    } catch (e) {
+      await cut.abandon();
+      await rm(dir, { recursive: true, force: true });
+      throw e;
+    }
+    this.record.sequence = seq;
+    await this.save();
+    await cut.release();
+    return bytes;
+  }
+
+  /**
+   * Sends every sealed sequence of the outbox the replica does not hold yet, oldest first, then
+   * asks it to apply; a sequence leaves the outbox once the replica reports it applied.
+   */
+  async #ship(onProgress?: (done: number, total: number) => void): Promise<ReplicaStatus> {
+    let status = await this.#link.status(this.id);
+    for (const seq of await this.#outboxSequences()) {
+      if (seq <= status.applied) {
+        await rm(this.#outbox(seq), { recursive: true, force: true });
+        continue;
+      }
+      const dir = this.#outbox(seq);
+      const files = (await readdir(dir)).filter((f) => f.endsWith('.hrl')).sort();
+      for (const f of files) {
+        const diskId = f.slice(0, -'.hrl'.length);
+        if (status.received[diskId]?.includes(seq)) continue;
+        const path = join(dir, f);
+        const size = (await stat(path)).size;
+        await this.#link.upload(this.id, seq, diskId, path, onProgress);
+        this.record.bytesShipped += size;
+      }
+      status = await this.#link.apply(this.id);
+      if (status.applied < seq) {
+        // The replica dropped a log it could not verify: it is sent again on the next attempt.
+        throw new RetryableError('integrity', `replica of ${this.record.vm} did not apply sequence ${seq} (applied ${status.applied}); its logs will be re-sent`);
+      }
+      await rm(dir, { recursive: true, force: true });
+    }
+    this.record.applied = status.applied;
+    const latest = status.points.at(-1);
+    if (latest) this.record.lastReplicationTime = Date.parse(latest.time);
+    return status;
+  }
+
+  /** External media: export the cut to `mediaPath/<id>`; the replica imports it as point 1. */
+  async #exportMedia(): Promise<CycleResult> {
+    const r = this.record;
+    const folder = r.policy.initialReplication?.mediaPath;
+    if (!folder) throw new TerminalError('invalid-argument', `initial replication of ${r.vm} by external media needs initialReplication.mediaPath`);
+    const total = this.#totalBytes();
+    r.initial = { ...r.initial!, bytesTotal: total };
+    await exportToMedia(this.#disks, join(folder, r.id), {
+      cutId: randomUUID(),
+      time: this.#clock.now(),
+      relationshipId: r.id,
+      macKey: this.#keys.macKey,
+      onProgress: (done) => (r.initial!.bytesDone = done),
+    });
+    r.sequence = 1;
+    r.initial.bytesDone = total;
+    await this.#apply('waitImport');
+    return { action: 'export', sequence: 1, bytes: total, applied: r.applied };
+  }
+
+  async #initial(): Promise<CycleResult> {
+    const r = this.record;
+    const method = r.initial?.method ?? 'network';
+    const total = this.#totalBytes();
+    r.initial = { ...(r.initial ?? { method, bytesDone: 0 }), method, bytesTotal: total };
+    const existing = await this.#outboxSequences();
+    let bytes = 0;
+    if (!existing.includes(1) && r.applied < 1) {
+      const filter = method === 'existing-replica' ? await this.#differenceFilter() : undefined;
+      bytes = await this.#seal(1, method === 'existing-replica' ? 'resync' : 'full', true, (done) => (r.initial!.bytesDone = done / 2), filter);
+    }
+    const status = await this.#ship((done, t) => (r.initial!.bytesDone = total / 2 + (total / 2) * (t ? done / t : 1)));
+    if (status.applied >= 1) {
+      r.initial.bytesDone = total;
+      r.replicatingSince = this.#clock.now();
+      this.#stats.recordSuccess({ bytes, latencyMs: this.#clock.now() - (r.lastReplicationTime ?? this.#clock.now()) });
+      await this.#apply('initialDone');
+    }
+    return { action: 'initial', sequence: 1, bytes, applied: status.applied };
+  }
+
+  /** A filter that keeps only blocks whose keyed checksum differs from the replica's latest point. */
+  async #differenceFilter(): Promise<(diskId: string, extents: AsyncIterable<Extent>) => AsyncIterable<Extent>> {
+    const remote = new Map<string, BlockDigests>();
+    for (const d of this.#disks) remote.set(d.id, await this.#link.checksums(this.id, d.id));
+    const key = this.#keys.macKey;
+    const zeroDigest = createHmac('sha256', key).update(Buffer.alloc(BLOCK_SIZE)).digest();
+    return (diskId, extents) => onlyDiffering(extents, remote.get(diskId)!, key, zeroDigest);
+  }
+
+  async #delta(): Promise<CycleResult> {
+    const r = this.record;
+    await this.#ship();
+    const threshold = (r.policy.resync?.thresholdPercent ?? 50) / 100;
+    if (this.#disks.some((d) => d.pendingBytes() > threshold * d.size)) {
+      r.resync = { bytesDone: 0, bytesTotal: 0, reason: `pending changes exceed ${threshold * 100}% of a disk` };
+      await this.#apply('thresholdExceeded');
+      return { action: 'none', applied: r.applied };
+    }
+    const seq = r.sequence + 1;
+    const started = this.#clock.now();
+    const bytes = await this.#seal(seq, 'delta', false);
+    const status = await this.#ship();
+    this.#stats.recordSuccess({ bytes, latencyMs: this.#clock.now() - started });
+    return { action: 'delta', sequence: seq, bytes, applied: status.applied };
+  }
+
+  async #resync(): Promise<CycleResult> {
+    const r = this.record;
+    // Whatever the replica already received is applied first: the compare then runs against it.
+    const before = await this.#ship().catch(async (e) => {
+      if (TerminalError.is(e)) throw e;
+      // Logs from before the crash may be incomplete: drop them, the compare covers their blocks.
+      for (const seq of await this.#outboxSequences()) await rm(this.#outbox(seq), { recursive: true, force: true });
+      return this.#link.status(this.id);
+    });
+    const total = this.#totalBytes();
+    r.resync = { reason: r.resync?.reason ?? 'requested', bytesDone: 0, bytesTotal: total };
+    const seq = Math.max(r.sequence, before.applied, ...Object.values(before.received).flat()) + 1;
+    const filter = await this.#differenceFilter();
+    const bytes = await this.#seal(seq, 'resync', true, (done) => (r.resync!.bytesDone = done), filter);
+    const status = await this.#ship();
+    r.resync.bytesDone = total;
+    this.#stats.recordSuccess({ bytes, latencyMs: 0 });
+    await this.#apply('resyncDone');
+    return { action: 'resync', sequence: seq, bytes, applied: status.applied };
+  }
+
+  /** RequestReplicationStateChange(Suspended): tracking goes on, nothing ships. */
+  suspend(by: 'operator' | 'engine' = 'operator'): Promise<void> {
+    return this.#serial(async () => {
+      this.record.state = transition(this.record.state, 'suspend');
+      this.record.suspendedBy = by;
+      await this.save();
+    });
+  }
+
+  /** Resume after a suspend; also the operator's reset after a Critical error (then a resync runs). */
+  resume(): Promise<void> {
+    return this.#serial(async () => {
+      if (this.record.state === 'Critical') {
+        this.#retry.operatorReset();
+        delete this.record.terminalError;
+        this.record.resync = { bytesDone: 0, bytesTotal: 0, reason: 'operator reset after a critical error' };
+        await this.#apply('operatorReset');
+        return;
+      }
+      this.record.state = transition(this.record.state, 'resume');
+      delete this.record.suspendedBy;
+      this.#retry.operatorReset();
+      await this.save();
+    });
+  }
+
+  /** Resynchronise now, whatever the window. */
+  requestResync(): Promise<CycleResult> {
+    return this.#serial(async () => {
+      if (this.record.state === 'Replicating' || this.record.state === 'Suspended') {
+        this.record.resync = { bytesDone: 0, bytesTotal: 0, reason: 'requested by an operator' };
+        this.record.state = 'ResynchronizationRequired';
+        await this.save();
+      }
+      return this.#cycle(true);
+    });
+  }
+
+  /** ModifyReplicationSettings: a new policy applies from the next cycle; retention changes on the replica at once. */
+  modify(policy: ReplicationPolicySpec): Promise<void> {
+    return this.#serial(async () => {
+      this.record.policy = policy;
+      await this.#link.settings(this.id, retentionOf(policy));
+      await this.save();
+    });
+  }
+
+  resetStatistics(): void {
+    this.#stats.reset();
+  }
+
+  view(): RelationshipView {
+    const r = this.record;
+    const now = this.#clock.now();
+    const pending = this.#disks.reduce((n, d) => n + d.pendingBytes(), 0);
+    this.#stats.setPending(pending);
+    const stats = this.#stats.toJSON();
+    const { health, reasons } = assessHealth({
+      state: r.state,
+      now,
+      frequencyMs: this.frequencyMs,
+      ...(r.lastReplicationTime !== undefined && { lastReplicationTime: r.lastReplicationTime }),
+      ...(r.replicatingSince !== undefined && { replicatingSince: r.replicatingSince }),
+      successfulCycles: stats.successfulReplicationCount,
+      missedCycles: stats.missedReplicationCount,
+      ...(this.#retry.status === 'retrying' && { retrying: { attempts: this.#retry.attempts, lastError: this.#retry.lastError?.message } }),
+      ...(r.terminalError && { terminalError: r.terminalError }),
+      pendingBytes: pending,
+      diskBytes: this.#totalBytes(),
+      thresholdPercent: r.policy.resync?.thresholdPercent ?? 50,
+    });
+    this.#stats.setHealth(health);
+    const last = this.#retry.lastError;
+    return {
+      id: r.id,
+      role: 'Primary',
+      vm: r.vm,
+      peer: r.replica.name,
+      state: r.state,
+      health,
+      healthReasons: reasons.map((x: HealthReason) => x.message),
+      policy: r.policy,
+      disks: r.disks,
+      excludeDisks: r.excludeDisks,
+      ...(r.lastReplicationTime !== undefined && {
+        lastReplicationTime: new Date(r.lastReplicationTime).toISOString(),
+        lagSeconds: Math.max(0, Math.round((now - r.lastReplicationTime) / 1000)),
+      }),
+      pendingBytes: pending,
+      ...(r.initial && {
+        initialReplication: {
+          method: r.initial.method,
+          bytesDone: Math.round(r.initial.bytesDone),
+          bytesTotal: r.initial.bytesTotal,
+          ...(r.initial.startAt && { startAt: new Date(r.initial.startAt).toISOString() }),
+        },
+      }),
+      ...(r.resync && r.resync.bytesTotal > 0 && { resync: { bytesDone: r.resync.bytesDone, bytesTotal: r.resync.bytesTotal } }),
+      recoveryPoints: 0,
+      appliedSequence: r.applied,
+      bytesShipped: r.bytesShipped,
+      ...(r.replicaStoragePath && { storagePath: r.replicaStoragePath }),
+      ...(last && { lastError: { code: last.code ?? 'unknown', message: last.message, at: new Date(last.at).toISOString() } }),
+      ...(this.#retry.nextAttemptAt !== undefined && { nextRetryAt: new Date(this.#retry.nextAttemptAt).toISOString() }),
+      statistics: {
+        state: r.state,
+        health,
+        ...(stats.lastReplicationTime !== null && { lastReplicationTime: new Date(stats.lastReplicationTime).toISOString() }),
+        pendingReplicationSize: pending,
+        averageReplicationSize: stats.averageReplicationSize,
+        maximumReplicationSize: stats.maximumReplicationSize,
+        averageReplicationLatency: stats.averageReplicationLatency,
+        successfulReplicationCount: stats.successfulReplicationCount,
+        missedReplicationCount: stats.missedReplicationCount,
+        replicationErrors: stats.replicationErrors,
+        monitoringStartTime: new Date(stats.monitoringStartTime).toISOString(),
+      },
+    };
+  }
+
+  /** RemoveReplicationRelationship on the primary: stop, drop the outbox; the replica is told when reachable. */
+  remove(opts: { replicaToo: boolean }): Promise<void> {
+    return this.#serial(async () => {
+      if (opts.replicaToo) {
+        try {
+          await this.#link.remove(this.id);
+        } catch (e) {
+          if (!(TerminalError.is(e) && e.code === 'not-found')) throw e;
+        }
+      }
+      await rm(this.dir, { recursive: true, force: true });
+    });
+  }
+}
+
+/** Keeps the blocks of `extents` whose keyed digest differs from `remote` (4 KiB blocks). */
+async function* onlyDiffering(extents: AsyncIterable<Extent>, remote: BlockDigests, key: Buffer, zeroDigest: Buffer): AsyncGenerator<Extent> {
+  const remoteAt = (block: number): Buffer | undefined => {
+    if (remote.indexes) return undefined;
+    const at = block * DIGEST_BYTES;
+    return at + DIGEST_BYTES <= remote.digests.length ? remote.digests.subarray(at, at + DIGEST_BYTES) : undefined;
+  };
+  for await (const e of extents) {
+    if ('zero' in e) {
+      let runStart = -1;
+      const first = e.offset / BLOCK_SIZE;
+      const blocks = Math.ceil(e.length / BLOCK_SIZE);
+      for (let i = 0; i <= blocks; i++) {
+        const differs = i < blocks && !remoteAt(first + i)?.equals(zeroDigest);
+        if (differs && runStart < 0) runStart = i;
+        if (!differs && runStart >= 0) {
+          const offset = e.offset + runStart * BLOCK_SIZE;
+          yield { offset, length: Math.min(e.offset + e.length, e.offset + i * BLOCK_SIZE) - offset, zero: true };
+          runStart = -1;
+        }
+      }
+      continue;
+    }
+    let runStart = -1;
+    const blocks = Math.ceil(e.data.length / BLOCK_SIZE);
+    for (let i = 0; i <= blocks; i++) {
+      let differs = false;
+      if (i < blocks) {
+        const block = e.data.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE);
+        const mine = createHmac('sha256', key).update(block).digest();
+        differs = !remoteAt(e.offset / BLOCK_SIZE + i)?.equals(mine);
+      }
+      if (differs && runStart < 0) runStart = i;
+      if (!differs && runStart >= 0) {
+        yield { offset: e.offset + runStart * BLOCK_SIZE, data: e.data.subarray(runStart * BLOCK_SIZE, i * BLOCK_SIZE) };
+        runStart = -1;
+      }
+    }
+  }
+}
+
+export function newPrimaryRecord(req: {
+  id: string;
+  vm: string;
+  replica: { name: string; endpoint: string };
+  policy: ReplicationPolicySpec;
+  excludeDisks: string[];
+  disks: DiskInfo[];
+  replicaStoragePath?: string;
+}): PrimaryRecord {
+  return {
+    ...req,
+    role: 'Primary',
+    state: transition('Disabled', 'enable'),
+    sequence: 0,
+    applied: 0,
+    bytesShipped: 0,
+  };
+}

@@ -1,0 +1,49 @@
+// The primary's link to a Replica server over HTTPS with mutual TLS: the agent API's replica
+// verbs, and log transfers that resume where the server's durable offset stands.
+import { digestsFromJSON, type BlockDigests, type BlockDigestsJSON } from '../core/block-checksums.ts';
+import { API, type CreateReplicaRequest, type ReplicaStatus } from '../transport/agent-api.ts';
+import type { CertBundle } from '../transport/certs.ts';
+import { createMtlsClient, type MtlsClient } from '../transport/mtls.ts';
+import { TransferCounters, uploadFile } from '../transport/upload.ts';
+import type { ReplicaLink } from './primary.ts';
+
+export class HttpReplicaLink implements ReplicaLink {
+  readonly counters = new TransferCounters();
+  readonly #client: MtlsClient;
+
+  constructor(endpoint: string, tls: CertBundle) {
+    this.#client = createMtlsClient({ ca: tls.ca, cert: tls.cert, key: tls.key, baseUrl: endpoint, counters: this.counters });
+  }
+
+  async createReplica(req: CreateReplicaRequest): Promise<ReplicaStatus> {
+    return (await this.#client.request('POST', API.replicaRelationships, req)).json<ReplicaStatus>();
+  }
+
+  async status(id: string): Promise<ReplicaStatus> {
+    return (await this.#client.request('GET', API.replicaRelationship(id))).json<ReplicaStatus>();
+  }
+
+  async upload(id: string, sequence: number, diskId: string, path: string, onProgress?: (done: number, total: number) => void): Promise<void> {
+    await uploadFile(this.#client, path, API.replicaLog(id, sequence, diskId), onProgress ? { onProgress } : {});
+  }
+
+  async apply(id: string): Promise<ReplicaStatus> {
+    return (await this.#client.request('POST', API.replicaApply(id), {})).json<ReplicaStatus>();
+  }
+
+  async checksums(id: string, diskId: string): Promise<BlockDigests> {
+    return digestsFromJSON((await this.#client.request('GET', API.replicaChecksums(id, diskId))).json<BlockDigestsJSON>());
+  }
+
+  async settings(id: string, retention: CreateReplicaRequest['retention']): Promise<void> {
+    await this.#client.request('PUT', API.replicaSettings(id), { retention });
+  }
+
+  async remove(id: string): Promise<void> {
+    await this.#client.request('DELETE', API.replicaRelationship(id));
+  }
+
+  close(): void {
+    this.#client.close();
+  }
+}

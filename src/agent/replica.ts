@@ -1,0 +1,283 @@
+// The Replica server's side of one relationship: verifies each log before acknowledging it, keeps
+// it durable, applies complete points in sequence and serves checksums, recovery points and
+// point-in-time digests. External-media imports arrive here as sequence 1.
+import { readdir, rm, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeJsonAtomic } from '../core/atomic-file.ts';
+import { blockChecksums, type BlockDigests } from '../core/block-checksums.ts';
+import { importFromMedia } from '../core/initial-copy.ts';
+import { openLog, writeLog } from '../core/log-format.ts';
+import { ReplicaStore } from '../core/replica-store.ts';
+import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../core/types.ts';
+import type { Clock } from '../model/clock.ts';
+import { TerminalError } from '../model/errors.ts';
+import type { DiskInfo, RecoveryPointInfo, RelationshipView, ReplicaStatus } from '../transport/agent-api.ts';
+import type { Logger } from '../transport/logger.ts';
+import { open } from 'node:fs/promises';
+import { createHash, randomUUID } from 'node:crypto';
+
+export interface ReplicaRecord {
+  id: string;
+  role: 'Replica';
+  vm: string;
+  /** Host name of the primary (its certificate's name). */
+  primary: string;
+  storagePath: string;
+  trustGroup?: string;
+  disks: DiskInfo[];
+  retention: { additional: number; appConsistentEvery?: number };
+  state: 'ReadyForInitialReplication' | 'WaitingForInitialReplicationImport' | 'Replicating';
+  integrityErrors: number;
+  lastIntegrityError?: { message: string; at: number };
+}
+
+export class ReplicaReplication {
+  readonly dir: string;
+  record: ReplicaRecord;
+  readonly store: ReplicaStore;
+  readonly #keys: RelationshipKeys;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+
+  private constructor(dir: string, record: ReplicaRecord, store: ReplicaStore, keys: RelationshipKeys, clock: Clock, log: Logger) {
+    this.dir = dir;
+    this.record = record;
+    this.store = store;
+    this.#keys = keys;
+    this.#clock = clock;
+    this.#log = log;
+  }
+
+  /** Opens the store (finishing any apply a crash interrupted). */
+  static async open(dir: string, record: ReplicaRecord, keys: RelationshipKeys, clock: Clock, log: Logger): Promise<ReplicaReplication> {
+    await mkdir(record.storagePath, { recursive: true });
+    const store = await ReplicaStore.open(record.storagePath, keys, {
+      relationshipId: record.id,
+      disks: record.disks,
+      retention: record.retention,
+    });
+    const r = new ReplicaReplication(dir, record, store, keys, clock, log);
+    if (store.applied >= 1 && record.state !== 'Replicating') {
+      record.state = 'Replicating';
+      await r.save();
+    }
+    return r;
+  }
+
+  get id(): string {
+    return this.record.id;
+  }
+
+  async save(): Promise<void> {
+    await writeJsonAtomic(join(this.dir, 'state.json'), this.record);
+  }
+
+  /**
+   * Verifies a transferred log (seal, relationship, disk, sequence) and makes it durable; only
+   * then may the primary be acknowledged. A damaged log is deleted and refused, so the primary
+   * sends it again; nothing of it is applied.
+   */
+  async receive(diskId: string, sequence: number, path: string): Promise<void> {
+    try {
+      await openLog(path, this.#keys, { relationshipId: this.id, diskId, sequence });
+    } catch (e) {
+      await rm(path, { force: true });
+      this.record.integrityErrors++;
+      this.record.lastIntegrityError = { message: (e as Error).message, at: this.#clock.now() };
+      await this.save();
+      this.#log.warn('replication log rejected', { relationship: this.id, disk: diskId, sequence, error: (e as Error).message });
+      throw e;
+    }
+    await this.store.receive(diskId, sequence, path, { move: true });
+  }
+
+  /** Applies every complete point received, then prunes by retention. */
+  async apply(): Promise<ReplicaStatus> {
+    try {
+      await this.store.applyPending();
+    } catch (e) {
+      if (TerminalError.is(e)) throw e;
+      this.record.integrityErrors++;
+      this.record.lastIntegrityError = { message: (e as Error).message, at: this.#clock.now() };
+      await this.save();
+      this.#log.warn('apply failed; the log will be requested again', { relationship: this.id, error: (e as Error).message });
+    }
+    await this.store.prune(this.#clock.now());
+    if (this.store.applied >= 1 && this.record.state !== 'Replicating') {
+      this.record.state = 'Replicating';
+      await this.save();
+    }
+    return this.status();
+  }
+
+  async status(): Promise<ReplicaStatus> {
+    const received: Record<string, number[]> = {};
+    for (const name of await readdir(join(this.record.storagePath, 'incoming')).catch(() => [] as string[])) {
+      const m = /^(\d+)\.(.+)\.hrl$/.exec(name);
+      if (m) (received[m[2]] ??= []).push(Number(m[1]));
+    }
+    for (const list of Object.values(received)) list.sort((a, b) => a - b);
+    return {
+      id: this.id,
+      vm: this.record.vm,
+      primary: this.record.primary,
+      storagePath: this.record.storagePath,
+      state: this.record.state,
+      applied: this.store.applied,
+      received,
+      points: this.points(),
+      disks: this.record.disks,
+    };
+  }
+
+  points(): RecoveryPointInfo[] {
+    return this.store.points().map((p) => ({
+      sequence: p.sequence,
+      time: new Date(p.time).toISOString(),
+      consistency: p.consistency,
+      cutId: p.cutId,
+    }));
+  }
+
+  /** Keyed 4 KiB checksums of a disk at the latest point (all zeroes before any point). */
+  async checksums(diskId: string): Promise<BlockDigests> {
+    const disk = this.record.disks.find((d) => d.id === diskId);
+    if (!disk) throw new TerminalError('not-found', `replica ${this.id} has no disk ${diskId}`);
+    if (this.store.applied === 0) {
+      // Before any point the image is what the operator placed (existing replica) or zeroes.
+      const fh = await open(this.store.diskPath(diskId), 'r');
+      try {
+        return await blockChecksums({ size: disk.size, read: (o, l) => readAt(fh, o, l) }, BLOCK_SIZE, this.#keys.macKey);
+      } finally {
+        await fh.close();
+      }
+    }
+    const view = await this.store.openView(this.store.applied, diskId);
+    try {
+      return await blockChecksums(view, BLOCK_SIZE, this.#keys.macKey);
+    } finally {
+      await view.close();
+    }
+  }
+
+  /** SHA-256 of a disk at a retained point, read through the point-in-time view. */
+  async pointDigest(sequence: number, diskId: string): Promise<string> {
+    const view = await this.store.openView(sequence, diskId);
+    try {
+      const h = createHash('sha256');
+      for (let at = 0; at < view.size; at += 8 << 20) h.update(await view.read(at, Math.min(8 << 20, view.size - at)));
+      return h.digest('hex');
+    } finally {
+      await view.close();
+    }
+  }
+
+  async setRetention(retention: ReplicaRecord['retention']): Promise<void> {
+    await this.store.setRetention(retention);
+    this.record.retention = retention;
+    await this.save();
+  }
+
+  /**
+   * Imports an external-media export (made by the primary) as sequence 1: each verified raw image
+   * becomes a full log and goes through the ordinary receive-and-apply path.
+   */
+  async importMedia(folder: string): Promise<ReplicaStatus> {
+    if (this.store.applied >= 1) throw new TerminalError('invalid-state', `replica ${this.id} already holds its initial copy`);
+    const { manifest, disks } = await importFromMedia(folder, { macKey: this.#keys.macKey, expect: this.record.disks });
+    for (const d of disks) {
+      const fh = await open(d.path, 'r');
+      const tmp = join(this.dir, `import-${d.id}.hrl`);
+      try {
+        await writeLog(
+          {
+            relationshipId: this.id,
+            diskId: d.id,
+            diskSize: d.size,
+            sequence: 1,
+            basePoint: 0,
+            blockSize: BLOCK_SIZE,
+            cutTime: manifest.cutTime,
+            consistency: 'crash',
+            kind: 'full',
+            cutId: manifest.cutId ?? randomUUID(),
+          },
+          readImage(fh, d.size),
+          this.#keys,
+          tmp,
+        );
+      } finally {
+        await fh.close();
+      }
+      await this.receive(d.id, 1, tmp);
+    }
+    return this.apply();
+  }
+
+  view(now: number): RelationshipView {
+    const pts = this.store.points();
+    const latest = pts.at(-1);
+    const stats = this.store.stats();
+    const health = this.record.integrityErrors > 0 && this.record.lastIntegrityError && now - this.record.lastIntegrityError.at < 3_600_000 ? 'Warning' : 'Normal';
+    return {
+      id: this.id,
+      role: 'Replica',
+      vm: this.record.vm,
+      peer: this.record.primary,
+      state: this.record.state,
+      health,
+      healthReasons: health === 'Warning' ? [`log rejected: ${this.record.lastIntegrityError!.message}`] : [],
+      disks: this.record.disks,
+      excludeDisks: [],
+      ...(latest && { lastReplicationTime: new Date(latest.time).toISOString(), lagSeconds: Math.max(0, Math.round((now - latest.time) / 1000)) }),
+      pendingBytes: 0,
+      recoveryPoints: pts.length,
+      appliedSequence: this.store.applied,
+      storagePath: this.record.storagePath,
+      statistics: {
+        state: this.record.state,
+        health,
+        ...(latest && { lastReplicationTime: new Date(latest.time).toISOString() }),
+        pendingReplicationSize: 0,
+        averageReplicationSize: stats.pointsApplied ? Math.round(stats.bytesApplied / stats.pointsApplied) : 0,
+        maximumReplicationSize: 0,
+        averageReplicationLatency: 0,
+        successfulReplicationCount: stats.pointsApplied,
+        missedReplicationCount: 0,
+        replicationErrors: this.record.integrityErrors,
+        monitoringStartTime: new Date(now).toISOString(),
+      },
+    };
+  }
+
+  async remove(): Promise<void> {
+    await this.store.removeAll();
+    await rm(this.dir, { recursive: true, force: true });
+  }
+
+  async close(): Promise<void> {
+    await this.store.close();
+  }
+}
+
+async function readAt(fh: import('node:fs/promises').FileHandle, offset: number, length: number): Promise<Buffer> {
+  const buf = Buffer.alloc(length);
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  return buf;
+}
+
+/** A raw image as extents: data in 1 MiB pieces, all-zero pieces as zero extents. */
+async function* readImage(fh: import('node:fs/promises').FileHandle, size: number): AsyncGenerator<Extent> {
+  const CHUNK = 1 << 20;
+  const zero = Buffer.alloc(CHUNK);
+  for (let at = 0; at < size; at += CHUNK) {
+    const data = await readAt(fh, at, Math.min(CHUNK, size - at));
+    if (data.equals(zero.subarray(0, data.length))) yield { offset: at, length: data.length, zero: true };
+    else yield { offset: at, data };
+  }
+}

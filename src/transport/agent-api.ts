@@ -1,0 +1,140 @@
+// The wire format of the agent API: paths and JSON bodies shared by the agent (server), the
+// primary-to-replica link and the site drivers (clients). Verbs follow Hyper-V's
+// Msvm_ReplicationService: CreateReplicationRelationship, StartReplication,
+// ModifyReplicationSettings, RequestReplicationStateChange, RemoveReplicationRelationship,
+// GetReplicationStatistics.
+import type { ReplicationPolicySpec } from '../model/types.generated.ts';
+
+export const API = {
+  health: '/v1/health',
+  vms: '/v1/vms',
+  vm: (name: string) => `/v1/vms/${enc(name)}`,
+  vmPower: (name: string) => `/v1/vms/${enc(name)}/power`,
+  relationships: '/v1/relationships',
+  relationship: (id: string) => `/v1/relationships/${enc(id)}`,
+  startReplication: (id: string) => `/v1/relationships/${enc(id)}/start`,
+  replicateNow: (id: string) => `/v1/relationships/${enc(id)}/replicate-now`,
+  settings: (id: string) => `/v1/relationships/${enc(id)}/settings`,
+  suspend: (id: string) => `/v1/relationships/${enc(id)}/suspend`,
+  resume: (id: string) => `/v1/relationships/${enc(id)}/resume`,
+  statistics: (id: string) => `/v1/relationships/${enc(id)}/statistics`,
+  resetStatistics: (id: string) => `/v1/relationships/${enc(id)}/statistics/reset`,
+  recoveryPoints: (id: string) => `/v1/relationships/${enc(id)}/recovery-points`,
+  pointDigest: (id: string, seq: number, disk: string) =>
+    `/v1/relationships/${enc(id)}/recovery-points/${seq}/disks/${enc(disk)}/sha256`,
+  importMedia: (id: string) => `/v1/relationships/${enc(id)}/import`,
+  // Primary agent -> Replica server.
+  replicaRelationships: '/v1/replica/relationships',
+  replicaRelationship: (id: string) => `/v1/replica/relationships/${enc(id)}`,
+  replicaLog: (id: string, seq: number, disk: string) => `/v1/replica/relationships/${enc(id)}/logs/${seq}/${enc(disk)}`,
+  replicaApply: (id: string) => `/v1/replica/relationships/${enc(id)}/apply`,
+  replicaChecksums: (id: string, disk: string) => `/v1/replica/relationships/${enc(id)}/disks/${enc(disk)}/checksums`,
+  replicaSettings: (id: string) => `/v1/replica/relationships/${enc(id)}/settings`,
+} as const;
+
+function enc(s: string): string {
+  return encodeURIComponent(s);
+}
+
+export interface DiskInfo {
+  id: string;
+  size: number;
+}
+
+export type RelationshipRole = 'Primary' | 'Replica';
+
+/** CreateReplicationRelationship, sent by an operator to the primary host's agent. */
+export interface CreateRelationshipRequest {
+  /** Deterministic id chosen by the caller (the reconciler derives it from site and VM names). */
+  id: string;
+  vm: string;
+  replica: { name: string; endpoint: string };
+  /** Defaults already applied (src/config/defaults.ts). */
+  policy: ReplicationPolicySpec;
+  excludeDisks?: string[];
+  replicaStoragePath?: string;
+}
+
+/** Sent by the primary agent to the Replica server when the relationship is created. */
+export interface CreateReplicaRequest {
+  id: string;
+  vm: string;
+  disks: DiskInfo[];
+  /** Relationship keys, base64: the channel is mutual TLS; the replica needs them to verify and decrypt logs. */
+  keys: { encryptionKey: string; macKey: string };
+  retention: { additional: number; appConsistentEvery?: number };
+  storagePath?: string;
+}
+
+/** What a Replica server says about its side of a relationship. */
+export interface ReplicaStatus {
+  id: string;
+  vm: string;
+  primary: string;
+  storagePath: string;
+  state: string;
+  /** Sequence of the latest applied (complete, consistent) point; 0 before the initial copy. */
+  applied: number;
+  /** Sequences received and durable, not applied yet, per disk. */
+  received: Record<string, number[]>;
+  points: RecoveryPointInfo[];
+  disks: DiskInfo[];
+}
+
+export interface RecoveryPointInfo {
+  sequence: number;
+  /** RFC 3339 time of the cut. */
+  time: string;
+  consistency: 'crash' | 'app';
+  cutId: string;
+}
+
+export interface ReplicationStatisticsView {
+  state: string;
+  health: string;
+  lastReplicationTime?: string;
+  pendingReplicationSize: number;
+  averageReplicationSize: number;
+  maximumReplicationSize: number;
+  averageReplicationLatency: number;
+  successfulReplicationCount: number;
+  missedReplicationCount: number;
+  replicationErrors: number;
+  monitoringStartTime: string;
+}
+
+/** One relationship as an agent reports it (GET /v1/relationships). */
+export interface RelationshipView {
+  id: string;
+  role: RelationshipRole;
+  vm: string;
+  /** Peer host name: the replica for a primary, the primary for a replica. */
+  peer: string;
+  state: string;
+  health: 'Normal' | 'Warning' | 'Critical';
+  healthReasons: string[];
+  policy?: ReplicationPolicySpec;
+  disks: DiskInfo[];
+  excludeDisks: string[];
+  lastReplicationTime?: string;
+  /** Seconds since the cut of the latest point the replica holds. */
+  lagSeconds?: number;
+  pendingBytes: number;
+  initialReplication?: { method: string; bytesDone: number; bytesTotal: number; startAt?: string };
+  resync?: { bytesDone: number; bytesTotal: number };
+  recoveryPoints: number;
+  appliedSequence: number;
+  /** Bytes of sealed logs sent to the replica (primary side): what crossed the wire, before TLS. */
+  bytesShipped?: number;
+  storagePath?: string;
+  lastError?: { code: string; message: string; at: string };
+  nextRetryAt?: string;
+  statistics: ReplicationStatisticsView;
+}
+
+export interface CreateVmRequest {
+  name: string;
+  disks: { name: string; size: number }[];
+  adapters?: { name: string; network?: string }[];
+  power?: 'Running' | 'Off';
+}

@@ -1,0 +1,177 @@
+// Two (or more) real agents for end-to-end tests: certificates from one CA, a config file per
+// host, agents as separate `drsite agent` processes (or in-process), and an operator client.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Agent } from '../../src/agent/agent.ts';
+import { loadAgentConfig } from '../../src/agent/config.ts';
+import { silentLogger } from '../../src/transport/logger.ts';
+import { initCertificates, loadCertBundle } from '../../src/transport/certs.ts';
+import { createMtlsClient, type MtlsClient } from '../../src/transport/mtls.ts';
+import { DRSITE } from '../cli/run-cli.ts';
+
+export const OPERATOR = 'drsite-operator';
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+    s.on('error', reject);
+  });
+}
+
+export interface HostSpec {
+  name: string;
+  replicaServer?: boolean;
+  allowedPrimaries?: string[];
+}
+
+export interface Host {
+  name: string;
+  config: string;
+  dataDir: string;
+  url: string;
+  port: number;
+}
+
+export class Cluster {
+  readonly root: string;
+  readonly certs: string;
+  readonly hosts = new Map<string, Host>();
+  readonly #procs = new Map<string, ChildProcess>();
+  readonly #agents = new Map<string, Agent>();
+  readonly #clients: MtlsClient[] = [];
+
+  private constructor(root: string) {
+    this.root = root;
+    this.certs = join(root, 'certs');
+  }
+
+  static async create(specs: HostSpec[], extraCerts: string[] = []): Promise<Cluster> {
+    const c = new Cluster(mkdtempSync(join(tmpdir(), 'drsite-cluster-')));
+    await initCertificates(c.certs, [...specs.map((s) => s.name), OPERATOR, ...extraCerts]);
+    for (const s of specs) {
+      const port = await freePort();
+      const dataDir = join(c.root, s.name);
+      const config = join(c.root, `${s.name}.yaml`);
+      const primaries = s.allowedPrimaries ?? specs.filter((x) => x.name !== s.name).map((x) => x.name);
+      writeFileSync(
+        config,
+        [
+          `name: ${s.name}`,
+          `dataDir: ${dataDir}`,
+          `listen: { host: 127.0.0.1, port: ${port} }`,
+          `tlsDir: ${c.certs}`,
+          `operators: [${OPERATOR}]`,
+          'replicaServer:',
+          `  enabled: ${s.replicaServer ?? true}`,
+          `  defaultStoragePath: ${join(dataDir, 'replicas-store')}`,
+          '  allowedPrimaries:',
+          ...primaries.map((p) => `    - { server: "${p}", storagePath: ${join(dataDir, 'from-' + p.replace(/\*/g, 'any'))}, trustGroup: test }`),
+          ...(primaries.length ? [] : ['    []']),
+        ].join('\n'),
+      );
+      c.hosts.set(s.name, { name: s.name, config, dataDir, url: `https://127.0.0.1:${port}`, port });
+    }
+    return c;
+  }
+
+  host(name: string): Host {
+    const h = this.hosts.get(name);
+    if (!h) throw new Error(`no host ${name}`);
+    return h;
+  }
+
+  /** Starts `drsite agent` as a separate process and waits until it listens. */
+  async startProcess(name: string): Promise<ChildProcess> {
+    const h = this.host(name);
+    const child = spawn(process.execPath, [DRSITE, 'agent', '--config', h.config], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let log = '';
+    await new Promise<void>((resolve, reject) => {
+      const onData = (d: Buffer) => {
+        log += d;
+        if (log.includes('"agent listening"')) {
+          child.stderr!.off('data', onData);
+          resolve();
+        }
+      };
+      child.stderr!.on('data', onData);
+      child.once('exit', (code) => reject(new Error(`agent ${name} exited (${code}) before listening:\n${log}`)));
+    });
+    child.stderr!.resume();
+    this.#procs.set(name, child);
+    return child;
+  }
+
+  /** Kills an agent process with `signal` and waits for it to exit. */
+  async kill(name: string, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const child = this.#procs.get(name);
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise((r) => child.once('exit', r));
+    child.kill(signal);
+    await exited;
+    this.#procs.delete(name);
+  }
+
+  /** Starts an agent inside this process (schedule off: the test drives cycles). */
+  async startInProcess(name: string, opts: { schedule?: boolean } = {}): Promise<Agent> {
+    const config = await loadAgentConfig(this.host(name).config);
+    const agent = await Agent.start(config, { log: silentLogger, schedule: opts.schedule ?? false });
+    this.#agents.set(name, agent);
+    return agent;
+  }
+
+  async stopInProcess(name: string): Promise<void> {
+    await this.#agents.get(name)?.stop();
+    this.#agents.delete(name);
+  }
+
+  /** A client presenting the certificate `as` (default: the operator's). */
+  async client(host: string, as = OPERATOR): Promise<MtlsClient> {
+    const tls = await loadCertBundle(this.certs, as);
+    const c = createMtlsClient({ ca: tls.ca, cert: tls.cert, key: tls.key, baseUrl: this.host(host).url, timeoutMs: 120_000 });
+    this.#clients.push(c);
+    return c;
+  }
+
+  async destroy(): Promise<void> {
+    for (const c of this.#clients) c.close();
+    for (const name of [...this.#procs.keys()]) await this.kill(name, 'SIGKILL');
+    for (const name of [...this.#agents.keys()]) await this.stopInProcess(name);
+    rmSync(this.root, { recursive: true, force: true });
+  }
+}
+
+export async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  const fh = await open(path, 'r');
+  try {
+    const buf = Buffer.alloc(8 << 20);
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      if (!bytesRead) break;
+      h.update(buf.subarray(0, bytesRead));
+    }
+  } finally {
+    await fh.close();
+  }
+  return h.digest('hex');
+}
+
+export const policy30s = {
+  frequency: '30s',
+  recoveryPoints: { additional: 4 },
+  appConsistentEvery: '0',
+  compression: true,
+  encryption: 'aes-256-gcm',
+  initialReplication: { method: 'network', startAt: 'immediately' },
+  resync: { thresholdPercent: 50, window: '22:00-06:00', automatic: true },
+  multiVmConsistency: false,
+} as const;
