@@ -290,7 +290,10 @@ export class Agent {
       rs.allowedPrimaries.map((a) => ({ server: a.server, storagePath: a.storagePath ?? rs.defaultStoragePath, trustGroup: a.trustGroup ?? 'default' })),
       peer,
     );
-    if (!decision.allowed) throw new TerminalError('authorization', decision.reason);
+    if (!decision.allowed) {
+      this.#log.warn('replication refused: peer is not an allowed primary server', { peer: peer.commonName, fingerprint: peer.fingerprint256, reason: decision.reason });
+      throw new TerminalError('authorization', decision.reason);
+    }
     if (!RELATIONSHIP_ID.test(req.id ?? '')) throw new TerminalError('invalid-argument', `relationship id ${JSON.stringify(req.id)} is not valid`);
     const existing = this.#replicas.get(req.id);
     if (existing) {
@@ -481,6 +484,7 @@ export class Agent {
     r.add('PUT', '/v1/replica/relationships/:id/logs/:seq/:disk', 'primary', upload);
     r.add('HEAD', '/v1/replica/relationships/:id/logs/:seq/:disk', 'primary', upload);
     r.add('POST', '/v1/replica/relationships/:id/apply', 'primary', async (ctx) => this.#ownReplica(ctx.params.id, ctx.peer).apply());
+    r.add('POST', '/v1/replica/relationships/:id/discard-pending', 'primary', async (ctx) => this.#ownReplica(ctx.params.id, ctx.peer).discardPending());
     r.add('GET', '/v1/replica/relationships/:id/disks/:disk/checksums', 'primary', async (ctx) =>
       digestsToJSON(await this.#ownReplica(ctx.params.id, ctx.peer).checksums(ctx.params.disk)),
     );

@@ -33,6 +33,8 @@ export interface ReplicaLink {
   /** Resolves once the Replica server holds the log durably (its acknowledgement). */
   upload(id: string, sequence: number, diskId: string, path: string, onProgress?: (done: number, total: number) => void): Promise<void>;
   apply(id: string): Promise<ReplicaStatus>;
+  /** Drops logs received but not applied: a resync restarts the chain from the applied point. */
+  discardPending(id: string): Promise<ReplicaStatus>;
   checksums(id: string, diskId: string): Promise<BlockDigests>;
   settings(id: string, retention: CreateReplicaRequest['retention']): Promise<void>;
   remove(id: string): Promise<void>;
@@ -333,7 +335,15 @@ export class PrimaryReplication {
    */
   async #ship(onProgress?: (done: number, total: number) => void): Promise<ReplicaStatus> {
     let status = await this.#link.status(this.id);
-    for (const seq of await this.#outboxSequences()) {
+    const outbox = await this.#outboxSequences();
+    const received = new Set(Object.values(status.received).flat());
+    for (let missing = status.applied + 1; missing < (outbox[0] ?? 0); missing++) {
+      if (!received.has(missing)) {
+        // A log between the replica's point and our oldest unsent one is gone on both sides.
+        throw new TerminalError('broken-chain', `replica of ${this.record.vm} is at point ${status.applied} but log ${missing} is lost; resynchronization required`);
+      }
+    }
+    for (const seq of outbox) {
       if (seq <= status.applied) {
         await rm(this.#outbox(seq), { recursive: true, force: true });
         continue;
@@ -428,18 +438,19 @@ export class PrimaryReplication {
     return { action: 'delta', sequence: seq, bytes, applied: status.applied };
   }
 
+  /**
+   * Resynchronisation: a cut of every block compared by keyed checksums with the replica's latest
+   * applied point; only differing blocks ship. Logs cut before it (in the outbox, or received and
+   * not applied) are dropped on both sides, since the compare covers their blocks, and the chain
+   * restarts at the applied point: the resync log is `applied + 1`, based on `applied`.
+   */
   async #resync(): Promise<CycleResult> {
     const r = this.record;
-    // Whatever the replica already received is applied first: the compare then runs against it.
-    const before = await this.#ship().catch(async (e) => {
-      if (TerminalError.is(e)) throw e;
-      // Logs from before the crash may be incomplete: drop them, the compare covers their blocks.
-      for (const seq of await this.#outboxSequences()) await rm(this.#outbox(seq), { recursive: true, force: true });
-      return this.#link.status(this.id);
-    });
+    for (const seq of await this.#outboxSequences()) await rm(this.#outbox(seq), { recursive: true, force: true });
+    const before = await this.#link.discardPending(this.id);
     const total = this.#totalBytes();
     r.resync = { reason: r.resync?.reason ?? 'requested', bytesDone: 0, bytesTotal: total };
-    const seq = Math.max(r.sequence, before.applied, ...Object.values(before.received).flat()) + 1;
+    const seq = before.applied + 1;
     const filter = await this.#differenceFilter();
     const bytes = await this.#seal(seq, 'resync', true, (done) => (r.resync!.bytesDone = done), filter);
     const status = await this.#ship();
@@ -549,6 +560,7 @@ export class PrimaryReplication {
       ...(r.resync && r.resync.bytesTotal > 0 && { resync: { bytesDone: r.resync.bytesDone, bytesTotal: r.resync.bytesTotal } }),
       recoveryPoints: 0,
       appliedSequence: r.applied,
+      lastCutSequence: r.sequence,
       bytesShipped: r.bytesShipped,
       ...(r.replicaStoragePath && { storagePath: r.replicaStoragePath }),
       ...(last && { lastError: { code: last.code ?? 'unknown', message: last.message, at: new Date(last.at).toISOString() } }),

@@ -24,11 +24,17 @@ export class HttpReplicaLink implements ReplicaLink {
   }
 
   async upload(id: string, sequence: number, diskId: string, path: string, onProgress?: (done: number, total: number) => void): Promise<void> {
-    await uploadFile(this.#client, path, API.replicaLog(id, sequence, diskId), onProgress ? { onProgress } : {});
+    // A short in-place retry rides over a dropped connection; longer outages belong to the
+    // relationship's retry schedule (1, 2, 4, 8, 10, then 30 minutes), not to this call.
+    await uploadFile(this.#client, path, API.replicaLog(id, sequence, diskId), { retries: 2, retryDelayMs: 100, ...(onProgress && { onProgress }) });
   }
 
   async apply(id: string): Promise<ReplicaStatus> {
     return (await this.#client.request('POST', API.replicaApply(id), {})).json<ReplicaStatus>();
+  }
+
+  async discardPending(id: string): Promise<ReplicaStatus> {
+    return (await this.#client.request('POST', API.replicaDiscardPending(id), {})).json<ReplicaStatus>();
   }
 
   async checksums(id: string, diskId: string): Promise<BlockDigests> {

@@ -91,6 +91,13 @@ export class ReplicaReplication {
     await this.store.receive(diskId, sequence, path, { move: true });
   }
 
+  /** Drops received logs not applied yet (a resynchronisation restarts the chain from the applied point). */
+  async discardPending(): Promise<ReplicaStatus> {
+    const n = await this.store.discardPending();
+    if (n) this.#log.info('discarded logs superseded by a resynchronisation', { relationship: this.id, logs: n });
+    return this.status();
+  }
+
   /** Applies every complete point received, then prunes by retention. */
   async apply(): Promise<ReplicaStatus> {
     try {

@@ -222,6 +222,25 @@ export class ReplicaStore {
     return true;
   }
 
+  /**
+   * Deletes every received log not applied yet. A resynchronisation compares against the latest
+   * applied point and starts the chain again from there, so logs cut before it must never apply.
+   */
+  discardPending(): Promise<number> {
+    return this.exclusive(async () => {
+      let n = 0;
+      for (const name of await readdir(join(this.dir, 'incoming'))) {
+        const m = LOG_NAME.exec(name);
+        if (m && Number(m[1]) > this.state.applied) {
+          await unlinkIfExists(join(this.dir, 'incoming', name));
+          n++;
+        }
+      }
+      await fsyncDir(join(this.dir, 'incoming'));
+      return n;
+    });
+  }
+
   /** The initial replication: every disk's `full` log of sequence 1, received and applied as one point. */
   async applyFull(logs: Readonly<Record<string, string>>): Promise<AppliedPoint[]> {
     for (const [diskId, path] of Object.entries(logs)) await this.receive(diskId, 1, path);

@@ -28,6 +28,7 @@ export const API = {
   replicaRelationship: (id: string) => `/v1/replica/relationships/${enc(id)}`,
   replicaLog: (id: string, seq: number, disk: string) => `/v1/replica/relationships/${enc(id)}/logs/${seq}/${enc(disk)}`,
   replicaApply: (id: string) => `/v1/replica/relationships/${enc(id)}/apply`,
+  replicaDiscardPending: (id: string) => `/v1/replica/relationships/${enc(id)}/discard-pending`,
   replicaChecksums: (id: string, disk: string) => `/v1/replica/relationships/${enc(id)}/disks/${enc(disk)}/checksums`,
   replicaSettings: (id: string) => `/v1/replica/relationships/${enc(id)}/settings`,
 } as const;
@@ -124,6 +125,8 @@ export interface RelationshipView {
   resync?: { bytesDone: number; bytesTotal: number };
   recoveryPoints: number;
   appliedSequence: number;
+  /** Primary side: sequence of the newest cut sealed into the outbox (shipped or not). */
+  lastCutSequence?: number;
   /** Bytes of sealed logs sent to the replica (primary side): what crossed the wire, before TLS. */
   bytesShipped?: number;
   storagePath?: string;

@@ -47,7 +47,7 @@ export type MtlsHandler = (
   res: ServerResponse,
   peer: PeerIdentity,
   grant: AuthGrant | undefined,
-) => void | Promise<void>;
+) => unknown;
 
 export interface MtlsServer {
   readonly port: number;
@@ -273,51 +273,51 @@ export function createMtlsClient(opts: MtlsClientOptions): MtlsClient {
         fail(errorFromSocket(e, where));
       }
       function send(): void {
-      const req = https.request(url, { method, agent, headers: hdrs }, (res) => {
-        const parts: Buffer[] = [];
-        res.on('data', (c: Buffer) => {
-          counters.bytesReceived += c.length;
-          parts.push(c);
-        });
-        res.once('error', (e) => fail(errorFromSocket(e, where)));
-        res.once('close', () => {
-          if (!res.complete) fail(new RetryableError('network', `${where}: connection lost while reading the response`));
-        });
-        res.once('end', () => {
-          if (settled) return;
-          const status = res.statusCode ?? 0;
-          const buf = Buffer.concat(parts);
-          if (status >= 400) return fail(errorFromResponse(status, buf, where));
-          settled = true;
-          resolve({
-            status,
-            headers: res.headers,
-            body: buf,
-            json: <T>() => JSON.parse(buf.toString('utf8')) as T,
+        const req = https.request(url, { method, agent, headers: hdrs }, (res) => {
+          const parts: Buffer[] = [];
+          res.on('data', (c: Buffer) => {
+            counters.bytesReceived += c.length;
+            parts.push(c);
+          });
+          res.once('error', (e) => fail(errorFromSocket(e, where)));
+          res.once('close', () => {
+            if (!res.complete) fail(new RetryableError('network', `${where}: connection lost while reading the response`));
+          });
+          res.once('end', () => {
+            if (settled) return;
+            const status = res.statusCode ?? 0;
+            const buf = Buffer.concat(parts);
+            if (status >= 400) return fail(errorFromResponse(status, buf, where));
+            settled = true;
+            resolve({
+              status,
+              headers: res.headers,
+              body: buf,
+              json: <T>() => JSON.parse(buf.toString('utf8')) as T,
+            });
           });
         });
-      });
-      req.setTimeout(timeoutMs, () =>
-        req.destroy(new RetryableError('network', `${where}: no progress for ${timeoutMs} ms`)),
-      );
-      req.once('error', (e) => fail(errorFromSocket(e, where)));
-      if (payload === undefined) {
-        req.end();
-      } else if (Buffer.isBuffer(payload)) {
-        counters.bytesSent += payload.length;
-        req.end(payload);
-      } else {
-        const src = payload;
-        src.on('data', (c: Buffer) => {
-          counters.bytesSent += c.length;
-        });
-        // A failing source (say, the file being read) is the caller's problem, not the network's.
-        src.once('error', (e) => {
-          req.destroy();
-          fail(e);
-        });
-        src.pipe(req);
-      }
+        req.setTimeout(timeoutMs, () =>
+          req.destroy(new RetryableError('network', `${where}: no progress for ${timeoutMs} ms`)),
+        );
+        req.once('error', (e) => fail(errorFromSocket(e, where)));
+        if (payload === undefined) {
+          req.end();
+        } else if (Buffer.isBuffer(payload)) {
+          counters.bytesSent += payload.length;
+          req.end(payload);
+        } else {
+          const src = payload;
+          src.on('data', (c: Buffer) => {
+            counters.bytesSent += c.length;
+          });
+          // A failing source (say, the file being read) is the caller's problem, not the network's.
+          src.once('error', (e) => {
+            req.destroy();
+            fail(e);
+          });
+          src.pipe(req);
+        }
       }
     });
   };

@@ -134,6 +134,8 @@ function appendBody(
       done = true;
       void pending.then(() => resolve({ written, failure, aborted }));
     };
+    // The peer may have vanished while this request waited for the lock: its 'close' is past.
+    if (req.destroyed) return finish(!req.complete);
     req.on('data', (chunk: Buffer) => {
       if (failure !== undefined) return;
       if (written + chunk.length > max) {
@@ -180,6 +182,10 @@ async function finishUpload(
   checksum: string | undefined,
 ): Promise<UploadCompletion> {
   const file = state.kind === 'received' ? p.final : p.part;
+  if (state.kind === 'receiving' && state.offset === 0) {
+    await mkdir(o.dir, { recursive: true }); // an empty upload never wrote a part file
+    await (await open(p.part, 'a')).close();
+  }
   const sha256 = await sha256File(file);
   if (checksum !== undefined && checksum !== sha256) {
     // Which byte is wrong is unknowable: drop it all so the retry starts from zero.

@@ -1,0 +1,202 @@
+// Faults at the edges between real agent processes: the replica killed during apply, the primary
+// killed without a clean cut, damaged logs, and peers that must be refused.
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { NbdClient } from '../../src/agent/nbd-client.ts';
+import { randomWrites } from '../../src/agent/workload.ts';
+import { writeLog } from '../../src/core/log-format.ts';
+import { RetryableError, TerminalError } from '../../src/model/errors.ts';
+import type { RelationshipView, ReplicaStatus } from '../../src/transport/agent-api.ts';
+import { createCa, issueCertificate } from '../../src/transport/certs.ts';
+import { createMtlsClient, type MtlsClient } from '../../src/transport/mtls.ts';
+import { uploadFile } from '../../src/transport/upload.ts';
+import { Cluster, policy30s, sha256File } from './cluster.ts';
+
+const MiB = 1 << 20;
+let cluster: Cluster;
+let a: MtlsClient;
+let b: MtlsClient;
+
+beforeAll(async () => {
+  cluster = await Cluster.create([{ name: 'host-a' }, { name: 'host-b', allowedPrimaries: ['host-a', 'stranger-*'] }], ['intruder', 'stranger-1']);
+  await cluster.startProcess('host-a');
+  await cluster.startProcess('host-b');
+  a = await cluster.client('host-a');
+  b = await cluster.client('host-b');
+});
+afterAll(async () => cluster?.destroy());
+
+async function protect(vm: string, disks: { name: string; size: number }[]): Promise<string> {
+  await a.request('POST', '/v1/vms', { name: vm, disks });
+  const id = `rel-${vm}`;
+  await a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
+  await a.request('POST', `/v1/relationships/${id}/start?wait=true`);
+  return id;
+}
+
+async function digest(id: string, seq: number, disk: string): Promise<string> {
+  return (await b.request('GET', `/v1/relationships/${id}/recovery-points/${seq}/disks/${disk}/sha256`)).json<{ sha256: string }>().sha256;
+}
+
+describe('faults', () => {
+  test('replica agent killed with SIGKILL at 30 random moments during apply: always exactly at an acknowledged point, none lost', async () => {
+    const id = await protect('crashy', [{ name: 'd0', size: 64 * MiB }, { name: 'd1', size: 64 * MiB }]);
+    const vmDir = join(cluster.host('host-a').dataDir, 'vms', 'crashy');
+    const socket = join(cluster.host('host-a').dataDir, 'nbd', 'crashy.sock');
+    const d0 = await NbdClient.connect(socket, 'd0');
+    const d1 = await NbdClient.connect(socket, 'd1');
+    // State of the primary at each cut: no writes happen between taking it and the cycle's cut.
+    const atCut = new Map<number, string[]>();
+    const state = async () => [await sha256File(join(vmDir, 'd0.img')), await sha256File(join(vmDir, 'd1.img'))];
+    let acknowledged = 1;
+    atCut.set(1, await state());
+    const store = join(cluster.host('host-b').dataDir, 'from-host-a', id);
+    const hits = { applying: 0, other: 0 };
+    for (let round = 0; round < 30; round++) {
+      // Large scattered writes make each apply long enough for the kill to land inside it.
+      await Promise.all([
+        ...randomWrites(96, d0.size, 10 * round + 1, { maxBlocks: 64 }).map((w) => d0.write(w.offset, w.data)),
+        ...randomWrites(96, d1.size, 10 * round + 2, { maxBlocks: 64 }).map((w) => d1.write(w.offset, w.data)),
+      ]);
+      // No writes happen between this and the cycle's cut, so this is the state at the cut.
+      const expected = await state();
+      const seq = (await a.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>().lastCutSequence! + 1;
+      let settled = false;
+      const cyc = a.request('POST', `/v1/relationships/${id}/replicate-now`).then(
+        (r) => r.json<{ sequence: number; applied: number }>(),
+        (e: unknown) => e as Error,
+      ).finally(() => (settled = true));
+      // Wait until the replica's journal says this point is being applied, then kill at a random
+      // moment inside (or, when the apply is quicker, just after) that window.
+      const applying = () => {
+        try {
+          return (JSON.parse(readFileSync(join(store, 'state.json'), 'utf8')) as { applying: { sequence: number } | null }).applying?.sequence === seq;
+        } catch {
+          return false;
+        }
+      };
+      while (!settled && !applying()) await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 25)));
+      await cluster.kill('host-b', 'SIGKILL');
+      const journal = JSON.parse(readFileSync(join(store, 'state.json'), 'utf8')) as { applying: unknown };
+      if (journal.applying) hits.applying++;
+      else hits.other++;
+      const result = await cyc;
+      const cutAfter = (await a.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>().lastCutSequence!;
+      expect(cutAfter).toBe(seq);
+      atCut.set(seq, expected);
+      if (!(result instanceof Error)) acknowledged = result.applied;
+      await cluster.startProcess('host-b');
+      const status = (await b.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+      // Exactly at some complete point, never between, never before an acknowledged one.
+      expect(status.appliedSequence).toBeGreaterThanOrEqual(acknowledged);
+      const want = atCut.get(status.appliedSequence);
+      expect(want, `point ${status.appliedSequence} is one the primary cut`).toBeDefined();
+      expect([await digest(id, status.appliedSequence, 'd0'), await digest(id, status.appliedSequence, 'd1')]).toEqual(want);
+      acknowledged = Math.max(acknowledged, status.appliedSequence);
+    }
+    // Converges: one more cycle brings the replica to the primary.
+    const last = (await a.request('POST', `/v1/relationships/${id}/replicate-now`)).json<{ sequence: number; applied: number }>();
+    expect(last.applied).toBe(last.sequence);
+    expect([await digest(id, last.sequence, 'd0'), await digest(id, last.sequence, 'd1')]).toEqual(await state());
+    if (process.env.DRSITE_TEST_VERBOSE) console.log(hits);
+    // The journal said "applying" at the kill: the kill interrupted the apply itself.
+    expect(hits.applying, JSON.stringify(hits)).toBeGreaterThanOrEqual(10);
+    await d0.close();
+    await d1.close();
+  }, 240_000);
+
+  test('a damaged or truncated log is refused, nothing of it applied, health Warning, then the log is accepted when sent again', async () => {
+    const id = await protect('tamper', [{ name: 'd0', size: 4 * MiB }]);
+    const before = (await b.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+    const beforeDigest = await digest(id, before.appliedSequence, 'd0');
+    // Act as host-a (its certificate) and send a log it sealed with the relationship's keys.
+    const keys = JSON.parse(readFileSync(join(cluster.host('host-a').dataDir, 'relationships', id, 'keys.json'), 'utf8')) as { encryptionKey: string; macKey: string };
+    const relKeys = { encryptionKey: Buffer.from(keys.encryptionKey, 'base64'), macKey: Buffer.from(keys.macKey, 'base64') };
+    const seq = before.appliedSequence + 1;
+    const good = join(cluster.root, 'good.hrl');
+    await writeLog(
+      { relationshipId: id, diskId: 'd0', diskSize: 4 * MiB, sequence: seq, basePoint: seq - 1, blockSize: 4096, cutTime: Date.now(), consistency: 'crash', kind: 'delta', cutId: 'test-cut' },
+      [{ offset: 8192, data: randomBytes(64 * 1024) }],
+      relKeys,
+      good,
+    );
+    const asPrimary = await cluster.client('host-b', 'host-a');
+    const url = `/v1/replica/relationships/${id}/logs/${seq}/d0`;
+    const flipped = join(cluster.root, 'flipped.hrl');
+    const bytes = readFileSync(good);
+    bytes[Math.floor(bytes.length / 2)] ^= 0x01;
+    writeFileSync(flipped, bytes);
+    const truncated = join(cluster.root, 'truncated.hrl');
+    writeFileSync(truncated, readFileSync(good));
+    truncateSync(truncated, readFileSync(good).length - 100);
+    for (const bad of [flipped, truncated]) {
+      const err = await uploadFile(asPrimary, bad, url, { retries: 0 }).catch((e: unknown) => e);
+      expect(RetryableError.is(err) && err.code === 'integrity', String(err)).toBe(true);
+      const st = (await asPrimary.request('GET', `/v1/replica/relationships/${id}`)).json<ReplicaStatus>();
+      expect(st.applied).toBe(before.appliedSequence);
+      expect(st.received.d0 ?? []).not.toContain(seq); // not kept: the primary must send it again
+    }
+    expect(await digest(id, before.appliedSequence, 'd0')).toBe(beforeDigest);
+    const warned = (await b.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+    expect(warned.health).toBe('Warning');
+    expect(warned.statistics.replicationErrors).toBe(2);
+    // Sent again intact: accepted and applied.
+    await uploadFile(asPrimary, good, url, { retries: 0 });
+    const applied = (await asPrimary.request('POST', `/v1/replica/relationships/${id}/apply`, {})).json<ReplicaStatus>();
+    expect(applied.applied).toBe(seq);
+  });
+
+  test('peers that are not allowed are refused: another CA, a name outside allowedPrimaries, a host acting as operator', async () => {
+    const url = cluster.host('host-b').url;
+    const create = { id: 'rel-x', vm: 'x', disks: [{ id: 'd0', size: 4096 }], keys: { encryptionKey: randomBytes(32).toString('base64'), macKey: randomBytes(32).toString('base64') }, retention: { additional: 0 } };
+    // Same name as a legitimate primary, signed by another CA.
+    const rogueCa = createCa({ commonName: 'rogue CA' });
+    const rogue = issueCertificate(rogueCa, { commonName: 'host-a', altNames: ['host-a', '127.0.0.1'], usage: 'client' });
+    const caPem = readFileSync(join(cluster.certs, 'ca.crt'), 'utf8');
+    const rogueClient = createMtlsClient({ ca: caPem, cert: rogue.certPem, key: rogue.keyPem, baseUrl: url });
+    const e1 = await rogueClient.request('POST', '/v1/replica/relationships', create).catch((e: unknown) => e);
+    expect(TerminalError.is(e1) && e1.code === 'authentication', String(e1)).toBe(true);
+    rogueClient.close();
+    // From our CA, but not an allowed primary.
+    const intruder = await cluster.client('host-b', 'intruder');
+    const e2 = await intruder.request('POST', '/v1/replica/relationships', create).catch((e: unknown) => e);
+    expect(TerminalError.is(e2) && e2.code === 'authorization', String(e2)).toBe(true);
+    // An allowed primary may not use the operator API.
+    const hostA = await cluster.client('host-b', 'host-a');
+    const e3 = await hostA.request('GET', '/v1/relationships').catch((e: unknown) => e);
+    expect(TerminalError.is(e3) && e3.code === 'authorization', String(e3)).toBe(true);
+    // A wildcard entry admits a matching name; another primary cannot touch that replica.
+    const stranger = await cluster.client('host-b', 'stranger-1');
+    const created = (await stranger.request('POST', '/v1/replica/relationships', create)).json<ReplicaStatus>();
+    expect(created.primary).toBe('stranger-1');
+    const e4 = await hostA.request('GET', '/v1/replica/relationships/rel-x').catch((e: unknown) => e);
+    expect(TerminalError.is(e4) && e4.code === 'authorization', String(e4)).toBe(true);
+  });
+
+  test('primary agent killed without a clean cut comes back ResynchronizationRequired; resync ships only what differs', async () => {
+    const id = await protect('fragile', [{ name: 'd0', size: 32 * MiB }, { name: 'd1', size: 32 * MiB }]);
+    const socket = join(cluster.host('host-a').dataDir, 'nbd', 'fragile.sock');
+    const vmDir = join(cluster.host('host-a').dataDir, 'vms', 'fragile');
+    const d0 = await NbdClient.connect(socket, 'd0');
+    // 1% of the disk changed, then the primary dies before any cut.
+    for (const w of randomWrites(Math.round((32 * MiB * 0.01) / 4096), d0.size, 99, { maxBlocks: 1 })) await d0.write(w.offset, w.data);
+    await d0.close().catch(() => {});
+    await cluster.kill('host-a', 'SIGKILL');
+    await cluster.startProcess('host-a');
+    const after = (await a.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+    expect(after.state).toBe('ResynchronizationRequired');
+    expect(after.health).toBe('Warning');
+    const shippedBefore = after.bytesShipped ?? 0;
+    const r = (await a.request('POST', `/v1/relationships/${id}/resync`)).json<{ action: string; sequence: number; applied: number }>();
+    expect(r.action).toBe('resync');
+    const done = (await a.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+    expect(done.state).toBe('Replicating');
+    expect(await digest(id, r.sequence, 'd0')).toBe(await sha256File(join(vmDir, 'd0.img')));
+    expect(await digest(id, r.sequence, 'd1')).toBe(await sha256File(join(vmDir, 'd1.img')));
+    // Bytes of sealed logs on the wire for the resync: under 3% of the 64 MiB of disks.
+    expect((done.bytesShipped ?? 0) - shippedBefore).toBeLessThan(0.03 * 64 * MiB);
+  });
+});
