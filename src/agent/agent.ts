@@ -2,7 +2,7 @@
 // primary side of its relationships on the policy's schedule, acts as a Replica server for the
 // primaries it accepts, and answers the replication-service API over HTTPS with mutual TLS.
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir } from 'node:fs/promises';
+import { copyFile, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { readJsonIfExists, writeJsonAtomic } from '../core/atomic-file.ts';
@@ -16,7 +16,13 @@ import {
   type CreateRelationshipRequest,
   type CreateReplicaRequest,
   type CreateVmRequest,
+  type FailoverAdapterSettings,
+  type FailoverRequest,
+  type FailoverResult,
   type RelationshipView,
+  type ReverseRequest,
+  type TestFailoverRequest,
+  type TestFailoverResult,
 } from '../transport/agent-api.ts';
 import { authorizePeer } from '../transport/authorization.ts';
 import { sendError } from '../transport/http-errors.ts';
@@ -27,12 +33,12 @@ import { stderrLogger, type Logger } from '../transport/logger.ts';
 import { createMtlsServer, type MtlsServer } from '../transport/mtls.ts';
 import { handleUpload } from '../transport/upload.ts';
 import type { AgentConfig } from './config.ts';
-import { FilesHypervisor } from './hypervisor-files.ts';
+import { FilesHypervisor, type VmAdapter, type VmDefinition } from './hypervisor-files.ts';
 import { HttpReplicaLink } from './replica-link.ts';
 import { PrimaryReplication, newPrimaryRecord, retentionOf, type PrimaryRecord } from './primary.ts';
 import { ReplicaReplication, type ReplicaRecord } from './replica.ts';
 import { Router, type RouteContext } from './router.ts';
-import { VmRuntime } from './vm-runtime.ts';
+import { VmRuntime, type ClosableDevice } from './vm-runtime.ts';
 
 export interface AgentOptions {
   clock?: Clock;
@@ -112,7 +118,14 @@ export class Agent {
       const record = await readJsonIfExists<ReplicaRecord>(join(repDir, id, 'state.json'));
       const keys = await this.#readKeys(join(repDir, id));
       if (!record || !keys) continue;
-      this.#replicas.set(id, await ReplicaReplication.open(join(repDir, id), record, keys, this.#clock, this.#log));
+      const rep = await ReplicaReplication.open(join(repDir, id), record, keys, this.#clock, this.#log);
+      this.#replicas.set(id, rep);
+      // VMs running on overlays of a recovery point come back on the same overlays.
+      for (const active of [record.testFailover, record.failover]) {
+        if (!active || record.committed) continue;
+        const vm = await this.hv.find(active.vm);
+        if (vm) this.#runtimes.set(vm.name, await VmRuntime.serve(vm, await rep.openOverlays(active.sequence, this.hv.vmDir(vm.name)), this.nbdDir, this.#log));
+      }
     }
   }
 
@@ -203,7 +216,7 @@ export class Agent {
     }
   }
 
-  async createRelationship(req: CreateRelationshipRequest): Promise<RelationshipView> {
+  async createRelationship(req: CreateRelationshipRequest & { seedFromVm?: string }): Promise<RelationshipView> {
     if (!RELATIONSHIP_ID.test(req.id ?? '')) throw new TerminalError('invalid-argument', `relationship id ${JSON.stringify(req.id)} is not valid`);
     const existing = this.#primaries.get(req.id);
     if (existing) {
@@ -229,6 +242,7 @@ export class Agent {
       keys: { encryptionKey: keys.encryptionKey.toString('base64'), macKey: keys.macKey.toString('base64') },
       retention: retentionOf(req.policy),
       ...(req.replicaStoragePath && { storagePath: req.replicaStoragePath }),
+      ...(req.seedFromVm && { seedFromVm: req.seedFromVm }),
     });
     const dir = join(this.config.dataDir, 'relationships', req.id);
     await mkdir(dir, { recursive: true });
@@ -301,6 +315,7 @@ export class Agent {
       return existing;
     }
     const storageRoot = req.storagePath ?? decision.storagePath ?? rs.defaultStoragePath;
+    if (req.seedFromVm) await this.#seedReplica(req.seedFromVm, join(storageRoot, req.id), req.disks);
     const dir = join(this.config.dataDir, 'replicas', req.id);
     await mkdir(dir, { recursive: true });
     const keys: RelationshipKeys = { encryptionKey: Buffer.from(req.keys.encryptionKey, 'base64'), macKey: Buffer.from(req.keys.macKey, 'base64') };
@@ -323,6 +338,197 @@ export class Agent {
     this.#replicas.set(req.id, r);
     this.#log.info('replica created', { relationship: req.id, vm: req.vm, primary: peer.commonName, storagePath: record.storagePath });
     return r;
+  }
+
+  /**
+   * Reverse replication: the former primary's own copy of the VM becomes the replica's starting
+   * image (the VM must be off), so the new primary ships only blocks that differ. Its old primary
+   * relationship for the VM ends here; the VM itself now exists only as a replica.
+   */
+  async #seedReplica(vmName: string, storageDir: string, disks: CreateReplicaRequest['disks']): Promise<void> {
+    const vm = await this.hv.find(vmName);
+    if (!vm) return; // nothing to seed from: a full compare against zeroes
+    if (vm.power !== 'Off') throw new TerminalError('invalid-state', `VM ${vmName} is running on ${this.config.name}: shut it down before reverse replication`);
+    for (const p of [...this.#primaries.values()].filter((x) => x.record.vm === vmName)) {
+      this.#primaries.delete(p.id);
+      await p.remove({ replicaToo: false });
+    }
+    for (const r of [...this.#replicas.values()].filter((x) => x.record.failover?.vm === vmName)) {
+      this.#replicas.delete(r.id);
+      await r.remove();
+    }
+    await this.#runtimes.get(vmName)?.stop();
+    this.#runtimes.delete(vmName);
+    await mkdir(storageDir, { recursive: true });
+    for (const d of disks) {
+      const disk = vm.disks.find((x) => x.name === d.id);
+      if (!disk) continue;
+      const from = this.hv.diskPath(vmName, disk);
+      const to = join(storageDir, `${d.id}.img`);
+      await rename(from, to).catch(async (e: NodeJS.ErrnoException) => {
+        if (e.code !== 'EXDEV') throw e;
+        await copyFile(from, to);
+      });
+    }
+    await this.hv.remove(vmName);
+    this.#log.info('replica seeded from the former primary VM', { vm: vmName, storage: storageDir });
+  }
+
+  // ------------------------------------------------------------------------------------ failover
+
+  #adapters(req: { adapters?: FailoverAdapterSettings[]; network?: string | null }): VmAdapter[] {
+    const list = req.adapters?.length ? req.adapters : [{ name: 'eth0' }];
+    return list.map((a) => {
+      const network = a.network === undefined ? req.network : a.network;
+      return { name: a.name, ...(network ? { network } : {}), ...(a.ipv4 && { ipv4: a.ipv4 }), ...(a.ipv6 && { ipv6: a.ipv6 }) };
+    });
+  }
+
+  /** Creates `name` on this host running on overlays of the replica's point `sequence`. */
+  async #overlayVm(rep: ReplicaReplication, name: string, sequence: number, kind: 'test' | 'failover', adapters: VmAdapter[], power: 'Running' | 'Off'): Promise<VmRuntime> {
+    if (await this.hv.find(name)) throw new TerminalError('invalid-state', `a VM named ${name} already exists on ${this.config.name}`);
+    const dir = this.hv.vmDir(name);
+    await mkdir(dir, { recursive: true });
+    let devices: Map<string, ClosableDevice> | undefined;
+    try {
+      devices = await rep.openOverlays(sequence, dir);
+      const vm: VmDefinition = {
+        name,
+        disks: rep.record.disks.map((d) => ({ name: d.id, file: `${d.id}.overlay`, size: d.size })),
+        adapters,
+        power,
+        origin: { relationshipId: rep.id, recoveryPoint: sequence, kind },
+      };
+      await this.hv.save(vm);
+      const rt = await VmRuntime.serve(vm, devices, this.nbdDir, this.#log);
+      this.#runtimes.set(name, rt);
+      return rt;
+    } catch (e) {
+      if (devices) for (const d of devices.values()) await d.close().catch(() => {});
+      await rm(dir, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  async #dropVm(name: string): Promise<void> {
+    await this.#runtimes.get(name)?.stop();
+    this.#runtimes.delete(name);
+    await this.hv.remove(name);
+  }
+
+  /** Test failover: `<vm>-Test` from a chosen point on a throw-away overlay; replication keeps running. */
+  async testFailover(id: string, req: TestFailoverRequest): Promise<TestFailoverResult> {
+    const rep = this.replica(id);
+    if (rep.record.testFailover) throw new TerminalError('invalid-state', `a test failover of ${rep.record.vm} is already active (${rep.record.testFailover.vm}); clean it up first`);
+    if (rep.record.committed) throw new TerminalError('invalid-state', `replica of ${rep.record.vm} was committed after a failover: no recovery points left to test`);
+    const point = rep.resolvePoint(req.recoveryPoint);
+    const name = `${rep.record.vm}-Test`;
+    const rt = await this.#overlayVm(rep, name, point.sequence, 'test', this.#adapters({ ...req, network: req.network ?? null }), 'Running');
+    rep.record.testFailover = { vm: name, sequence: point.sequence };
+    await rep.save();
+    this.#log.info('test failover', { relationship: id, vm: name, point: point.sequence });
+    return { testVm: name, recoveryPoint: rep.pointInfo(point), nbdSocket: rt.socketPath };
+  }
+
+  async cleanupTestFailover(id: string): Promise<{ removed: string[] }> {
+    const rep = this.replica(id);
+    const active = rep.record.testFailover;
+    if (!active) throw new TerminalError('invalid-state', `no test failover of ${rep.record.vm} is active`);
+    await this.#dropVm(active.vm);
+    delete rep.record.testFailover;
+    await rep.save();
+    return { removed: [active.vm] };
+  }
+
+  async preparePlannedFailover(id: string): Promise<{ sequence: number; state: string }> {
+    const p = this.primary(id);
+    const vm = await this.hv.get(p.record.vm);
+    if (vm.power !== 'Off') throw new TerminalError('invalid-state', `VM ${vm.name} is running: shut it down before a planned failover`);
+    return p.preparePlannedFailover();
+  }
+
+  /** Failover (planned or unplanned) to a point; the same call again before commit changes the point. */
+  async failover(id: string, req: FailoverRequest): Promise<FailoverResult> {
+    const rep = this.replica(id);
+    const state = rep.record.state;
+    if (state === 'FailedOver') throw new TerminalError('invalid-state', `replica of ${rep.record.vm} is already failed over and committed`);
+    if (state === 'ReadyForInitialReplication' || state === 'WaitingForInitialReplicationImport') {
+      throw new TerminalError('invalid-state', `replica of ${rep.record.vm} has no complete copy yet (${state})`);
+    }
+    const point = rep.resolvePoint(req.recoveryPoint);
+    if (rep.record.failover) await this.#dropVm(rep.record.failover.vm); // change of point before commit
+    await this.#overlayVm(rep, rep.record.vm, point.sequence, 'failover', this.#adapters(req), req.start === false ? 'Off' : 'Running');
+    rep.record.failover = { vm: rep.record.vm, sequence: point.sequence };
+    rep.record.state = 'FailoverWaitingCompletion';
+    await rep.save();
+    this.#log.info('failover', { relationship: id, vm: rep.record.vm, point: point.sequence });
+    return { vm: rep.record.vm, recoveryPoint: rep.pointInfo(point), state: rep.record.state };
+  }
+
+  /** Commit: the failed-over VM gets standalone disks; the other recovery points are discarded. */
+  async commit(id: string): Promise<RelationshipView> {
+    const rep = this.replica(id);
+    const active = rep.record.failover;
+    if (rep.record.state !== 'FailoverWaitingCompletion' || !active) throw new TerminalError('invalid-state', `cannot commit ${rep.record.vm}: no failover is waiting for completion (${rep.record.state})`);
+    const rt = this.#runtimes.get(active.vm);
+    const vm = await this.hv.get(active.vm);
+    const dir = this.hv.vmDir(active.vm);
+    for (const d of vm.disks) {
+      const dev = rt?.devices.get(d.name);
+      if (!dev) throw new TerminalError('invalid-state', `failed-over VM ${active.vm} has no running disk ${d.name}`);
+      await materialize(dev, join(dir, `${d.name}.img.tmp`));
+    }
+    await rt?.stop();
+    for (const d of vm.disks) {
+      await rename(join(dir, `${d.name}.img.tmp`), join(dir, `${d.name}.img`));
+      await rm(join(dir, `${d.name}.overlay`), { force: true });
+      await rm(join(dir, `${d.name}.overlay.map`), { force: true });
+    }
+    const committed: VmDefinition = { ...vm, disks: vm.disks.map((d) => ({ ...d, file: `${d.name}.img` })) };
+    await this.hv.save(committed);
+    await rep.discardChain();
+    this.#runtimes.set(committed.name, await VmRuntime.start(this.hv, committed, this.nbdDir, this.#log));
+    return rep.view(this.#clock.now());
+  }
+
+  /** Cancel: on the replica, the failed-over VM is discarded and replication resumes; on the primary, a prepared planned failover is undone. */
+  async cancel(id: string): Promise<RelationshipView> {
+    const rep = this.#replicas.get(id);
+    if (rep?.record.state === 'FailoverWaitingCompletion' && rep.record.failover) {
+      await this.#dropVm(rep.record.failover.vm);
+      delete rep.record.failover;
+      rep.record.state = 'Replicating';
+      await rep.save();
+      return rep.view(this.#clock.now());
+    }
+    const p = this.#primaries.get(id);
+    if (p?.state === 'PreparedForPlannedFailover') {
+      await p.cancelPrepared();
+      return p.view();
+    }
+    throw new TerminalError('invalid-state', `nothing to cancel for ${id} on ${this.config.name}: no failover waiting for completion or prepared`);
+  }
+
+  /** Reverse replication from this host (which runs the failed-over VM) back to the former primary. */
+  async reverse(id: string, req: ReverseRequest): Promise<RelationshipView> {
+    const rep = this.replica(id);
+    if (rep.record.state === 'FailoverWaitingCompletion') await this.commit(id);
+    if (rep.record.state !== 'FailedOver') throw new TerminalError('invalid-state', `cannot reverse ${rep.record.vm}: it is not failed over (${rep.record.state})`);
+    const view = await this.createRelationship({
+      id: req.id,
+      vm: rep.record.vm,
+      replica: req.replica,
+      policy: { ...req.policy, initialReplication: { method: 'existing-replica', startAt: 'immediately' } },
+      seedFromVm: rep.record.vm,
+    });
+    this.#replicas.delete(id);
+    await rep.remove();
+    if (req.start !== false) {
+      const p = this.primary(req.id);
+      await p.startInitial();
+      return p.view();
+    }
+    return view;
   }
 
   /** A replica's calls must come from the primary that created it. */
@@ -460,6 +666,14 @@ export class Agent {
       const { folder } = await json<{ folder: string }>(ctx);
       return this.replica(ctx.params.id).importMedia(join(folder, ctx.params.id));
     });
+    // Failover family
+    r.add('POST', '/v1/relationships/:id/test-failover', 'operator', async (ctx) => this.testFailover(ctx.params.id, await json<TestFailoverRequest>(ctx)));
+    r.add('POST', '/v1/relationships/:id/cleanup-test-failover', 'operator', async (ctx) => this.cleanupTestFailover(ctx.params.id));
+    r.add('POST', '/v1/relationships/:id/prepare-planned-failover', 'operator', async (ctx) => this.preparePlannedFailover(ctx.params.id));
+    r.add('POST', '/v1/relationships/:id/failover', 'operator', async (ctx) => this.failover(ctx.params.id, await json<FailoverRequest>(ctx)));
+    r.add('POST', '/v1/relationships/:id/commit', 'operator', async (ctx) => this.commit(ctx.params.id));
+    r.add('POST', '/v1/relationships/:id/cancel', 'operator', async (ctx) => this.cancel(ctx.params.id));
+    r.add('POST', '/v1/relationships/:id/reverse', 'operator', async (ctx) => this.reverse(ctx.params.id, await json<ReverseRequest>(ctx)));
     // Replica server: called by primaries
     r.add('POST', API.replicaRelationships, 'primary', async (ctx) => {
       return (await this.createReplica(await json<CreateReplicaRequest>(ctx), ctx.identity)).status();
@@ -473,6 +687,7 @@ export class Agent {
     });
     const upload = async (ctx: RouteContext) => {
       const rep = this.#ownReplica(ctx.params.id, ctx.peer);
+      rep.acceptingLogs(); // refuse before taking any data
       const n = seq(ctx);
       await handleUpload(ctx.req, ctx.res, {
         dir: join(rep.dir, 'uploads'),
@@ -494,5 +709,22 @@ export class Agent {
       return { ok: true };
     });
     return r;
+  }
+}
+
+/** Writes a device's whole content as a sparse raw image (all-zero chunks are skipped). */
+async function materialize(dev: ClosableDevice, path: string): Promise<void> {
+  const CHUNK = 4 << 20;
+  const zero = Buffer.alloc(CHUNK);
+  const fh = await open(path, 'w', 0o644);
+  try {
+    await fh.truncate(dev.size);
+    for (let at = 0; at < dev.size; at += CHUNK) {
+      const buf = await dev.read(at, Math.min(CHUNK, dev.size - at));
+      if (!buf.equals(zero.subarray(0, buf.length))) await fh.write(buf, 0, buf.length, at);
+    }
+    await fh.sync();
+  } finally {
+    await fh.close();
   }
 }

@@ -278,7 +278,7 @@ export class AzureBlobLink implements ReplicaLink {
           onProgress?.(done, total);
         }
       }
-      await blobs.writeSequence({ sequence, cutTime: h.cutTime, consistency: h.consistency, cutId: h.cutId, diskSize: h.diskSize }, counted(), live);
+      await blobs.writeSequence({ sequence, cutTime: h.cutTime, consistency: h.consistency, cutId: h.cutId, diskSize: h.diskSize }, counted(), live, log.index);
     });
   }
 
@@ -286,7 +286,7 @@ export class AzureBlobLink implements ReplicaLink {
   async #rollback(rec: AzureReplicaRecord, blobs: DiskBlobs, live: LiveState, snaps?: SnapshotIndex): Promise<LiveState> {
     const base = this.#diskPoints(rec, snaps ?? (await this.#snapshots(rec.id)), blobs.diskId).find((p) => p.point.sequence === rec.applied);
     this.#log.warn('Azure replica: dropping writes not applied', { relationship: rec.id, disk: blobs.diskId, abandoned: live.writing?.sequence ?? live.written?.sequence, to: rec.applied });
-    await blobs.rollback(base, live.diskSize);
+    await blobs.rollback(base, live);
     return blobs.live();
   }
 

@@ -3,7 +3,7 @@
 // so comparing a disk with Azure never needs its data downloaded. Both are snapshotted together:
 // a recovery point is one snapshot of each.
 import { createHmac } from 'node:crypto';
-import type { ContainerClient, PageBlobClient } from '@azure/storage-blob';
+import type { BlobClient, ContainerClient, PageBlobClient } from '@azure/storage-blob';
 import { DIGEST_BYTES, type BlockDigests } from '../core/block-checksums.ts';
 import { BLOCK_SIZE, type Extent } from '../core/types.ts';
 import { VHD_FOOTER_BYTES, vhdFooter } from '../core/vhd.ts';
@@ -70,6 +70,8 @@ export class DiskBlobs {
   readonly diskId: string;
   readonly disk: PageBlobClient;
   readonly sums: PageBlobClient;
+  /** `<disk>.intent.json`: the undo journal of the sequence being written. */
+  readonly intent: BlobClient;
   readonly count: TransferCount;
   readonly #macKey: Buffer;
   readonly #zeroDigest: Map<number, Buffer> = new Map();
@@ -79,6 +81,7 @@ export class DiskBlobs {
     this.diskId = diskId;
     this.disk = container.getPageBlobClient(diskBlobName(relationshipId, diskId));
     this.sums = container.getPageBlobClient(sumsBlobName(relationshipId, diskId));
+    this.intent = container.getBlobClient(`${relationshipId}/${diskId}.intent.json`);
     this.#macKey = macKey;
     this.count = count;
   }
@@ -160,9 +163,10 @@ export class DiskBlobs {
    * first and the `written` mark last, so a crash in between leaves a blob known to be half-written.
    * Returns the ETag of the disk blob the sums now describe.
    */
-  async writeSequence(point: PointMetadata & { diskSize: number }, extents: AsyncIterable<Extent>, before: LiveState): Promise<string> {
+  async writeSequence(point: PointMetadata & { diskSize: number }, extents: AsyncIterable<Extent>, before: LiveState, touched: readonly ByteRange[]): Promise<string> {
     if (point.diskSize > before.diskSize) await this.#grow(before.diskSize, point.diskSize);
     const diskSize = Math.max(before.diskSize, point.diskSize);
+    await this.#saveIntent({ sequence: point.sequence, cutId: point.cutId, ranges: mergeRanges(touched) });
     await this.#setLive({ diskSize, writing: { sequence: point.sequence, cutId: point.cutId }, ...(before.written && { written: before.written }) });
     const entries = new Map<number, Buffer>();
     const partial = new Set<number>();
@@ -276,22 +280,44 @@ export class DiskBlobs {
     return { disk: disk.snapshot!, sums: sums.snapshot! };
   }
 
+  /** The undo journal of the sequence being written: which ranges it touches, saved before any page changes. */
+  async #saveIntent(intent: Intent): Promise<void> {
+    const body = Buffer.from(JSON.stringify({ sequence: intent.sequence, cutId: intent.cutId, ranges: intent.ranges.map((r) => [r.offset, r.length]) }));
+    const blob = this.intent.getBlockBlobClient();
+    await azureCall(blob.name, () => blob.upload(body, body.length));
+    this.count.uploaded += body.length;
+  }
+
+  async #readIntent(): Promise<Intent | undefined> {
+    try {
+      const body = await azureCall(this.intent.name, () => this.intent.downloadToBuffer());
+      this.count.downloaded += body.length;
+      const j = JSON.parse(body.toString('utf8')) as { sequence: number; cutId: string; ranges: [number, number][] };
+      return { sequence: j.sequence, cutId: j.cutId, ranges: j.ranges.map(([offset, length]) => ({ offset, length })) };
+    } catch (e) {
+      if (isBlobNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
   /**
    * Puts the live blobs back to a point (or to an empty disk when there is none): undoes a sequence
-   * that was half-written and then abandoned by the primary.
+   * that was (half-)written and then abandoned. Only the ranges its journal names are restored, from
+   * the point's snapshots, so the cost is the size of the abandoned delta, not of the disk.
    */
-  async rollback(to: { disk: string; sums: string; point: PointMetadata } | undefined, diskSize: number): Promise<void> {
-    if (to) {
-      for (const [blob, snap] of [[this.disk, to.disk], [this.sums, to.sums]] as const) {
-        await azureCall(blob.name, async () => (await blob.beginCopyFromURL(blob.withSnapshot(snap).url)).pollUntilDone());
-      }
-      const etag = await this.#setLive({ diskSize: (await this.live()).diskSize, written: to.point });
-      await this.#markSumsFresh(etag);
-      return;
+  async rollback(to: { disk: string; sums: string; point: PointMetadata } | undefined, live: LiveState): Promise<void> {
+    const intent = await this.#readIntent();
+    const diskRanges = intent ? intent.ranges : [{ offset: 0, length: live.diskSize }];
+    const blocks: ByteRange[] = [];
+    for (const r of diskRanges) {
+      const first = Math.floor(r.offset / BLOCK_SIZE);
+      const last = Math.floor((r.offset + r.length - 1) / BLOCK_SIZE);
+      blocks.push({ offset: first * DIGEST_BYTES, length: (last - first + 1) * DIGEST_BYTES });
     }
-    await clearPages(this.disk, 0, roundUp(diskSize, PAGE));
-    await clearPages(this.sums, 0, sumsBlobSize(diskSize));
-    const etag = await this.#setLive({ diskSize });
+    const sumsSize = sumsBlobSize(live.diskSize);
+    await restoreRanges(this.disk, to?.disk, pageAligned(diskRanges, roundUp(live.diskSize, PAGE)), this.count);
+    await restoreRanges(this.sums, to?.sums, pageAligned(mergeRanges(blocks), sumsSize), this.count);
+    const etag = await this.#setLive({ diskSize: live.diskSize, ...(to && { written: to.point }) });
     await this.#markSumsFresh(etag);
   }
 
@@ -350,8 +376,49 @@ export class DiskBlobs {
   }
 
   async delete(): Promise<void> {
-    for (const b of [this.disk, this.sums]) {
+    for (const b of [this.disk, this.sums, this.intent]) {
       await azureCall(b.name, () => b.deleteIfExists({ deleteSnapshots: 'include' }));
+    }
+  }
+}
+
+interface Intent {
+  sequence: number;
+  cutId: string;
+  ranges: ByteRange[];
+}
+
+/** Sorted, overlapping and touching ranges merged. */
+export function mergeRanges(ranges: readonly ByteRange[]): ByteRange[] {
+  const sorted = [...ranges].filter((r) => r.length > 0).sort((a, b) => a.offset - b.offset);
+  const out: ByteRange[] = [];
+  for (const r of sorted) {
+    const last = out.at(-1);
+    if (last && last.offset + last.length >= r.offset) out[out.length - 1] = { offset: last.offset, length: Math.max(last.offset + last.length, r.offset + r.length) - last.offset };
+    else out.push({ offset: r.offset, length: r.length });
+  }
+  return out;
+}
+
+function pageAligned(ranges: readonly ByteRange[], limit: number): ByteRange[] {
+  return mergeRanges(ranges.map((r) => {
+    const s = Math.floor(r.offset / PAGE) * PAGE;
+    const e = Math.min(roundUp(r.offset + r.length, PAGE), limit);
+    return { offset: s, length: Math.max(0, e - s) };
+  }));
+}
+
+/** Makes page-aligned ranges of `blob` equal to `snapshot` (or zeroes when there is none). */
+async function restoreRanges(blob: PageBlobClient, snapshot: string | undefined, ranges: readonly ByteRange[], count: TransferCount): Promise<void> {
+  const src = snapshot ? blob.withSnapshot(snapshot) : undefined;
+  for (const r of ranges) {
+    await clearPages(blob, r.offset, r.length);
+    if (!src) continue;
+    for (const w of await writtenRanges(src, r.offset, r.length)) {
+      for (let at = w.offset; at < w.offset + w.length; at += MAX_PUT_PAGE) {
+        const n = Math.min(MAX_PUT_PAGE, w.offset + w.length - at);
+        await writePages(blob, at, await readRange(src, at, n, count), count);
+      }
     }
   }
 }

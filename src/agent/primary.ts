@@ -460,6 +460,29 @@ export class PrimaryReplication {
     return { action: 'resync', sequence: seq, bytes, applied: status.applied };
   }
 
+  /**
+   * Primary side of a planned failover: the VM is off, so one last delta brings the replica to
+   * exactly the primary's disks; nothing acknowledged before shutdown can be lost.
+   */
+  preparePlannedFailover(): Promise<{ sequence: number; state: State }> {
+    return this.#serial(async () => {
+      if (this.record.state !== 'Replicating') {
+        throw new TerminalError('invalid-state', `cannot prepare a planned failover of ${this.record.vm} while ${this.record.state}`);
+      }
+      await this.#delta();
+      if (this.record.state !== 'Replicating' || this.record.applied !== this.record.sequence) {
+        throw new TerminalError('invalid-state', `final delta of ${this.record.vm} did not complete (state ${this.record.state}, applied ${this.record.applied} of ${this.record.sequence})`);
+      }
+      await this.#apply('plannedFailoverPrepared');
+      return { sequence: this.record.applied, state: this.record.state };
+    });
+  }
+
+  /** Cancels a prepared planned failover: replication resumes in the same direction. */
+  cancelPrepared(): Promise<void> {
+    return this.#serial(() => this.#apply('cancel'));
+  }
+
   /** RequestReplicationStateChange(Suspended): tracking goes on, nothing ships. */
   suspend(by: 'operator' | 'engine' = 'operator'): Promise<void> {
     return this.#serial(async () => {

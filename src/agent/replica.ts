@@ -11,7 +11,9 @@ import { ReplicaStore } from '../core/replica-store.ts';
 import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../core/types.ts';
 import type { Clock } from '../model/clock.ts';
 import { TerminalError } from '../model/errors.ts';
-import type { DiskInfo, RecoveryPointInfo, RelationshipView, ReplicaStatus } from '../transport/agent-api.ts';
+import type { DiskInfo, RecoveryPointInfo, RecoveryPointSelector, RelationshipView, ReplicaStatus } from '../transport/agent-api.ts';
+import { OverlayDevice } from '../core/overlay-device.ts';
+import type { RecoveryPoint } from '../core/recovery-points.ts';
 import type { Logger } from '../transport/logger.ts';
 import { open } from 'node:fs/promises';
 import { createHash, randomUUID } from 'node:crypto';
@@ -26,8 +28,14 @@ export interface ReplicaRecord {
   trustGroup?: string;
   disks: DiskInfo[];
   retention: { additional: number; appConsistentEvery?: number };
-  state: 'ReadyForInitialReplication' | 'WaitingForInitialReplicationImport' | 'Replicating';
+  state: 'ReadyForInitialReplication' | 'WaitingForInitialReplicationImport' | 'Replicating' | 'FailoverWaitingCompletion' | 'FailedOver';
   integrityErrors: number;
+  /** A `<vm>-Test` VM running on overlays of `sequence` (replication continues). */
+  testFailover?: { vm: string; sequence: number };
+  /** The VM failed over to `sequence` (overlays until committed; replication stopped). */
+  failover?: { vm: string; sequence: number };
+  /** Set by commit: the chain and its recovery points are gone. */
+  committed?: boolean;
   lastIntegrityError?: { message: string; at: number };
 }
 
@@ -57,7 +65,7 @@ export class ReplicaReplication {
       retention: record.retention,
     });
     const r = new ReplicaReplication(dir, record, store, keys, clock, log);
-    if (store.applied >= 1 && record.state !== 'Replicating') {
+    if (store.applied >= 1 && (record.state === 'ReadyForInitialReplication' || record.state === 'WaitingForInitialReplicationImport')) {
       record.state = 'Replicating';
       await r.save();
     }
@@ -77,7 +85,15 @@ export class ReplicaReplication {
    * then may the primary be acknowledged. A damaged log is deleted and refused, so the primary
    * sends it again; nothing of it is applied.
    */
+  /** Replication into a replica stops while it is failed over (Hyper-V refuses it too). */
+  acceptingLogs(): void {
+    if (this.record.state === 'FailoverWaitingCompletion' || this.record.state === 'FailedOver') {
+      throw new TerminalError('invalid-state', `replica of ${this.record.vm} is failed over (${this.record.state}); replication from ${this.record.primary} stopped`);
+    }
+  }
+
   async receive(diskId: string, sequence: number, path: string): Promise<void> {
+    this.acceptingLogs();
     try {
       await openLog(path, this.#keys, { relationshipId: this.id, diskId, sequence });
     } catch (e) {
@@ -93,6 +109,7 @@ export class ReplicaReplication {
 
   /** Drops received logs not applied yet (a resynchronisation restarts the chain from the applied point). */
   async discardPending(): Promise<ReplicaStatus> {
+    this.acceptingLogs();
     const n = await this.store.discardPending();
     if (n) this.#log.info('discarded logs superseded by a resynchronisation', { relationship: this.id, logs: n });
     return this.status();
@@ -100,6 +117,7 @@ export class ReplicaReplication {
 
   /** Applies every complete point received, then prunes by retention. */
   async apply(): Promise<ReplicaStatus> {
+    this.acceptingLogs();
     try {
       await this.store.applyPending();
     } catch (e) {
@@ -110,7 +128,7 @@ export class ReplicaReplication {
       this.#log.warn('apply failed; the log will be requested again', { relationship: this.id, error: (e as Error).message });
     }
     await this.store.prune(this.#clock.now());
-    if (this.store.applied >= 1 && this.record.state !== 'Replicating') {
+    if (this.store.applied >= 1 && (this.record.state === 'ReadyForInitialReplication' || this.record.state === 'WaitingForInitialReplicationImport')) {
       this.record.state = 'Replicating';
       await this.save();
     }
@@ -221,8 +239,52 @@ export class ReplicaReplication {
     return this.apply();
   }
 
-  view(now: number): RelationshipView {
+  /** The retained point a selector names: latest, latest app-consistent, newest at or before a time, or a sequence. */
+  resolvePoint(selector: RecoveryPointSelector = 'latest'): RecoveryPoint {
     const pts = this.store.points();
+    if (!pts.length) throw new TerminalError('invalid-state', `replica of ${this.record.vm} has no recovery point yet`);
+    let p: RecoveryPoint | undefined;
+    if (selector === 'latest') p = pts.at(-1);
+    else if (selector === 'latest-app-consistent') p = pts.filter((x) => x.consistency === 'app').at(-1);
+    else if (typeof selector === 'number' || /^\d+$/.test(selector)) p = pts.find((x) => x.sequence === Number(selector));
+    else {
+      const t = Date.parse(selector);
+      if (Number.isNaN(t)) throw new TerminalError('invalid-argument', `recovery point "${selector}" is not latest, latest-app-consistent, a sequence or an RFC 3339 time`);
+      p = pts.filter((x) => x.time <= t).at(-1);
+    }
+    if (!p) throw new TerminalError('not-found', `replica of ${this.record.vm} has no recovery point matching "${selector}" (retained: ${pts.map((x) => x.sequence).join(', ')})`);
+    return p;
+  }
+
+  /** One overlay per disk on point `sequence`, files `<dir>/<disk>.overlay`; the point stays retained while open. */
+  async openOverlays(sequence: number, dir: string): Promise<Map<string, OverlayDevice>> {
+    const out = new Map<string, OverlayDevice>();
+    try {
+      for (const d of this.record.disks) {
+        const view = await this.store.openView(sequence, d.id);
+        out.set(d.id, await OverlayDevice.open(view, join(dir, `${d.id}.overlay`)));
+      }
+    } catch (e) {
+      for (const o of out.values()) await o.close();
+      throw e;
+    }
+    return out;
+  }
+
+  pointInfo(p: RecoveryPoint): RecoveryPointInfo {
+    return { sequence: p.sequence, time: new Date(p.time).toISOString(), consistency: p.consistency, cutId: p.cutId };
+  }
+
+  /** Commit: the recovery points and the chain are discarded; the failed-over VM keeps its own disks. */
+  async discardChain(): Promise<void> {
+    await this.store.removeAll();
+    this.record.committed = true;
+    this.record.state = 'FailedOver';
+    await this.save();
+  }
+
+  view(now: number): RelationshipView {
+    const pts = this.record.committed ? [] : this.store.points();
     const latest = pts.at(-1);
     const stats = this.store.stats();
     const health = this.record.integrityErrors > 0 && this.record.lastIntegrityError && now - this.record.lastIntegrityError.at < 3_600_000 ? 'Warning' : 'Normal';
@@ -239,8 +301,10 @@ export class ReplicaReplication {
       ...(latest && { lastReplicationTime: new Date(latest.time).toISOString(), lagSeconds: Math.max(0, Math.round((now - latest.time) / 1000)) }),
       pendingBytes: 0,
       recoveryPoints: pts.length,
-      appliedSequence: this.store.applied,
+      appliedSequence: this.record.committed ? 0 : this.store.applied,
       storagePath: this.record.storagePath,
+      ...(this.record.testFailover && { testFailover: this.record.testFailover }),
+      ...(this.record.failover && { failover: this.record.failover }),
       statistics: {
         state: this.record.state,
         health,
@@ -258,12 +322,12 @@ export class ReplicaReplication {
   }
 
   async remove(): Promise<void> {
-    await this.store.removeAll();
+    if (!this.record.committed) await this.store.removeAll();
     await rm(this.dir, { recursive: true, force: true });
   }
 
   async close(): Promise<void> {
-    await this.store.close();
+    if (!this.record.committed) await this.store.close();
   }
 }
 

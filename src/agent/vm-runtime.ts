@@ -1,22 +1,31 @@
-// A VM's disks as the agent serves them: each disk image wrapped in a change tracker and exported
-// over NBD on the VM's unix socket (`<dataDir>/nbd/<vm>.sock`, one export per disk name), so that
-// every write a guest, QEMU or qemu-io makes is seen by change tracking.
+// A VM's disks as the agent serves them, exported over NBD on the VM's unix socket
+// (`<dataDir>/nbd/<vm>.sock`, one export per disk name). A protected VM's disks go through the
+// change tracker, so every write a guest, QEMU or qemu-io makes is seen by replication; a VM
+// created by a failover runs on overlays of a recovery point until it is committed.
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { TrackedDisk } from '../core/tracker.ts';
 import type { BlockDevice } from '../model/block-device.ts';
+import type { Logger } from '../transport/logger.ts';
 import type { FilesHypervisor, VmDefinition } from './hypervisor-files.ts';
 import { NbdServer } from './nbd-server.ts';
-import type { Logger } from '../transport/logger.ts';
+
+export interface ClosableDevice extends BlockDevice {
+  close(): Promise<void>;
+}
 
 export class VmRuntime {
   readonly vm: VmDefinition;
+  /** Every disk as served, by disk name. */
+  readonly devices: Map<string, ClosableDevice>;
+  /** The same disks when they go through the change tracker (empty for overlay VMs). */
   readonly disks: Map<string, TrackedDisk>;
   readonly socketPath: string;
   #nbd: NbdServer | undefined;
 
-  private constructor(vm: VmDefinition, disks: Map<string, TrackedDisk>, socketPath: string) {
+  private constructor(vm: VmDefinition, devices: Map<string, ClosableDevice>, disks: Map<string, TrackedDisk>, socketPath: string) {
     this.vm = vm;
+    this.devices = devices;
     this.disks = disks;
     this.socketPath = socketPath;
   }
@@ -33,11 +42,25 @@ export class VmRuntime {
       for (const t of disks.values()) await t.close();
       throw e;
     }
+    return VmRuntime.#serve(vm, new Map(disks), disks, nbdDir, log);
+  }
+
+  /** Serves devices that are not tracked (a failover's overlays). */
+  static async serve(vm: VmDefinition, devices: Map<string, ClosableDevice>, nbdDir: string, log: Logger): Promise<VmRuntime> {
+    return VmRuntime.#serve(vm, devices, new Map(), nbdDir, log);
+  }
+
+  static async #serve(vm: VmDefinition, devices: Map<string, ClosableDevice>, disks: Map<string, TrackedDisk>, nbdDir: string, log: Logger): Promise<VmRuntime> {
     await mkdir(nbdDir, { recursive: true });
-    const rt = new VmRuntime(vm, disks, join(nbdDir, `${vm.name}.sock`));
-    rt.#nbd = await NbdServer.listen(rt.socketPath, disks as ReadonlyMap<string, BlockDevice>, {
-      onError: (error, where) => log.warn('nbd error', { vm: vm.name, where, error: (error as Error).message }),
-    });
+    const rt = new VmRuntime(vm, devices, disks, join(nbdDir, `${vm.name}.sock`));
+    try {
+      rt.#nbd = await NbdServer.listen(rt.socketPath, devices as ReadonlyMap<string, BlockDevice>, {
+        onError: (error, where) => log.warn('nbd error', { vm: vm.name, where, error: (error as Error).message }),
+      });
+    } catch (e) {
+      for (const d of devices.values()) await d.close();
+      throw e;
+    }
     return rt;
   }
 
@@ -48,6 +71,6 @@ export class VmRuntime {
 
   async stop(): Promise<void> {
     await this.#nbd?.close();
-    for (const d of this.disks.values()) await d.close();
+    for (const d of this.devices.values()) await d.close();
   }
 }

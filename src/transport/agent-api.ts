@@ -23,6 +23,16 @@ export const API = {
   pointDigest: (id: string, seq: number, disk: string) =>
     `/v1/relationships/${enc(id)}/recovery-points/${seq}/disks/${enc(disk)}/sha256`,
   importMedia: (id: string) => `/v1/relationships/${enc(id)}/import`,
+  // Failover family. Replica host: test-failover, cleanup-test-failover, failover, commit, cancel,
+  // reverse. Primary host: prepare-planned-failover (and cancel of a prepared one).
+  testFailover: (id: string) => `/v1/relationships/${enc(id)}/test-failover`,
+  cleanupTestFailover: (id: string) => `/v1/relationships/${enc(id)}/cleanup-test-failover`,
+  preparePlannedFailover: (id: string) => `/v1/relationships/${enc(id)}/prepare-planned-failover`,
+  failover: (id: string) => `/v1/relationships/${enc(id)}/failover`,
+  commit: (id: string) => `/v1/relationships/${enc(id)}/commit`,
+  cancel: (id: string) => `/v1/relationships/${enc(id)}/cancel`,
+  reverse: (id: string) => `/v1/relationships/${enc(id)}/reverse`,
+  resync: (id: string) => `/v1/relationships/${enc(id)}/resync`,
   // Primary agent -> Replica server.
   replicaRelationships: '/v1/replica/relationships',
   replicaRelationship: (id: string) => `/v1/replica/relationships/${enc(id)}`,
@@ -65,6 +75,11 @@ export interface CreateReplicaRequest {
   keys: { encryptionKey: string; macKey: string };
   retention: { additional: number; appConsistentEvery?: number };
   storagePath?: string;
+  /**
+   * Reverse replication: the Replica server seeds the replica from its own VM of this name (the
+   * former primary, which must be off); its primary relationship for that VM, if any, ends.
+   */
+  seedFromVm?: string;
 }
 
 /** What a Replica server says about its side of a relationship. */
@@ -132,6 +147,10 @@ export interface RelationshipView {
   storagePath?: string;
   lastError?: { code: string; message: string; at: string };
   nextRetryAt?: string;
+  /** Replica side: the `<vm>-Test` VM of an active test failover and its point. */
+  testFailover?: { vm: string; sequence: number };
+  /** Replica side: the failed-over VM and the point it runs from. */
+  failover?: { vm: string; sequence: number };
   statistics: ReplicationStatisticsView;
 }
 
@@ -140,4 +159,65 @@ export interface CreateVmRequest {
   disks: { name: string; size: number }[];
   adapters?: { name: string; network?: string }[];
   power?: 'Running' | 'Off';
+}
+
+/** Static addressing for one adapter of a failed-over VM (Hyper-V's Failover TCP/IP). */
+export interface FailoverAdapterSettings {
+  name: string;
+  /** Network to connect the adapter to; null or absent = disconnected. */
+  network?: string | null;
+  ipv4?: { address: string; gateway?: string; dns?: string[] };
+  ipv6?: { address: string; gateway?: string; dns?: string[] };
+}
+
+/** Which point a failover uses: `latest`, `latest-app-consistent`, an RFC 3339 time (newest point at or before it) or a sequence. */
+export type RecoveryPointSelector = 'latest' | 'latest-app-consistent' | string | number;
+
+/** POST test-failover (replica host): a `<vm>-Test` VM on a throw-away overlay of the point. */
+export interface TestFailoverRequest {
+  recoveryPoint?: RecoveryPointSelector;
+  /** Network for every adapter; null/absent: disconnected (Hyper-V's default for test VMs). */
+  network?: string | null;
+  adapters?: FailoverAdapterSettings[];
+}
+
+export interface TestFailoverResult {
+  testVm: string;
+  recoveryPoint: RecoveryPointInfo;
+  nbdSocket: string;
+}
+
+/** POST failover (replica host): planned (after prepare-planned-failover) or unplanned. */
+export interface FailoverRequest {
+  recoveryPoint?: RecoveryPointSelector;
+  /** Failover TCP/IP and mapped network per adapter, written into the VM's vm.json. */
+  adapters?: FailoverAdapterSettings[];
+  /** Start the VM after failover. @default true */
+  start?: boolean;
+}
+
+export interface FailoverResult {
+  vm: string;
+  recoveryPoint: RecoveryPointInfo;
+  state: string;
+}
+
+/** POST prepare-planned-failover (primary host): the VM must be off; ships the final delta. */
+export interface PrepareResult {
+  /** Last sequence shipped and applied on the replica: the failover point. */
+  sequence: number;
+  state: string;
+}
+
+/**
+ * POST reverse (host that now runs the VM): replicate it back to the former primary, which
+ * seeds the replica from its own copy of the VM's disks so only differing blocks ship.
+ */
+export interface ReverseRequest {
+  /** Id of the new, reversed relationship. */
+  id: string;
+  replica: { name: string; endpoint: string };
+  policy: ReplicationPolicySpec;
+  /** Start the reverse initial sync now. @default true */
+  start?: boolean;
 }

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { Agent } from '../../src/agent/agent.ts';
 import { loadAgentConfig } from '../../src/agent/config.ts';
 import { silentLogger } from '../../src/transport/logger.ts';
+import type { Clock } from '../../src/model/clock.ts';
 import { initCertificates, loadCertBundle } from '../../src/transport/certs.ts';
 import { createMtlsClient, type MtlsClient } from '../../src/transport/mtls.ts';
 import { DRSITE } from '../cli/run-cli.ts';
@@ -121,9 +122,9 @@ export class Cluster {
   }
 
   /** Starts an agent inside this process (schedule off: the test drives cycles). */
-  async startInProcess(name: string, opts: { schedule?: boolean } = {}): Promise<Agent> {
+  async startInProcess(name: string, opts: { schedule?: boolean; clock?: Clock } = {}): Promise<Agent> {
     const config = await loadAgentConfig(this.host(name).config);
-    const agent = await Agent.start(config, { log: silentLogger, schedule: opts.schedule ?? false });
+    const agent = await Agent.start(config, { log: silentLogger, schedule: opts.schedule ?? false, ...(opts.clock && { clock: opts.clock }) });
     this.#agents.set(name, agent);
     return agent;
   }
