@@ -297,7 +297,11 @@ export class Agent {
 
   // ------------------------------------------------------------------------------ replica server
 
-  async createReplica(req: CreateReplicaRequest, peer: PeerIdentity): Promise<ReplicaReplication> {
+  /**
+   * Hyper-V's "allow replication from the specified servers", checked on every request of a
+   * primary (not only when a replica is created), so removing an entry takes effect at once.
+   */
+  #authorizePrimary(peer: PeerIdentity): { storagePath: string; trustGroup: string } {
     const rs = this.config.replicaServer;
     if (!rs.enabled) throw new TerminalError('authorization', `${this.config.name} is not a Replica server`);
     const decision = authorizePeer(
@@ -308,6 +312,12 @@ export class Agent {
       this.#log.warn('replication refused: peer is not an allowed primary server', { peer: peer.commonName, fingerprint: peer.fingerprint256, reason: decision.reason });
       throw new TerminalError('authorization', decision.reason);
     }
+    return decision;
+  }
+
+  async createReplica(req: CreateReplicaRequest, peer: PeerIdentity): Promise<ReplicaReplication> {
+    const rs = this.config.replicaServer;
+    const decision = this.#authorizePrimary(peer);
     if (!RELATIONSHIP_ID.test(req.id ?? '')) throw new TerminalError('invalid-argument', `relationship id ${JSON.stringify(req.id)} is not valid`);
     const existing = this.#replicas.get(req.id);
     if (existing) {
@@ -565,9 +575,7 @@ export class Agent {
         this.#log.warn('refused: not an operator of this agent', { peer: peer.commonName, fingerprint: peer.fingerprint256, path: url.pathname });
         throw new TerminalError('authorization', `${peer.commonName} may not manage ${this.config.name}`);
       }
-      if (route.caller === 'primary' && !this.config.replicaServer.enabled) {
-        throw new TerminalError('authorization', `${this.config.name} is not a Replica server`);
-      }
+      if (route.caller === 'primary') this.#authorizePrimary(peer);
       const body = await route.handler({ req, res, params, query: url.searchParams, peer: peer.commonName, identity: peer });
       if (body !== undefined && !res.headersSent) {
         const text = JSON.stringify(body);

@@ -34,10 +34,22 @@ export class ManualClock implements Clock {
   now(): number {
     return this.t;
   }
-  sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      this.sleepers.push({ at: this.t + ms, resolve });
+  sleep(ms: number, signal?: AbortSignal): Promise<void> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    // Already due: a sleeper must not wait for the next advance() to learn that.
+    if (ms <= 0) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const sleeper = { at: this.t + ms, resolve };
+      this.sleepers.push(sleeper);
       this.sleepers.sort((a, b) => a.at - b.at);
+      signal?.addEventListener(
+        'abort',
+        () => {
+          this.sleepers = this.sleepers.filter((s) => s !== sleeper);
+          reject(signal.reason);
+        },
+        { once: true },
+      );
     });
   }
   /** Moves time forward, waking every sleeper whose deadline passes, in order. */

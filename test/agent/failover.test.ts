@@ -109,7 +109,7 @@ describe('failover', () => {
     expect((await view(b, id)).testFailover).toEqual({ vm: 'tf-Test', sequence: seq });
     const cleaned = (await b.request('POST', `/v1/relationships/${id}/cleanup-test-failover`)).json<{ removed: string[] }>();
     expect(cleaned.removed).toEqual(['tf-Test']);
-    expect((await readdir(join(hostDir('host-b'), 'vms')).catch(() => [])).includes('tf-Test')).toBe(false);
+    expect((await readdir(join(hostDir('host-b'), 'vms')).catch(() => [] as string[])).includes('tf-Test')).toBe(false);
     expect((await readdir(join(hostDir('host-b'), 'nbd'))).includes('tf-Test.sock')).toBe(false);
     await expectRefused(b.request('POST', `/v1/relationships/${id}/cleanup-test-failover`), 'invalid-state');
   });
