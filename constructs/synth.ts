@@ -1,0 +1,49 @@
+// The entry point of `drsite synth`. src/cli loads this module with a dynamic import() of a path
+// computed at runtime, because nothing in src/ may import constructs/ and because cdktf and the
+// provider should load only for this command.
+import { readFile } from 'node:fs/promises';
+import type { Diagnostic } from '../src/model/diagnostics.ts';
+import type { DesiredState, Resource } from '../src/model/desired.ts';
+import type { AsrVaultProps } from './asr-stack.ts';
+import { ConstructValidationError } from './errors.ts';
+import { manifestsOf, manifestsToYaml } from './manifests.ts';
+
+export type SynthTarget = 'azure-site-recovery' | 'manifests';
+
+export type SynthResult =
+  | { ok: true; target: 'manifests'; documents: Resource[]; yaml: string; diagnostics: Diagnostic[] }
+  | { ok: true; target: 'azure-site-recovery'; file: string; resources: Record<string, number>; dataSources: Record<string, number>; diagnostics: Diagnostic[] }
+  | { ok: false; diagnostics: Diagnostic[] };
+
+/** Synthesises a loaded desired state; invalid input becomes diagnostics, never an exception. */
+export async function synthDesiredState(desired: DesiredState, opts: { target: SynthTarget; out: string; vault?: AsrVaultProps }): Promise<SynthResult> {
+  if (opts.target === 'manifests') {
+    const documents = manifestsOf(desired);
+    return { ok: true, target: 'manifests', documents, yaml: manifestsToYaml(documents), diagnostics: [] };
+  }
+  // Loaded here rather than at the top: the manifests target then never loads cdktf.
+  const { AsrStack, checkAsr } = await import('./asr-stack.ts');
+  const { App } = await import('cdktf');
+  const { join } = await import('node:path');
+  const problems = checkAsr('azure-site-recovery', desired, opts.vault);
+  // Nothing is written for invalid input: App creates its output directory as soon as it exists.
+  if (problems.some((d) => d.severity === 'error')) return { ok: false, diagnostics: problems };
+  try {
+    const app = new App({ outdir: opts.out });
+    const stack = new AsrStack(app, 'azure-site-recovery', { desired, vault: opts.vault });
+    app.synth();
+    const file = join(opts.out, 'stacks', 'azure-site-recovery', 'cdk.tf.json');
+    return { ok: true, target: 'azure-site-recovery', file, ...(await countTerraform(file)), diagnostics: [...stack.warnings] };
+  } catch (e) {
+    if (e instanceof ConstructValidationError) return { ok: false, diagnostics: [...e.diagnostics] };
+    throw e;
+  }
+}
+
+/** Resources and data sources in a cdk.tf.json, counted by type. */
+export async function countTerraform(file: string): Promise<{ resources: Record<string, number>; dataSources: Record<string, number> }> {
+  const json = JSON.parse(await readFile(file, 'utf8')) as { resource?: Record<string, object>; data?: Record<string, object> };
+  const count = (block: Record<string, object> | undefined) =>
+    Object.fromEntries(Object.entries(block ?? {}).map(([type, byName]) => [type, Object.keys(byName).length]));
+  return { resources: count(json.resource), dataSources: count(json.data) };
+}
