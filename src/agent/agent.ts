@@ -35,7 +35,9 @@ import { handleUpload } from '../transport/upload.ts';
 import type { AgentConfig } from './config.ts';
 import { FilesHypervisor, type VmAdapter, type VmDefinition } from './hypervisor-files.ts';
 import { HttpReplicaLink } from './replica-link.ts';
-import { PrimaryReplication, newPrimaryRecord, retentionOf, type PrimaryRecord } from './primary.ts';
+import { AzureBlobLink, azureLinkFromSite } from './azure-blob-link.ts';
+import type { Site } from '../model/types.generated.ts';
+import { PrimaryReplication, newPrimaryRecord, retentionOf, type PrimaryRecord, type ReplicaLink } from './primary.ts';
 import { ReplicaReplication, type ReplicaRecord } from './replica.ts';
 import { Router, type RouteContext } from './router.ts';
 import { VmRuntime, type ClosableDevice } from './vm-runtime.ts';
@@ -66,6 +68,8 @@ export class Agent {
   readonly #primaries = new Map<string, PrimaryReplication>();
   readonly #replicas = new Map<string, ReplicaReplication>();
   readonly #links = new Map<string, HttpReplicaLink>();
+  readonly #azureLinks = new Map<string, AzureBlobLink>();
+  readonly #keys = new Map<string, RelationshipKeys>();
   readonly #abort = new AbortController();
   readonly #loops: Promise<void>[] = [];
   readonly #schedule: boolean;
@@ -168,6 +172,18 @@ export class Agent {
     });
   }
 
+  /** The link to a replica: its agent over mutual TLS, or an Azure container (one per site). */
+  #linkTo(replica: PrimaryRecord['replica']): ReplicaLink {
+    if (!replica.azure) return this.#link(replica.endpoint);
+    let link = this.#azureLinks.get(replica.name);
+    if (!link) {
+      const site: Site = { apiVersion: 'drsite.dev/v1', kind: 'Site', metadata: { name: replica.name }, spec: replica.azure };
+      link = azureLinkFromSite(site, process.env, { keys: (id) => this.#keys.get(id), clock: this.#clock, log: this.#log, primary: this.config.name });
+      this.#azureLinks.set(replica.name, link);
+    }
+    return link;
+  }
+
   #link(endpoint: string): HttpReplicaLink {
     let link = this.#links.get(endpoint);
     if (!link) {
@@ -185,12 +201,13 @@ export class Agent {
       if (!t) throw new TerminalError('not-found', `disk ${d.id} of VM ${record.vm} not found`);
       return t;
     });
+    this.#keys.set(record.id, keys);
     const p = new PrimaryReplication({
       dir: join(this.config.dataDir, 'relationships', record.id),
       record,
       keys,
       disks,
-      link: this.#link(record.replica.endpoint),
+      link: this.#linkTo(record.replica),
       clock: this.#clock,
       log: this.#log,
     });
@@ -234,7 +251,8 @@ export class Agent {
     const disks = rt.vm.disks.filter((d) => !exclude.has(d.name)).map((d) => ({ id: d.name, size: d.size }));
     if (!disks.length) throw new TerminalError('invalid-argument', `VM ${req.vm}: every disk is excluded`);
     const keys: RelationshipKeys = { encryptionKey: randomBytes(32), macKey: randomBytes(32) };
-    const link = this.#link(req.replica.endpoint);
+    this.#keys.set(req.id, keys);
+    const link = this.#linkTo(req.replica);
     await link.createReplica({
       id: req.id,
       vm: req.vm,

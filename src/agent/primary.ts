@@ -20,7 +20,7 @@ import type { FrozenDisk, TrackedDisk } from '../core/tracker.ts';
 import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../core/types.ts';
 import type { Clock } from '../model/clock.ts';
 import { RetryableError, TerminalError, isRecoverable } from '../model/errors.ts';
-import type { ReplicationPolicySpec } from '../model/types.generated.ts';
+import type { ReplicationPolicySpec, SiteSpec } from '../model/types.generated.ts';
 import { parseDuration } from '../model/units.ts';
 import type { CreateReplicaRequest, DiskInfo, RelationshipView, ReplicaStatus } from '../transport/agent-api.ts';
 import type { Logger } from '../transport/logger.ts';
@@ -45,7 +45,7 @@ export interface PrimaryRecord {
   id: string;
   role: 'Primary';
   vm: string;
-  replica: { name: string; endpoint: string };
+  replica: { name: string; endpoint: string; azure?: SiteSpec };
   policy: ReplicationPolicySpec;
   excludeDisks: string[];
   disks: DiskInfo[];
@@ -663,7 +663,7 @@ async function* onlyDiffering(extents: AsyncIterable<Extent>, remote: BlockDiges
 export function newPrimaryRecord(req: {
   id: string;
   vm: string;
-  replica: { name: string; endpoint: string };
+  replica: { name: string; endpoint: string; azure?: SiteSpec };
   policy: ReplicationPolicySpec;
   excludeDisks: string[];
   disks: DiskInfo[];

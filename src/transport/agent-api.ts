@@ -3,7 +3,7 @@
 // Msvm_ReplicationService: CreateReplicationRelationship, StartReplication,
 // ModifyReplicationSettings, RequestReplicationStateChange, RemoveReplicationRelationship,
 // GetReplicationStatistics.
-import type { ReplicationPolicySpec } from '../model/types.generated.ts';
+import type { ReplicationPolicySpec, SiteSpec } from '../model/types.generated.ts';
 
 export const API = {
   health: '/v1/health',
@@ -59,7 +59,11 @@ export interface CreateRelationshipRequest {
   /** Deterministic id chosen by the caller (the reconciler derives it from site and VM names). */
   id: string;
   vm: string;
-  replica: { name: string; endpoint: string };
+  /**
+   * The Replica server's agent (`endpoint`), or an Azure storage container (`azure`: the azure
+   * Site's spec, whose credentials name environment variables of the primary's agent).
+   */
+  replica: { name: string; endpoint: string; azure?: SiteSpec };
   /** Defaults already applied (src/config/defaults.ts). */
   policy: ReplicationPolicySpec;
   excludeDisks?: string[];
