@@ -37,7 +37,7 @@ import { FilesHypervisor, type VmAdapter, type VmDefinition } from './hypervisor
 import { HttpReplicaLink } from './replica-link.ts';
 import { AzureBlobLink, azureLinkFromSite } from './azure-blob-link.ts';
 import type { Site } from '../model/types.generated.ts';
-import { PrimaryReplication, newPrimaryRecord, retentionOf, type PrimaryRecord, type ReplicaLink } from './primary.ts';
+import { PrimaryReplication, newPrimaryRecord, retentionOf, vmSource, type CutSource, type PrimaryRecord, type ReplicaLink } from './primary.ts';
 import { ReplicaReplication, type ReplicaRecord } from './replica.ts';
 import { Router, type RouteContext } from './router.ts';
 import { VmRuntime, type ClosableDevice } from './vm-runtime.ts';
@@ -108,15 +108,6 @@ export class Agent {
   async #load(): Promise<void> {
     await mkdir(this.config.dataDir, { recursive: true });
     for (const vm of await this.hv.list()) this.#runtimes.set(vm.name, await VmRuntime.start(this.hv, vm, this.nbdDir, this.#log));
-    const relDir = join(this.config.dataDir, 'relationships');
-    for (const id of await readdir(relDir).catch(() => [] as string[])) {
-      const record = await readJsonIfExists<PrimaryRecord>(join(relDir, id, 'state.json'));
-      const keys = await this.#readKeys(join(relDir, id));
-      if (!record || !keys) continue;
-      const p = this.#primary(record, keys);
-      const lost = this.#runtimes.get(record.vm)?.lostContinuity() ?? [];
-      if (lost.length) await p.markContinuityLost(`disks ${lost.join(', ')} were not closed cleanly (agent stopped without a clean cut)`);
-    }
     const repDir = join(this.config.dataDir, 'replicas');
     for (const id of await readdir(repDir).catch(() => [] as string[])) {
       const record = await readJsonIfExists<ReplicaRecord>(join(repDir, id, 'state.json'));
@@ -130,6 +121,20 @@ export class Agent {
         const vm = await this.hv.find(active.vm);
         if (vm) this.#runtimes.set(vm.name, await VmRuntime.serve(vm, await rep.openOverlays(active.sequence, this.hv.vmDir(vm.name)), this.nbdDir, this.#log));
       }
+    }
+    const relDir = join(this.config.dataDir, 'relationships');
+    for (const id of await readdir(relDir).catch(() => [] as string[])) {
+      const record = await readJsonIfExists<PrimaryRecord>(join(relDir, id, 'state.json'));
+      const keys = await this.#readKeys(join(relDir, id));
+      if (!record || !keys) continue;
+      const forwarded = record.forwardOf ? this.#replicas.get(record.forwardOf) : undefined;
+      if (record.forwardOf && !forwarded) {
+        this.#log.warn('extended relationship without its replica: skipped', { relationship: id, replica: record.forwardOf });
+        continue;
+      }
+      const p = this.#primary(record, keys, forwarded && (await forwarded.openForward()));
+      const lost = this.#runtimes.get(record.vm)?.lostContinuity() ?? [];
+      if (lost.length) await p.markContinuityLost(`disks ${lost.join(', ')} were not closed cleanly (agent stopped without a clean cut)`);
     }
   }
 
@@ -193,20 +198,23 @@ export class Agent {
     return link;
   }
 
-  #primary(record: PrimaryRecord, keys: RelationshipKeys): PrimaryReplication {
-    const rt = this.#runtimes.get(record.vm);
-    if (!rt) throw new TerminalError('not-found', `VM ${record.vm} of relationship ${record.id} not found on ${this.config.name}`);
-    const disks = record.disks.map((d) => {
-      const t = rt.disks.get(d.id);
-      if (!t) throw new TerminalError('not-found', `disk ${d.id} of VM ${record.vm} not found`);
-      return t;
-    });
+  #primary(record: PrimaryRecord, keys: RelationshipKeys, source?: CutSource): PrimaryReplication {
+    if (record.forwardOf && !source) throw new TerminalError('invalid-state', `extended relationship ${record.id} needs its replica ${record.forwardOf}`);
+    const rt = source ? undefined : this.#runtimes.get(record.vm);
+    if (!source && !rt) throw new TerminalError('not-found', `VM ${record.vm} of relationship ${record.id} not found on ${this.config.name}`);
+    const disks = source
+      ? []
+      : record.disks.map((d) => {
+          const t = rt!.disks.get(d.id);
+          if (!t) throw new TerminalError('not-found', `disk ${d.id} of VM ${record.vm} not found`);
+          return t;
+        });
     this.#keys.set(record.id, keys);
     const p = new PrimaryReplication({
       dir: join(this.config.dataDir, 'relationships', record.id),
       record,
       keys,
-      disks,
+      source: source ?? vmSource(disks),
       link: this.#linkTo(record.replica),
       clock: this.#clock,
       log: this.#log,
@@ -559,6 +567,38 @@ export class Agent {
     return view;
   }
 
+  /**
+   * Extended replication: this Replica server forwards what it applies for `id` to a third site,
+   * with its own policy (5 or 15 minutes: Hyper-V does not extend at 30 s).
+   */
+  async extend(id: string, req: ReverseRequest): Promise<RelationshipView> {
+    const rep = this.replica(id);
+    if (req.policy.frequency === '30s') throw new TerminalError('invalid-argument', 'extended replication runs every 5m or 15m, not 30s');
+    if (rep.record.extendedBy && rep.record.extendedBy !== req.id) throw new TerminalError('invalid-state', `replica ${id} is already extended by ${rep.record.extendedBy}`);
+    const existing = this.#primaries.get(req.id);
+    if (existing) return existing.view();
+    const keys: RelationshipKeys = { encryptionKey: randomBytes(32), macKey: randomBytes(32) };
+    this.#keys.set(req.id, keys);
+    const link = this.#linkTo(req.replica);
+    await link.createReplica({
+      id: req.id,
+      vm: rep.record.vm,
+      disks: rep.record.disks,
+      keys: { encryptionKey: keys.encryptionKey.toString('base64'), macKey: keys.macKey.toString('base64') },
+      retention: retentionOf(req.policy),
+    });
+    const dir = join(this.config.dataDir, 'relationships', req.id);
+    await mkdir(dir, { recursive: true });
+    await this.#writeKeys(dir, keys);
+    const record = newPrimaryRecord({ id: req.id, vm: rep.record.vm, replica: req.replica, policy: req.policy, excludeDisks: [], disks: rep.record.disks, forwardOf: id });
+    const p = this.#primary(record, keys, await rep.openForward());
+    await p.save();
+    rep.record.extendedBy = req.id;
+    await rep.save();
+    if (req.start !== false) await p.startInitial();
+    return p.view();
+  }
+
   /** A replica's calls must come from the primary that created it. */
   #ownReplica(id: string, peer: string): ReplicaReplication {
     const r = this.replica(id);
@@ -699,6 +739,7 @@ export class Agent {
     r.add('POST', '/v1/relationships/:id/failover', 'operator', async (ctx) => this.failover(ctx.params.id, await json<FailoverRequest>(ctx)));
     r.add('POST', '/v1/relationships/:id/commit', 'operator', async (ctx) => this.commit(ctx.params.id));
     r.add('POST', '/v1/relationships/:id/cancel', 'operator', async (ctx) => this.cancel(ctx.params.id));
+    r.add('POST', '/v1/relationships/:id/extend', 'operator', async (ctx) => this.extend(ctx.params.id, await json<ReverseRequest>(ctx)));
     r.add('POST', '/v1/relationships/:id/reverse', 'operator', async (ctx) => this.reverse(ctx.params.id, await json<ReverseRequest>(ctx)));
     // Replica server: called by primaries
     r.add('POST', API.replicaRelationships, 'primary', async (ctx) => {

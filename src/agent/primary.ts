@@ -16,7 +16,7 @@ import { writeLog } from '../core/log-format.ts';
 import { transition, type ReplicationEvent, type State } from '../core/replication-state.ts';
 import { RetryState, type RetryStateJSON } from '../core/retry.ts';
 import { ReplicationStatistics, type ReplicationStatisticsJSON } from '../core/statistics.ts';
-import type { FrozenDisk, TrackedDisk } from '../core/tracker.ts';
+import type { TrackedDisk } from '../core/tracker.ts';
 import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../core/types.ts';
 import type { Clock } from '../model/clock.ts';
 import { RetryableError, TerminalError, isRecoverable } from '../model/errors.ts';
@@ -40,6 +40,34 @@ export interface ReplicaLink {
   remove(id: string): Promise<void>;
 }
 
+/** One disk's point-in-time content at a cut, read once. */
+export interface FrozenSource {
+  readonly diskId: string;
+  readonly size: number;
+  extents(onProgress?: (done: number, total: number) => void): AsyncIterable<Extent>;
+}
+
+/**
+ * Where a relationship's cuts come from: a VM's tracked disks (the primary), or a replica's
+ * applied points (the replica site forwarding to an extended replica).
+ */
+export interface CutSource {
+  readonly disks: readonly { readonly id: string; readonly size: number; pendingBytes(): number }[];
+  cut(opts: { cutId: string; time: number; full?: boolean }): Promise<{
+    readonly time: number;
+    readonly disks: readonly FrozenSource[];
+    release(): Promise<void>;
+    abandon(): Promise<void>;
+  }>;
+  /** The VM's tracked disks, for an external-media export; absent for a forwarding replica. */
+  readonly tracked?: readonly TrackedDisk[];
+}
+
+/** The cut source of a VM: its tracked disks, cut atomically. */
+export function vmSource(disks: TrackedDisk[]): CutSource {
+  return { disks, tracked: disks, cut: (opts) => cutVm(disks, opts) };
+}
+
 /** What the primary persists about a relationship (`<dir>/state.json`). */
 export interface PrimaryRecord {
   id: string;
@@ -50,6 +78,8 @@ export interface PrimaryRecord {
   excludeDisks: string[];
   disks: DiskInfo[];
   replicaStoragePath?: string;
+  /** Extended replication: the id of the replica relationship on this host whose points are forwarded. */
+  forwardOf?: string;
   state: State;
   suspendedBy?: 'operator' | 'engine';
   /** Last sequence cut into the outbox. */
@@ -99,7 +129,7 @@ export class PrimaryReplication {
   readonly dir: string;
   record: PrimaryRecord;
   readonly #keys: RelationshipKeys;
-  readonly #disks: TrackedDisk[];
+  readonly #source: CutSource;
   readonly #link: ReplicaLink;
   readonly #clock: Clock;
   readonly #log: Logger;
@@ -111,7 +141,7 @@ export class PrimaryReplication {
     dir: string;
     record: PrimaryRecord;
     keys: RelationshipKeys;
-    disks: TrackedDisk[];
+    source: CutSource;
     link: ReplicaLink;
     clock: Clock;
     log: Logger;
@@ -119,7 +149,7 @@ export class PrimaryReplication {
     this.dir = opts.dir;
     this.record = opts.record;
     this.#keys = opts.keys;
-    this.#disks = opts.disks;
+    this.#source = opts.source;
     this.#link = opts.link;
     this.#clock = opts.clock;
     this.#log = opts.log;
@@ -264,7 +294,7 @@ export class PrimaryReplication {
   }
 
   #totalBytes(): number {
-    return this.#disks.reduce((n, d) => n + d.size, 0);
+    return this.#source.disks.reduce((n, d) => n + d.size, 0);
   }
 
   #outbox(seq?: number): string {
@@ -289,7 +319,7 @@ export class PrimaryReplication {
     filter?: (diskId: string, extents: AsyncIterable<Extent>) => AsyncIterable<Extent>): Promise<number> {
     const cutId = randomUUID();
     const time = this.#clock.now();
-    const cut = await cutVm(this.#disks, { cutId, time, full });
+    const cut = await this.#source.cut({ cutId, time, full });
     const dir = this.#outbox(seq);
     let bytes = 0;
     let before = 0;
@@ -306,7 +336,7 @@ export class PrimaryReplication {
             sequence: seq,
             basePoint: seq - 1,
             blockSize: BLOCK_SIZE,
-            cutTime: time,
+            cutTime: cut.time,
             consistency: 'crash',
             kind,
             cutId,
@@ -378,7 +408,8 @@ export class PrimaryReplication {
     if (!folder) throw new TerminalError('invalid-argument', `initial replication of ${r.vm} by external media needs initialReplication.mediaPath`);
     const total = this.#totalBytes();
     r.initial = { ...r.initial!, bytesTotal: total };
-    await exportToMedia(this.#disks, join(folder, r.id), {
+    if (!this.#source.tracked) throw new TerminalError('invalid-argument', `${r.vm}: external media needs the VM's own disks`);
+    await exportToMedia(this.#source.tracked, join(folder, r.id), {
       cutId: randomUUID(),
       time: this.#clock.now(),
       relationshipId: r.id,
@@ -415,7 +446,7 @@ export class PrimaryReplication {
   /** A filter that keeps only blocks whose keyed checksum differs from the replica's latest point. */
   async #differenceFilter(): Promise<(diskId: string, extents: AsyncIterable<Extent>) => AsyncIterable<Extent>> {
     const remote = new Map<string, BlockDigests>();
-    for (const d of this.#disks) remote.set(d.id, await this.#link.checksums(this.id, d.id));
+    for (const d of this.#source.disks) remote.set(d.id, await this.#link.checksums(this.id, d.id));
     const key = this.#keys.macKey;
     const zeroDigest = createHmac('sha256', key).update(Buffer.alloc(BLOCK_SIZE)).digest();
     return (diskId, extents) => onlyDiffering(extents, remote.get(diskId)!, key, zeroDigest);
@@ -425,7 +456,7 @@ export class PrimaryReplication {
     const r = this.record;
     await this.#ship();
     const threshold = (r.policy.resync?.thresholdPercent ?? 50) / 100;
-    if (this.#disks.some((d) => d.pendingBytes() > threshold * d.size)) {
+    if (this.#source.disks.some((d) => d.pendingBytes() > threshold * d.size)) {
       r.resync = { bytesDone: 0, bytesTotal: 0, reason: `pending changes exceed ${threshold * 100}% of a disk` };
       await this.#apply('thresholdExceeded');
       return { action: 'none', applied: r.applied };
@@ -537,7 +568,7 @@ export class PrimaryReplication {
   view(): RelationshipView {
     const r = this.record;
     const now = this.#clock.now();
-    const pending = this.#disks.reduce((n, d) => n + d.pendingBytes(), 0);
+    const pending = this.#source.disks.reduce((n, d) => n + d.pendingBytes(), 0);
     this.#stats.setPending(pending);
     const stats = this.#stats.toJSON();
     const { health, reasons } = assessHealth({
@@ -668,6 +699,7 @@ export function newPrimaryRecord(req: {
   excludeDisks: string[];
   disks: DiskInfo[];
   replicaStoragePath?: string;
+  forwardOf?: string;
 }): PrimaryRecord {
   return {
     ...req,

@@ -13,6 +13,7 @@ import type { Clock } from '../model/clock.ts';
 import { TerminalError } from '../model/errors.ts';
 import type { DiskInfo, RecoveryPointInfo, RecoveryPointSelector, RelationshipView, ReplicaStatus } from '../transport/agent-api.ts';
 import { OverlayDevice } from '../core/overlay-device.ts';
+import { ForwardSource } from './forward-source.ts';
 import type { RecoveryPoint } from '../core/recovery-points.ts';
 import type { Logger } from '../transport/logger.ts';
 import { open } from 'node:fs/promises';
@@ -36,6 +37,8 @@ export interface ReplicaRecord {
   failover?: { vm: string; sequence: number };
   /** Set by commit: the chain and its recovery points are gone. */
   committed?: boolean;
+  /** Id of the relationship forwarding this replica to an extended replica. */
+  extendedBy?: string;
   lastIntegrityError?: { message: string; at: number };
 }
 
@@ -43,6 +46,8 @@ export class ReplicaReplication {
   readonly dir: string;
   record: ReplicaRecord;
   readonly store: ReplicaStore;
+  /** Set while this replica forwards to an extended replica. */
+  forward: ForwardSource | undefined;
   readonly #keys: RelationshipKeys;
   readonly #clock: Clock;
   readonly #log: Logger;
@@ -95,7 +100,8 @@ export class ReplicaReplication {
   async receive(diskId: string, sequence: number, path: string): Promise<void> {
     this.acceptingLogs();
     try {
-      await openLog(path, this.#keys, { relationshipId: this.id, diskId, sequence });
+      const log = await openLog(path, this.#keys, { relationshipId: this.id, diskId, sequence });
+      await this.forward?.mark(diskId, log.index);
     } catch (e) {
       await rm(path, { force: true });
       this.record.integrityErrors++;
@@ -273,6 +279,12 @@ export class ReplicaReplication {
 
   pointInfo(p: RecoveryPoint): RecoveryPointInfo {
     return { sequence: p.sequence, time: new Date(p.time).toISOString(), consistency: p.consistency, cutId: p.cutId };
+  }
+
+  /** The forwarding state for extended replication (opened once, kept beside the record). */
+  async openForward(): Promise<ForwardSource> {
+    this.forward ??= await ForwardSource.open(this.store, this.record.disks, this.dir);
+    return this.forward;
   }
 
   /** Commit: the recovery points and the chain are discarded; the failed-over VM keeps its own disks. */
