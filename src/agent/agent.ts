@@ -739,6 +739,13 @@ export class Agent {
     r.add('POST', '/v1/relationships/:id/failover', 'operator', async (ctx) => this.failover(ctx.params.id, await json<FailoverRequest>(ctx)));
     r.add('POST', '/v1/relationships/:id/commit', 'operator', async (ctx) => this.commit(ctx.params.id));
     r.add('POST', '/v1/relationships/:id/cancel', 'operator', async (ctx) => this.cancel(ctx.params.id));
+    r.add('POST', '/v1/relationships/:id/move-storage', 'operator', async (ctx) => {
+      const { path } = await json<{ path: string }>(ctx);
+      if (typeof path !== 'string' || !path.startsWith('/')) throw new TerminalError('invalid-argument', 'path must be an absolute directory');
+      const rep = this.replica(ctx.params.id);
+      await rep.moveStorage(path);
+      return rep.view(this.#clock.now());
+    });
     r.add('POST', '/v1/relationships/:id/extend', 'operator', async (ctx) => this.extend(ctx.params.id, await json<ReverseRequest>(ctx)));
     r.add('POST', '/v1/relationships/:id/reverse', 'operator', async (ctx) => this.reverse(ctx.params.id, await json<ReverseRequest>(ctx)));
     // Replica server: called by primaries

@@ -1,7 +1,7 @@
 // The Replica server's side of one relationship: verifies each log before acknowledging it, keeps
 // it durable, applies complete points in sequence and serves checksums, recovery points and
 // point-in-time digests. External-media imports arrive here as sequence 1.
-import { readdir, rm, mkdir } from 'node:fs/promises';
+import { cp, readdir, rename, rm, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeJsonAtomic } from '../core/atomic-file.ts';
 import { blockChecksums, type BlockDigests } from '../core/block-checksums.ts';
@@ -10,7 +10,7 @@ import { openLog, writeLog } from '../core/log-format.ts';
 import { ReplicaStore } from '../core/replica-store.ts';
 import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../core/types.ts';
 import type { Clock } from '../model/clock.ts';
-import { TerminalError } from '../model/errors.ts';
+import { RetryableError, TerminalError } from '../model/errors.ts';
 import type { DiskInfo, RecoveryPointInfo, RecoveryPointSelector, RelationshipView, ReplicaStatus } from '../transport/agent-api.ts';
 import { OverlayDevice } from '../core/overlay-device.ts';
 import { ForwardSource } from './forward-source.ts';
@@ -45,7 +45,9 @@ export interface ReplicaRecord {
 export class ReplicaReplication {
   readonly dir: string;
   record: ReplicaRecord;
-  readonly store: ReplicaStore;
+  store: ReplicaStore;
+  /** Set while the replica's files move: replication is refused (retryable) until done. */
+  #moving = false;
   /** Set while this replica forwards to an extended replica. */
   forward: ForwardSource | undefined;
   readonly #keys: RelationshipKeys;
@@ -92,6 +94,7 @@ export class ReplicaReplication {
    */
   /** Replication into a replica stops while it is failed over (Hyper-V refuses it too). */
   acceptingLogs(): void {
+    if (this.#moving) throw new RetryableError('busy', `replica of ${this.record.vm} is moving to new storage; replication resumes after the move`);
     if (this.record.state === 'FailoverWaitingCompletion' || this.record.state === 'FailedOver') {
       throw new TerminalError('invalid-state', `replica of ${this.record.vm} is failed over (${this.record.state}); replication from ${this.record.primary} stopped`);
     }
@@ -279,6 +282,34 @@ export class ReplicaReplication {
 
   pointInfo(p: RecoveryPoint): RecoveryPointInfo {
     return { sequence: p.sequence, time: new Date(p.time).toISOString(), consistency: p.consistency, cutId: p.cutId };
+  }
+
+  /**
+   * Moves the replica's files (images, logs, undo, journal) to `newRoot/<id>`: replication is in
+   * error (retryable) during the move and resumes after; the old files are removed.
+   */
+  async moveStorage(newRoot: string): Promise<void> {
+    if (this.record.testFailover || this.record.failover) throw new TerminalError('invalid-state', `replica of ${this.record.vm} has a failover VM running on it; move its storage afterwards`);
+    const to = join(newRoot, this.id);
+    if (to === this.record.storagePath) return;
+    this.#moving = true;
+    try {
+      await this.store.close();
+      await mkdir(newRoot, { recursive: true });
+      await rename(this.record.storagePath, to).catch(async (e: NodeJS.ErrnoException) => {
+        if (e.code !== 'EXDEV') throw e;
+        await cp(this.record.storagePath, to, { recursive: true });
+        await rm(this.record.storagePath, { recursive: true, force: true });
+      });
+      const from = this.record.storagePath;
+      this.record.storagePath = to;
+      this.store = await ReplicaStore.open(to, this.#keys, { relationshipId: this.id, disks: this.record.disks, retention: this.record.retention });
+      if (this.forward) this.forward = await ForwardSource.open(this.store, this.record.disks, this.dir);
+      await this.save();
+      this.#log.info('replica storage moved', { relationship: this.id, from, to });
+    } finally {
+      this.#moving = false;
+    }
   }
 
   /** The forwarding state for extended replication (opened once, kept beside the record). */

@@ -33,6 +33,8 @@ export const API = {
   cancel: (id: string) => `/v1/relationships/${enc(id)}/cancel`,
   reverse: (id: string) => `/v1/relationships/${enc(id)}/reverse`,
   resync: (id: string) => `/v1/relationships/${enc(id)}/resync`,
+  moveStorage: (id: string) => `/v1/relationships/${enc(id)}/move-storage`,
+  extend: (id: string) => `/v1/relationships/${enc(id)}/extend`,
   // Primary agent -> Replica server.
   replicaRelationships: '/v1/replica/relationships',
   replicaRelationship: (id: string) => `/v1/replica/relationships/${enc(id)}`,

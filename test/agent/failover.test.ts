@@ -209,3 +209,39 @@ describe('failover', () => {
     expect(await digestOn(b, id, seq, 'os')).toBe(await sha256File(join(hostDir('host-a'), 'vms', 'cf', 'os.img')));
   });
 });
+
+describe('storage and removal', () => {
+  test('move replica storage: old files removed, replication resumes at the new place', async () => {
+    const id = await protect('mv');
+    await cycle(a, id);
+    const old = join(hostDir('host-b'), 'from-host-a', id);
+    const target = join(cluster.root, 'new-storage');
+    const v = (await b.request('POST', `/v1/relationships/${id}/move-storage`, { path: target })).json<RelationshipView>();
+    expect(v.storagePath).toBe(join(target, id));
+    expect((await readdir(join(hostDir('host-b'), 'from-host-a'))).includes(id)).toBe(false);
+    expect((await readdir(join(target, id))).sort()).toEqual(expect.arrayContaining(['data.img', 'os.img']));
+    await write('host-a', 'mv', 'os', 50, 6);
+    const seq = await cycle(a, id);
+    expect(await digestOn(b, id, seq, 'os')).toBe(await sha256File(join(hostDir('host-a'), 'vms', 'mv', 'os.img')));
+    await expectRefused(b.request('POST', `/v1/relationships/${id}/move-storage`, { path: 'relative/path' }), 'invalid-argument');
+  });
+
+  test('remove replication from the primary removes both sides; from the replica, the primary stops with a clear error', async () => {
+    const id1 = await protect('rm1');
+    await a.request('DELETE', `/v1/relationships/${id1}`);
+    await expectRefused(a.request('GET', `/v1/relationships/${id1}`), 'not-found');
+    await expectRefused(b.request('GET', `/v1/relationships/${id1}`), 'not-found');
+    expect((await readdir(join(hostDir('host-b'), 'from-host-a'))).includes(id1)).toBe(false);
+    // The VM itself stays on the primary.
+    expect((await a.request('GET', '/v1/vms/rm1')).json<{ name: string }>().name).toBe('rm1');
+
+    const id2 = await protect('rm2');
+    await b.request('DELETE', `/v1/relationships/${id2}`);
+    await expectRefused(b.request('GET', `/v1/relationships/${id2}`), 'not-found');
+    await expectRefused(a.request('POST', `/v1/relationships/${id2}/replicate-now`), 'not-found');
+    const v = await view(a, id2);
+    expect(v).toMatchObject({ state: 'Critical', health: 'Critical' });
+    await a.request('DELETE', `/v1/relationships/${id2}`); // the primary side can still be removed
+    await expectRefused(a.request('GET', `/v1/relationships/${id2}`), 'not-found');
+  });
+});
