@@ -1,11 +1,12 @@
 // The per-host daemon: serves its VMs' disks over NBD through the change tracker, runs the
 // primary side of its relationships on the policy's schedule, acts as a Replica server for the
 // primaries it accepts, and answers the replication-service API over HTTPS with mutual TLS.
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { copyFile, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { readJsonIfExists, writeJsonAtomic } from '../core/atomic-file.ts';
+import type { TrackedDisk } from '../core/tracker.ts';
 import { digestsToJSON } from '../core/block-checksums.ts';
 import type { RelationshipKeys } from '../core/types.ts';
 import { systemClock, type Clock } from '../model/clock.ts';
@@ -37,7 +38,19 @@ import { FilesHypervisor, type VmAdapter, type VmDefinition } from './hypervisor
 import { HttpReplicaLink } from './replica-link.ts';
 import { AzureBlobLink, azureLinkFromSite } from './azure-blob-link.ts';
 import type { Site } from '../model/types.generated.ts';
-import { PrimaryReplication, newPrimaryRecord, retentionOf, vmSource, type CutSource, type PrimaryRecord, type ReplicaLink } from './primary.ts';
+import {
+  PrimaryReplication,
+  groupMemberSource,
+  newPrimaryRecord,
+  retentionOf,
+  vmSource,
+  type CutSource,
+  type CycleResult,
+  type GroupMemberSource,
+  type PrimaryRecord,
+  type ReplicaLink,
+} from './primary.ts';
+import { cutGroup } from '../core/cut.ts';
 import { ReplicaReplication, type ReplicaRecord } from './replica.ts';
 import { Router, type RouteContext } from './router.ts';
 import { VmRuntime, type ClosableDevice } from './vm-runtime.ts';
@@ -70,6 +83,7 @@ export class Agent {
   readonly #links = new Map<string, HttpReplicaLink>();
   readonly #azureLinks = new Map<string, AzureBlobLink>();
   readonly #keys = new Map<string, RelationshipKeys>();
+  readonly #groupLoops = new Set<string>();
   readonly #abort = new AbortController();
   readonly #loops: Promise<void>[] = [];
   readonly #schedule: boolean;
@@ -214,13 +228,20 @@ export class Agent {
       dir: join(this.config.dataDir, 'relationships', record.id),
       record,
       keys,
-      source: source ?? vmSource(disks),
+      source: source ?? (record.replicationGroup ? groupMemberSource(disks) : vmSource(disks)),
       link: this.#linkTo(record.replica),
       clock: this.#clock,
       log: this.#log,
     });
     this.#primaries.set(record.id, p);
-    if (this.#schedule) this.#loops.push(this.#runSchedule(p));
+    if (this.#schedule) {
+      const group = record.replicationGroup;
+      if (!group) this.#loops.push(this.#runSchedule(p));
+      else if (!this.#groupLoops.has(group)) {
+        this.#groupLoops.add(group);
+        this.#loops.push(this.#runGroupSchedule(group));
+      }
+    }
     return p;
   }
 
@@ -238,6 +259,57 @@ export class Agent {
       if (signal.aborted || this.#primaries.get(p.id) !== p) return;
       last = this.#clock.now();
       await p.cycle().catch(() => {}); // recorded by the relationship (retry schedule, health)
+    }
+  }
+
+  #members(group: string): PrimaryReplication[] {
+    return [...this.#primaries.values()].filter((p) => p.record.replicationGroup === group).sort((x, y) => (x.id < y.id ? -1 : 1));
+  }
+
+  /**
+   * One cycle of a multi-VM consistency group: every member's disks are cut at one instant under
+   * one cutId, then each member seals and ships its part. Members that cannot use their part
+   * (initial copy, resync, suspended) give it back, so its blocks ship in a later group cut.
+   */
+  async cycleGroup(group: string): Promise<Record<string, CycleResult | { error: unknown }>> {
+    const members = this.#members(group);
+    const ready = members.filter((m) => m.state === 'Replicating');
+    const out: Record<string, CycleResult | { error: unknown }> = {};
+    if (ready.length) {
+      const cut = await cutGroup(
+        ready.map((m) => ({ vm: m.record.vm, disks: (m.source.tracked ?? []) as TrackedDisk[] })),
+        { cutId: randomUUID(), time: this.#clock.now() },
+      );
+      for (const m of ready) (m.source as GroupMemberSource).stage(cut.vms.get(m.record.vm)!);
+    }
+    for (const m of members) {
+      try {
+        out[m.id] = await m.cycle({ force: true });
+      } catch (e) {
+        out[m.id] = { error: e };
+      } finally {
+        await (m.source as GroupMemberSource).unstage();
+      }
+    }
+    return out;
+  }
+
+  async #runGroupSchedule(group: string): Promise<void> {
+    const signal = this.#abort.signal;
+    let last = this.#clock.now();
+    while (!signal.aborted) {
+      const members = this.#members(group);
+      if (!members.length) return;
+      const period = Math.min(...members.map((m) => m.frequencyMs));
+      const retry = members.map((m) => m.nextRetryAt).filter((t): t is number => t !== undefined);
+      const due = retry.length ? Math.min(...retry) : last + period;
+      try {
+        await this.#clock.sleep(Math.max(0, due - this.#clock.now()), signal);
+      } catch {
+        return;
+      }
+      last = this.#clock.now();
+      await this.cycleGroup(group).catch(() => {});
     }
   }
 
@@ -281,6 +353,7 @@ export class Agent {
       excludeDisks: [...exclude],
       disks,
       ...(req.replicaStoragePath && { replicaStoragePath: req.replicaStoragePath }),
+      ...(req.replicationGroup && { replicationGroup: req.replicationGroup }),
     });
     const p = this.#primary(record, keys);
     await p.save();
@@ -698,7 +771,18 @@ export class Agent {
       else run.catch(() => {}); // recorded by the relationship; status shows progress
       return p.view();
     }, 202);
-    r.add('POST', '/v1/relationships/:id/replicate-now', 'operator', async (ctx) => this.primary(ctx.params.id).cycle({ force: true }));
+    r.add('POST', '/v1/relationships/:id/replicate-now', 'operator', async (ctx) => {
+      const p = this.primary(ctx.params.id);
+      const group = p.record.replicationGroup;
+      if (!group) return p.cycle({ force: true });
+      const results = await this.cycleGroup(group);
+      const mine = results[p.id];
+      if (mine && 'error' in mine) throw mine.error;
+      return mine;
+    });
+    r.add('POST', '/v1/replication-groups/:group/replicate-now', 'operator', async (ctx) =>
+      Object.fromEntries(Object.entries(await this.cycleGroup(ctx.params.group)).map(([id, r]) => [id, 'error' in r ? { error: (r.error as Error).message } : r])),
+    );
     r.add('POST', '/v1/relationships/:id/resync', 'operator', async (ctx) => this.primary(ctx.params.id).requestResync());
     r.add('PUT', '/v1/relationships/:id/settings', 'operator', async (ctx) => {
       const { policy } = await json<{ policy: ReplicationPolicySpec }>(ctx);

@@ -102,7 +102,7 @@ export class ForwardSource implements CutSource {
       for (const v of views) await v.close();
       await this.save();
     };
-    return { time: point.time, disks: frozen, release: () => finish(false), abandon: () => finish(true) };
+    return { cutId: point.cutId, time: point.time, disks: frozen, release: () => finish(false), abandon: () => finish(true) };
   }
 }
 

@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHmac } from 'node:crypto';
-import { cutVm } from '../core/cut.ts';
+import { cutVm, type FrozenCut } from '../core/cut.ts';
 import type { BlockDigests } from '../core/block-checksums.ts';
 import { DIGEST_BYTES } from '../core/block-checksums.ts';
 import { assessHealth, type HealthReason } from '../core/health.ts';
@@ -54,6 +54,8 @@ export interface FrozenSource {
 export interface CutSource {
   readonly disks: readonly { readonly id: string; readonly size: number; pendingBytes(): number }[];
   cut(opts: { cutId: string; time: number; full?: boolean }): Promise<{
+    /** The cut's id when the source chose it (a group cut, a forwarded point). */
+    readonly cutId?: string;
     readonly time: number;
     readonly disks: readonly FrozenSource[];
     release(): Promise<void>;
@@ -68,6 +70,39 @@ export function vmSource(disks: TrackedDisk[]): CutSource {
   return { disks, tracked: disks, cut: (opts) => cutVm(disks, opts) };
 }
 
+/** A VM in a multi-VM consistency group: deltas come from a cut taken across the whole group. */
+export interface GroupMemberSource extends CutSource {
+  stage(cut: FrozenCut): void;
+  /** Gives back a staged cut nobody used (its blocks return to the dirty sets). */
+  unstage(): Promise<void>;
+}
+
+export function groupMemberSource(disks: TrackedDisk[]): GroupMemberSource {
+  let staged: FrozenCut | undefined;
+  return {
+    disks,
+    tracked: disks,
+    stage: (cut) => {
+      staged = cut;
+    },
+    unstage: async () => {
+      const c = staged;
+      staged = undefined;
+      await c?.abandon();
+    },
+    cut: async (opts) => {
+      if (staged) {
+        const c = staged;
+        staged = undefined;
+        return c;
+      }
+      // Full copies (initial replication, resync) compare everything anyway; deltas must share the group's instant.
+      if (opts.full) return cutVm(disks, opts);
+      throw new TerminalError('invalid-state', 'a member of a replication group is only cut together with its group');
+    },
+  };
+}
+
 /** What the primary persists about a relationship (`<dir>/state.json`). */
 export interface PrimaryRecord {
   id: string;
@@ -80,6 +115,8 @@ export interface PrimaryRecord {
   replicaStoragePath?: string;
   /** Extended replication: the id of the replica relationship on this host whose points are forwarded. */
   forwardOf?: string;
+  /** Multi-VM consistency group (cut together with the other members on this host). */
+  replicationGroup?: string;
   state: State;
   suspendedBy?: 'operator' | 'engine';
   /** Last sequence cut into the outbox. */
@@ -129,7 +166,7 @@ export class PrimaryReplication {
   readonly dir: string;
   record: PrimaryRecord;
   readonly #keys: RelationshipKeys;
-  readonly #source: CutSource;
+  readonly source: CutSource;
   readonly #link: ReplicaLink;
   readonly #clock: Clock;
   readonly #log: Logger;
@@ -149,7 +186,7 @@ export class PrimaryReplication {
     this.dir = opts.dir;
     this.record = opts.record;
     this.#keys = opts.keys;
-    this.#source = opts.source;
+    this.source = opts.source;
     this.#link = opts.link;
     this.#clock = opts.clock;
     this.#log = opts.log;
@@ -294,7 +331,7 @@ export class PrimaryReplication {
   }
 
   #totalBytes(): number {
-    return this.#source.disks.reduce((n, d) => n + d.size, 0);
+    return this.source.disks.reduce((n, d) => n + d.size, 0);
   }
 
   #outbox(seq?: number): string {
@@ -319,7 +356,7 @@ export class PrimaryReplication {
     filter?: (diskId: string, extents: AsyncIterable<Extent>) => AsyncIterable<Extent>): Promise<number> {
     const cutId = randomUUID();
     const time = this.#clock.now();
-    const cut = await this.#source.cut({ cutId, time, full });
+    const cut = await this.source.cut({ cutId, time, full });
     const dir = this.#outbox(seq);
     let bytes = 0;
     let before = 0;
@@ -339,7 +376,7 @@ export class PrimaryReplication {
             cutTime: cut.time,
             consistency: 'crash',
             kind,
-            cutId,
+            cutId: cut.cutId ?? cutId,
           },
           filter ? filter(frozen.diskId, extents) : extents,
           this.#keys,
@@ -408,8 +445,8 @@ export class PrimaryReplication {
     if (!folder) throw new TerminalError('invalid-argument', `initial replication of ${r.vm} by external media needs initialReplication.mediaPath`);
     const total = this.#totalBytes();
     r.initial = { ...r.initial!, bytesTotal: total };
-    if (!this.#source.tracked) throw new TerminalError('invalid-argument', `${r.vm}: external media needs the VM's own disks`);
-    await exportToMedia(this.#source.tracked, join(folder, r.id), {
+    if (!this.source.tracked) throw new TerminalError('invalid-argument', `${r.vm}: external media needs the VM's own disks`);
+    await exportToMedia(this.source.tracked, join(folder, r.id), {
       cutId: randomUUID(),
       time: this.#clock.now(),
       relationshipId: r.id,
@@ -446,7 +483,7 @@ export class PrimaryReplication {
   /** A filter that keeps only blocks whose keyed checksum differs from the replica's latest point. */
   async #differenceFilter(): Promise<(diskId: string, extents: AsyncIterable<Extent>) => AsyncIterable<Extent>> {
     const remote = new Map<string, BlockDigests>();
-    for (const d of this.#source.disks) remote.set(d.id, await this.#link.checksums(this.id, d.id));
+    for (const d of this.source.disks) remote.set(d.id, await this.#link.checksums(this.id, d.id));
     const key = this.#keys.macKey;
     const zeroDigest = createHmac('sha256', key).update(Buffer.alloc(BLOCK_SIZE)).digest();
     return (diskId, extents) => onlyDiffering(extents, remote.get(diskId)!, key, zeroDigest);
@@ -456,7 +493,7 @@ export class PrimaryReplication {
     const r = this.record;
     await this.#ship();
     const threshold = (r.policy.resync?.thresholdPercent ?? 50) / 100;
-    if (this.#source.disks.some((d) => d.pendingBytes() > threshold * d.size)) {
+    if (this.source.disks.some((d) => d.pendingBytes() > threshold * d.size)) {
       r.resync = { bytesDone: 0, bytesTotal: 0, reason: `pending changes exceed ${threshold * 100}% of a disk` };
       await this.#apply('thresholdExceeded');
       return { action: 'none', applied: r.applied };
@@ -568,7 +605,7 @@ export class PrimaryReplication {
   view(): RelationshipView {
     const r = this.record;
     const now = this.#clock.now();
-    const pending = this.#source.disks.reduce((n, d) => n + d.pendingBytes(), 0);
+    const pending = this.source.disks.reduce((n, d) => n + d.pendingBytes(), 0);
     this.#stats.setPending(pending);
     const stats = this.#stats.toJSON();
     const { health, reasons } = assessHealth({
@@ -700,6 +737,7 @@ export function newPrimaryRecord(req: {
   disks: DiskInfo[];
   replicaStoragePath?: string;
   forwardOf?: string;
+  replicationGroup?: string;
 }): PrimaryRecord {
   return {
     ...req,

@@ -70,6 +70,8 @@ export interface CreateRelationshipRequest {
   policy: ReplicationPolicySpec;
   excludeDisks?: string[];
   replicaStoragePath?: string;
+  /** Multi-VM consistency: relationships of one group on this host share their cut instants. */
+  replicationGroup?: string;
 }
 
 /** Sent by the primary agent to the Replica server when the relationship is created. */
