@@ -1,22 +1,11 @@
 // The replication state machine of Hyper-V Replica / Site Recovery (DESIGN.md section 3) as a
 // pure transition table: every allowed (state, event) pair is listed; anything else is refused.
 import { TerminalError } from '../model/errors.ts';
+import { REPLICATION_STATES, type ReplicationState } from '../model/observed.ts';
 
-export const STATES = [
-  'Disabled',
-  'ReadyForInitialReplication',
-  'InitialReplicationInProgress',
-  'WaitingForInitialReplicationImport',
-  'Replicating',
-  'Suspended',
-  'ResynchronizationRequired',
-  'Resynchronizing',
-  'PreparedForPlannedFailover',
-  'FailoverWaitingCompletion',
-  'FailedOver',
-  'Critical',
-] as const;
-export type State = (typeof STATES)[number];
+// The states themselves are the model's (the observed state the planner reads uses the same list).
+export const STATES = REPLICATION_STATES;
+export type State = ReplicationState;
 
 export const EVENTS = [
   /** Protection enabled. */
