@@ -1,0 +1,12 @@
+// Every benchmark case, in the order the runner runs and reports them.
+import type { BenchCase } from '../lib/types.ts';
+import { deltaPipeline } from './delta-pipeline.ts';
+import { failover } from './failover.ts';
+import { initialReplication } from './initial-replication.ts';
+import { planCase } from './plan.ts';
+import { primaryAmplification } from './primary-amplification.ts';
+import { replicaAmplification } from './replica-amplification.ts';
+import { resync } from './resync.ts';
+import { rpo } from './rpo.ts';
+
+export const CASES: readonly BenchCase[] = [resync, initialReplication, deltaPipeline, rpo, replicaAmplification, failover, planCase, primaryAmplification];

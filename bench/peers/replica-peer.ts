@@ -1,0 +1,96 @@
+// The replica side of the engine-level benchmarks, as its own process (a replica is another host):
+// answers block-digest requests over its image and receives and applies sealed logs into a
+// ReplicaStore, over framed messages on stdin/stdout.
+// Run: node bench/peers/replica-peer.ts <replicaDir> <relationshipId> <diskId> <diskSize> <retentionAdditional>
+// Keys come in the environment (BENCH_ENC_KEY, BENCH_MAC_KEY, hex) so they stay off the command line.
+import { open } from 'node:fs/promises';
+import { blockChecksums } from '../../src/core/block-checksums.ts';
+import { sha256File } from '../../src/core/disk.ts';
+import { ReplicaStore } from '../../src/core/replica-store.ts';
+import { FrameChannel } from '../lib/frames.ts';
+
+const [dir, relationshipId, diskId, sizeArg, additionalArg] = process.argv.slice(2);
+const keys = { encryptionKey: Buffer.from(process.env.BENCH_ENC_KEY ?? '', 'hex'), macKey: Buffer.from(process.env.BENCH_MAC_KEY ?? '', 'hex') };
+const store = await ReplicaStore.open(dir, keys, {
+  relationshipId,
+  disks: [{ id: diskId, size: Number(sizeArg) }],
+  retention: { additional: Number(additionalArg ?? 0) },
+});
+const ch = new FrameChannel(process.stdin, process.stdout);
+
+function decodeRuns(body: Buffer): number[] | undefined {
+  if (body.length === 0) return undefined;
+  const out: number[] = [];
+  for (let at = 0; at < body.length; at += 8) {
+    const start = body.readUInt32LE(at);
+    const count = body.readUInt32LE(at + 4);
+    for (let i = 0; i < count; i++) out.push(start + i);
+  }
+  return out;
+}
+
+await ch.send({ op: 'ready', applied: store.applied });
+for (;;) {
+  let f;
+  try {
+    f = await ch.receive();
+  } catch {
+    break; // the bench closed the pipe
+  }
+  const op = f.head.op;
+  try {
+    if (op === 'digests') {
+      const fh = await open(store.diskPath(diskId), 'r');
+      try {
+        const size = Number(sizeArg);
+        const reader = {
+          size,
+          read: async (offset: number, length: number) => {
+            const buf = Buffer.allocUnsafe(length);
+            let got = 0;
+            while (got < length) {
+              const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+              if (bytesRead === 0) {
+                buf.fill(0, got);
+                break;
+              }
+              got += bytesRead;
+            }
+            return buf;
+          },
+        };
+        const d = await blockChecksums(reader, Number(f.head.blockSize), keys.macKey, decodeRuns(f.body));
+        await ch.send({ op: 'digests', size: d.size, count: d.digests.length / 32 }, d.digests);
+      } finally {
+        await fh.close();
+      }
+    } else if (op === 'log') {
+      const body = f.body;
+      await store.receiveStream(diskId, Number(f.head.sequence), (async function* () {
+        yield body;
+      })());
+      const applied = await store.applyPending();
+      await ch.send({ op: 'applied', applied: store.applied, points: applied.length, bytes: applied.reduce((n, p) => n + p.bytes, 0) });
+    } else if (op === 'usage') {
+      const cpu = process.cpuUsage();
+      await ch.send({ op: 'usage', cpuMs: (cpu.user + cpu.system) / 1000, maxRssBytes: process.resourceUsage().maxRSS * 1024 });
+    } else if (op === 'stats') {
+      await ch.send({ op: 'stats', stats: store.stats(), points: store.points() });
+    } else if (op === 'sha256') {
+      await ch.send({ op: 'sha256', sha256: await sha256File(store.diskPath(diskId)) });
+    } else if (op === 'view-sha256') {
+      const out = `${dir}/view-${Number(f.head.sequence)}.img`;
+      const r = await store.exportView(Number(f.head.sequence), diskId, out);
+      await ch.send({ op: 'view-sha256', sha256: r.sha256 });
+    } else if (op === 'bye') {
+      await ch.send({ op: 'bye' });
+      break;
+    } else {
+      await ch.send({ error: `unknown op ${String(op)}` });
+    }
+  } catch (e) {
+    await ch.send({ error: (e as Error).stack ?? String(e) });
+  }
+}
+await store.close();
+process.exit(0);
