@@ -121,7 +121,11 @@ export class Agent {
 
   async #load(): Promise<void> {
     await mkdir(this.config.dataDir, { recursive: true });
-    for (const vm of await this.hv.list()) this.#runtimes.set(vm.name, await VmRuntime.start(this.hv, vm, this.nbdDir, this.#log));
+    for (const vm of await this.hv.list()) {
+      // VMs running on overlays of a recovery point are served below, with their replica.
+      if (vm.disks.some((d) => d.file.endsWith('.overlay'))) continue;
+      this.#runtimes.set(vm.name, await VmRuntime.start(this.hv, vm, this.nbdDir, this.#log));
+    }
     const repDir = join(this.config.dataDir, 'replicas');
     for (const id of await readdir(repDir).catch(() => [] as string[])) {
       const record = await readJsonIfExists<ReplicaRecord>(join(repDir, id, 'state.json'));

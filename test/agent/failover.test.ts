@@ -104,6 +104,12 @@ describe('failover', () => {
     await write('host-a', 'tf', 'os', 50, 2);
     const next = await cycle(a, id);
     expect(await digestOn(b, id, next, 'os')).toBe(await sha256File(join(hostDir('host-a'), 'vms', 'tf', 'os.img')));
+    // The test VM survives a restart of the replica host's agent, with what it wrote.
+    const written = await nbdSha('host-b', 'tf-Test', 'os');
+    await cluster.stopInProcess('host-b');
+    await cluster.startInProcess('host-b', { clock });
+    b = await cluster.client('host-b');
+    expect(await nbdSha('host-b', 'tf-Test', 'os')).toBe(written);
     // A second test failover is refused and changes nothing.
     await expectRefused(b.request('POST', `/v1/relationships/${id}/test-failover`, {}), 'invalid-state');
     expect((await view(b, id)).testFailover).toEqual({ vm: 'tf-Test', sequence: seq });
