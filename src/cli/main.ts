@@ -7,6 +7,8 @@ export interface GlobalOptions {
   output: OutputFormat;
   debug: boolean;
   vault?: string;
+  /** drsite's state directory: embedded sites, certificates, journals (and the vault unless --vault). */
+  stateDir: string;
 }
 
 /** Exit codes shared by every command. */
@@ -18,11 +20,15 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     .description('Disaster recovery for virtual machines, declared as code.')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
     .option('--debug', 'print stack traces with errors', false)
-    .option('--vault <path>', 'control-plane state (SQLite)', '.drsite/vault.db')
+    .option('--vault <path>', 'control-plane state (SQLite) (default: <state-dir>/vault.db)')
+    .option('--state-dir <dir>', 'state directory: embedded sites, certificates, journals', '.drsite')
     .exitOverride()
     .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) });
 
-  const globals = (): GlobalOptions => program.opts<GlobalOptions>();
+  const globals = (): GlobalOptions => {
+    const o = program.opts<GlobalOptions>();
+    return { ...o, vault: o.vault ?? `${o.stateDir}/vault.db` };
+  };
   const run = (fn: (...a: never[]) => Promise<number>) =>
     async (...args: unknown[]) => {
       code = await (fn as (...a: unknown[]) => Promise<number>)(...args);
@@ -43,6 +49,19 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
       run(async (paths: string[], opts: { detailedExitcode: boolean }) =>
         (await import('./plan.ts')).planCommand(paths, opts, globals(), io),
       ),
+    );
+
+  program
+    .command('synth')
+    .description('synthesise Terraform for Azure Site Recovery (cdktf), or the normalised manifests')
+    .argument('<paths...>', 'YAML files or directories')
+    .addOption(new Option('--target <target>', 'what to synthesise').choices(['azure-site-recovery', 'manifests']).default('azure-site-recovery'))
+    .option('--out <dir>', 'output directory', '.drsite/synth/asr')
+    .option('--resource-group <name>', 'resource group of the Recovery Services vault')
+    .option('--location <region>', 'Azure region of the vault')
+    .option('--vault-name <name>', 'name of the Recovery Services vault')
+    .action(
+      run(async (paths: string[], opts: import('./synth.ts').SynthOptions) => (await import('./synth.ts')).synthCommand(paths, opts, globals(), io)),
     );
 
   program
@@ -72,6 +91,57 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     .option('--seed <n>', 'PRNG seed', '1')
     .option('--compressible <fraction>', 'share of each block zstd can shrink (0-1)')
     .action(run(async (vm: string, f: import('./workload.ts').WorkloadFlags) => (await import('./workload.ts')).workloadCommand(vm, f, globals(), io)));
+
+  const paths = (cmd: Command) => cmd.argument('<paths...>', 'YAML files or directories');
+
+  paths(program.command('apply').description('one reconcile pass: observe the sites, print the plan, apply it, print the jobs'))
+    .action(run(async (p: string[]) => (await import('./apply.ts')).applyCommand(p, globals(), io)));
+
+  paths(program.command('run').description('reconcile continuously (level-triggered loop) with live status'))
+    .addOption(new Option('--until <condition>', 'stop when this holds').choices(['converged']))
+    .option('--duration <duration>', 'stop after this long, e.g. 10m')
+    .option('--poll <duration>', 'mean time between passes (jittered +-20%)', '2s')
+    .option('--metrics-port <port>', 'serve Prometheus metrics on 127.0.0.1:<port>/metrics')
+    .option('--no-samples', 'do not create sample VMs or run their workload (sample-vms.json)')
+    .action(run(async (p: string[], o: import('./run.ts').RunFlags) => (await import('./run.ts')).runCommand(p, o, globals(), io)));
+
+  program
+    .command('status')
+    .description('replication status per ProtectedVM, as the last pass recorded it in the vault')
+    .action(run(async () => (await import('./status.ts')).statusCommand(globals(), io)));
+
+  program
+    .command('jobs')
+    .description('list jobs, or show one job with its steps and child jobs')
+    .argument('[id]', 'job id')
+    .option('--limit <n>', 'how many jobs to list', '30')
+    .action(run(async (id: string | undefined, o: { limit: string }) => (await import('./jobs.ts')).jobsCommand(id, o, globals(), io)));
+
+  program
+    .command('continue')
+    .description('confirm the manual action a recovery plan waits on; the running loop resumes the plan')
+    .argument('<plan>', 'RecoveryPlan name')
+    .action(run(async (plan: string) => (await import('./continue.ts')).continueCommand(plan, globals(), io)));
+
+  const verbs: [string, string][] = [
+    ['failover', 'planned failover (or --unplanned) of a recovery plan or a ProtectedVM'],
+    ['test-failover', 'test failover (<vm>-Test VMs), or --cleanup to remove them'],
+    ['failback', 'planned failover back to the declared primary, then reverse replication'],
+    ['commit', 'commit a failover that waits for completion'],
+    ['cancel', 'cancel a failover that waits for completion'],
+    ['reverse', 'start reverse replication from the site that now runs the VM'],
+    ['resync', 'resynchronize a ProtectedVM now'],
+    ['pause', 'suspend replication of a ProtectedVM'],
+    ['resume', 'resume replication of a ProtectedVM'],
+  ];
+  for (const [verb, description] of verbs) {
+    program.command(verb).description(description).argument('<target>', 'RecoveryPlan or ProtectedVM name').argument('<paths...>', 'YAML files or directories')
+      .option('--unplanned', 'failover: the primary is lost; use a recovery point', false)
+      .option('--cleanup', 'test-failover: remove the test VMs', false)
+      .option('--commit', 'failover: commit (and reverse replication for planned)', false)
+      .option('--recovery-point <point>', 'latest | latest-app-consistent | RFC 3339 time', 'latest')
+      .action(run(async (target: string, p: string[], o: import('./verbs.ts').VerbFlags) => (await import('./verbs.ts')).verbCommand(verb, target, p, o, globals(), io)));
+  }
 
   try {
     await program.parseAsync(argv);

@@ -1,0 +1,42 @@
+// `drsite apply`: one reconcile pass. Observe the sites, print the plan, apply it one journaled
+// action at a time, print the jobs. Exit 1 when a job failed.
+import { loadDesiredState } from '../config/index.ts';
+import { formatDiagnostic } from '../model/diagnostics.ts';
+import { recoverInterrupted, reconcileOnce } from '../reconciler/apply.ts';
+import { formatPlan, planToJson } from '../reconciler/plan-format.ts';
+import { openSession } from '../reconciler/session.ts';
+import type { Job } from '../vault/vault.ts';
+import type { GlobalOptions } from './main.ts';
+import { printJson, renderTable, type Io } from './output.ts';
+
+export function jobRows(jobs: readonly Job[]): string {
+  return renderTable(
+    ['Job', 'Type', 'Target', 'State', 'Error'],
+    jobs.map((j) => [j.id, j.type, j.target, j.state, j.error?.message ?? '']),
+  );
+}
+
+export async function applyCommand(paths: string[], g: GlobalOptions, io: Io): Promise<number> {
+  const loaded = await loadDesiredState(paths);
+  for (const d of loaded.diagnostics) io.err(formatDiagnostic(d));
+  if (!loaded.ok) return 1;
+  const json = g.output === 'json';
+  const session = await openSession({
+    desired: loaded.state, paths, vaultPath: g.vault!, stateDir: g.stateDir, samples: true,
+    report: (l) => !json && io.out(l),
+  });
+  try {
+    recoverInterrupted(session.vault);
+    const r = await reconcileOnce({
+      desired: session.desired, sites: session.sites, vault: session.vault, stateDir: session.stateDir,
+      report: (l) => !json && io.out(l),
+      onPlan: (p) => !json && io.out(formatPlan(p, { color: process.stdout.isTTY === true })),
+    });
+    const failed = r.jobs.filter((j) => j.state === 'Failed');
+    if (json) printJson(io, { plan: JSON.parse(planToJson(r.plan)), jobs: r.jobs, converged: r.converged });
+    else if (r.jobs.length) io.out(jobRows(r.jobs));
+    return failed.length ? 1 : 0;
+  } finally {
+    await session.close();
+  }
+}

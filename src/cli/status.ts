@@ -1,0 +1,63 @@
+// `drsite status`: replication per ProtectedVM as the last reconcile pass recorded it in the
+// vault (a running `drsite run` refreshes it every pass). Reads only the vault.
+import type { ObservedRelationship } from '../model/observed.ts';
+import { formatBytes } from '../model/units.ts';
+import { Vault } from '../vault/vault.ts';
+import type { GlobalOptions } from './main.ts';
+import { printJson, renderTable, type Io } from './output.ts';
+
+export interface StatusRow {
+  name: string;
+  relationship: ObservedRelationship | null;
+  conditions: readonly { type: string; status: string; reason: string; message: string }[];
+  updatedAt: string;
+}
+
+export function readStatus(vault: Vault): StatusRow[] {
+  return vault.listStatus('ProtectedVM').map((s) => ({
+    name: s.name,
+    relationship: (s.fields.relationship as ObservedRelationship | null | undefined) ?? null,
+    conditions: s.conditions,
+    updatedAt: s.updatedAt,
+  }));
+}
+
+const ago = (iso: string | undefined): string => {
+  if (!iso) return '-';
+  const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
+  return s < 120 ? `${s}s ago` : s < 7200 ? `${Math.round(s / 60)}m ago` : `${Math.round(s / 3600)}h ago`;
+};
+
+export function statusTable(rows: readonly StatusRow[]): string {
+  return renderTable(
+    ['VM', 'Primary -> Replica', 'Roles', 'State', 'Health', 'Last replication', 'Lag', 'Pending'],
+    rows.map(({ name, relationship: r }) => {
+      if (!r) return [name, '-', '-', 'NotProtected', '-', '-', '-', '-'];
+      const progress = r.initialReplication && r.initialReplication.bytesTotal > 0
+        ? ` ${Math.floor((100 * r.initialReplication.bytesDone) / r.initialReplication.bytesTotal)}%`
+        : '';
+      return [
+        name,
+        `${r.direction.primary} -> ${r.direction.replica}`,
+        Object.entries(r.roles).map(([site, role]) => `${site}=${role}`).join(' '),
+        `${r.state}${progress}${r.testFailover === 'active' ? ` +test(${r.testVms.join(',')})` : ''}`,
+        r.health,
+        ago(r.lastReplicationTime),
+        r.lagSeconds === undefined ? '-' : `${r.lagSeconds}s`,
+        formatBytes(r.pendingBytes),
+      ];
+    }),
+  );
+}
+
+export async function statusCommand(g: GlobalOptions, io: Io): Promise<number> {
+  const vault = Vault.open(g.vault);
+  try {
+    const rows = readStatus(vault);
+    if (g.output === 'json') printJson(io, rows);
+    else io.out(rows.length ? statusTable(rows) : 'No ProtectedVM status recorded yet (run drsite apply or drsite run).');
+    return 0;
+  } finally {
+    vault.close();
+  }
+}

@@ -1,0 +1,297 @@
+// The executor: turns one planned action into journaled calls on the sites, recorded as a job in
+// the vault. Protection actions run as top-level jobs; failover-family actions run as child jobs of
+// a recovery plan's job (recovery-plan.ts) from the steps frozen when that plan started.
+import type { DesiredState, ReplicationPolicySpec } from '../model/desired.ts';
+import { TerminalError } from '../model/errors.ts';
+import type { SiteSet } from '../sites/open-sites.ts';
+import type { Site, SiteVm } from '../sites/site.ts';
+import { API, type FailoverAdapterSettings, type RelationshipView } from '../transport/agent-api.ts';
+import type { Job, JobType, Vault } from '../vault/vault.ts';
+import { runJournaledCalls, unsupported, type SiteCall } from './journal.ts';
+import type { Observation } from './observe-sites.ts';
+import type { FailoverActionType, PlannedAction } from './plan-types.ts';
+import { relationshipId } from './relationship-ids.ts';
+import { setStatusFields } from './status-fields.ts';
+
+export interface ExecContext {
+  desired: DesiredState;
+  sites: SiteSet;
+  vault: Vault;
+  observation: Observation;
+  /** drsite's state directory (script journals live under it). */
+  stateDir: string;
+  /** Progress lines for the CLI. */
+  report: (line: string) => void;
+}
+
+export const JOB_TYPE: Record<PlannedAction['type'], JobType> = {
+  'enable-protection': 'EnableProtection',
+  'start-initial-replication': 'InitialReplication',
+  'change-policy': 'ChangePolicy',
+  'change-disk-set': 'ChangePolicy',
+  'move-replica-storage': 'MoveReplicaStorage',
+  'extend-replication': 'ExtendReplication',
+  'remove-extended-replication': 'ExtendReplication',
+  'disable-protection': 'DisableProtection',
+  resume: 'ChangePolicy',
+  resync: 'Resynchronize',
+  'test-failover': 'TestFailover',
+  'cleanup-test-failover': 'CleanupTestFailover',
+  'planned-failover': 'PlannedFailover',
+  'unplanned-failover': 'UnplannedFailover',
+  'commit-failover': 'CommitFailover',
+  'cancel-failover': 'CancelFailover',
+  'reverse-replication': 'ReverseReplication',
+  failback: 'PlannedFailover',
+};
+
+const FAILED_OVER: ReadonlySet<string> = new Set(['FailoverWaitingCompletion', 'FailedOver']);
+
+async function views(site: Site, id: string): Promise<RelationshipView[]> {
+  const all = await site.request<RelationshipView[]>('GET', API.relationships);
+  return all.filter((v) => v.id === id);
+}
+
+async function vms(site: Site): Promise<SiteVm[]> {
+  return site.request<SiteVm[]>('GET', API.vms);
+}
+
+function policyOf(desired: DesiredState, name: string): ReplicationPolicySpec {
+  const p = desired.policies.find((x) => x.metadata.name === name);
+  if (!p) throw new TerminalError('not-found', `policy ${name} is not declared`);
+  return p.spec;
+}
+
+/** Closes a job and drops its leftover pending marks (their outcome is recorded on the steps). */
+export function finish(vault: Vault, jobId: string, state: 'Succeeded' | 'Failed' | 'Cancelled', error?: unknown): Job {
+  return vault.transaction(() => {
+    for (const m of vault.listPending()) if (m.key.startsWith(`call:${jobId}:`)) vault.clearPending(m.key);
+    return vault.finishJob(jobId, state, error);
+  });
+}
+
+/** Runs one protection action as a job; returns the job as recorded (Failed jobs do not throw). */
+export async function runProtectionAction(ctx: ExecContext, action: PlannedAction): Promise<Job | undefined> {
+  const { vault, desired, sites } = ctx;
+  const name = action.target.name;
+  const target = `ProtectedVM/${name}`;
+  const pvm = desired.protectedVms.find((p) => p.metadata.name === name);
+  const current = ctx.observation.current.get(name);
+
+  if (action.type === 'start-initial-replication' && vault.listJobs({ target, type: 'InitialReplication', state: 'Running', limit: 1 }).length > 0) {
+    return undefined; // already started; its job closes when the first sync completes
+  }
+  if (action.type === 'start-initial-replication' && action.details.notBefore && Date.parse(action.details.notBefore) > Date.now()) {
+    return undefined; // the policy schedules it later: a later pass starts it
+  }
+  if (action.type === 'resume') {
+    const site = sites.get(current?.primarySite ?? '');
+    await site.request('POST', API.resume(current!.id));
+    vault.recordEvent({ kind: 'ProtectedVM', name, type: 'Normal', reason: 'ReplicationResumed', message: action.reason });
+    return undefined;
+  }
+
+  const job = vault.createJob({ type: JOB_TYPE[action.type], target, input: { action } });
+  ctx.report(`${job.type} ${name}: started (${action.reason})`);
+  try {
+    let calls: SiteCall[];
+    switch (action.type) {
+      case 'enable-protection': {
+        const d = action.details;
+        const primary = sites.get(d.primary);
+        const replica = sites.get(d.replica);
+        const id = relationshipId(name);
+        // Remember before the call that drsite owns this protection, so a crash right after the
+        // create still lets a later removal happen.
+        setStatusFields(vault, name, { managed: true, policyName: d.policy });
+        calls = [{
+          name: 'create-relationship',
+          site: primary,
+          method: 'POST',
+          path: API.relationships,
+          body: {
+            id,
+            vm: d.vm,
+            replica: { name: d.replica, endpoint: replica.endpoint },
+            policy: policyOf(desired, d.policy),
+            excludeDisks: pvm?.spec.disks?.exclude ?? [],
+            ...(d.replicaStoragePath && { replicaStoragePath: d.replicaStoragePath }),
+          },
+          done: async () => (await views(primary, id)).length > 0,
+        }];
+        break;
+      }
+      case 'start-initial-replication': {
+        const id = current?.id ?? relationshipId(name);
+        const primary = sites.get(current?.primarySite ?? pvm!.spec.primary);
+        calls = [{
+          name: 'start',
+          site: primary,
+          method: 'POST',
+          path: API.startReplication(id),
+          done: async () => (await views(primary, id)).some((v) => v.state !== 'ReadyForInitialReplication'),
+        }];
+        await runJournaledCalls(vault, job.id, calls);
+        // Long copies never block a pass: the job stays Running and the status pass closes it once
+        // the relationship reaches Replicating (the first complete sync).
+        vault.startStep(job.id, 'first-sync');
+        ctx.report(`InitialReplication ${name}: started; progress shows in drsite status`);
+        return vault.getJob(job.id);
+      }
+      case 'change-policy': {
+        if (action.details.hop === 'extended') unsupported('changing the extended replica policy');
+        if (!current) throw new TerminalError('not-found', `${name} has no relationship to change`);
+        const site = sites.get(current.primarySite);
+        const spec = policyOf(desired, action.details.to);
+        calls = [{ name: 'modify-settings', site, method: 'PUT', path: API.settings(current.id), body: { policy: spec }, done: async () => false }];
+        await runJournaledCalls(vault, job.id, calls);
+        setStatusFields(vault, name, { policyName: action.details.to });
+        ctx.report(`ChangePolicy ${name}: now ${action.details.to}`);
+        return finish(vault, job.id, 'Succeeded');
+      }
+      case 'resync': {
+        if (!current) throw new TerminalError('not-found', `${name} has no relationship to resynchronize`);
+        calls = [{ name: 'resync', site: sites.get(current.primarySite), method: 'POST', path: API.resync(current.id), done: async () => false }];
+        break;
+      }
+      case 'disable-protection': {
+        if (!current) throw new TerminalError('not-found', `${name} has no relationship to remove`);
+        const site = sites.get(current.primarySite);
+        calls = [{
+          name: 'remove-relationship',
+          site,
+          method: 'DELETE',
+          path: API.relationship(current.id),
+          done: async () => (await views(site, current.id)).length === 0,
+        }];
+        await runJournaledCalls(vault, job.id, calls);
+        setStatusFields(vault, name, { managed: false });
+        return finish(vault, job.id, 'Succeeded');
+      }
+      case 'change-disk-set':
+        unsupported('changing the replicated disk set');
+      // falls through (unsupported throws)
+      case 'move-replica-storage':
+        unsupported('moving replica storage');
+      // falls through
+      case 'extend-replication':
+      case 'remove-extended-replication':
+        unsupported('extended replication');
+      // falls through
+      default:
+        throw new TerminalError('invalid-argument', `${action.type} is a failover action: it runs inside a recovery plan`);
+    }
+    await runJournaledCalls(vault, job.id, calls);
+    return finish(vault, job.id, 'Succeeded');
+  } catch (e) {
+    ctx.report(`${job.type} ${name}: failed: ${(e as Error).message}`);
+    return finish(vault, job.id, 'Failed', e);
+  }
+}
+
+/** One failover-family step for one VM, frozen in the recovery plan's job when it starts. */
+export interface VmStep {
+  /** The plan job's step name for it, e.g. `group-1/db-01/test-failover`. */
+  key: string;
+  type: FailoverActionType;
+  protectedVm: string;
+  vm: string;
+  relationshipId: string;
+  /** reverse-replication: the id of the relationship it creates. */
+  newRelationshipId?: string;
+  site?: string;
+  from?: string;
+  to?: string;
+  recoveryPoint?: string;
+  testNetwork?: string | null;
+  adapters?: FailoverAdapterSettings[];
+  /** reverse-replication: the policy the new relationship runs with. */
+  policy?: ReplicationPolicySpec;
+}
+
+/** The agent calls a failover step makes, each with the check that resolves it after a crash. */
+export function failoverCalls(sites: SiteSet, s: VmStep): SiteCall[] {
+  const id = s.relationshipId;
+  const on = (site: string | undefined) => sites.get(site ?? '');
+  const stateOn = async (site: Site, role: 'Primary' | 'Replica'): Promise<string | undefined> =>
+    (await views(site, id)).find((v) => v.role === role)?.state;
+  const powerOff = (site: Site): SiteCall => ({
+    name: 'power-off',
+    site,
+    method: 'POST',
+    path: API.vmPower(s.vm),
+    body: { power: 'Off' },
+    done: async () => (await vms(site)).find((v) => v.name === s.vm)?.power === 'Off',
+  });
+  const prepare = (site: Site): SiteCall => ({
+    name: 'prepare-planned-failover',
+    site,
+    method: 'POST',
+    path: API.preparePlannedFailover(id),
+    done: async () => (await stateOn(site, 'Primary')) === 'PreparedForPlannedFailover',
+  });
+  const failover = (site: Site, point: string): SiteCall => ({
+    name: 'failover',
+    site,
+    method: 'POST',
+    path: API.failover(id),
+    body: { recoveryPoint: point, ...(s.adapters && { adapters: s.adapters }) },
+    done: async () => FAILED_OVER.has((await stateOn(site, 'Replica')) ?? ''),
+  });
+  const commit = (site: Site): SiteCall => ({
+    name: 'commit',
+    site,
+    method: 'POST',
+    path: API.commit(id),
+    done: async () => (await stateOn(site, 'Replica')) === 'FailedOver',
+  });
+  switch (s.type) {
+    case 'test-failover': {
+      const site = on(s.site);
+      return [{
+        name: 'test-failover',
+        site,
+        method: 'POST',
+        path: API.testFailover(id),
+        body: { recoveryPoint: s.recoveryPoint ?? 'latest', network: s.testNetwork ?? null, ...(s.adapters && { adapters: s.adapters }) },
+        done: async () => (await vms(site)).some((v) => v.name === `${s.vm}-Test`),
+      }];
+    }
+    case 'cleanup-test-failover': {
+      const site = on(s.site);
+      return [{
+        name: 'cleanup-test-failover',
+        site,
+        method: 'POST',
+        path: API.cleanupTestFailover(id),
+        body: {},
+        done: async () => !(await vms(site)).some((v) => v.name === `${s.vm}-Test`),
+      }];
+    }
+    case 'planned-failover':
+      return [powerOff(on(s.from)), prepare(on(s.from)), failover(on(s.to), 'latest')];
+    case 'failback':
+      return [powerOff(on(s.from)), prepare(on(s.from)), failover(on(s.to), 'latest'), commit(on(s.to))];
+    case 'unplanned-failover':
+      return [failover(on(s.to), s.recoveryPoint ?? 'latest')];
+    case 'commit-failover':
+      return [commit(on(s.site))];
+    case 'cancel-failover': {
+      const site = on(s.site);
+      return [{ name: 'cancel', site, method: 'POST', path: API.cancel(id), body: {}, done: async () => !FAILED_OVER.has((await stateOn(site, 'Replica')) ?? '') }];
+    }
+    case 'reverse-replication': {
+      const from = on(s.from);
+      const to = on(s.to);
+      const newId = s.newRelationshipId!;
+      return [{
+        name: 'reverse',
+        site: from,
+        method: 'POST',
+        path: API.reverse(id),
+        body: { id: newId, replica: { name: to.name, endpoint: to.endpoint }, policy: s.policy, start: true },
+        done: async () => (await views(from, newId)).length > 0,
+      }];
+    }
+  }
+}

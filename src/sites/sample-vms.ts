@@ -1,0 +1,105 @@
+// Sample VMs for a demo or a quickstart: a `sample-vms.json` beside the declarations names VMs to
+// create on an embedded site when missing, and a modest write workload to run on their disks, so
+// replication has something real to copy. Not a resource kind: production VMs already exist.
+import { readFile } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { runWorkload } from '../agent/workload.ts';
+import { TerminalError } from '../model/errors.ts';
+import { parseSize } from '../model/units.ts';
+import { API, type CreateVmRequest } from '../transport/agent-api.ts';
+import type { Site, SiteVm } from './site.ts';
+
+export const SAMPLE_VMS_FILE = 'sample-vms.json';
+
+export interface SampleVms {
+  file: string;
+  /** The (embedded) site the VMs are created on. */
+  site: string;
+  vms: CreateVmRequest[];
+  /** Bytes per second written to each VM (spread over its disks); 0 = no workload. */
+  workloadRate: number;
+  pattern: 'random' | 'sequential' | 'mixed';
+}
+
+interface SampleFile {
+  site: string;
+  vms: { name: string; disks: { name: string; size: string | number }[]; adapters?: { name: string; network?: string }[] }[];
+  workload?: { rate?: string | number; pattern?: 'random' | 'sequential' | 'mixed' };
+}
+
+const size = (v: string | number, where: string): number => {
+  const n = typeof v === 'number' ? v : parseSize(v);
+  if (n === undefined || !Number.isSafeInteger(n) || n <= 0) throw new TerminalError('invalid-argument', `${where}: ${JSON.stringify(v)} is not a size such as 64MiB`);
+  return n;
+};
+
+/** The first `sample-vms.json` found in the given directories (files given directly are ignored). */
+export async function findSampleVms(paths: readonly string[]): Promise<SampleVms | undefined> {
+  for (const p of paths) {
+    const isDir = await stat(p).then((s) => s.isDirectory(), () => false);
+    if (!isDir) continue;
+    const file = join(p, SAMPLE_VMS_FILE);
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch {
+      continue;
+    }
+    let doc: SampleFile;
+    try {
+      doc = JSON.parse(text) as SampleFile;
+    } catch (e) {
+      throw new TerminalError('invalid-argument', `${file}: not valid JSON: ${(e as Error).message}`);
+    }
+    if (typeof doc.site !== 'string' || !Array.isArray(doc.vms)) throw new TerminalError('invalid-argument', `${file}: expected {site, vms: [...]}`);
+    return {
+      file,
+      site: doc.site,
+      vms: doc.vms.map((vm, i) => ({
+        name: vm.name,
+        disks: vm.disks.map((d, j) => ({ name: d.name, size: size(d.size, `${file} vms[${i}].disks[${j}].size`) })),
+        adapters: vm.adapters ?? [],
+        power: 'Running',
+      })),
+      workloadRate: doc.workload?.rate === undefined ? 0 : size(doc.workload.rate, `${file} workload.rate`),
+      pattern: doc.workload?.pattern ?? 'random',
+    };
+  }
+  return undefined;
+}
+
+/** Creates the sample VMs that do not exist yet; returns the names created. Only on an embedded site. */
+export async function ensureSampleVms(site: Site, sample: SampleVms): Promise<string[]> {
+  if (!site.embedded) return [];
+  const have = new Set((await site.request<SiteVm[]>('GET', API.vms)).map((v) => v.name));
+  const created: string[] = [];
+  for (const vm of sample.vms) {
+    if (have.has(vm.name)) continue;
+    await site.request('POST', API.vms, vm);
+    created.push(vm.name);
+  }
+  return created;
+}
+
+/**
+ * Writes to every disk of the sample VMs through their NBD exports until `signal` aborts. A disk
+ * whose export goes away (VM powered off by a planned failover) stops its writer; the rest go on.
+ */
+export function startSampleWorkload(site: Site, sample: SampleVms, signal: AbortSignal): Promise<void> {
+  if (!site.dataDir || sample.workloadRate <= 0) return Promise.resolve();
+  const runs: Promise<unknown>[] = [];
+  let seed = 1;
+  for (const vm of sample.vms) {
+    const rate = Math.max(4096, Math.floor(sample.workloadRate / vm.disks.length));
+    for (const d of vm.disks) {
+      runs.push(
+        runWorkload(
+          { socketPath: join(site.dataDir, 'nbd', `${vm.name}.sock`), exportName: d.name },
+          { pattern: sample.pattern, rate, durationMs: 365 * 86_400_000, seed: seed++, signal },
+        ).catch(() => undefined),
+      );
+    }
+  }
+  return Promise.all(runs).then(() => undefined);
+}
