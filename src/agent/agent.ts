@@ -10,7 +10,7 @@ import type { TrackedDisk } from '../core/tracker.ts';
 import { digestsToJSON } from '../core/block-checksums.ts';
 import type { RelationshipKeys } from '../core/types.ts';
 import { systemClock, type Clock } from '../model/clock.ts';
-import { TerminalError, isRecoverable } from '../model/errors.ts';
+import { RetryableError, TerminalError, isRecoverable } from '../model/errors.ts';
 import type { ReplicationPolicySpec } from '../model/types.generated.ts';
 import {
   API,
@@ -126,7 +126,8 @@ export class Agent {
       if (vm.disks.some((d) => d.file.endsWith('.overlay'))) continue;
       this.#runtimes.set(vm.name, await VmRuntime.start(this.hv, vm, this.nbdDir, this.#log));
     }
-    const repDir = join(this.config.dataDir, 'replicas');
+    // Control records of replicas; their data lives under the storage paths (by default <dataDir>/replicas).
+    const repDir = join(this.config.dataDir, 'replica-records');
     for (const id of await readdir(repDir).catch(() => [] as string[])) {
       const record = await readJsonIfExists<ReplicaRecord>(join(repDir, id, 'state.json'));
       const keys = await this.#readKeys(join(repDir, id));
@@ -429,7 +430,7 @@ export class Agent {
     }
     const storageRoot = req.storagePath ?? decision.storagePath ?? rs.defaultStoragePath;
     if (req.seedFromVm) await this.#seedReplica(req.seedFromVm, join(storageRoot, req.id), req.disks);
-    const dir = join(this.config.dataDir, 'replicas', req.id);
+    const dir = join(this.config.dataDir, 'replica-records', req.id);
     await mkdir(dir, { recursive: true });
     const keys: RelationshipKeys = { encryptionKey: Buffer.from(req.keys.encryptionKey, 'base64'), macKey: Buffer.from(req.keys.macKey, 'base64') };
     if (keys.encryptionKey.length !== 32 || keys.macKey.length !== 32) throw new TerminalError('invalid-argument', 'relationship keys must be 32 bytes each');
@@ -651,6 +652,7 @@ export class Agent {
   async extend(id: string, req: ReverseRequest): Promise<RelationshipView> {
     const rep = this.replica(id);
     if (req.policy.frequency === '30s') throw new TerminalError('invalid-argument', 'extended replication runs every 5m or 15m, not 30s');
+    if (rep.store.applied === 0) throw new RetryableError('busy', `replica ${id} has no complete point yet: extended replication starts after the initial replication`);
     if (rep.record.extendedBy && rep.record.extendedBy !== req.id) throw new TerminalError('invalid-state', `replica ${id} is already extended by ${rep.record.extendedBy}`);
     const existing = this.#primaries.get(req.id);
     if (existing) return existing.view();

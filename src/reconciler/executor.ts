@@ -1,6 +1,7 @@
 // The executor: turns one planned action into journaled calls on the sites, recorded as a job in
 // the vault. Protection actions run as top-level jobs; failover-family actions run as child jobs of
 // a recovery plan's job (recovery-plan.ts) from the steps frozen when that plan started.
+import { join } from 'node:path';
 import type { DesiredState, ReplicationPolicySpec } from '../model/desired.ts';
 import { TerminalError } from '../model/errors.ts';
 import type { SiteSet } from '../sites/open-sites.ts';
@@ -10,7 +11,7 @@ import type { Job, JobType, Vault } from '../vault/vault.ts';
 import { runJournaledCalls, unsupported, type SiteCall } from './journal.ts';
 import type { Observation } from './observe-sites.ts';
 import type { FailoverActionType, PlannedAction } from './plan-types.ts';
-import { relationshipId } from './relationship-ids.ts';
+import { extendedRelationshipId, relationshipId } from './relationship-ids.ts';
 import { setStatusFields } from './status-fields.ts';
 
 export interface ExecContext {
@@ -171,12 +172,38 @@ export async function runProtectionAction(ctx: ExecContext, action: PlannedActio
       case 'change-disk-set':
         unsupported('changing the replicated disk set');
       // falls through (unsupported throws)
-      case 'move-replica-storage':
-        unsupported('moving replica storage');
-      // falls through
-      case 'extend-replication':
+      case 'move-replica-storage': {
+        if (!current) throw new TerminalError('not-found', `${name} has no relationship whose storage could move`);
+        const site = sites.get(current.replicaSite);
+        const to = action.details.to;
+        calls = [{
+          name: 'move-storage',
+          site,
+          method: 'POST',
+          path: API.moveStorage(current.id),
+          body: { path: to },
+          done: async () => (await views(site, current.id)).some((v) => v.role === 'Replica' && v.storagePath === join(to, current.id)),
+        }];
+        break;
+      }
+      case 'extend-replication': {
+        // Planned with the enable of the same pass, the relationship may not be observed yet: its id is deterministic.
+        const relId = current?.id ?? relationshipId(name);
+        const from = sites.get(current?.replicaSite ?? action.details.from);
+        const target = sites.get(action.details.site);
+        const extId = extendedRelationshipId(name);
+        calls = [{
+          name: 'extend',
+          site: from,
+          method: 'POST',
+          path: API.extend(relId),
+          body: { id: extId, replica: { name: action.details.site, endpoint: target.endpoint }, policy: policyOf(desired, action.details.policy) },
+          done: async () => (await views(from, extId)).length > 0,
+        }];
+        break;
+      }
       case 'remove-extended-replication':
-        unsupported('extended replication');
+        unsupported('removing an extended replica');
       // falls through
       default:
         throw new TerminalError('invalid-argument', `${action.type} is a failover action: it runs inside a recovery plan`);

@@ -4,6 +4,7 @@
 // A ProtectedVM's current relationship is the one with the highest generation k among the ids
 // drsite made (relationship-ids.ts). Its state comes from the primary side, except that a failover
 // state reported by the replica side wins (the VM now runs there, so the direction is swapped).
+import { dirname } from 'node:path';
 import type { DesiredState } from '../model/desired.ts';
 import type {
   Health, InitialReplicationProgress, ObservedRelationship, ObservedSite, ObservedState, RecoveryPlanActionState, ReplicationState,
@@ -14,7 +15,7 @@ import type { SiteSnapshot } from '../sites/site.ts';
 import type { RelationshipView } from '../transport/agent-api.ts';
 import type { Vault } from '../vault/vault.ts';
 import { RELATIONSHIP_FIELD } from './observe-vault.ts';
-import { parseRelationshipId } from './relationship-ids.ts';
+import { parseExtendedId, parseRelationshipId } from './relationship-ids.ts';
 import { getIdentity } from './status-fields.ts';
 
 /** Where the current relationship of a ProtectedVM lives: what the executor needs to act on it. */
@@ -53,6 +54,8 @@ export async function observeSites(desired: DesiredState, sites: SiteSet, vault:
 export function observationFrom(desired: DesiredState, snapshots: ReadonlyMap<string, SiteSnapshot>, vault: Vault, now: Date): Observation {
   const sites: Record<string, ObservedSite> = {};
   const found = new Map<string, { k: number; site: string; view: RelationshipView }[]>();
+  /** Extended hops by ProtectedVM, as their source (the replica site) reports them. */
+  const extended = new Map<string, RelationshipView>();
   for (const [name, snap] of snapshots) {
     if (!snap.reachable) {
       sites[name] = { name, reachable: false };
@@ -64,6 +67,11 @@ export function observationFrom(desired: DesiredState, snapshots: ReadonlyMap<st
       vms: Object.fromEntries(snap.vms.map((vm) => [vm.name, { disks: vm.disks.map((d) => d.name), running: vm.power === 'Running' }])),
     };
     for (const view of snap.relationships) {
+      const extendedOf = parseExtendedId(view.id);
+      if (extendedOf !== undefined) {
+        if (view.role === 'Primary') extended.set(extendedOf, view);
+        continue;
+      }
       const parsed = parseRelationshipId(view.id);
       if (!parsed) continue; // not made by drsite: nothing here can name its ProtectedVM
       const list = found.get(parsed.protectedVm) ?? [];
@@ -85,6 +93,15 @@ export function observationFrom(desired: DesiredState, snapshots: ReadonlyMap<st
     const id = (p ?? r)!.view.id;
     current.set(name, { id, k, primarySite, replicaSite, ...(p && { primaryView: p.view }), ...(r && { replicaView: r.view }) });
     relationships[name] = toObserved(name, k, primarySite, replicaSite, p?.view, r?.view, snapshots, vault, declared.get(name)?.spec.policy);
+    const ext = extended.get(name);
+    if (ext?.policy) {
+      relationships[name].extendedReplica = {
+        site: ext.peer,
+        policy: { name: declared.get(name)?.spec.extendedReplica?.policy ?? 'unknown', spec: ext.policy },
+        state: ext.state as ObservedRelationship['state'],
+      };
+      relationships[name].roles[ext.peer] = 'ExtendedReplica';
+    }
   }
 
   // A relationship the vault remembers whose sites cannot be reached now: keep the last known value
@@ -151,7 +168,8 @@ function toObserved(
     direction,
     ...(policy && { appliedPolicy: { name: identity.policyName ?? declaredPolicy ?? 'unknown', spec: policy } }),
     disks: any.disks.map((d) => d.id).sort(),
-    ...(p?.storagePath !== undefined && { replicaStoragePath: p.storagePath }),
+    // The replica keeps `<root>/<relationship id>`: the root is what a declaration names.
+    ...(r?.storagePath !== undefined ? { replicaStoragePath: dirname(r.storagePath) } : p?.storagePath !== undefined ? { replicaStoragePath: p.storagePath } : {}),
     testFailover: testVms.length > 0 ? 'active' : 'none',
     testVms,
     ...(point?.lastReplicationTime !== undefined && { lastReplicationTime: point.lastReplicationTime }),

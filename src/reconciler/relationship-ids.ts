@@ -9,9 +9,20 @@ export function relationshipId(protectedVm: string, k = 0): string {
 }
 
 const ID = /^rel-([a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)(?:\.r([1-9][0-9]{0,5}))?$/;
+const EXTENDED = /^rel-([a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?)\.x$/;
 
 /** The ProtectedVM name and generation k of an id drsite made; undefined for any other id. */
 export function parseRelationshipId(id: string): { protectedVm: string; k: number } | undefined {
   const m = ID.exec(id);
   return m ? { protectedVm: m[1], k: m[2] === undefined ? 0 : Number(m[2]) } : undefined;
+}
+
+/** The extended hop (replica -> extended replica) of a ProtectedVM's declared relationship. */
+export function extendedRelationshipId(protectedVm: string): string {
+  return `rel-${protectedVm}.x`;
+}
+
+/** The ProtectedVM of an extended hop's id; undefined for any other id. */
+export function parseExtendedId(id: string): string | undefined {
+  return EXTENDED.exec(id)?.[1];
 }
