@@ -652,6 +652,7 @@ export class PrimaryReplication {
       recoveryPoints: 0,
       appliedSequence: r.applied,
       lastCutSequence: r.sequence,
+      ...(r.state === 'Suspended' && r.suspendedBy && { suspendedBy: r.suspendedBy }),
       bytesShipped: r.bytesShipped,
       ...(r.replicaStoragePath && { storagePath: r.replicaStoragePath }),
       ...(last && { lastError: { code: last.code ?? 'unknown', message: last.message, at: new Date(last.at).toISOString() } }),

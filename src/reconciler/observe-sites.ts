@@ -164,6 +164,7 @@ function toObserved(
     exists: true,
     state,
     health,
+    ...(state === 'Suspended' && p?.suspendedBy && { suspendedBy: p.suspendedBy }),
     roles: { [direction.primary]: 'Primary', [direction.replica]: 'Replica' },
     direction,
     ...(policy && { appliedPolicy: { name: identity.policyName ?? declaredPolicy ?? 'unknown', spec: policy } }),

@@ -155,6 +155,8 @@ export interface RelationshipView {
   storagePath?: string;
   lastError?: { code: string; message: string; at: string };
   nextRetryAt?: string;
+  /** Primary side, while Suspended: who paused it (an operator's pause is never undone by drsite). */
+  suspendedBy?: 'operator' | 'engine';
   /** Replica side: the `<vm>-Test` VM of an active test failover and its point. */
   testFailover?: { vm: string; sequence: number };
   /** Replica side: the failed-over VM and the point it runs from. */
