@@ -2,8 +2,8 @@
 // index as nonce. A fresh random salt per log gives a fresh subkey, so a (key, nonce) pair is never
 // reused even when two logs share every header field; the associated data binds each record to
 // its relationship, disk, sequence and place on the disk.
-import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes } from 'node:crypto';
-import type { Hmac } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, createSecretKey, hkdfSync, randomBytes } from 'node:crypto';
+import type { Hmac, KeyObject } from 'node:crypto';
 import { TerminalError } from '../model/errors.ts';
 import type { RelationshipKeys } from './types.ts';
 
@@ -29,11 +29,14 @@ export function checkKeys(keys: RelationshipKeys): void {
   }
 }
 
-/** The per-log AES key: HKDF-SHA-256(encryptionKey, salt, info = [relationship, disk, sequence]). */
-export function deriveLogKey(keys: RelationshipKeys, salt: Buffer, b: LogBinding): Buffer {
+/**
+ * The per-log AES key: HKDF-SHA-256(encryptionKey, salt, info = [relationship, disk, sequence]),
+ * as a KeyObject made once per log: a raw Buffer key would be re-imported by every cipher.
+ */
+export function deriveLogKey(keys: RelationshipKeys, salt: Buffer, b: LogBinding): KeyObject {
   // JSON of an array keeps the info unambiguous whatever characters the ids hold.
   const info = Buffer.from(JSON.stringify([AAD_LABEL, b.relationshipId, b.diskId, b.sequence]));
-  return Buffer.from(hkdfSync('sha256', keys.encryptionKey, salt, info, 32));
+  return createSecretKey(Buffer.from(hkdfSync('sha256', keys.encryptionKey, salt, info, 32)));
 }
 
 function nonce(index: number): Buffer {
@@ -49,12 +52,14 @@ export function aadPrefix(b: LogBinding): Buffer {
 }
 
 function aad(prefix: Buffer, offset: number, length: number, flags: number): Buffer {
-  const tail = Buffer.alloc(13);
-  tail.writeUInt32LE(offset % 0x1_0000_0000, 0);
-  tail.writeUInt32LE(Math.floor(offset / 0x1_0000_0000), 4);
-  tail.writeUInt32LE(length, 8);
-  tail.writeUInt8(flags, 12);
-  return Buffer.concat([prefix, tail]);
+  const out = Buffer.allocUnsafe(prefix.length + 13);
+  prefix.copy(out, 0);
+  const at = prefix.length;
+  out.writeUInt32LE(offset % 0x1_0000_0000, at);
+  out.writeUInt32LE(Math.floor(offset / 0x1_0000_0000), at + 4);
+  out.writeUInt32LE(length, at + 8);
+  out.writeUInt8(flags, at + 12);
+  return out;
 }
 
 export interface SealedRecord {
@@ -63,7 +68,7 @@ export interface SealedRecord {
 }
 
 export function sealRecord(
-  key: Buffer,
+  key: KeyObject,
   prefix: Buffer,
   index: number,
   rec: { offset: number; length: number; flags: number },
@@ -78,7 +83,7 @@ export function sealRecord(
 
 /** The plaintext, or undefined when authentication fails (wrong place, wrong log, altered bytes). */
 export function openRecord(
-  key: Buffer,
+  key: KeyObject,
   prefix: Buffer,
   index: number,
   rec: { offset: number; length: number; flags: number },

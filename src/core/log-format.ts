@@ -36,7 +36,21 @@ const MAX_HEADER_BYTES = 64 << 10;
 /** Payloads below this size compress inline; larger ones go to the thread pool, in a window. */
 const INLINE_COMPRESS = 64 << 10;
 const COMPRESS_WINDOW = 4;
-const ZSTD = { params: { [zc.ZSTD_c_compressionLevel]: 1 } };
+/**
+ * zstd-1 parameters for one record: the window and hash table sized to the record (zstd's own
+ * level-1 defaults are sized for large inputs), because each one-shot call allocates and clears
+ * its context, which costs more than compressing a 4 KiB record.
+ */
+const zstdParams = new Map<number, { params: Record<number, number> }>();
+function zstdFor(length: number): { params: Record<number, number> } {
+  const windowLog = Math.min(19, Math.max(10, Math.ceil(Math.log2(length))));
+  let p = zstdParams.get(windowLog);
+  if (!p) {
+    p = { params: { [zc.ZSTD_c_compressionLevel]: 1, [zc.ZSTD_c_windowLog]: windowLog, [zc.ZSTD_c_hashLog]: Math.min(13, windowLog) } };
+    zstdParams.set(windowLog, p);
+  }
+  return p;
+}
 
 export interface LogSummary {
   readonly path: string;
@@ -91,7 +105,7 @@ function headerJson(h: LogHeader): Buffer {
 
 function compressAsync(data: Buffer): Promise<Buffer> {
   return new Promise((resolve, reject) =>
-    zstdCompress(data, ZSTD, (err, out) => (err ? reject(err) : resolve(out))),
+    zstdCompress(data, zstdFor(data.length), (err, out) => (err ? reject(err) : resolve(out))),
   );
 }
 
@@ -175,7 +189,7 @@ async function encode(
   for await (const r of records(extents, header.diskSize)) {
     if (r.data) {
       dataBytes += r.length;
-      const payload = r.length < INLINE_COMPRESS ? zstdCompressSync(r.data, ZSTD) : compressAsync(r.data);
+      const payload = r.length < INLINE_COMPRESS ? zstdCompressSync(r.data, zstdFor(r.length)) : compressAsync(r.data);
       window.push({ offset: r.offset, length: r.length, flags: FLAG_COMPRESSED, payload, raw: r.data });
     } else {
       zeroBytes += r.length;
