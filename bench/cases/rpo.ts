@@ -12,6 +12,22 @@ import { CorrectnessError } from '../lib/types.ts';
 
 const GOAL_P99_S = 60;
 const MB = 1_000_000;
+const JUDGED_RATE = 54;
+
+/**
+ * The 30 s policy with the automatic-resync window opened around now: at 54 MB/s a 30 s cycle
+ * dirties most of a 1 GiB disk, past the 50% resync threshold, and with the default 22:00-06:00
+ * window the relationship would just wait for the night. The bench measures what the agent does
+ * when it may resync at once (the threshold itself stays at the default 50%).
+ */
+function policyOpenNow() {
+  const hhmm = (t: number) => {
+    const d = new Date(t);
+    return `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`;
+  };
+  const now = Date.now();
+  return { ...POLICY_30S, resync: { ...POLICY_30S.resync, window: `${hhmm(now - 3_600_000)}-${hhmm(now + 3 * 3_600_000)}` } };
+}
 
 interface Applied {
   readonly sequence: number;
@@ -30,8 +46,9 @@ export const rpo: BenchCase = {
   goal: `p99 lag between a write and its recovery point <= ${GOAL_P99_S} s at 54 MB/s`,
   async run(ctx: BenchContext): Promise<CaseResult> {
     const size = ctx.quick ? 128 * MiB : GiB;
-    const rates = ctx.quick ? [10] : [10, 54, 100];
-    const writeMs = ctx.quick ? 8_000 : 75_000;
+    const rates = ctx.quick ? [10] : [10, JUDGED_RATE, 100];
+    // Two cycles of writes at the judged rate; 20 s at the informational rates (keeps the bench short).
+    const writeMsFor = (rate: number) => (ctx.quick ? 8_000 : rate === JUDGED_RATE ? 60_000 : 20_000);
     // --quick shortens the policy: the bench asks for a cycle every 3 s instead of waiting 30 s.
     const driveEveryMs = ctx.quick ? 3_000 : 0;
     const pair = await AgentPair.start(join(ctx.workDir, 'agents'));
@@ -39,10 +56,11 @@ export const rpo: BenchCase = {
     try {
       const a = pair.primary.client;
       for (const rate of rates) {
+        const writeMs = writeMsFor(rate);
         const vm = `bench-rpo-${rate}`;
         const rel = `rel-${vm}`;
         await a.request('POST', '/v1/vms', { name: vm, disks: [{ name: 'd0', size }] });
-        await a.request('POST', '/v1/relationships', { id: rel, vm, replica: { name: pair.replica.name, endpoint: pair.replica.url }, policy: POLICY_30S });
+        await a.request('POST', '/v1/relationships', { id: rel, vm, replica: { name: pair.replica.name, endpoint: pair.replica.url }, policy: policyOpenNow() });
         await a.request('POST', `/v1/relationships/${rel}/start?wait=true`);
         const applied: Applied[] = [];
         const poll = async () => {
@@ -77,8 +95,8 @@ export const rpo: BenchCase = {
             { pattern: 'random', blockSize: 64 * 1024, rate: rate * MB, durationMs: writeMs, seed: rate, compressible: 0.5, queueDepth: 8 },
           );
           const w1 = Date.now();
-          // Wait until a point cut after the last write is applied (at most 2 cycles + 60 s).
-          const deadline = performance.now() + (driveEveryMs ? 20_000 : 120_000);
+          // Wait until a point cut after the last write is applied (past the deadline, lags are lower bounds).
+          const deadline = performance.now() + (driveEveryMs ? 20_000 : rate === JUDGED_RATE ? 60_000 : 40_000);
           while ((applied.at(-1)?.cutTime ?? 0) < w1 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 250));
           return { res, w1 };
         }, { helper: () => pair.usage(), extra: (v) => ({ achievedMBps: v.res.bytesWritten / MB / (writeMs / 1000) }) });
@@ -109,9 +127,9 @@ export const rpo: BenchCase = {
           name: `${rate} MB/s of random 64 KiB writes (half compressible) for ${writeMs / 1000} s on a ${fmtSize(size)} disk${driveEveryMs ? `, cycle every ${driveEveryMs / 1000} s (quick)` : ''}`,
           subjects: [{ name: 'drsite agents (30 s policy)', ours: true, samples: [{ ...run.sample, extra: { ...run.sample.extra, lagP50s: p50, lagP99s: p99, points: applied.length, uncoveredInstants: uncovered } }] }],
           goals: [{
-            text: `p99 lag <= ${GOAL_P99_S} s${rate === 54 ? '' : ' (judged at 54 MB/s)'}`,
+            text: `p99 lag <= ${GOAL_P99_S} s${rate === JUDGED_RATE ? '' : ` (judged at ${JUDGED_RATE} MB/s)`}`,
             measured: `p50 ${p50.toFixed(1)} s, p99 ${p99.toFixed(1)} s${uncovered ? ` (${uncovered} of ${lags.length} instants not yet recoverable: lower bound)` : ''}`,
-            met: rate === 54 ? p99 <= GOAL_P99_S && uncovered === 0 : null,
+            met: rate === JUDGED_RATE ? p99 <= GOAL_P99_S && uncovered === 0 : null,
           }],
           verified: `${applied.length} points applied during the window; the latest (${seq}) is readable on the replica; health ${view.health}. Byte equality of each point is checked in case 2 and the agent tests, not under load.`,
         });
@@ -124,7 +142,7 @@ export const rpo: BenchCase = {
       status: 'ok',
       scenarios,
       notes: [
-        'One run per rate (the write window spans several cycles; every 100 ms instant of it is a lag sample). Lag = when the first point whose cut time is at or after the instant was seen applied (200 ms polling of the primary) minus the instant.',
+        'One run per rate (the write window is 60 s (two cycles) at 54 MB/s and 20 s at the informational rates, to keep the bench short; every 100 ms instant of it is a lag sample). The resync window is opened around the run (automatic resync allowed at once; threshold 50%), since cycles at these rates dirty more than half of the 1 GiB disk. Lag = when the first point whose cut time is at or after the instant was seen applied (200 ms polling of the primary) minus the instant.',
         `Wall = write window plus the wait for the covering point; CPU and peak RSS are the two agent processes'. ${ctx.quick ? 'Quick mode drives cycles with replicate-now every 3 s.' : ''}`,
       ],
     };
