@@ -729,17 +729,9 @@ async function* onlyDiffering(extents: AsyncIterable<Extent>, remote: BlockDiges
   }
 }
 
-export function newPrimaryRecord(req: {
-  id: string;
-  vm: string;
-  replica: { name: string; endpoint: string; azure?: SiteSpec };
-  policy: ReplicationPolicySpec;
-  excludeDisks: string[];
-  disks: DiskInfo[];
-  replicaStoragePath?: string;
-  forwardOf?: string;
-  replicationGroup?: string;
-}): PrimaryRecord {
+export function newPrimaryRecord(
+  req: Pick<PrimaryRecord, 'id' | 'vm' | 'replica' | 'policy' | 'excludeDisks' | 'disks' | 'replicaStoragePath' | 'forwardOf' | 'replicationGroup'>,
+): PrimaryRecord {
   return {
     ...req,
     role: 'Primary',

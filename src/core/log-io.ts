@@ -4,6 +4,7 @@
 import { open, rename, unlink } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { fsyncDir } from './atomic-file.ts';
 
 /** Bytes gathered before one `writev`; large enough to amortise syscalls, small enough for memory. */
 const WRITE_BATCH = 4 << 20;
@@ -21,14 +22,7 @@ export function readU64(buf: Buffer, at: number): number | undefined {
   return hi * 0x1_0000_0000 + buf.readUInt32LE(at);
 }
 
-export async function fsyncDir(dir: string): Promise<void> {
-  const h = await open(dir, 'r');
-  try {
-    await h.sync();
-  } finally {
-    await h.close();
-  }
-}
+export { fsyncDir };
 
 export async function unlinkIfExists(path: string): Promise<boolean> {
   try {
