@@ -47,8 +47,8 @@ export const rpo: BenchCase = {
   async run(ctx: BenchContext): Promise<CaseResult> {
     const size = ctx.quick ? 128 * MiB : GiB;
     const rates = ctx.quick ? [10] : [10, JUDGED_RATE, 100];
-    // Two cycles of writes at the judged rate; 20 s at the informational rates (keeps the bench short).
-    const writeMsFor = (rate: number) => (ctx.quick ? 8_000 : rate === JUDGED_RATE ? 60_000 : 20_000);
+    // Two cycles of writes at the judged rate; 15 s at the informational rates (keeps the whole bench under 15 minutes).
+    const writeMsFor = (rate: number) => (ctx.quick ? 8_000 : rate === JUDGED_RATE ? 60_000 : 15_000);
     // --quick shortens the policy: the bench asks for a cycle every 3 s instead of waiting 30 s.
     const driveEveryMs = ctx.quick ? 3_000 : 0;
     const pair = await AgentPair.start(join(ctx.workDir, 'agents'));
@@ -96,7 +96,7 @@ export const rpo: BenchCase = {
           );
           const w1 = Date.now();
           // Wait until a point cut after the last write is applied (past the deadline, lags are lower bounds).
-          const deadline = performance.now() + (driveEveryMs ? 20_000 : rate === JUDGED_RATE ? 60_000 : 40_000);
+          const deadline = performance.now() + (driveEveryMs ? 20_000 : rate === JUDGED_RATE ? 60_000 : 30_000);
           while ((applied.at(-1)?.cutTime ?? 0) < w1 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 250));
           return { res, w1 };
         }, { helper: () => pair.usage(), extra: (v) => ({ achievedMBps: v.res.bytesWritten / MB / (writeMs / 1000) }) });
