@@ -176,3 +176,13 @@ export const policy30s = {
   resync: { thresholdPercent: 50, window: '22:00-06:00', automatic: true },
   multiVmConsistency: false,
 } as const;
+
+/** host-a (primary) and host-b (its Replica server) with operator clients: the setup most agent tests share. */
+export async function twoHosts(opts: { processes?: boolean } = {}): Promise<{ cluster: Cluster; a: MtlsClient; b: MtlsClient }> {
+  const cluster = await Cluster.create([{ name: 'host-a' }, { name: 'host-b' }]);
+  for (const h of ['host-a', 'host-b']) {
+    if (opts.processes) await cluster.startProcess(h);
+    else await cluster.startInProcess(h);
+  }
+  return { cluster, a: await cluster.client('host-a'), b: await cluster.client('host-b') };
+}

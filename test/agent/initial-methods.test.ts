@@ -7,7 +7,7 @@ import { NbdClient } from '../../src/agent/nbd-client.ts';
 import { randomWrites, runWorkload } from '../../src/agent/workload.ts';
 import type { RelationshipView } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
-import { Cluster, policy30s, sha256File } from './cluster.ts';
+import { Cluster, policy30s, sha256File, twoHosts } from './cluster.ts';
 
 const MiB = 1 << 20;
 let cluster: Cluster;
@@ -15,11 +15,7 @@ let a: MtlsClient;
 let b: MtlsClient;
 
 beforeAll(async () => {
-  cluster = await Cluster.create([{ name: 'host-a' }, { name: 'host-b' }]);
-  await cluster.startInProcess('host-a');
-  await cluster.startInProcess('host-b');
-  a = await cluster.client('host-a');
-  b = await cluster.client('host-b');
+  ({ cluster, a, b } = await twoHosts());
 });
 afterAll(async () => cluster?.destroy());
 

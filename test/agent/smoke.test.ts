@@ -4,7 +4,7 @@ import { afterAll, beforeAll, expect, test } from 'vitest';
 import { NbdClient } from '../../src/agent/nbd-client.ts';
 import { randomWrites } from '../../src/agent/workload.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
-import { Cluster, policy30s, sha256File } from './cluster.ts';
+import { Cluster, policy30s, sha256File, twoHosts } from './cluster.ts';
 
 let cluster: Cluster;
 let a: MtlsClient;
@@ -12,11 +12,7 @@ let b: MtlsClient;
 const MiB = 1 << 20;
 
 beforeAll(async () => {
-  cluster = await Cluster.create([{ name: 'host-a' }, { name: 'host-b' }]);
-  await cluster.startInProcess('host-a');
-  await cluster.startInProcess('host-b');
-  a = await cluster.client('host-a');
-  b = await cluster.client('host-b');
+  ({ cluster, a, b } = await twoHosts());
 });
 afterAll(async () => cluster?.destroy());
 
