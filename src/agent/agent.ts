@@ -318,7 +318,7 @@ export class Agent {
     }
   }
 
-  async createRelationship(req: CreateRelationshipRequest & { seedFromVm?: string }): Promise<RelationshipView> {
+  async createRelationship(req: CreateRelationshipRequest & { seedFromVm?: string; discardSeed?: boolean }): Promise<RelationshipView> {
     if (!RELATIONSHIP_ID.test(req.id ?? '')) throw new TerminalError('invalid-argument', `relationship id ${JSON.stringify(req.id)} is not valid`);
     const existing = this.#primaries.get(req.id);
     if (existing) {
@@ -346,6 +346,7 @@ export class Agent {
       retention: retentionOf(req.policy),
       ...(req.replicaStoragePath && { storagePath: req.replicaStoragePath }),
       ...(req.seedFromVm && { seedFromVm: req.seedFromVm }),
+      ...(req.discardSeed && { discardSeed: true }),
     });
     const dir = join(this.config.dataDir, 'relationships', req.id);
     await mkdir(dir, { recursive: true });
@@ -429,7 +430,7 @@ export class Agent {
       return existing;
     }
     const storageRoot = req.storagePath ?? decision.storagePath ?? rs.defaultStoragePath;
-    if (req.seedFromVm) await this.#seedReplica(req.seedFromVm, join(storageRoot, req.id), req.disks);
+    if (req.seedFromVm) await this.#seedReplica(req.seedFromVm, join(storageRoot, req.id), req.disks, req.discardSeed !== true);
     const dir = join(this.config.dataDir, 'replica-records', req.id);
     await mkdir(dir, { recursive: true });
     const keys: RelationshipKeys = { encryptionKey: Buffer.from(req.keys.encryptionKey, 'base64'), macKey: Buffer.from(req.keys.macKey, 'base64') };
@@ -459,7 +460,7 @@ export class Agent {
    * image (the VM must be off), so the new primary ships only blocks that differ. Its old primary
    * relationship for the VM ends here; the VM itself now exists only as a replica.
    */
-  async #seedReplica(vmName: string, storageDir: string, disks: CreateReplicaRequest['disks']): Promise<void> {
+  async #seedReplica(vmName: string, storageDir: string, disks: CreateReplicaRequest['disks'], useDisks: boolean): Promise<void> {
     const vm = await this.hv.find(vmName);
     if (!vm) return; // nothing to seed from: a full compare against zeroes
     if (vm.power !== 'Off') throw new TerminalError('invalid-state', `VM ${vmName} is running on ${this.config.name}: shut it down before reverse replication`);
@@ -474,7 +475,7 @@ export class Agent {
     await this.#runtimes.get(vmName)?.stop();
     this.#runtimes.delete(vmName);
     await mkdir(storageDir, { recursive: true });
-    for (const d of disks) {
+    for (const d of useDisks ? disks : []) {
       const disk = vm.disks.find((x) => x.name === d.id);
       if (!disk) continue;
       const from = this.hv.diskPath(vmName, disk);
@@ -628,12 +629,14 @@ export class Agent {
     const rep = this.replica(id);
     if (rep.record.state === 'FailoverWaitingCompletion') await this.commit(id);
     if (rep.record.state !== 'FailedOver') throw new TerminalError('invalid-state', `cannot reverse ${rep.record.vm}: it is not failed over (${rep.record.state})`);
+    const full = req.method === 'full-download';
     const view = await this.createRelationship({
       id: req.id,
       vm: rep.record.vm,
       replica: req.replica,
-      policy: { ...req.policy, initialReplication: { method: 'existing-replica', startAt: 'immediately' } },
+      policy: { ...req.policy, initialReplication: { method: full ? 'network' : 'existing-replica', startAt: 'immediately' } },
       seedFromVm: rep.record.vm,
+      ...(full && { discardSeed: true }),
     });
     this.#replicas.delete(id);
     await rep.remove();

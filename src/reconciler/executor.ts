@@ -234,6 +234,8 @@ export interface VmStep {
   adapters?: FailoverAdapterSettings[];
   /** reverse-replication: the policy the new relationship runs with. */
   policy?: ReplicationPolicySpec;
+  /** reverse-replication before a failback: how the data gets home. @default minimize-downtime */
+  method?: 'minimize-downtime' | 'full-download';
 }
 
 /** The agent calls a failover step makes, each with the check that resolves it after a crash. */
@@ -316,7 +318,7 @@ export function failoverCalls(sites: SiteSet, s: VmStep): SiteCall[] {
         site: from,
         method: 'POST',
         path: API.reverse(id),
-        body: { id: newId, replica: { name: to.name, endpoint: to.endpoint }, policy: s.policy, start: true },
+        body: { id: newId, replica: { name: to.name, endpoint: to.endpoint }, policy: s.policy, start: true, ...(s.method && { method: s.method }) },
         done: async () => (await views(from, newId)).length > 0,
       }];
     }

@@ -83,6 +83,8 @@ export function planJobInput(ctx: ExecContext, rp: RecoveryPlan, actions: readon
         }
         if (type === 'reverse-replication') {
           s.newRelationshipId = relationshipId(name, ++k);
+          // The reverse that brings the data home before a failback honours failbackMethod.
+          if (f.type === 'failback' && f.failbackMethod === 'full-download' && list.slice(n + 1).some((x) => x.type === 'failback')) s.method = 'full-download';
           const policy = ctx.desired.policies.find((p) => p.metadata.name === pvm?.spec.policy);
           if (policy) s.policy = policy.spec;
         }

@@ -88,6 +88,8 @@ export interface CreateReplicaRequest {
    * former primary, which must be off); its primary relationship for that VM, if any, ends.
    */
   seedFromVm?: string;
+  /** With seedFromVm: discard that VM's disks instead of seeding from them (a full download). */
+  discardSeed?: boolean;
 }
 
 /** What a Replica server says about its side of a relationship. */
@@ -230,4 +232,9 @@ export interface ReverseRequest {
   policy: ReplicationPolicySpec;
   /** Start the reverse initial sync now. @default true */
   start?: boolean;
+  /**
+   * `minimize-downtime`: the former primary's disks seed the replica, only differing blocks ship.
+   * `full-download`: they are discarded and everything is copied again. @default minimize-downtime
+   */
+  method?: 'minimize-downtime' | 'full-download';
 }

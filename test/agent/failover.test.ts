@@ -166,6 +166,23 @@ describe('failover', () => {
     expect(await digestOn(b, `${id}-r2`, s2, 'os')).toBe(bOs);
   });
 
+  test('reverse with full-download discards the former primary disks and copies everything again', async () => {
+    const id = await protect('fd');
+    await cycle(a, id);
+    await a.request('POST', '/v1/vms/fd/power', { power: 'Off' });
+    await a.request('POST', `/v1/relationships/${id}/prepare-planned-failover`);
+    await b.request('POST', `/v1/relationships/${id}/failover`, {});
+    const rev = (await b.request('POST', `/v1/relationships/${id}/reverse`, {
+      id: `${id}-r1`, replica: { name: 'host-a', endpoint: cluster.host('host-a').url }, policy: policy30s, method: 'full-download',
+    })).json<RelationshipView>();
+    expect(rev).toMatchObject({ state: 'Replicating', initialReplication: { method: 'network' } });
+    // Everything the VM holds crossed again (300 random 4 KiB-16 KiB writes: over 1 MiB of data).
+    expect(rev.bytesShipped).toBeGreaterThan(1 << 20);
+    const s1 = rev.appliedSequence;
+    expect(await digestOn(a, `${id}-r1`, s1, 'os')).toBe(await sha256File(join(hostDir('host-b'), 'vms', 'fd', 'os.img')));
+    expect((await readdir(join(hostDir('host-a'), 'vms'))).includes('fd')).toBe(false);
+  });
+
   test('unplanned failover to an older point, change of point before commit, commit discards the other points', async () => {
     const id = await protect('uf');
     const at = new Map<number, string>();
