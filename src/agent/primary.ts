@@ -127,7 +127,7 @@ export interface PrimaryRecord {
   lastReplicationTime?: number;
   replicatingSince?: number;
   initial?: { method: string; bytesDone: number; bytesTotal: number; startAt?: number };
-  resync?: { bytesDone: number; bytesTotal: number; reason: string };
+  resync?: { bytesDone: number; bytesTotal: number; reason: string; /** Sequence of the resync log once sealed: an interrupted transfer resumes instead of comparing again. */ sealed?: number };
   terminalError?: { code: string; message: string };
   statistics?: ReplicationStatisticsJSON;
   retry?: RetryStateJSON;
@@ -514,15 +514,27 @@ export class PrimaryReplication {
    */
   async #resync(): Promise<CycleResult> {
     const r = this.record;
-    for (const seq of await this.#outboxSequences()) await rm(this.#outbox(seq), { recursive: true, force: true });
-    const before = await this.#link.discardPending(this.id);
     const total = this.#totalBytes();
-    r.resync = { reason: r.resync?.reason ?? 'requested', bytesDone: 0, bytesTotal: total };
-    const seq = before.applied + 1;
-    const filter = await this.#differenceFilter();
-    const bytes = await this.#seal(seq, 'resync', true, (done) => (r.resync!.bytesDone = done), filter);
+    const current = await this.#link.status(this.id);
+    const seq = current.applied + 1;
+    const outbox = await this.#outboxSequences();
+    let bytes = 0;
+    if (r.resync?.sealed === seq && outbox.length === 1 && outbox[0] === seq) {
+      // Resumable: the compare already ran and its log is sealed; only the transfer is left (and
+      // the upload itself resumes from the replica's durable offset).
+      this.#log.info('resuming an interrupted resynchronization', { relationship: this.id, sequence: seq });
+    } else {
+      for (const old of outbox) await rm(this.#outbox(old), { recursive: true, force: true });
+      await this.#link.discardPending(this.id);
+      r.resync = { reason: r.resync?.reason ?? 'requested', bytesDone: 0, bytesTotal: total };
+      const filter = await this.#differenceFilter();
+      bytes = await this.#seal(seq, 'resync', true, (done) => (r.resync!.bytesDone = done), filter);
+      r.resync.sealed = seq;
+      await this.save();
+    }
     const status = await this.#ship();
-    r.resync.bytesDone = total;
+    r.resync = { ...r.resync!, bytesDone: total, bytesTotal: total };
+    delete r.resync.sealed;
     this.#stats.recordSuccess({ bytes, latencyMs: 0 });
     await this.#apply('resyncDone');
     return { action: 'resync', sequence: seq, bytes, applied: status.applied };

@@ -2,13 +2,14 @@
 // killed without a clean cut, damaged logs, and peers that must be refused.
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { NbdClient } from '../../src/agent/nbd-client.ts';
 import { randomWrites } from '../../src/agent/workload.ts';
-import { writeLog } from '../../src/core/log-format.ts';
+import { readLogHeader, writeLog } from '../../src/core/log-format.ts';
 import { RetryableError, TerminalError } from '../../src/model/errors.ts';
-import type { RelationshipView, ReplicaStatus } from '../../src/transport/agent-api.ts';
+import type { RecoveryPointInfo, RelationshipView, ReplicaStatus } from '../../src/transport/agent-api.ts';
 import { createCa, issueCertificate } from '../../src/transport/certs.ts';
 import { createMtlsClient, type MtlsClient } from '../../src/transport/mtls.ts';
 import { uploadFile } from '../../src/transport/upload.ts';
@@ -200,5 +201,33 @@ describe('faults', () => {
     expect(await digest(id, r.sequence, 'd1')).toBe(await sha256File(join(vmDir, 'd1.img')));
     // Bytes of sealed logs on the wire for the resync: under 3% of the 64 MiB of disks.
     expect((done.bytesShipped ?? 0) - shippedBefore).toBeLessThan(0.03 * 512 * MiB);
+  });
+
+  test('an interrupted resync resumes its transfer instead of comparing again', async () => {
+    const id = await protect('resumable', [{ name: 'd0', size: 64 * MiB }]);
+    const socket = join(cluster.host('host-a').dataDir, 'nbd', 'resumable.sock');
+    const dev = await NbdClient.connect(socket, 'd0');
+    await Promise.all(randomWrites(640, dev.size, 7, { maxBlocks: 16 }).map((w) => dev.write(w.offset, w.data)));
+    await dev.close();
+    const uploads = join(cluster.host('host-b').dataDir, 'replica-records', id, 'uploads');
+    let settled = false;
+    const first = a.request('POST', `/v1/relationships/${id}/resync`).then(
+      () => undefined,
+      (e: unknown) => e,
+    ).finally(() => (settled = true));
+    // The compare is done and the log is on its way: the Replica server dies mid-transfer.
+    while (!settled && !(await readdir(uploads).catch(() => [] as string[])).some((n) => n.endsWith('.part'))) await new Promise((r) => setTimeout(r, 2));
+    await cluster.kill('host-b', 'SIGKILL');
+    expect(await first).toBeInstanceOf(Error);
+    expect((await a.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>().state).toBe('Resynchronizing');
+    const outbox = join(cluster.host('host-a').dataDir, 'relationships', id, 'outbox');
+    const [sealedSeq] = await readdir(outbox);
+    const sealed = await readLogHeader(join(outbox, sealedSeq, 'd0.hrl'));
+    await cluster.startProcess('host-b');
+    const r = (await a.request('POST', `/v1/relationships/${id}/resync`)).json<{ action: string; sequence: number }>();
+    expect(r).toMatchObject({ action: 'resync', sequence: sealed.sequence });
+    const point = (await b.request('GET', `/v1/relationships/${id}/recovery-points`)).json<RecoveryPointInfo[]>().at(-1)!;
+    expect(point.cutId).toBe(sealed.cutId); // the same sealed log, not a new compare
+    expect(await digest(id, point.sequence, 'd0')).toBe(await sha256File(join(cluster.host('host-a').dataDir, 'vms', 'resumable', 'd0.img')));
   });
 });
