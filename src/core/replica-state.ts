@@ -1,11 +1,11 @@
 // The replica's journal: one small JSON document replaced atomically (temp file, fsync, rename,
 // directory fsync). Every step of an apply or a prune is one replacement, so after a crash the
 // file names exactly one consistent situation to resume from.
-import { open, readFile, rename } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileAtomic } from './atomic-file.ts';
 import { TerminalError } from '../model/errors.ts';
 import type { RecoveryPoint, RetentionPolicy } from './recovery-points.ts';
-import { fsyncDir } from './log-io.ts';
 
 export const STATE_FILE = 'state.json';
 
@@ -55,17 +55,7 @@ export async function readState(dir: string): Promise<ReplicaState | undefined> 
 
 /** Replaces the state durably; returns the bytes written (for write-amplification figures). */
 export async function writeState(dir: string, s: ReplicaState): Promise<number> {
-  const path = join(dir, STATE_FILE);
-  const tmp = `${path}.tmp`;
   const data = Buffer.from(`${JSON.stringify(s)}\n`);
-  const h = await open(tmp, 'w', 0o600);
-  try {
-    await h.writeFile(data);
-    await h.sync();
-  } finally {
-    await h.close();
-  }
-  await rename(tmp, path);
-  await fsyncDir(dir);
+  await writeFileAtomic(join(dir, STATE_FILE), data, 0o600);
   return data.length;
 }
