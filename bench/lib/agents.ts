@@ -11,6 +11,8 @@ import { initCertificates, loadCertBundle } from '../../src/transport/certs.ts';
 import { createMtlsClient } from '../../src/transport/mtls.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import type { ProcessUsage } from './measure.ts';
+import { applyDefaults } from '../../src/config/index.ts';
+import type { ReplicationPolicy } from '../../src/model/desired.ts';
 
 const DRSITE = fileURLToPath(new URL('../../bin/drsite.mjs', import.meta.url));
 const OPERATOR = 'bench-operator';
@@ -115,13 +117,10 @@ export class AgentPair {
   }
 }
 
-export const POLICY_30S = {
-  frequency: '30s',
-  recoveryPoints: { additional: 4 },
-  appConsistentEvery: '0',
-  compression: true,
-  encryption: 'aes-256-gcm',
-  initialReplication: { method: 'network', startAt: 'immediately' },
-  resync: { thresholdPercent: 50, window: '22:00-06:00', automatic: true },
-  multiVmConsistency: false,
-} as const;
+/** A 30 s policy keeping 4 hourly points, every other field from the config layer's defaults step. */
+export const POLICY_30S = applyDefaults<ReplicationPolicy>({
+  apiVersion: 'drsite.dev/v1',
+  kind: 'ReplicationPolicy',
+  metadata: { name: 'every-30s' },
+  spec: { frequency: '30s', recoveryPoints: { additional: 4 } },
+}).spec;

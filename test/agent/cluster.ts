@@ -14,6 +14,8 @@ import type { Clock } from '../../src/model/clock.ts';
 import { initCertificates, loadCertBundle } from '../../src/transport/certs.ts';
 import { createMtlsClient, type MtlsClient } from '../../src/transport/mtls.ts';
 import { DRSITE } from '../cli/run-cli.ts';
+import { applyDefaults } from '../../src/config/index.ts';
+import type { ReplicationPolicy } from '../../src/model/desired.ts';
 
 export const OPERATOR = 'drsite-operator';
 
@@ -166,16 +168,13 @@ export async function sha256File(path: string): Promise<string> {
   return h.digest('hex');
 }
 
-export const policy30s = {
-  frequency: '30s',
-  recoveryPoints: { additional: 4 },
-  appConsistentEvery: '0',
-  compression: true,
-  encryption: 'aes-256-gcm',
-  initialReplication: { method: 'network', startAt: 'immediately' },
-  resync: { thresholdPercent: 50, window: '22:00-06:00', automatic: true },
-  multiVmConsistency: false,
-} as const;
+/** A 30 s policy keeping 4 hourly points, every other field from the config layer's defaults step. */
+export const policy30s = applyDefaults<ReplicationPolicy>({
+  apiVersion: 'drsite.dev/v1',
+  kind: 'ReplicationPolicy',
+  metadata: { name: 'every-30s' },
+  spec: { frequency: '30s', recoveryPoints: { additional: 4 } },
+}).spec;
 
 /** host-a (primary) and host-b (its Replica server) with operator clients: the setup most agent tests share. */
 export async function twoHosts(opts: { processes?: boolean } = {}): Promise<{ cluster: Cluster; a: MtlsClient; b: MtlsClient }> {
