@@ -17,6 +17,8 @@ import {
   type CreateRelationshipRequest,
   type CreateReplicaRequest,
   type CreateVmRequest,
+  type FailbackFromAzureRequest,
+  type FailbackFromAzureResult,
   type FailoverAdapterSettings,
   type FailoverRequest,
   type FailoverResult,
@@ -37,6 +39,7 @@ import type { AgentConfig } from './config.ts';
 import { FilesHypervisor, type VmAdapter, type VmDefinition } from './hypervisor-files.ts';
 import { HttpReplicaLink } from './replica-link.ts';
 import { AzureBlobLink, azureLinkFromSite } from './azure-blob-link.ts';
+import { failbackFromAzure } from './azure-failback.ts';
 import type { Site } from '../model/types.generated.ts';
 import {
   PrimaryReplication,
@@ -606,6 +609,51 @@ export class Agent {
     return rep.view(this.#clock.now());
   }
 
+  /**
+   * Failback from Azure, first half (this host is the relationship's primary, its VM is off): each
+   * disk gets what the Azure VM left in its page blob, downloading only the blocks that differ
+   * (minimize-downtime) or everything (full-download). Nothing ships to Azure here: the failover
+   * marker there still refuses changes until the Azure site ends the failover.
+   */
+  async failbackFromAzure(id: string, req: FailbackFromAzureRequest): Promise<FailbackFromAzureResult> {
+    const p = this.primary(id);
+    const link = this.#linkTo(p.record.replica);
+    if (!(link instanceof AzureBlobLink)) throw new TerminalError('invalid-argument', `relationship ${id} replicates to ${p.record.replica.name}, not to Azure`);
+    const vm = await this.hv.get(p.record.vm);
+    if (vm.power !== 'Off') throw new TerminalError('invalid-state', `VM ${vm.name} is running on ${this.config.name}: shut it down before failing back onto its disks`);
+    const method = req.method ?? 'minimize-downtime';
+    if (method !== 'minimize-downtime' && method !== 'full-download') throw new TerminalError('invalid-argument', `failback method "${String(method)}" is not minimize-downtime or full-download`);
+    const rt = this.#runtimes.get(vm.name);
+    const out: FailbackFromAzureResult = { method, bytesDownloaded: 0, diskBytes: 0, disks: [] };
+    for (const d of p.source.disks) {
+      const disk = vm.disks.find((x) => x.name === d.id);
+      if (!disk) throw new TerminalError('not-found', `VM ${vm.name} has no disk ${d.id} any more`);
+      // Through the running runtime's device when there is one, so nothing it caches goes stale.
+      const target = rt?.devices.get(d.id) ?? this.hv.diskPath(vm.name, disk);
+      const r = await failbackFromAzure({ link, relationshipId: id, diskId: d.id, snapshot: 'current', target, method, keys: this.#keys.get(id)! });
+      out.bytesDownloaded += r.bytesDownloaded;
+      out.diskBytes += r.diskSize;
+      out.disks.push({ id: d.id, bytesDownloaded: r.bytesDownloaded, blocksChanged: r.blocksChanged, compare: r.compare });
+    }
+    this.#log.info('failback from Azure downloaded', { relationship: id, vm: vm.name, method, bytes: out.bytesDownloaded, of: out.diskBytes });
+    return out;
+  }
+
+  /**
+   * Failback from Azure, second half (after the Azure site ended the failover): replication to
+   * Azure starts again from this host. The disks now equal the page blobs, so the resync it runs
+   * compares keyed digests with the last recovery point and ships only the blocks the Azure VM
+   * changed, which also brings the blobs' digests up to date.
+   */
+  async replicateToAzure(id: string): Promise<RelationshipView> {
+    const p = this.primary(id);
+    if (!(this.#linkTo(p.record.replica) instanceof AzureBlobLink)) throw new TerminalError('invalid-argument', `relationship ${id} replicates to ${p.record.replica.name}, not to Azure`);
+    if (p.state === 'PreparedForPlannedFailover') await p.cancelPrepared();
+    if (p.state === 'Critical') await p.resume();
+    await p.requestResync();
+    return p.view();
+  }
+
   /** Cancel: on the replica, the failed-over VM is discarded and replication resumes; on the primary, a prepared planned failover is undone. */
   async cancel(id: string): Promise<RelationshipView> {
     const rep = this.#replicas.get(id);
@@ -832,6 +880,8 @@ export class Agent {
     r.add('POST', '/v1/relationships/:id/failover', 'operator', async (ctx) => this.failover(ctx.params.id, await json<FailoverRequest>(ctx)));
     r.add('POST', '/v1/relationships/:id/commit', 'operator', async (ctx) => this.commit(ctx.params.id));
     r.add('POST', '/v1/relationships/:id/cancel', 'operator', async (ctx) => this.cancel(ctx.params.id));
+    r.add('POST', '/v1/relationships/:id/failback-from-azure', 'operator', async (ctx) => this.failbackFromAzure(ctx.params.id, await json<FailbackFromAzureRequest>(ctx)));
+    r.add('POST', '/v1/relationships/:id/replicate-to-azure', 'operator', async (ctx) => this.replicateToAzure(ctx.params.id));
     r.add('POST', '/v1/relationships/:id/move-storage', 'operator', async (ctx) => {
       const { path } = await json<{ path: string }>(ctx);
       if (typeof path !== 'string' || !path.startsWith('/')) throw new TerminalError('invalid-argument', 'path must be an absolute directory');

@@ -16,6 +16,7 @@ import { silentLogger, type Logger } from '../transport/logger.ts';
 import { azureContainerFromSite, type AzureRetryOptions } from './azure-credentials.ts';
 import { DiskBlobs, pointFromMetadata, type LiveState, type PointMetadata } from './azure-disk-blobs.ts';
 import { azureCall, isBlobNotFound } from './azure-errors.ts';
+import { AzureFailoverState } from './azure-failover-state.ts';
 import { TransferCount } from './azure-page-io.ts';
 import type { ReplicaLink } from './primary.ts';
 
@@ -30,6 +31,8 @@ export interface AzureReplicaRecord {
   /** Sequence of the latest complete point (every disk snapshotted); 0 before the initial copy. */
   applied: number;
   createdAt: string;
+  /** The primary host that created it (the Azure site reports it as the relationship's peer). */
+  primary?: string;
 }
 
 /** A retained recovery point of one disk: its two snapshots. */
@@ -67,6 +70,8 @@ function diskUuid(relationshipId: string, diskId: string): string {
 
 export class AzureBlobLink implements ReplicaLink {
   readonly container: ContainerClient;
+  /** Failovers to Azure recorded in the container: while one is in place nothing here changes the replica. */
+  readonly failoverState: AzureFailoverState;
   /** Bytes uploaded and downloaded by this link (bodies). */
   readonly count = new TransferCount();
   readonly #keys = new Map<string, RelationshipKeys>();
@@ -79,6 +84,7 @@ export class AzureBlobLink implements ReplicaLink {
 
   constructor(opts: AzureBlobLinkOptions) {
     this.container = opts.container;
+    this.failoverState = new AzureFailoverState(opts.container);
     if (typeof opts.keys === 'function') this.#lookup = opts.keys;
     else if (opts.keys) {
       const k = opts.keys;
@@ -234,6 +240,7 @@ export class AzureBlobLink implements ReplicaLink {
         retention: req.retention,
         applied: 0,
         createdAt: new Date(this.#clock.now()).toISOString(),
+        ...(this.#primary && { primary: this.#primary }),
       };
       for (const d of rec.disks) {
         await this.diskBlobsFor(rec, d.id).create(d.size, { uuid: diskUuid(rec.id, d.id), timestamp: this.#clock.now() });
@@ -253,6 +260,7 @@ export class AzureBlobLink implements ReplicaLink {
     return this.#serial(id, async () => {
       const rec = await this.record(id);
       if (!rec.disks.some((d) => d.id === diskId)) throw new TerminalError('not-found', `relationship ${id} has no disk ${diskId}`);
+      await this.failoverState.assertNotFailedOver(id);
       // The whole log is verified before a single page changes.
       const log = await openLog(path, this.keysFor(id), { relationshipId: id, diskId, sequence });
       const h = log.header;
@@ -294,6 +302,7 @@ export class AzureBlobLink implements ReplicaLink {
   discardPending(id: string): Promise<ReplicaStatus> {
     return this.#serial(id, async () => {
       const rec = await this.record(id);
+      await this.failoverState.assertNotFailedOver(id);
       const snaps = await this.#snapshots(id);
       for (const d of rec.disks) {
         const blobs = this.diskBlobsFor(rec, d.id);
@@ -307,6 +316,7 @@ export class AzureBlobLink implements ReplicaLink {
   apply(id: string): Promise<ReplicaStatus> {
     return this.#serial(id, async () => {
       const rec = await this.record(id);
+      await this.failoverState.assertNotFailedOver(id);
       const lives = await Promise.all(rec.disks.map(async (d) => ({ disk: d, blobs: this.diskBlobsFor(rec, d.id), live: await this.diskBlobsFor(rec, d.id).live() })));
       const next = lives.map((l) => (l.live.writing === undefined ? l.live.written : undefined));
       const first = next[0];

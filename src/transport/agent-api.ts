@@ -35,6 +35,11 @@ export const API = {
   resync: (id: string) => `/v1/relationships/${enc(id)}/resync`,
   moveStorage: (id: string) => `/v1/relationships/${enc(id)}/move-storage`,
   extend: (id: string) => `/v1/relationships/${enc(id)}/extend`,
+  // Failback from Azure. Primary host: download what the Azure VM wrote, then replicate to Azure
+  // again. Azure site (served in-process by src/sites/azure-site.ts): end the failover.
+  failbackFromAzure: (id: string) => `/v1/relationships/${enc(id)}/failback-from-azure`,
+  replicateToAzure: (id: string) => `/v1/relationships/${enc(id)}/replicate-to-azure`,
+  endFailover: (id: string) => `/v1/relationships/${enc(id)}/end-failover`,
   // Primary agent -> Replica server.
   replicaRelationships: '/v1/replica/relationships',
   replicaRelationship: (id: string) => `/v1/replica/relationships/${enc(id)}`,
@@ -171,6 +176,20 @@ export interface CreateVmRequest {
   disks: { name: string; size: number }[];
   adapters?: { name: string; network?: string }[];
   power?: 'Running' | 'Off';
+}
+
+/** POST failback-from-azure (primary host, VM off): bring every disk home from its page blob. */
+export interface FailbackFromAzureRequest {
+  /** @default minimize-downtime */
+  method?: 'minimize-downtime' | 'full-download';
+}
+
+export interface FailbackFromAzureResult {
+  method: 'minimize-downtime' | 'full-download';
+  /** Every byte downloaded (disk data and digests) and the disks' total size. */
+  bytesDownloaded: number;
+  diskBytes: number;
+  disks: { id: string; bytesDownloaded: number; blocksChanged: number; compare: 'sums' | 'data' | 'none' }[];
 }
 
 /** Static addressing for one adapter of a failed-over VM (Hyper-V's Failover TCP/IP). */
