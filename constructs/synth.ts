@@ -47,3 +47,33 @@ export async function countTerraform(file: string): Promise<{ resources: Record<
     Object.fromEntries(Object.entries(block ?? {}).map(([type, byName]) => [type, Object.keys(byName).length]));
   return { resources: count(json.resource), dataSources: count(json.data) };
 }
+
+export interface FailoverSynthRequest {
+  desired: DesiredState;
+  /** The ProtectedVM's name. */
+  vm: string;
+  test: boolean;
+  /** Every replicated disk at the recovery point: the page blob's URL and the snapshot's time. */
+  disks: { name: string; blobUrl: string; snapshotTime: string }[];
+  /** The recovery point's time (RFC 3339), recorded as a tag. */
+  time: string;
+  /** The failover job's directory, `.drsite/azure/<job>`. */
+  out: string;
+}
+
+export type FailoverSynthResult =
+  | { ok: true; file: string; vmName: string; resources: Record<string, number> }
+  | { ok: false; diagnostics: Diagnostic[] };
+
+/** The failover (or test failover) of one VM to Azure as Terraform; invalid input becomes diagnostics. */
+export async function synthFailover(req: FailoverSynthRequest): Promise<FailoverSynthResult> {
+  const { synthAzureFailover } = await import('./failover-stack.ts');
+  try {
+    const file = synthAzureFailover({ desired: req.desired, vm: req.vm, test: req.test, outdir: req.out, recoveryPoint: { disks: req.disks, time: req.time } });
+    const vm = req.desired.protectedVms.find((p) => p.metadata.name === req.vm)!.spec.vm;
+    return { ok: true, file, vmName: req.test ? `${vm}-Test` : vm, resources: (await countTerraform(file)).resources };
+  } catch (e) {
+    if (e instanceof ConstructValidationError) return { ok: false, diagnostics: [...e.diagnostics] };
+    throw e;
+  }
+}

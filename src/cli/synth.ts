@@ -2,10 +2,8 @@
 // or as normalised drsite.dev/v1 YAML documents.
 import { loadDesiredState } from '../config/index.ts';
 import { formatDiagnostic, type Diagnostic } from '../model/diagnostics.ts';
-import type { DesiredState, Resource } from '../model/desired.ts';
+import { loadConstructs, type SynthTarget } from '../sites/constructs-module.ts';
 import { printJson, renderTable, type Io } from './output.ts';
-
-export type SynthTarget = 'azure-site-recovery' | 'manifests';
 
 export interface SynthOptions {
   target: SynthTarget;
@@ -20,32 +18,12 @@ export interface SynthOptions {
 /** Default --out. */
 export const DEFAULT_SYNTH_OUT = '.drsite/synth/asr';
 
-type SynthResult =
-  | { ok: true; target: 'manifests'; documents: Resource[]; yaml: string; diagnostics: Diagnostic[] }
-  | { ok: true; target: 'azure-site-recovery'; file: string; resources: Record<string, number>; dataSources: Record<string, number>; diagnostics: Diagnostic[] }
-  | { ok: false; diagnostics: Diagnostic[] };
-
-interface ConstructsSynth {
-  synthDesiredState(desired: DesiredState, opts: { target: SynthTarget; out: string; vault?: object }): Promise<SynthResult>;
-}
-
-/**
- * The synth logic lives in constructs/, the only place that may import cdktf and the provider,
- * and nothing in src/ may import constructs/. So the module is loaded with a dynamic import() of
- * a URL computed at runtime: the layering check (which reads literal relative imports) stays
- * clean, and the heavy provider loads only when this command runs.
- */
-async function loadConstructsSynth(): Promise<ConstructsSynth> {
-  const url = new URL(['..', '..', 'constructs', 'synth.ts'].join('/'), import.meta.url);
-  return (await import(url.href)) as ConstructsSynth;
-}
-
 export async function synthCommand(paths: string[], opts: SynthOptions, g: { output: 'text' | 'json' }, io: Io): Promise<number> {
   const loaded = await loadDesiredState(paths);
   if (!loaded.ok) return invalid(loaded.diagnostics, g, io);
 
   const vault = { resourceGroup: opts.resourceGroup, location: opts.location, name: opts.vaultName };
-  const { synthDesiredState } = await loadConstructsSynth();
+  const { synthDesiredState } = await loadConstructs();
   const result = await synthDesiredState(loaded.state, { target: opts.target, out: opts.out || DEFAULT_SYNTH_OUT, vault });
   if (!result.ok) return invalid([...loaded.diagnostics, ...result.diagnostics], g, io);
   const warnings = [...loaded.diagnostics, ...result.diagnostics];

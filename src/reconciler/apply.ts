@@ -81,6 +81,7 @@ export function isConverged(desired: DesiredState, obs: Observation, plan: Plan,
 
 export async function reconcileOnce(opts: PassOptions): Promise<PassResult> {
   const { desired, sites, vault } = opts;
+  sites.setDesired(desired);
   const report = opts.report ?? (() => {});
   const jobs = new Map<string, string>();
   let terminalFailures = 0;

@@ -37,7 +37,7 @@ export async function runDirectAction(ctx: ExecContext, verb: DirectVerb, name: 
         newRelationshipId: relationshipId(name, cur.k + 1), from: rel.direction.primary, to: rel.direction.replica,
         ...(policy && { policy: policy.spec }),
       };
-      await runJournaledCalls(vault, job.id, failoverCalls(sites, step));
+      await runJournaledCalls(vault, job.id, failoverCalls(sites, step, job.id));
       setStatusFields(vault, name, { policyName: pvm.spec.policy });
     }
     return finish(vault, job.id, 'Succeeded');

@@ -113,7 +113,7 @@ export async function runProtectionAction(ctx: ExecContext, action: PlannedActio
           body: {
             id,
             vm: d.vm,
-            replica: { name: d.replica, endpoint: replica.endpoint },
+            replica: { name: d.replica, endpoint: replica.endpoint, ...(replica.azure && { azure: replica.azure }) },
             policy: policyOf(desired, d.policy),
             excludeDisks: pvm?.spec.disks?.exclude ?? [],
             ...(d.replicaStoragePath && { replicaStoragePath: d.replicaStoragePath }),
@@ -234,12 +234,15 @@ export interface VmStep {
   adapters?: FailoverAdapterSettings[];
   /** reverse-replication: the policy the new relationship runs with. */
   policy?: ReplicationPolicySpec;
-  /** reverse-replication before a failback: how the data gets home. @default minimize-downtime */
+  /** How the data gets home: on the reverse-replication before a host failback, or on a failback from Azure. @default minimize-downtime */
   method?: 'minimize-downtime' | 'full-download';
 }
 
-/** The agent calls a failover step makes, each with the check that resolves it after a crash. */
-export function failoverCalls(sites: SiteSet, s: VmStep): SiteCall[] {
+/**
+ * The agent calls a failover step makes, each with the check that resolves it after a crash.
+ * `jobId` names the step's job: an azure site writes that failover's Terraform to `azure/<job>/`.
+ */
+export function failoverCalls(sites: SiteSet, s: VmStep, jobId?: string): SiteCall[] {
   const id = s.relationshipId;
   const on = (site: string | undefined) => sites.get(site ?? '');
   const stateOn = async (site: Site, role: 'Primary' | 'Replica'): Promise<string | undefined> =>
@@ -264,7 +267,7 @@ export function failoverCalls(sites: SiteSet, s: VmStep): SiteCall[] {
     site,
     method: 'POST',
     path: API.failover(id),
-    body: { recoveryPoint: point, ...(s.adapters && { adapters: s.adapters }) },
+    body: { recoveryPoint: point, ...(s.adapters && { adapters: s.adapters }), ...(jobId && site.azure && { job: jobId }) },
     done: async () => FAILED_OVER.has((await stateOn(site, 'Replica')) ?? ''),
   });
   const commit = (site: Site): SiteCall => ({
@@ -282,7 +285,7 @@ export function failoverCalls(sites: SiteSet, s: VmStep): SiteCall[] {
         site,
         method: 'POST',
         path: API.testFailover(id),
-        body: { recoveryPoint: s.recoveryPoint ?? 'latest', network: s.testNetwork ?? null, ...(s.adapters && { adapters: s.adapters }) },
+        body: { recoveryPoint: s.recoveryPoint ?? 'latest', network: s.testNetwork ?? null, ...(s.adapters && { adapters: s.adapters }), ...(jobId && site.azure && { job: jobId }) },
         done: async () => (await vms(site)).some((v) => v.name === `${s.vm}-Test`),
       }];
     }
@@ -300,6 +303,7 @@ export function failoverCalls(sites: SiteSet, s: VmStep): SiteCall[] {
     case 'planned-failover':
       return [powerOff(on(s.from)), prepare(on(s.from)), failover(on(s.to), 'latest')];
     case 'failback':
+      if (on(s.from).azure) return failbackFromAzureCalls(on(s.from), on(s.to), s, { powerOff, stateOn });
       return [powerOff(on(s.from)), prepare(on(s.from)), failover(on(s.to), 'latest'), commit(on(s.to))];
     case 'unplanned-failover':
       return [failover(on(s.to), s.recoveryPoint ?? 'latest')];
@@ -323,4 +327,53 @@ export function failoverCalls(sites: SiteSet, s: VmStep): SiteCall[] {
       }];
     }
   }
+}
+
+/**
+ * Failback from Azure onto the former primary host, which still holds the relationship: with its
+ * VM off it downloads what the Azure VM changed (or everything), the Azure site then ends the
+ * failover, the host replicates to Azure again (a resync that ships only what differs from the
+ * last point), and the VM starts at home. The Azure VM itself is Terraform's to destroy.
+ */
+function failbackFromAzureCalls(
+  azure: Site,
+  home: Site,
+  s: VmStep,
+  h: { powerOff: (site: Site) => SiteCall; stateOn: (site: Site, role: 'Primary' | 'Replica') => Promise<string | undefined> },
+): SiteCall[] {
+  const id = s.relationshipId;
+  return [
+    h.powerOff(home),
+    {
+      name: 'download-from-azure',
+      site: home,
+      method: 'POST',
+      path: API.failbackFromAzure(id),
+      body: { method: s.method ?? 'minimize-downtime' },
+      // Downloading again is safe (minimize-downtime compares first), so after a crash it just runs again.
+      done: async () => !FAILED_OVER.has((await h.stateOn(azure, 'Replica')) ?? ''),
+    },
+    {
+      name: 'end-azure-failover',
+      site: azure,
+      method: 'POST',
+      path: API.endFailover(id),
+      done: async () => !FAILED_OVER.has((await h.stateOn(azure, 'Replica')) ?? ''),
+    },
+    {
+      name: 'replicate-to-azure',
+      site: home,
+      method: 'POST',
+      path: API.replicateToAzure(id),
+      done: async () => (await h.stateOn(home, 'Primary')) === 'Replicating',
+    },
+    {
+      name: 'power-on',
+      site: home,
+      method: 'POST',
+      path: API.vmPower(s.vm),
+      body: { power: 'Running' },
+      done: async () => (await vms(home)).find((v) => v.name === s.vm)?.power === 'Running',
+    },
+  ];
 }

@@ -75,7 +75,7 @@ function summarize(out: unknown): unknown {
   if (typeof out !== 'object' || out === null) return out;
   const o = out as Record<string, unknown>;
   const keep: Record<string, unknown> = {};
-  for (const k of ['id', 'state', 'vm', 'testVm', 'sequence', 'recoveryPoint', 'removed', 'name', 'power']) if (k in o) keep[k] = o[k];
+  for (const k of ['id', 'state', 'vm', 'testVm', 'sequence', 'recoveryPoint', 'removed', 'name', 'power', 'terraformDir', 'terraformFile', 'method', 'bytesDownloaded', 'diskBytes', 'disks']) if (k in o) keep[k] = o[k];
   return Object.keys(keep).length ? keep : null;
 }
 

@@ -26,6 +26,8 @@ const UNPLANNED_FROM: ReadonlySet<ReplicationState> = new Set([...TESTABLE, 'Cri
 
 interface Env {
   observed: ObservedState;
+  /** Sites of type azure: they hold replicas only, so nothing replicates back from them. */
+  azure: ReadonlySet<string>;
   /** `${source}\0${target}` -> test network of the first NetworkMapping (by name) that has one. */
   testNetworks: Map<string, string>;
 }
@@ -37,7 +39,7 @@ export function planFailovers(
   declared: ReadonlyMap<string, ProtectedVM>,
   protectionIds: ReadonlyMap<string, readonly string[]>,
 ): void {
-  const env: Env = { observed, testNetworks: new Map() };
+  const env: Env = { observed, testNetworks: new Map(), azure: new Set(desired.sites.filter((s) => s.spec.type === 'azure').map((s) => s.metadata.name)) };
   for (const m of [...desired.networkMappings].sort((a, z) => (a.metadata.name < z.metadata.name ? -1 : 1))) {
     const key = `${m.spec.source.site}\0${m.spec.target.site}`;
     if (m.spec.testNetwork !== undefined && !env.testNetworks.has(key)) env.testNetworks.set(key, m.spec.testNetwork);
@@ -165,13 +167,12 @@ function stepsFor(env: Env, f: FailoverRequest, rel: ObservedRelationship): Step
     }
     case 'planned': {
       if (rel.state !== 'Replicating') return `${rel.name} is ${rel.state}: planned failover needs Replicating`;
-      const steps: Step[] = [{ type: 'planned-failover', reason: `shut down ${rel.vm} on ${src}, ship the final delta, start it on ${dst} (no data loss)`, details: { from: src, to: dst, recoveryPoint: 'latest' } }];
-      if (f.commit) {
-        steps.push(
-          { type: 'commit-failover', reason: `commit on ${dst} (commit: true)`, details: { site: dst } },
-          { type: 'reverse-replication', reason: `replicate back ${dst} -> ${src}`, details: { from: dst, to: src } },
-        );
-      }
+      const toAzure = env.azure.has(dst);
+      const start = toAzure ? `write the Terraform that starts it in Azure (${dst})` : `start it on ${dst}`;
+      const steps: Step[] = [{ type: 'planned-failover', reason: `shut down ${rel.vm} on ${src}, ship the final delta, ${start} (no data loss)`, details: { from: src, to: dst, recoveryPoint: 'latest' } }];
+      if (f.commit) steps.push({ type: 'commit-failover', reason: `commit on ${dst} (commit: true)`, details: { site: dst } });
+      // Nothing replicates back from Azure: failback downloads what changed there instead.
+      if (f.commit && !toAzure) steps.push({ type: 'reverse-replication', reason: `replicate back ${dst} -> ${src}`, details: { from: dst, to: src } });
       return needUp(src, dst) ?? steps;
     }
     case 'unplanned': {
@@ -193,6 +194,14 @@ function stepsFor(env: Env, f: FailoverRequest, rel: ObservedRelationship): Step
       if (src === rel.primary) return `${rel.name} runs on its declared primary ${rel.primary}: nothing to fail back`;
       const method = f.failbackMethod ?? 'minimize-downtime';
       const home = rel.primary;
+      if (env.azure.has(src)) {
+        if (rel.state !== 'FailedOver') return `${rel.name} is ${rel.state} in Azure: commit the failover before failing back`;
+        return needUp(src, home) ?? [{
+          type: 'failback',
+          reason: `bring ${rel.vm} home from Azure (${src}) to ${home} (${method}), then replicate ${home} -> ${src} again`,
+          details: { from: src, to: home, method },
+        }];
+      }
       const steps: Step[] = [];
       if (rel.state === 'FailedOver') {
         steps.push({ type: 'reverse-replication', reason: `replicate ${src} -> ${home} first, so ${home} is current`, details: { from: src, to: home } });

@@ -68,12 +68,14 @@ export function planJobInput(ctx: ExecContext, rp: RecoveryPlan, actions: readon
       };
       const mine: VmStep[] = list.map((a, n) => {
         const type = a.type as FailoverActionType;
-        const d = a.details as { site?: string; from?: string; to?: string; recoveryPoint?: string; testNetwork?: string | null };
+        const d = a.details as { site?: string; from?: string; to?: string; recoveryPoint?: string; testNetwork?: string | null; method?: VmStep['method'] };
         const s: VmStep = { key: `group-${index + 1}/${name}/${n + 1}-${type}`, type, protectedVm: name, vm: rel.vm, relationshipId: relationshipId(name, k) };
         if (d.site !== undefined) s.site = d.site;
         if (d.from !== undefined) s.from = d.from;
         if (d.to !== undefined) s.to = d.to;
         if (d.recoveryPoint !== undefined) s.recoveryPoint = d.recoveryPoint;
+        // A failback from Azure downloads by its own method (a host failback's reverse step carries it).
+        if (type === 'failback' && d.method !== undefined) s.method = d.method;
         if (type === 'test-failover') {
           s.testNetwork = d.testNetwork ?? null;
           s.adapters = failoverAdapters(ctx.desired, pvm, vmAdapters(rel.direction.primary), rel.direction.primary, d.site!, true);
@@ -200,7 +202,7 @@ async function runVmStep(ctx: ExecContext, plan: Job, s: VmStep): Promise<void> 
   let child = vault.listJobs({ parentId: plan.id, state: 'Running', limit: 500 }).find((j) => (j.input as { key?: string } | undefined)?.key === s.key);
   child ??= vault.createJob({ type: JOB_TYPE[s.type], target: `ProtectedVM/${s.protectedVm}`, parentId: plan.id, input: { key: s.key, step: s } });
   try {
-    await runJournaledCalls(vault, child.id, failoverCalls(ctx.sites, s));
+    await runJournaledCalls(vault, child.id, failoverCalls(ctx.sites, s, child.id));
   } catch (e) {
     vault.transaction(() => {
       finish(vault, child.id, 'Failed', e);

@@ -7,6 +7,7 @@ import type { DesiredState } from '../model/desired.ts';
 import { TerminalError } from '../model/errors.ts';
 import { initCertificates, loadCertBundle } from '../transport/certs.ts';
 import type { Logger } from '../transport/logger.ts';
+import { AzureSite } from './azure-site.ts';
 import { startEmbeddedSite } from './embedded-site.ts';
 import { HostSite } from './host-site.ts';
 import { OPERATOR_NAME, type Site } from './site.ts';
@@ -25,9 +26,11 @@ export interface OpenSitesOptions {
 }
 
 export interface SiteSet {
-  /** Declared host sites by name (azure sites are not driven here yet). */
+  /** Declared sites by name: host sites (their agents) and azure sites (their containers). */
   readonly sites: ReadonlyMap<string, Site>;
   get(name: string): Site;
+  /** The declarations a long-running reconciler re-read: azure sites write failover Terraform from them. */
+  setDesired(desired: DesiredState): void;
   close(): Promise<void>;
 }
 
@@ -70,6 +73,7 @@ export async function openSites(desired: DesiredState, opts: OpenSitesOptions = 
   const embedded = hosts.filter((s) => s.spec.endpoint === undefined);
   const unlock = embedded.length > 0 ? takeLock(stateDir) : () => {};
   const sites = new Map<string, Site>();
+  let current = desired;
   try {
     if (embedded.length > 0) await initCertificates(certsDir, [...embedded.map((s) => s.metadata.name), OPERATOR_NAME]);
     const operatorTls = await loadCertBundle(certsDir, OPERATOR_NAME);
@@ -80,6 +84,9 @@ export async function openSites(desired: DesiredState, opts: OpenSitesOptions = 
         : new HostSite({ name: s.metadata.name, endpoint: s.spec.endpoint, tls: operatorTls });
       sites.set(s.metadata.name, site);
     }
+    for (const s of desired.sites.filter((x) => x.spec.type === 'azure')) {
+      sites.set(s.metadata.name, new AzureSite(s, { desired: () => current, stateDir }));
+    }
   } catch (e) {
     for (const s of sites.values()) await s.close().catch(() => {});
     unlock();
@@ -89,8 +96,11 @@ export async function openSites(desired: DesiredState, opts: OpenSitesOptions = 
     sites,
     get(name: string): Site {
       const s = sites.get(name);
-      if (!s) throw new TerminalError('not-found', `site ${name} is not a declared host site`);
+      if (!s) throw new TerminalError('not-found', `site ${name} is not a declared site`);
       return s;
+    },
+    setDesired(d: DesiredState): void {
+      current = d;
     },
     async close(): Promise<void> {
       for (const s of sites.values()) await s.close().catch(() => {});

@@ -1,6 +1,7 @@
 // The Site port: one host site as the reconciler sees it, whatever runs it (an agent embedded in
 // this process or a remote one). Reading (`snapshot`) changes nothing; every change goes through
 // `request` on the agent's replication-service API (src/transport/agent-api.ts).
+import type { SiteSpec } from '../model/types.generated.ts';
 import type { RelationshipView } from '../transport/agent-api.ts';
 
 /** A VM as a site's hypervisor reports it (GET /v1/vms). */
@@ -28,6 +29,8 @@ export interface Site {
   snapshot(): Promise<SiteSnapshot>;
   /** One API call; rejects with the typed error (TerminalError / RetryableError) the agent answered. */
   request<T = unknown>(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: object): Promise<T>;
+  /** An azure site's spec (it holds replicas only; primaries replicate into its container). */
+  readonly azure?: SiteSpec;
   /** Data directory of an embedded site's agent (VM disks, NBD sockets); undefined for a remote one. */
   readonly dataDir?: string;
   close(): Promise<void>;

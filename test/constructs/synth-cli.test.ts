@@ -9,7 +9,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { loadDesiredState } from '../../src/config/index.ts';
 import { synthCommand } from '../../src/cli/synth.ts';
-import { byName, QUICKSTART_DIR, readTerraform, tempDirs } from './helpers.ts';
+import { loadConstructs, type ConstructsModule } from '../../src/sites/constructs-module.ts';
+import * as constructsSynth from '../../constructs/synth.ts';
+import { byName, QUICKSTART_DIR, readTerraform, tempDirs, yamlQuickstart } from './helpers.ts';
 
 const tmp = tempDirs();
 afterAll(() => tmp.cleanup());
@@ -100,5 +102,25 @@ describe('examples/cdk/main.ts (the cdktf.json app)', () => {
     const tf = readTerraform(join(outdir, 'stacks', 'quickstart', 'cdk.tf.json'));
     expect(byName(tf, 'azurerm_recovery_services_vault', 'drsite-quickstart-vault').attrs).toMatchObject({ resource_group_name: 'drsite-quickstart', location: 'westeurope' });
     expect(Object.keys(tf.resource.azurerm_site_recovery_replication_recovery_plan)).toHaveLength(1);
+  });
+});
+
+describe('the constructs module as src/ loads it', () => {
+  it('has the interface src/sites/constructs-module.ts restates (tsc checks the assignment), loaded at runtime', async () => {
+    const typed: ConstructsModule = constructsSynth;
+    const loaded = await loadConstructs();
+    expect(loaded.synthFailover).toBe(typed.synthFailover);
+    expect(loaded.synthDesiredState).toBe(typed.synthDesiredState);
+  });
+
+  it('synthFailover turns a VM that does not replicate to Azure into diagnostics and writes nothing', async () => {
+    const out = join(await tmp.make(), 'job-1');
+    const r = await (await loadConstructs()).synthFailover({
+      desired: yamlQuickstart(), vm: 'web-01', test: true, out, time: '2026-11-23T10:00:00Z',
+      disks: [{ name: 'os', blobUrl: 'https://acct.blob.core.windows.net/c/rel-web-01/os.vhd', snapshotTime: '2026-11-23T10:00:00.0000000Z' }],
+    });
+    expect(r.ok).toBe(false);
+    if (!r.ok) expect(r.diagnostics.map((d) => d.summary)).toEqual(['ProtectedVM "web-01" does not replicate to an azure site']);
+    expect(existsSync(out)).toBe(false);
   });
 });

@@ -21,6 +21,14 @@ const failedOver = (state: 'FailoverWaitingCompletion' | 'FailedOver') => (o: Ob
   all(o, (r) => { r.state = state; r.direction = { primary: 'site-b', replica: 'site-a' }; r.roles = { 'site-b': 'Primary', 'site-a': 'Replica' }; });
 const reversed = (o: ObservedState) => all(o, (r) => { r.direction = { primary: 'site-b', replica: 'site-a' }; });
 
+// The same world with site-b an Azure storage account: it holds replicas only.
+const toAzure = (d: ReturnType<typeof world>): ReturnType<typeof world> => ({
+  ...d,
+  sites: d.sites.map((x) => (x.metadata.name !== 'site-b' ? x : {
+    ...x,
+    spec: { type: 'azure', storageAccount: 'drreplicas', container: 'replicas', credentials: { connectionStringEnv: 'DR_AZURE' }, resourceGroup: 'rg-dr', location: 'westeurope' },
+  })),
+});
 const order = (type: string) => ['zdb', 'app1', 'app2', 'aweb'].map((v) => `${type} ${v}`);
 const perVm = (...types: string[]) => ['zdb', 'app1', 'app2', 'aweb'].flatMap((v) => types.map((t) => `${t} ${v}`));
 
@@ -32,6 +40,8 @@ const unplanned = world({ id: 'u1', type: 'unplanned', commit: true, recoveryPoi
 const commit = world({ id: 'c1', type: 'commit' });
 const cancel = world({ id: 'x1', type: 'cancel' });
 const failback = world({ id: 'f1', type: 'failback', failbackMethod: 'full-download' });
+const plannedToAzure = toAzure(plannedCommit);
+const failbackFromAzure = toAzure(failback);
 
 const cases: Case[] = [
   {
@@ -227,6 +237,30 @@ const cases: Case[] = [
     want: ['test-failover aweb', 'test-failover zdb'],
     warnings: ['failover-refused'],
     check: (p) => expect(p.warnings[0].target).toEqual({ kind: 'RecoveryPlan', name: 'b-plan' }),
+  },
+  {
+    reason: 'planned failover to Azure with commit: no reverse replication (nothing replicates back from Azure)',
+    desired: plannedToAzure,
+    observed: observed(plannedToAzure),
+    want: perVm('planned-failover', 'commit-failover'),
+    check: (p) => expect(find(p, 'planned-failover', 'zdb').reason).toContain('write the Terraform that starts it in Azure (site-b)'),
+  },
+  {
+    reason: 'failback from Azure after a committed failover: one failback step per VM that downloads and replicates to Azure again',
+    desired: failbackFromAzure,
+    observed: observed(failbackFromAzure, failedOver('FailedOver')),
+    want: perVm('failback'),
+    warnings: ['failover-state', 'failover-state', 'failover-state', 'failover-state'],
+    check: (p) => {
+      expect((find(p, 'failback', 'zdb') as ActionOf<'failback'>).details).toMatchObject({ from: 'site-b', to: 'site-a', method: 'full-download' });
+    },
+  },
+  {
+    reason: 'failback from Azure before the failover is committed: refused',
+    desired: failbackFromAzure,
+    observed: observed(failbackFromAzure, failedOver('FailoverWaitingCompletion')),
+    want: [],
+    warnings: ['failover-state', 'failover-state', 'failover-state', 'failover-state', 'failover-refused', 'failover-refused', 'failover-refused', 'failover-refused'],
   },
   {
     reason: 'a plan without a failover block: nothing',

@@ -1,0 +1,278 @@
+// An azure Site as the reconciler sees it: no agent runs there, so this adapter reads the container
+// (replica records, recovery points as blob snapshots, failover markers) and serves the replica
+// side of the failover verbs in-process. A failover to Azure cannot start a VM from here: it writes
+// Terraform (managed disks imported from the point's snapshots, NICs with the failover addresses,
+// the VM) into `<stateDir>/azure/<job>/` for the operator's `terraform apply`, and records the
+// failover in the container so the primary's link stops changing those blobs.
+import { mkdir } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import type { ContainerClient } from '@azure/storage-blob';
+import { AzureBlobLink } from '../agent/azure-blob-link.ts';
+import { azureContainerFromSite } from '../agent/azure-credentials.ts';
+import { diskBlobName, type PointMetadata } from '../agent/azure-disk-blobs.ts';
+import { azureCall } from '../agent/azure-errors.ts';
+import { AzureFailoverState, type AzureFailoverRecord, type AzureTestFailoverRecord } from '../agent/azure-failover-state.ts';
+import { selectPoint } from '../core/point-selector.ts';
+import type { DesiredState, Site as SiteResource } from '../model/desired.ts';
+import { TerminalError } from '../model/errors.ts';
+import { formatDiagnostic } from '../model/diagnostics.ts';
+import type { SiteSpec } from '../model/types.generated.ts';
+import { API, type RelationshipView, type RecoveryPointSelector } from '../transport/agent-api.ts';
+import { loadConstructs } from './constructs-module.ts';
+import type { Site, SiteSnapshot, SiteVm } from './site.ts';
+
+export interface AzureSiteOptions {
+  /** The declarations the failover Terraform is made from (network mappings, failover addresses). */
+  desired: () => DesiredState;
+  /** drsite's state directory: failover Terraform goes to `<stateDir>/azure/<job>/`. */
+  stateDir: string;
+  /** @default process.env */
+  env?: NodeJS.ProcessEnv;
+}
+
+/** What a failover verb sends to the Azure site (the host agent's bodies plus the job id). */
+interface FailoverBody {
+  recoveryPoint?: RecoveryPointSelector;
+  job?: string;
+}
+
+export interface AzureFailoverResult {
+  vm: string;
+  recoveryPoint: { sequence: number; time: string };
+  state?: string;
+  /** Where the Terraform went: run `terraform apply` there (and `terraform destroy` to remove it). */
+  terraformDir: string;
+  terraformFile: string;
+}
+
+interface Relationship {
+  id: string;
+  vm: string;
+  primary: string;
+  applied: number;
+  disks: { id: string; size: number }[];
+  points: PointMetadata[];
+  failover?: AzureFailoverRecord;
+  test?: AzureTestFailoverRecord;
+}
+
+const RELATIONSHIP_PATH = /^\/v1\/relationships\/([^/]+)\/([a-z-]+)$/;
+
+export class AzureSite implements Site {
+  readonly name: string;
+  readonly embedded = false;
+  readonly endpoint = '';
+  readonly azure: SiteSpec;
+  readonly #resource: SiteResource;
+  readonly #opts: AzureSiteOptions;
+  #link: AzureBlobLink | undefined;
+  #state: AzureFailoverState | undefined;
+
+  constructor(resource: SiteResource, opts: AzureSiteOptions) {
+    if (resource.spec.type !== 'azure') throw new TerminalError('invalid-argument', `site ${resource.metadata.name} is not an azure site`);
+    this.name = resource.metadata.name;
+    this.azure = resource.spec;
+    this.#resource = resource;
+    this.#opts = opts;
+  }
+
+  /** The container client, made on first use: missing credentials make the site unreachable, not drsite unable to start. */
+  get #container(): ContainerClient {
+    this.#link ??= new AzureBlobLink({ container: azureContainerFromSite(this.#resource, this.#opts.env ?? process.env, { maxTries: 2, retryDelayInMs: 200, tryTimeoutInMs: 15_000 }) });
+    this.#state ??= new AzureFailoverState(this.#link.container);
+    return this.#link.container;
+  }
+
+  async snapshot(): Promise<SiteSnapshot> {
+    try {
+      const rels = await this.#relationships();
+      const now = Date.now();
+      return { name: this.name, reachable: true, vms: rels.flatMap((r) => this.#vms(r)), relationships: rels.map((r) => this.#view(r, now)) };
+    } catch (e) {
+      return { name: this.name, reachable: false, error: (e as Error).message };
+    }
+  }
+
+  async request<T = unknown>(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: object): Promise<T> {
+    if (method === 'GET' && path === API.relationships) return (await this.#relationships()).map((r) => this.#view(r, Date.now())) as T;
+    if (method === 'GET' && path === API.vms) return (await this.#relationships()).flatMap((r) => this.#vms(r)) as T;
+    const m = RELATIONSHIP_PATH.exec(path);
+    if (method === 'POST' && m) {
+      const id = decodeURIComponent(m[1]);
+      const b = (body ?? {}) as FailoverBody;
+      switch (m[2]) {
+        case 'test-failover':
+          return (await this.#testFailover(id, b)) as T;
+        case 'cleanup-test-failover':
+          return (await this.#cleanupTest(id)) as T;
+        case 'failover':
+          return (await this.#failover(id, b)) as T;
+        case 'commit':
+          return (await this.#commit(id)) as T;
+        case 'cancel':
+        case 'end-failover':
+          return (await this.#endFailover(id, m[2])) as T;
+      }
+    }
+    throw new TerminalError('invalid-argument', `${method} ${path} is not something an azure site can do (${this.name} holds replicas only; the primary host's agent does the rest)`);
+  }
+
+  async close(): Promise<void> {}
+
+  // ------------------------------------------------------------------------------------ reading
+
+  async #relationships(): Promise<Relationship[]> {
+    const container = this.#container;
+    const ids: string[] = [];
+    await azureCall(container.containerName, async () => {
+      for await (const b of container.listBlobsFlat()) {
+        const m = /^([^/]+)\/relationship\.json$/.exec(b.name);
+        if (m) ids.push(m[1]);
+      }
+    });
+    return Promise.all(ids.sort().map((id) => this.#relationship(id)));
+  }
+
+  async #relationship(id: string): Promise<Relationship> {
+    const link = this.#link!;
+    const rec = await link.record(id);
+    const points = rec.disks.length > 0 ? (await link.diskPoints(id, rec.disks[0].id)).map((p) => p.point) : [];
+    const [failover, test] = await Promise.all([this.#state!.failover(id), this.#state!.test(id)]);
+    return {
+      id, vm: rec.vm, primary: rec.primary ?? '', applied: rec.applied, disks: rec.disks, points,
+      ...(failover && { failover }), ...(test && { test }),
+    };
+  }
+
+  #view(r: Relationship, now: number): RelationshipView {
+    const latest = r.points.at(-1);
+    const state = r.failover?.state ?? (r.applied >= 1 ? 'Replicating' : 'ReadyForInitialReplication');
+    const lastReplicationTime = latest && new Date(latest.cutTime).toISOString();
+    return {
+      id: r.id,
+      role: 'Replica',
+      vm: r.vm,
+      peer: r.primary,
+      state,
+      health: 'Normal',
+      healthReasons: [],
+      disks: r.disks,
+      excludeDisks: [],
+      ...(lastReplicationTime && { lastReplicationTime, lagSeconds: Math.max(0, Math.round((now - latest!.cutTime) / 1000)) }),
+      pendingBytes: 0,
+      recoveryPoints: r.points.length,
+      appliedSequence: r.applied,
+      storagePath: `${this.#containerUrl()}/${r.id}`,
+      ...(r.test && { testFailover: { vm: r.test.vm, sequence: r.test.sequence } }),
+      ...(r.failover && { failover: { vm: r.failover.vm, sequence: r.failover.sequence } }),
+      statistics: {
+        state, health: 'Normal', ...(lastReplicationTime && { lastReplicationTime }),
+        pendingReplicationSize: 0, averageReplicationSize: 0, maximumReplicationSize: 0, averageReplicationLatency: 0,
+        successfulReplicationCount: 0, missedReplicationCount: 0, replicationErrors: 0, monitoringStartTime: new Date(now).toISOString(),
+      },
+    };
+  }
+
+  /** VMs declared in Terraform by a failover or test failover: reported so the planner sees them. */
+  #vms(r: Relationship): SiteVm[] {
+    const vm = (name: string, sequence: number, kind: 'test' | 'failover'): SiteVm => ({
+      name, disks: r.disks.map((d) => ({ name: d.id, size: d.size })), adapters: [], power: 'Running', origin: { relationshipId: r.id, recoveryPoint: sequence, kind },
+    });
+    return [...(r.test ? [vm(r.test.vm, r.test.sequence, 'test')] : []), ...(r.failover ? [vm(r.failover.vm, r.failover.sequence, 'failover')] : [])];
+  }
+
+  #containerUrl(): string {
+    const u = new URL(this.#container.url);
+    u.search = ''; // never a SAS token in status or Terraform
+    return u.toString().replace(/\/$/, '');
+  }
+
+  // ---------------------------------------------------------------------------- failover verbs
+
+  async #testFailover(id: string, b: FailoverBody): Promise<AzureFailoverResult> {
+    const r = await this.#relationship(id);
+    if (r.test) throw new TerminalError('invalid-state', `${r.vm} already has a test failover in Azure (${r.test.vm}, Terraform in ${r.test.terraformDir}): clean it up first`);
+    const out = await this.#terraform(r, b, true);
+    await this.#state!.setTest(id, { vm: out.vm, sequence: out.recoveryPoint.sequence, job: b.job ?? '', terraformDir: out.terraformDir, at: new Date().toISOString() });
+    return out;
+  }
+
+  async #cleanupTest(id: string): Promise<{ removed: string[]; terraformDir?: string }> {
+    const r = await this.#relationship(id);
+    if (!r.test) throw new TerminalError('invalid-state', `no test failover of ${r.vm} is active in Azure`);
+    await this.#state!.clearTest(id);
+    // The Azure resources are Terraform's: `terraform destroy` in that directory removes them.
+    return { removed: [r.test.vm], terraformDir: r.test.terraformDir };
+  }
+
+  async #failover(id: string, b: FailoverBody): Promise<AzureFailoverResult> {
+    const r = await this.#relationship(id);
+    if (r.failover?.state === 'FailedOver') throw new TerminalError('invalid-state', `${r.vm} has already failed over to Azure and been committed`);
+    if (r.applied < 1) throw new TerminalError('invalid-state', `the Azure replica of ${r.vm} has no complete copy yet`);
+    // The same call again before commit changes the point (new Terraform, new job directory).
+    const out = await this.#terraform(r, b, false);
+    const rec: AzureFailoverRecord = {
+      kind: b.recoveryPoint === undefined || b.recoveryPoint === 'latest' ? 'planned' : 'unplanned',
+      state: 'FailoverWaitingCompletion',
+      vm: out.vm,
+      sequence: out.recoveryPoint.sequence,
+      job: b.job ?? '',
+      terraformDir: out.terraformDir,
+      at: new Date().toISOString(),
+    };
+    await this.#state!.setFailover(id, rec);
+    return { ...out, state: rec.state };
+  }
+
+  async #commit(id: string): Promise<RelationshipView> {
+    const r = await this.#relationship(id);
+    if (r.failover?.state !== 'FailoverWaitingCompletion') throw new TerminalError('invalid-state', `cannot commit ${r.vm}: no failover to Azure is waiting for completion`);
+    r.failover = { ...r.failover, state: 'FailedOver' };
+    await this.#state!.setFailover(id, r.failover);
+    return this.#view(r, Date.now());
+  }
+
+  /**
+   * cancel: the failover before commit is abandoned; end-failover: failback has brought the VM
+   * home. Either way the marker goes and the primary may change the blobs again; the Azure VM is
+   * Terraform's to destroy.
+   */
+  async #endFailover(id: string, verb: 'cancel' | 'end-failover'): Promise<RelationshipView & { terraformDir?: string }> {
+    const r = await this.#relationship(id);
+    if (!r.failover) throw new TerminalError('invalid-state', `nothing to ${verb === 'cancel' ? 'cancel' : 'end'}: ${r.vm} has not failed over to Azure`);
+    if (verb === 'cancel' && r.failover.state === 'FailedOver') throw new TerminalError('invalid-state', `the failover of ${r.vm} to Azure is committed: fail back instead of cancelling`);
+    const dir = r.failover.terraformDir;
+    await this.#state!.clearFailover(id);
+    delete r.failover;
+    return { ...this.#view(r, Date.now()), terraformDir: dir };
+  }
+
+  /** Resolves the point and writes the failover Terraform for it into `<stateDir>/azure/<job>/`. */
+  async #terraform(r: Relationship, b: FailoverBody, test: boolean): Promise<AzureFailoverResult> {
+    const desired = this.#opts.desired();
+    const pvm = desired.protectedVms.find((p) => p.spec.vm === r.vm && p.spec.replica === this.name);
+    if (!pvm) throw new TerminalError('not-found', `no ProtectedVM declares VM ${r.vm} with replica site ${this.name}`);
+    const point = selectPoint(r.points.map((p) => ({ ...p, time: p.cutTime })), b.recoveryPoint ?? 'latest', `the Azure replica of ${r.vm}`);
+    const link = this.#link!;
+    const disks = [];
+    for (const d of r.disks) {
+      const snap = (await link.diskPoints(r.id, d.id)).find((p) => p.point.sequence === point.sequence);
+      if (!snap) throw new TerminalError('not-found', `recovery point ${point.sequence} of ${r.vm} has no snapshot of disk ${d.id}`);
+      disks.push({ name: d.id, blobUrl: `${this.#containerUrl()}/${diskBlobName(r.id, d.id)}`, snapshotTime: snap.disk });
+    }
+    const job = b.job && /^[A-Za-z0-9][-A-Za-z0-9_.]*$/.test(b.job) ? b.job : `${test ? 'test-failover' : 'failover'}-${r.id}-${Date.now()}`;
+    const out = resolve(this.#opts.stateDir, 'azure', job);
+    await mkdir(out, { recursive: true });
+    const constructs = await loadConstructs();
+    const result = await constructs.synthFailover({ desired, vm: pvm.metadata.name, test, disks, time: new Date(point.cutTime).toISOString(), out });
+    if (!result.ok) {
+      throw new TerminalError('invalid-argument', `cannot fail ${pvm.metadata.name} over to Azure: ${result.diagnostics.map(formatDiagnostic).join('; ')}`);
+    }
+    return {
+      vm: result.vmName,
+      recoveryPoint: { sequence: point.sequence, time: new Date(point.cutTime).toISOString() },
+      terraformDir: out,
+      terraformFile: result.file,
+    };
+  }
+}
