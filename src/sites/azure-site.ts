@@ -76,11 +76,11 @@ export class AzureSite implements Site {
     this.#opts = opts;
   }
 
-  /** The container client, made on first use: missing credentials make the site unreachable, not drsite unable to start. */
-  get #container(): ContainerClient {
+  /** The container's clients, made on first use: missing credentials make the site unreachable, not drsite unable to start. */
+  #open(): { link: AzureBlobLink; state: AzureFailoverState; container: ContainerClient } {
     this.#link ??= new AzureBlobLink({ container: azureContainerFromSite(this.#resource, this.#opts.env ?? process.env, { maxTries: 2, retryDelayInMs: 200, tryTimeoutInMs: 15_000 }) });
     this.#state ??= new AzureFailoverState(this.#link.container);
-    return this.#link.container;
+    return { link: this.#link, state: this.#state, container: this.#link.container };
   }
 
   async snapshot(): Promise<SiteSnapshot> {
@@ -122,7 +122,7 @@ export class AzureSite implements Site {
   // ------------------------------------------------------------------------------------ reading
 
   async #relationships(): Promise<Relationship[]> {
-    const container = this.#container;
+    const { container } = this.#open();
     const ids: string[] = [];
     await azureCall(container.containerName, async () => {
       for await (const b of container.listBlobsFlat()) {
@@ -134,10 +134,10 @@ export class AzureSite implements Site {
   }
 
   async #relationship(id: string): Promise<Relationship> {
-    const link = this.#link!;
+    const { link, state } = this.#open();
     const rec = await link.record(id);
     const points = rec.disks.length > 0 ? (await link.diskPoints(id, rec.disks[0].id)).map((p) => p.point) : [];
-    const [failover, test] = await Promise.all([this.#state!.failover(id), this.#state!.test(id)]);
+    const [failover, test] = await Promise.all([state.failover(id), state.test(id)]);
     return {
       id, vm: rec.vm, primary: rec.primary ?? '', applied: rec.applied, disks: rec.disks, points,
       ...(failover && { failover }), ...(test && { test }),
@@ -182,7 +182,7 @@ export class AzureSite implements Site {
   }
 
   #containerUrl(): string {
-    const u = new URL(this.#container.url);
+    const u = new URL(this.#open().container.url);
     u.search = ''; // never a SAS token in status or Terraform
     return u.toString().replace(/\/$/, '');
   }
@@ -193,14 +193,14 @@ export class AzureSite implements Site {
     const r = await this.#relationship(id);
     if (r.test) throw new TerminalError('invalid-state', `${r.vm} already has a test failover in Azure (${r.test.vm}, Terraform in ${r.test.terraformDir}): clean it up first`);
     const out = await this.#terraform(r, b, true);
-    await this.#state!.setTest(id, { vm: out.vm, sequence: out.recoveryPoint.sequence, job: b.job ?? '', terraformDir: out.terraformDir, at: new Date().toISOString() });
+    await this.#open().state.setTest(id, { vm: out.vm, sequence: out.recoveryPoint.sequence, job: b.job ?? '', terraformDir: out.terraformDir, at: new Date().toISOString() });
     return out;
   }
 
   async #cleanupTest(id: string): Promise<{ removed: string[]; terraformDir?: string }> {
     const r = await this.#relationship(id);
     if (!r.test) throw new TerminalError('invalid-state', `no test failover of ${r.vm} is active in Azure`);
-    await this.#state!.clearTest(id);
+    await this.#open().state.clearTest(id);
     // The Azure resources are Terraform's: `terraform destroy` in that directory removes them.
     return { removed: [r.test.vm], terraformDir: r.test.terraformDir };
   }
@@ -220,7 +220,7 @@ export class AzureSite implements Site {
       terraformDir: out.terraformDir,
       at: new Date().toISOString(),
     };
-    await this.#state!.setFailover(id, rec);
+    await this.#open().state.setFailover(id, rec);
     return { ...out, state: rec.state };
   }
 
@@ -228,7 +228,7 @@ export class AzureSite implements Site {
     const r = await this.#relationship(id);
     if (r.failover?.state !== 'FailoverWaitingCompletion') throw new TerminalError('invalid-state', `cannot commit ${r.vm}: no failover to Azure is waiting for completion`);
     r.failover = { ...r.failover, state: 'FailedOver' };
-    await this.#state!.setFailover(id, r.failover);
+    await this.#open().state.setFailover(id, r.failover);
     return this.#view(r, Date.now());
   }
 
@@ -242,7 +242,7 @@ export class AzureSite implements Site {
     if (!r.failover) throw new TerminalError('invalid-state', `nothing to ${verb === 'cancel' ? 'cancel' : 'end'}: ${r.vm} has not failed over to Azure`);
     if (verb === 'cancel' && r.failover.state === 'FailedOver') throw new TerminalError('invalid-state', `the failover of ${r.vm} to Azure is committed: fail back instead of cancelling`);
     const dir = r.failover.terraformDir;
-    await this.#state!.clearFailover(id);
+    await this.#open().state.clearFailover(id);
     delete r.failover;
     return { ...this.#view(r, Date.now()), terraformDir: dir };
   }
@@ -253,7 +253,7 @@ export class AzureSite implements Site {
     const pvm = desired.protectedVms.find((p) => p.spec.vm === r.vm && p.spec.replica === this.name);
     if (!pvm) throw new TerminalError('not-found', `no ProtectedVM declares VM ${r.vm} with replica site ${this.name}`);
     const point = selectPoint(r.points.map((p) => ({ ...p, time: p.cutTime })), b.recoveryPoint ?? 'latest', `the Azure replica of ${r.vm}`);
-    const link = this.#link!;
+    const { link } = this.#open();
     const disks = [];
     for (const d of r.disks) {
       const snap = (await link.diskPoints(r.id, d.id)).find((p) => p.point.sequence === point.sequence);

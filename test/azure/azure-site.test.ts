@@ -1,0 +1,103 @@
+// The azure Site as the reconciler sees it: unreachable or unauthenticated storage is an
+// unreachable site naming why (never a crash of the pass), verbs it cannot serve are refused by
+// name, and a failover with no recovery point yet changes nothing. Azurite stands in for Azure
+// Storage, which cannot be reached from here.
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AzureBlobLink } from '../../src/agent/azure-blob-link.ts';
+import { loadDesiredStateFromSources } from '../../src/config/index.ts';
+import type { DesiredState } from '../../src/model/desired.ts';
+import { TerminalError } from '../../src/model/errors.ts';
+import { AzureSite } from '../../src/sites/azure-site.ts';
+import { API } from '../../src/transport/agent-api.ts';
+import { ACCOUNT, startAzurite, type Azurite } from './azurite.ts';
+import { createRequest, newKeys } from './driver.ts';
+
+const YAML = `
+apiVersion: drsite.dev/v1
+kind: Site
+metadata: {name: site-a}
+spec: {type: host}
+---
+apiVersion: drsite.dev/v1
+kind: Site
+metadata: {name: azure-dr}
+spec:
+  type: azure
+  storageAccount: ${ACCOUNT}
+  container: site-tests
+  credentials: {connectionStringEnv: DRSITE_SITE_TEST_AZURE}
+  resourceGroup: rg-dr
+  location: westeurope
+  network: {virtualNetwork: vnet-dr}
+---
+apiVersion: drsite.dev/v1
+kind: ReplicationPolicy
+metadata: {name: p}
+spec: {frequency: 5m}
+---
+apiVersion: drsite.dev/v1
+kind: ProtectedVM
+metadata: {name: web-01}
+spec: {vm: web-01, primary: site-a, replica: azure-dr, policy: p}
+`;
+
+let az: Azurite;
+let desired: DesiredState;
+let stateDir: string;
+const siteOf = (env: NodeJS.ProcessEnv) =>
+  new AzureSite(desired.sites.find((s) => s.metadata.name === 'azure-dr')!, { desired: () => desired, stateDir, env });
+
+beforeAll(async () => {
+  az = await startAzurite();
+  await az.container('site-tests').create();
+  const loaded = loadDesiredStateFromSources([{ file: 'azure.yaml', text: YAML }]);
+  if (!loaded.ok) throw new Error(JSON.stringify(loaded.diagnostics));
+  desired = loaded.state;
+  stateDir = mkdtempSync(join(tmpdir(), 'drsite-azure-site-'));
+});
+afterAll(async () => {
+  await az?.cleanup();
+  rmSync(stateDir, { recursive: true, force: true });
+});
+
+describe('AzureSite', () => {
+  it('without the credential variable, the site is unreachable and says which variable is missing', async () => {
+    const snap = await siteOf({}).snapshot();
+    expect(snap.reachable).toBe(false);
+    if (!snap.reachable) expect(snap.error).toContain('DRSITE_SITE_TEST_AZURE');
+  });
+
+  it('with a wrong account key, the site is unreachable with an authentication error, not a crash', async () => {
+    const wrong = az.connectionString.replace(/AccountKey=[^;]+/, `AccountKey=${Buffer.alloc(64, 7).toString('base64')}`);
+    const snap = await siteOf({ DRSITE_SITE_TEST_AZURE: wrong }).snapshot();
+    expect(snap.reachable).toBe(false);
+    if (!snap.reachable) expect(snap.error).toMatch(/rejected the credential/);
+  });
+
+  it('reports replicas from the container and refuses what only a host agent can do', async () => {
+    const link = new AzureBlobLink({ container: az.container('site-tests'), primary: 'site-a' });
+    await link.createReplica(createRequest('rel-web-01', 'web-01', [{ id: 'os', size: 1 << 20 }], newKeys()));
+    const site = siteOf({ DRSITE_SITE_TEST_AZURE: az.connectionString });
+    const snap = await site.snapshot();
+    expect(snap.reachable).toBe(true);
+    if (snap.reachable) {
+      expect(snap.relationships.map((r) => [r.id, r.role, r.peer, r.state, r.recoveryPoints])).toEqual([['rel-web-01', 'Replica', 'site-a', 'ReadyForInitialReplication', 0]]);
+      expect(snap.vms).toEqual([]);
+    }
+    const refused = await site.request('POST', API.resync('rel-web-01')).catch((e: unknown) => e);
+    expect(TerminalError.is(refused) && refused.code).toBe('invalid-argument');
+    expect((refused as Error).message).toContain('azure-dr holds replicas only');
+  });
+
+  it('a test failover before the first complete copy is refused and writes nothing', async () => {
+    const site = siteOf({ DRSITE_SITE_TEST_AZURE: az.connectionString });
+    const e = await site.request('POST', API.testFailover('rel-web-01'), { recoveryPoint: 'latest', job: 'job-1' }).catch((x: unknown) => x);
+    expect(TerminalError.is(e) && e.code).toBe('invalid-state');
+    expect((e as Error).message).toContain('has no recovery point yet');
+    expect(existsSync(join(stateDir, 'azure', 'job-1'))).toBe(false);
+    expect((await site.request<unknown[]>('GET', API.vms))).toEqual([]);
+  });
+});
