@@ -38,6 +38,8 @@ export interface Observation {
 const FAILED_OVER: ReadonlySet<string> = new Set(['FailoverWaitingCompletion', 'FailedOver']);
 const asState = (s: string | undefined): ReplicationState =>
   (REPLICATION_STATES as readonly string[]).includes(s ?? '') ? (s as ReplicationState) : 'Critical';
+/** States in which the initial copy's progress means something (not after it, e.g. when failed over). */
+const INITIAL_STATES: ReadonlySet<ReplicationState> = new Set(['ReadyForInitialReplication', 'InitialReplicationInProgress', 'WaitingForInitialReplicationImport']);
 const HEALTH_RANK: Record<Health, number> = { Normal: 0, Warning: 1, Critical: 2 };
 
 export async function observeSites(desired: DesiredState, sites: SiteSet, vault: Vault, now: Date): Promise<Observation> {
@@ -176,7 +178,7 @@ function toObserved(
     ...(point?.lastReplicationTime !== undefined && { lastReplicationTime: point.lastReplicationTime }),
     ...(point?.lagSeconds !== undefined && { lagSeconds: point.lagSeconds }),
     pendingBytes: p?.pendingBytes ?? 0,
-    ...(initial && state !== 'Replicating' && {
+    ...(initial && INITIAL_STATES.has(state) && {
       initialReplication: { method: initial.method as InitialReplicationProgress['method'], bytesDone: initial.bytesDone, bytesTotal: initial.bytesTotal },
     }),
     recoveryPoints: r?.recoveryPoints ?? 0,

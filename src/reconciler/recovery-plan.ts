@@ -7,11 +7,11 @@
 // same steps: Succeeded ones are skipped, an interrupted VM step resolves its pending marks
 // against the sites (journal.ts), an interrupted script is taken from its on-disk journal and only
 // run again if it never completed (script-action.ts).
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { FailoverRequest, RecoveryAction, RecoveryPlan } from '../model/desired.ts';
 import { TerminalError } from '../model/errors.ts';
 import { lookup } from '../model/observed.ts';
-import { parseDuration } from '../model/units.ts';
+import { formatBytes, parseDuration } from '../model/units.ts';
 import type { Job, Vault } from '../vault/vault.ts';
 import { JOB_TYPE, failoverCalls, finish, type ExecContext, type VmStep } from './executor.ts';
 import { failoverAdapters } from './failover-network.ts';
@@ -201,8 +201,9 @@ async function runVmStep(ctx: ExecContext, plan: Job, s: VmStep): Promise<void> 
   vault.startStep(plan.id, s.key);
   let child = vault.listJobs({ parentId: plan.id, state: 'Running', limit: 500 }).find((j) => (j.input as { key?: string } | undefined)?.key === s.key);
   child ??= vault.createJob({ type: JOB_TYPE[s.type], target: `ProtectedVM/${s.protectedVm}`, parentId: plan.id, input: { key: s.key, step: s } });
+  let outputs: Record<string, unknown>;
   try {
-    await runJournaledCalls(vault, child.id, failoverCalls(ctx.sites, s, child.id));
+    outputs = await runJournaledCalls(vault, child.id, failoverCalls(ctx.sites, s, child.id));
   } catch (e) {
     vault.transaction(() => {
       finish(vault, child.id, 'Failed', e);
@@ -219,6 +220,13 @@ async function runVmStep(ctx: ExecContext, plan: Job, s: VmStep): Promise<void> 
     }
   });
   ctx.report(`${JOB_TYPE[s.type]} ${s.protectedVm}: done (${s.type})`);
+  for (const out of Object.values(outputs)) {
+    const o = out as { vm?: string; terraformDir?: string; terraformFile?: string; method?: string; bytesDownloaded?: number; diskBytes?: number } | null | undefined;
+    if (o?.bytesDownloaded !== undefined) ctx.report(`  downloaded ${formatBytes(o.bytesDownloaded)} of ${formatBytes(o.diskBytes ?? 0)} from Azure (${o.method})`);
+    // An azure site cannot start the VM itself: say where its Terraform is.
+    if (o?.terraformFile) ctx.report(`  ${o.vm} in Azure: terraform apply in ${dirname(o.terraformFile)}`);
+    else if (o?.terraformDir) ctx.report(`  remove the Azure resources with terraform destroy under ${o.terraformDir}`);
+  }
 }
 
 async function runScriptStep(ctx: ExecContext, plan: Job, input: PlanJobInput, g: PlanGroupInput, phase: string, name: string, a: RecoveryAction): Promise<void> {

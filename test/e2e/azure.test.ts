@@ -95,9 +95,10 @@ test('the host replicates into Azure: the latest snapshot of each disk equals th
 test('test failover writes Terraform for web-01-Test on the test network from the latest snapshots; cleanup ends it', async () => {
   const link = new AzureBlobLink({ container: container() });
   const latest = (await link.diskPoints(ID, 'os')).at(-1)!;
-  const { children } = await applyFailover('drill-1', ['type: test']);
+  const { children, out } = await applyFailover('drill-1', ['type: test']);
   expect(children.map((c) => [c.type, c.state])).toEqual([['TestFailover', 'Succeeded']]);
   const dir = join(state, 'azure', children[0].id);
+  expect(out).toContain(`web-01-Test in Azure: terraform apply in ${join(dir, 'stacks', 'test-failover-web-01')}`);
   const step = children[0].steps.find((s) => s.name === 'test-failover')!;
   expect(step.output).toMatchObject({ vm: 'web-01-Test', terraformDir: dir, recoveryPoint: { sequence: latest.point.sequence } });
 
@@ -164,6 +165,7 @@ test('planned failover to Azure, then failback minimize-downtime: byte-identical
   expect(fb.children[0].steps.map((s) => s.name)).toEqual(['power-off', 'download-from-azure', 'end-azure-failover', 'replicate-to-azure', 'power-on']);
   const dl = fb.children[0].steps.find((s) => s.name === 'download-from-azure')!.output as { bytesDownloaded: number; diskBytes: number; method: string };
   expect(dl.method).toBe('minimize-downtime');
+  expect(fb.out).toMatch(/downloaded [\d.]+ KiB of 24\.0 MiB from Azure \(minimize-downtime\)/);
   expect(dl.bytesDownloaded).toBeGreaterThan(0);
   expect(dl.bytesDownloaded / dl.diskBytes).toBeLessThan(0.03);
   // Home has exactly what the Azure VM left.
