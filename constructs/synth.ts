@@ -1,19 +1,16 @@
-// The entry point of `drsite synth`. src/cli loads this module with a dynamic import() of a path
-// computed at runtime, because nothing in src/ may import constructs/ and because cdktf and the
-// provider should load only for this command.
+// The entry point of `drsite synth` and of failovers to Azure. src/ loads this module with a
+// dynamic import() of a path computed at runtime (src/sites/constructs-module.ts), because nothing
+// in src/ may import constructs/ and because cdktf and the provider should load only when needed.
 import { readFile } from 'node:fs/promises';
 import type { Diagnostic } from '../src/model/diagnostics.ts';
-import type { DesiredState, Resource } from '../src/model/desired.ts';
+import type { DesiredState } from '../src/model/desired.ts';
+import type { FailoverSynthRequest, FailoverSynthResult, SynthResult, SynthTarget } from '../src/sites/constructs-module.ts';
 import type { AsrVaultProps } from './asr-stack.ts';
 import { ConstructValidationError } from './errors.ts';
 import { manifestsOf, manifestsToYaml } from './manifests.ts';
 
-export type SynthTarget = 'azure-site-recovery' | 'manifests';
-
-export type SynthResult =
-  | { ok: true; target: 'manifests'; documents: Resource[]; yaml: string; diagnostics: Diagnostic[] }
-  | { ok: true; target: 'azure-site-recovery'; file: string; resources: Record<string, number>; dataSources: Record<string, number>; diagnostics: Diagnostic[] }
-  | { ok: false; diagnostics: Diagnostic[] };
+// The interface src/ loads this module through: one definition for both sides.
+export type { FailoverSynthRequest, FailoverSynthResult, SynthResult, SynthTarget };
 
 /** Synthesises a loaded desired state; invalid input becomes diagnostics, never an exception. */
 export async function synthDesiredState(desired: DesiredState, opts: { target: SynthTarget; out: string; vault?: AsrVaultProps }): Promise<SynthResult> {
@@ -47,23 +44,6 @@ export async function countTerraform(file: string): Promise<{ resources: Record<
     Object.fromEntries(Object.entries(block ?? {}).map(([type, byName]) => [type, Object.keys(byName).length]));
   return { resources: count(json.resource), dataSources: count(json.data) };
 }
-
-export interface FailoverSynthRequest {
-  desired: DesiredState;
-  /** The ProtectedVM's name. */
-  vm: string;
-  test: boolean;
-  /** Every replicated disk at the recovery point: the page blob's URL and the snapshot's time. */
-  disks: { name: string; blobUrl: string; snapshotTime: string }[];
-  /** The recovery point's time (RFC 3339), recorded as a tag. */
-  time: string;
-  /** The failover job's directory, `.drsite/azure/<job>`. */
-  out: string;
-}
-
-export type FailoverSynthResult =
-  | { ok: true; file: string; vmName: string; resources: Record<string, number> }
-  | { ok: false; diagnostics: Diagnostic[] };
 
 /** The failover (or test failover) of one VM to Azure as Terraform; invalid input becomes diagnostics. */
 export async function synthFailover(req: FailoverSynthRequest): Promise<FailoverSynthResult> {

@@ -2,7 +2,8 @@
 // provider, and nothing in src/ may import constructs/. So its entry module (constructs/synth.ts)
 // is loaded with a dynamic import() of a URL computed at runtime: the layering check (which reads
 // literal relative imports) stays clean, and the heavy provider loads only when Terraform is
-// written. The types below restate that module's interface; test/constructs checks both agree.
+// written. The types below are that module's interface: constructs/synth.ts imports them, and
+// test/constructs checks that the module satisfies ConstructsModule.
 import type { Diagnostic } from '../model/diagnostics.ts';
 import type { DesiredState, Resource } from '../model/desired.ts';
 
@@ -15,10 +16,14 @@ export type SynthResult =
 
 export interface FailoverSynthRequest {
   desired: DesiredState;
+  /** The ProtectedVM's name. */
   vm: string;
   test: boolean;
+  /** Every replicated disk at the recovery point: the page blob's URL and the snapshot's time. */
   disks: { name: string; blobUrl: string; snapshotTime: string }[];
+  /** The recovery point's time (RFC 3339), recorded as a tag. */
   time: string;
+  /** The failover job's directory, `.drsite/azure/<job>`. */
   out: string;
 }
 
