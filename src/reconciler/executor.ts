@@ -267,7 +267,7 @@ export function failoverCalls(sites: SiteSet, s: VmStep, jobId?: string): SiteCa
     site,
     method: 'POST',
     path: API.failover(id),
-    body: { recoveryPoint: point, ...(s.adapters && { adapters: s.adapters }), ...(jobId && site.azure && { job: jobId }) },
+    body: { recoveryPoint: point, ...(s.adapters && { adapters: s.adapters }), ...(site.azure && { kind: s.type === 'unplanned-failover' ? 'unplanned' : 'planned', ...(jobId && { job: jobId }) }) },
     done: async () => FAILED_OVER.has((await stateOn(site, 'Replica')) ?? ''),
   });
   const commit = (site: Site): SiteCall => ({

@@ -33,6 +33,8 @@ export interface AzureSiteOptions {
 /** What a failover verb sends to the Azure site (the host agent's bodies plus the job id). */
 interface FailoverBody {
   recoveryPoint?: RecoveryPointSelector;
+  /** failover: planned (the primary shipped its final delta) or unplanned. @default unplanned */
+  kind?: 'planned' | 'unplanned';
   job?: string;
 }
 
@@ -212,7 +214,7 @@ export class AzureSite implements Site {
     // The same call again before commit changes the point (new Terraform, new job directory).
     const out = await this.#terraform(r, b, false);
     const rec: AzureFailoverRecord = {
-      kind: b.recoveryPoint === undefined || b.recoveryPoint === 'latest' ? 'planned' : 'unplanned',
+      kind: b.kind === 'planned' ? 'planned' : 'unplanned',
       state: 'FailoverWaitingCompletion',
       vm: out.vm,
       sequence: out.recoveryPoint.sequence,

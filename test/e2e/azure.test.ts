@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { AzureBlobLink } from '../../src/agent/azure-blob-link.ts';
 import { diskBlobName } from '../../src/agent/azure-disk-blobs.ts';
+import { AzureFailoverState } from '../../src/agent/azure-failover-state.ts';
 import { loadDesiredState } from '../../src/config/index.ts';
 import { openSites } from '../../src/sites/open-sites.ts';
 import { API, type RelationshipView } from '../../src/transport/agent-api.ts';
@@ -147,6 +148,7 @@ test('planned failover to Azure, then failback minimize-downtime: byte-identical
   const link = new AzureBlobLink({ container: container(), keys: () => readKeys() });
   const point = (await link.diskPoints(ID, 'os')).at(-1)!;
   expect(sha(await blobDisk('os', point.disk))).toBe(before.os);
+  expect(await new AzureFailoverState(container()).failover(ID)).toMatchObject({ kind: 'planned', state: 'FailedOver', vm: 'web-01', sequence: point.point.sequence });
 
   // While failed over, the blobs belong to the Azure side: the link refuses to change them.
   await expect(link.apply(ID)).rejects.toThrow(/has failed over to Azure/);
@@ -161,6 +163,7 @@ test('planned failover to Azure, then failback minimize-downtime: byte-identical
   expect(inAzure.os).not.toBe(before.os);
 
   const fb = await applyFailover('failback-1', ['type: failback']);
+  expect(await new AzureFailoverState(container()).failover(ID)).toBeUndefined();
   expect(fb.children.map((c) => [c.type, c.state])).toEqual([['PlannedFailover', 'Succeeded']]);
   expect(fb.children[0].steps.map((s) => s.name)).toEqual(['power-off', 'download-from-azure', 'end-azure-failover', 'replicate-to-azure', 'power-on']);
   const dl = fb.children[0].steps.find((s) => s.name === 'download-from-azure')!.output as { bytesDownloaded: number; diskBytes: number; method: string };
@@ -187,6 +190,7 @@ test('unplanned failover to Azure: the primary that comes back is refused (Criti
   const { children } = await applyFailover('to-azure-2', ['type: unplanned', 'recoveryPoint: latest', 'commit: true']);
   expect(children.map((c) => [c.type, c.state])).toEqual([['UnplannedFailover', 'Succeeded'], ['CommitFailover', 'Succeeded']]);
   expect(readVault(vmStatus)[0].state).toBe('FailedOver');
+  expect(await new AzureFailoverState(container()).failover(ID)).toMatchObject({ kind: 'unplanned', state: 'FailedOver' });
 
   // The lost primary comes back and tries to ship: its link refuses, terminally.
   process.env.DRSITE_AZURE_CONNECTION = az.connectionString;
