@@ -348,6 +348,10 @@ export class AzureBlobLink implements ReplicaLink {
     const snaps = await this.#snapshots(rec.id);
     const points: RecoveryPoint[] = this.#completePoints(rec, snaps).map((p) => ({ sequence: p.sequence, time: p.cutTime, consistency: p.consistency, cutId: p.cutId }));
     const keep = selectRetained(points, rec.retention, this.#clock.now());
+    // A test failover's point stays until its cleanup: its Terraform imports those snapshots
+    // whenever the operator applies it, possibly long after retention would have moved on.
+    const test = await this.failoverState.test(rec.id);
+    if (test) keep.add(test.sequence);
     for (const [seq, disks] of [...snaps]) {
       // Sequences above `applied` belong to an apply in progress; never touch them.
       if (seq > rec.applied || keep.has(seq)) continue;

@@ -13,7 +13,10 @@ import { TerminalError } from '../../src/model/errors.ts';
 import { AzureSite } from '../../src/sites/azure-site.ts';
 import { API } from '../../src/transport/agent-api.ts';
 import { ACCOUNT, startAzurite, type Azurite } from './azurite.ts';
-import { createRequest, newKeys } from './driver.ts';
+import { AzureFailoverState } from '../../src/agent/azure-failover-state.ts';
+import { ManualClock } from '../../src/model/clock.ts';
+import { prng } from '../core-primary/helpers.ts';
+import { TestVm, createRequest, newKeys } from './driver.ts';
 
 const YAML = `
 apiVersion: drsite.dev/v1
@@ -99,5 +102,40 @@ describe('AzureSite', () => {
     expect((e as Error).message).toContain('has no recovery point yet');
     expect(existsSync(join(stateDir, 'azure', 'job-1'))).toBe(false);
     expect((await site.request<unknown[]>('GET', API.vms))).toEqual([]);
+  });
+});
+
+describe('a test failover in Azure', () => {
+  it('keeps its recovery point past retention until cleanup (its Terraform imports those snapshots whenever it is applied)', async () => {
+    const container = az.container('site-tests');
+    const clock = new ManualClock(Date.UTC(2026, 0, 9, 9, 0));
+    const vm = await TestVm.create('rel-db-01', { os: 1 << 20 });
+    try {
+      const link = new AzureBlobLink({ container, clock, primary: 'site-a' });
+      await link.createReplica(createRequest(vm.id, 'db-01', [{ id: 'os', size: 1 << 20 }], vm.keys, 0));
+      const rand = prng(3);
+      await vm.scribble(20, rand, true);
+      await vm.cycle(link, { full: true, time: clock.now() });
+      // No NetworkMapping names a test network here: the Terraform cannot be written, nothing is recorded.
+      const state = new AzureFailoverState(container);
+      const withDb = { ...desired, protectedVms: [...desired.protectedVms, { ...desired.protectedVms[0], metadata: { name: 'db-01' }, spec: { ...desired.protectedVms[0].spec, vm: 'db-01' } }] };
+      const site = new AzureSite(desired.sites.find((x) => x.metadata.name === 'azure-dr')!, { desired: () => withDb, stateDir, env: { DRSITE_SITE_TEST_AZURE: az.connectionString } });
+      await expect(site.request('POST', API.testFailover(vm.id), { recoveryPoint: 'latest', job: 'job-db' })).rejects.toThrow(/no test network for a test failover of "db-01"/);
+      expect(await state.test(vm.id)).toBeUndefined();
+      // Recorded directly from here on: the Terraform itself is covered by the end-to-end test.
+      await state.setTest(vm.id, { vm: 'db-01-Test', sequence: 1, job: 'job-db', terraformDir: '/tmp/x', at: new Date(clock.now()).toISOString() });
+      for (let i = 0; i < 3; i++) {
+        await clock.advance(30_000);
+        await vm.scribble(5, rand);
+        await vm.cycle(link, { time: clock.now() });
+      }
+      expect((await link.diskPoints(vm.id, 'os')).map((p) => p.point.sequence)).toEqual([1, 4]);
+      await state.clearTest(vm.id);
+      await vm.scribble(5, rand);
+      await vm.cycle(link, { time: clock.now() });
+      expect((await link.diskPoints(vm.id, 'os')).map((p) => p.point.sequence)).toEqual([5]);
+    } finally {
+      await vm.close();
+    }
   });
 });
