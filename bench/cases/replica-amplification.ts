@@ -88,11 +88,15 @@ export const replicaAmplification: BenchCase = {
           const kept = (await peer.stats()).points.map((p) => p.sequence);
           if (additional > 0) {
             if (kept.length < 2) throw new CorrectnessError(`replica-amp: 4 additional points requested, replica kept only ${kept.join(', ')}`);
-            for (const seq of kept.slice(0, -1)) {
-              const v = await peer.viewSha256(seq);
-              if (v !== shaAt[seq]) throw new CorrectnessError(`replica-amp run ${r + 1}: view of point ${seq} is ${v}, expected ${shaAt[seq]}`);
+            // Exporting every older point's view costs a full disk copy each; the chain and the
+            // store are deterministic, so the first run checks them and later runs the latest image.
+            if (r === 0) {
+              for (const seq of kept.slice(0, -1)) {
+                const v = await peer.viewSha256(seq);
+                if (v !== shaAt[seq]) throw new CorrectnessError(`replica-amp run ${r + 1}: view of point ${seq} is ${v}, expected ${shaAt[seq]}`);
+              }
+              checked.push(`points kept ${kept.join(', ')}; every older point's view = the image at that point (first run)`);
             }
-            if (r === 0) checked.push(`points kept ${kept.join(', ')}; every older point's view = the image at that point`);
           }
           samples[additional].push(run.sample);
         } finally {
@@ -116,6 +120,7 @@ export const replicaAmplification: BenchCase = {
       }],
       notes: [
         'Bytes written by the replica = received sealed logs + image writes + undo segments (including merges at pruning) + journal, from ReplicaStore.stats(), over the delta points only (the initial full copy excluded). The logs hold incompressible data, so a log is about as large as the data it carries.',
+        'Undo: before a point overwrites a range, its old content is saved; a point that the apply makes obsolete (a second point in the same hour) is folded into the new one in the same journal write, and ranges its undo already holds are not saved again.',
         'Here "Ours vs this" compares the two retention settings (wall time of applying the chain).',
       ],
     };

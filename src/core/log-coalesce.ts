@@ -3,7 +3,6 @@
 // records of at most `maxRecordBytes`. Both halves of the engine call it before `writeLog`.
 import { BLOCK_SIZE } from './types.ts';
 import type { Extent } from './types.ts';
-import { RangeSet } from './replica-ranges.ts';
 
 /** Largest data record a log holds; encryption and compression work on buffers up to this size. */
 export const MAX_RECORD_BYTES = 1 << 20;
@@ -23,12 +22,50 @@ function splitZeroBlocks(offset: number, data: Buffer, out: Piece[]): void {
   let block = Math.ceil(offset / BLOCK_SIZE) * BLOCK_SIZE;
   for (; block + BLOCK_SIZE <= end; block += BLOCK_SIZE) {
     const rel = block - offset;
-    if (!data.subarray(rel, rel + BLOCK_SIZE).equals(ZERO_BLOCK)) continue;
+    // Most blocks hold data: their first or last byte says so without a full comparison.
+    if (data[rel] !== 0 || data[rel + BLOCK_SIZE - 1] !== 0 || !data.subarray(rel, rel + BLOCK_SIZE).equals(ZERO_BLOCK)) continue;
     if (block > runStart) out.push({ offset: runStart, data: data.subarray(runStart - offset, rel) });
     out.push({ offset: block, length: BLOCK_SIZE, zero: true });
     runStart = block + BLOCK_SIZE;
   }
   if (runStart < end) out.push({ offset: runStart, data: data.subarray(runStart - offset) });
+}
+
+/** Max-heap of write indexes: the newest write among those that started is on top. */
+class NewestFirst {
+  private readonly a: number[] = [];
+
+  get top(): number | undefined {
+    return this.a[0];
+  }
+
+  push(v: number): void {
+    const a = this.a;
+    let i = a.push(v) - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (a[p] >= v) break;
+      a[i] = a[p];
+      i = p;
+    }
+    a[i] = v;
+  }
+
+  pop(): void {
+    const a = this.a;
+    const last = a.pop()!;
+    if (!a.length) return;
+    let i = 0;
+    for (;;) {
+      const l = 2 * i + 1;
+      if (l >= a.length) break;
+      const c = l + 1 < a.length && a[l + 1] > a[l] ? l + 1 : l;
+      if (a[c] <= last) break;
+      a[i] = a[c];
+      i = c;
+    }
+    a[i] = last;
+  }
 }
 
 /**
@@ -37,20 +74,57 @@ function splitZeroBlocks(offset: number, data: Buffer, out: Piece[]): void {
  */
 export function coalesce(extents: readonly Extent[], opts: { maxRecordBytes?: number } = {}): Extent[] {
   const max = opts.maxRecordBytes ?? MAX_RECORD_BYTES;
-  const covered = new RangeSet();
-  const pieces: Piece[] = [];
-  // Walking newest to oldest, each write only contributes the bytes no newer write covers.
-  for (let i = extents.length - 1; i >= 0; i--) {
-    const e = extents[i];
-    const start = e.offset;
-    const end = start + extentLength(e);
-    for (const g of covered.gaps(start, end)) {
-      if ('data' in e) pieces.push({ offset: g.start, data: e.data.subarray(g.start - start, g.end - start) });
-      else pieces.push({ offset: g.start, length: g.end - g.start, zero: true });
-    }
-    covered.add(start, end);
+  // A sweep over the disk in offset order: at every position the newest write that covers it is
+  // visible (n log n; walking newest to oldest with a covered-range set costs n^2 on random writes).
+  const n = extents.length;
+  const starts = new Float64Array(n);
+  const ends = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    starts[i] = extents[i].offset;
+    ends[i] = starts[i] + extentLength(extents[i]);
   }
-  pieces.sort((a, b) => a.offset - b.offset);
+  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => starts[a] - starts[b]);
+  const live = new NewestFirst();
+  const pieces: Piece[] = [];
+  let lastWriter = -1;
+  let k = 0;
+  let pos = 0;
+  for (;;) {
+    while (live.top !== undefined && ends[live.top] <= pos) live.pop();
+    if (live.top === undefined) {
+      if (k === n) break;
+      const i = order[k];
+      pos = Math.max(pos, starts[i]);
+      // Common case: a write no other write overlaps is one piece as it is.
+      if (pos === starts[i] && (k + 1 === n || ends[i] <= starts[order[k + 1]])) {
+        pieces.push(extents[i] as Piece);
+        lastWriter = i;
+        pos = ends[i];
+        k++;
+        continue;
+      }
+    }
+    while (k < n && starts[order[k]] <= pos) {
+      if (ends[order[k]] > pos) live.push(order[k]);
+      k++;
+    }
+    const w = live.top;
+    if (w === undefined || ends[w] <= pos) continue;
+    const next = Math.min(ends[w], k < n ? starts[order[k]] : Infinity);
+    const e = extents[w];
+    const prev = pieces[pieces.length - 1];
+    if (lastWriter === w && prev && prev.offset + ('data' in prev ? prev.data.length : prev.length) === pos) {
+      // The same write continues past a start of an older one: extend its piece.
+      if ('data' in e) pieces[pieces.length - 1] = { offset: prev.offset, data: e.data.subarray(prev.offset - e.offset, next - e.offset) };
+      else pieces[pieces.length - 1] = { offset: prev.offset, length: next - prev.offset, zero: true };
+    } else if ('data' in e) {
+      pieces.push({ offset: pos, data: e.data.subarray(pos - e.offset, next - e.offset) });
+    } else {
+      pieces.push({ offset: pos, length: next - pos, zero: true });
+    }
+    lastWriter = w;
+    pos = next;
+  }
 
   const fine: Piece[] = [];
   for (const p of pieces) {

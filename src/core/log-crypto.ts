@@ -1,7 +1,7 @@
-// Record encryption for replication logs: AES-256-GCM under a per-log subkey, with the record
+// Frame encryption for replication logs: AES-256-GCM under a per-log subkey, with the frame
 // index as nonce. A fresh random salt per log gives a fresh subkey, so a (key, nonce) pair is never
-// reused even when two logs share every header field; the associated data binds each record to
-// its relationship, disk, sequence and place on the disk.
+// reused even when two logs share every header field; the associated data binds each frame to
+// its relationship, disk, sequence, index in the log and its extent table (places on the disk).
 import { createCipheriv, createDecipheriv, createHmac, createSecretKey, hkdfSync, randomBytes } from 'node:crypto';
 import type { Hmac, KeyObject } from 'node:crypto';
 import { TerminalError } from '../model/errors.ts';
@@ -10,9 +10,10 @@ import type { RelationshipKeys } from './types.ts';
 export const SALT_BYTES = 32;
 export const TAG_BYTES = 16;
 const NONCE_BYTES = 12;
-const AAD_LABEL = 'drsite-hrl-v1';
+/** Version 2 of the format packs many extents per frame; a new label keeps v1 and v2 keys apart. */
+const AAD_LABEL = 'drsite-hrl-v2';
 
-/** Where a log sits: what its subkey and every record's associated data are bound to. */
+/** Where a log sits: what its subkey and every frame's associated data are bound to. */
 export interface LogBinding {
   readonly relationshipId: string;
   readonly diskId: string;
@@ -30,7 +31,7 @@ export function checkKeys(keys: RelationshipKeys): void {
 }
 
 /**
- * The per-log AES key: HKDF-SHA-256(encryptionKey, salt, info = [relationship, disk, sequence]),
+ * The per-log AES key: HKDF-SHA-256(encryptionKey, salt, info = [label, relationship, disk, sequence]),
  * as a KeyObject made once per log: a raw Buffer key would be re-imported by every cipher.
  */
 export function deriveLogKey(keys: RelationshipKeys, salt: Buffer, b: LogBinding): KeyObject {
@@ -46,52 +47,38 @@ function nonce(index: number): Buffer {
   return n;
 }
 
-/** The prefix of every record's associated data for one log; offset, length and flags follow. */
+/** The prefix of every frame's associated data for one log; the frame index and its table follow. */
 export function aadPrefix(b: LogBinding): Buffer {
   return Buffer.from(JSON.stringify([AAD_LABEL, b.relationshipId, b.diskId, b.sequence]));
 }
 
-function aad(prefix: Buffer, offset: number, length: number, flags: number): Buffer {
-  const out = Buffer.allocUnsafe(prefix.length + 13);
+function aad(prefix: Buffer, index: number, bound: Buffer): Buffer {
+  const out = Buffer.allocUnsafe(prefix.length + 8 + bound.length);
   prefix.copy(out, 0);
-  const at = prefix.length;
-  out.writeUInt32LE(offset % 0x1_0000_0000, at);
-  out.writeUInt32LE(Math.floor(offset / 0x1_0000_0000), at + 4);
-  out.writeUInt32LE(length, at + 8);
-  out.writeUInt8(flags, at + 12);
+  out.writeUInt32LE(index % 0x1_0000_0000, prefix.length);
+  out.writeUInt32LE(Math.floor(index / 0x1_0000_0000), prefix.length + 4);
+  bound.copy(out, prefix.length + 8);
   return out;
 }
 
-export interface SealedRecord {
+export interface SealedFrame {
   readonly ciphertext: Buffer;
   readonly tag: Buffer;
 }
 
-export function sealRecord(
-  key: KeyObject,
-  prefix: Buffer,
-  index: number,
-  rec: { offset: number; length: number; flags: number },
-  plaintext: Buffer,
-): SealedRecord {
+/** Encrypts frame `index`; `bound` (the frame's cleartext header fields and extent table) is authenticated too. */
+export function sealFrame(key: KeyObject, prefix: Buffer, index: number, bound: Buffer, plaintext: Buffer): SealedFrame {
   const c = createCipheriv('aes-256-gcm', key, nonce(index));
-  c.setAAD(aad(prefix, rec.offset, rec.length, rec.flags));
+  c.setAAD(aad(prefix, index, bound));
   const ciphertext = plaintext.length ? c.update(plaintext) : Buffer.alloc(0);
   c.final();
   return { ciphertext, tag: c.getAuthTag() };
 }
 
 /** The plaintext, or undefined when authentication fails (wrong place, wrong log, altered bytes). */
-export function openRecord(
-  key: KeyObject,
-  prefix: Buffer,
-  index: number,
-  rec: { offset: number; length: number; flags: number },
-  ciphertext: Buffer,
-  tag: Buffer,
-): Buffer | undefined {
+export function openFrame(key: KeyObject, prefix: Buffer, index: number, bound: Buffer, ciphertext: Buffer, tag: Buffer): Buffer | undefined {
   const d = createDecipheriv('aes-256-gcm', key, nonce(index));
-  d.setAAD(aad(prefix, rec.offset, rec.length, rec.flags));
+  d.setAAD(aad(prefix, index, bound));
   d.setAuthTag(tag);
   try {
     const out = ciphertext.length ? d.update(ciphertext) : Buffer.alloc(0);

@@ -1,52 +1,65 @@
-// The replication log file (`.hrl`), version 1: a framed, sealed, encrypted list of extents of one
-// disk at one cut. A reader verifies the sealing MAC over the whole file before it yields a single
-// extent, so a damaged or truncated log is rejected whole and nothing of it is ever applied.
+// The replication log file (`.hrl`), version 2: a sealed, encrypted list of extents of one disk at
+// one cut, packed into frames of up to 1 MiB of data so that compression and encryption run once
+// per frame, not once per 4 KiB write. A reader verifies the sealing MAC over the whole file
+// before it yields a single extent, so a damaged or truncated log is rejected whole and nothing of
+// it is ever applied.
 //
 // Layout (integers little-endian):
-//   preamble  "DRSHRL01" | version u16 | reserved u16 | salt[32] | headerLen u32 | header JSON
-//   record*   offset u64 | length u32 | flags u8 | reserved[3] | stored u32 | tag[16] | ciphertext[stored]
-//             flags: 1 = zero extent (no payload), 2 = payload zstd-compressed
-//   footer    "DRSHRLFT" | records u64 | dataBytes u64 | zeroBytes u64 | bodyBytes u64 | mac[32]
-// mac = HMAC-SHA-256(macKey) over every byte before it (preamble, header, records, footer fields).
+//   preamble  "DRSHRL01" | version u16 (2) | reserved u16 | salt[32] | headerLen u32 | header JSON
+//   frame*    entries u32 | flags u8 | reserved[3] | rawLength u32 | stored u32 | tag[16]
+//             | table: entries x (offset u64 | length u32 | flags u8 | reserved[3])
+//             | ciphertext[stored]
+//             frame flags: 2 = payload zstd-compressed. Entry flags: 1 = zero extent (no payload).
+//             payload = the data entries' bytes concatenated in table order (rawLength bytes).
+//             GCM associated data = binding prefix | frame index | the first 16 header bytes | table.
+//   footer    "DRSHRLFT" | extents u64 | dataBytes u64 | zeroBytes u64 | bodyBytes u64 | mac[32]
+// mac = HMAC-SHA-256(macKey) over every byte before it (preamble, header, frames, footer fields).
 import { open, stat } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
-import { constants as zc, zstdCompress, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
+import type { KeyObject } from 'node:crypto';
+import { constants as zc, zstdCompress, zstdCompressSync, zstdDecompress, zstdDecompressSync } from 'node:zlib';
 import { RetryableError, TerminalError } from '../model/errors.ts';
 import type { Extent, LogHeader, RelationshipKeys } from './types.ts';
 import { MAX_RECORD_BYTES } from './log-coalesce.ts';
-import {
-  SALT_BYTES, TAG_BYTES, aadPrefix, checkKeys, deriveLogKey, logMac, newSalt, openRecord, sealRecord,
-} from './log-crypto.ts';
+import { SALT_BYTES, TAG_BYTES, aadPrefix, checkKeys, deriveLogKey, logMac, newSalt, openFrame, sealFrame } from './log-crypto.ts';
 import { ChunkReader, SealedFileWriter, readU64, writeU64 } from './log-io.ts';
 
 export { coalesce, MAX_RECORD_BYTES } from './log-coalesce.ts';
 
 export const LOG_MAGIC = 'DRSHRL01';
-export const LOG_VERSION = 1;
+export const LOG_VERSION = 2;
 const FOOTER_MAGIC = 'DRSHRLFT';
 export const PREAMBLE_BYTES = 8 + 2 + 2 + SALT_BYTES + 4;
-export const RECORD_HEADER_BYTES = 8 + 4 + 1 + 3 + 4 + TAG_BYTES;
+export const FRAME_HEADER_BYTES = 4 + 1 + 3 + 4 + 4 + TAG_BYTES;
+/** Header bytes bound into the frame's associated data: everything before the tag. */
+const FRAME_BOUND_BYTES = FRAME_HEADER_BYTES - TAG_BYTES;
+export const ENTRY_BYTES = 16;
 export const FOOTER_BYTES = 8 + 8 * 4 + 32;
+/** Data bytes one frame carries at most: one zstd call and one GCM cipher per this much. */
+export const FRAME_DATA_BYTES = MAX_RECORD_BYTES;
+/** Entries one frame carries at most (zero extents cost a table entry, no payload). */
+export const MAX_FRAME_ENTRIES = 4096;
 const MAC_BYTES = 32;
-const FLAG_ZERO = 1;
-const FLAG_COMPRESSED = 2;
-/** Zero extents are metadata; one record covers at most this much so lengths fit in u32. */
+const ENTRY_ZERO = 1;
+const FRAME_COMPRESSED = 2;
+/** Zero extents are metadata; one entry covers at most this much so lengths fit in u32. */
 const MAX_ZERO_RECORD = 1 << 30;
 const MAX_HEADER_BYTES = 64 << 10;
-/** Payloads below this size compress inline; larger ones go to the thread pool, in a window. */
-const INLINE_COMPRESS = 64 << 10;
-const COMPRESS_WINDOW = 4;
+/** Frames below this size (de)compress inline; larger ones go to the thread pool, several at once. */
+const INLINE_ZSTD = 64 << 10;
+/** Frames compressed or decompressed ahead in the thread pool while this thread encrypts and hashes. */
+const ZSTD_WINDOW = 6;
 /**
- * zstd-1 parameters for one record: the window and hash table sized to the record (zstd's own
- * level-1 defaults are sized for large inputs), because each one-shot call allocates and clears
- * its context, which costs more than compressing a 4 KiB record.
+ * zstd-1 parameters for one frame: the window and hash table sized to the frame (zstd's own level-1
+ * defaults are sized for large inputs), because each one-shot call allocates and clears its
+ * context, which costs more than compressing a small frame.
  */
 const zstdParams = new Map<number, { params: Record<number, number> }>();
 function zstdFor(length: number): { params: Record<number, number> } {
-  const windowLog = Math.min(19, Math.max(10, Math.ceil(Math.log2(length))));
+  const windowLog = Math.min(20, Math.max(10, Math.ceil(Math.log2(length))));
   let p = zstdParams.get(windowLog);
   if (!p) {
-    p = { params: { [zc.ZSTD_c_compressionLevel]: 1, [zc.ZSTD_c_windowLog]: windowLog, [zc.ZSTD_c_hashLog]: Math.min(13, windowLog) } };
+    p = { params: { [zc.ZSTD_c_compressionLevel]: 1, [zc.ZSTD_c_windowLog]: windowLog, [zc.ZSTD_c_hashLog]: Math.min(14, windowLog) } };
     zstdParams.set(windowLog, p);
   }
   return p;
@@ -60,6 +73,7 @@ export interface LogSummary {
   readonly dataBytes: number;
   /** Bytes of the disk covered by zero extents (sent as metadata). */
   readonly zeroBytes: number;
+  /** Extents (table entries) in the log. */
   readonly records: number;
   /** Hex of the sealing MAC: identifies this exact file. */
   readonly digest: string;
@@ -76,9 +90,19 @@ export interface VerifiedLog {
   readonly path: string;
   readonly header: LogHeader;
   readonly summary: Omit<LogSummary, 'path'>;
-  /** Every record's place, in file order, known from the verification pass without decrypting. */
+  /** Every extent's place, in file order, known from the verification pass without decrypting. */
   readonly index: readonly LogRecordInfo[];
   records(): AsyncIterable<Extent>;
+}
+
+export interface OpenLogOptions {
+  /**
+   * Decrypt and decompress frames during the verification pass and keep up to this many data
+   * bytes in memory, so `records()` yields them without reading the file again. When the whole log
+   * fits, `openLog` also rejects a log with any frame failing authentication. Nothing is yielded
+   * before the whole file is verified either way. @default 0
+   */
+  readonly retainBytes?: number;
 }
 
 // ---------------------------------------------------------------------------------------- writing
@@ -103,37 +127,95 @@ function headerJson(h: LogHeader): Buffer {
   );
 }
 
-function compressAsync(data: Buffer): Promise<Buffer> {
+function compress(data: Buffer): Promise<Buffer> | Buffer {
+  if (data.length < INLINE_ZSTD) return zstdCompressSync(data, zstdFor(data.length));
+  // One output chunk as large as the input: zlib's default 16 KiB chunks would cost a thread-pool
+  // round trip and a copy each; output that does not fit did not compress anyway.
   return new Promise((resolve, reject) =>
-    zstdCompress(data, zstdFor(data.length), (err, out) => (err ? reject(err) : resolve(out))),
+    zstdCompress(data, { ...zstdFor(data.length), chunkSize: data.length + 1024 }, (err, out) => (err ? reject(err) : resolve(out))),
   );
 }
 
-interface Pending {
-  readonly offset: number;
-  readonly length: number;
-  readonly flags: number;
-  readonly payload: Promise<Buffer> | Buffer;
-  readonly raw: Buffer;
+/**
+ * Payload buffers of FRAME_DATA_BYTES reused across frames and logs: a fresh megabyte per frame
+ * page-faults on first touch, which costs more than the copy into it.
+ */
+const payloadPool: Buffer[] = [];
+const POOL_MAX = 2 * ZSTD_WINDOW + 2;
+
+function joinPayload(parts: Buffer[], length: number): { raw: Buffer; pooled: Buffer | undefined } {
+  if (parts.length === 1) return { raw: parts[0], pooled: undefined };
+  const pooled = payloadPool.pop() ?? Buffer.allocUnsafeSlow(FRAME_DATA_BYTES);
+  let at = 0;
+  for (const p of parts) at += p.copy(pooled, at);
+  return { raw: pooled.subarray(0, length), pooled };
 }
 
-/** Splits extents into records: data at most MAX_RECORD_BYTES, zero runs at most MAX_ZERO_RECORD. */
-async function* records(
-  extents: AsyncIterable<Extent> | Iterable<Extent>,
-  diskSize: number,
-): AsyncGenerator<{ offset: number; data?: Buffer; length: number }> {
-  for await (const e of extents) {
-    const length = 'data' in e ? e.data.length : e.length;
-    if (!Number.isSafeInteger(e.offset) || e.offset < 0 || !Number.isSafeInteger(length) || e.offset + length > diskSize) {
-      throw new TerminalError('invalid-argument', `extent at ${e.offset} length ${length} lies outside the disk (${diskSize} bytes)`);
-    }
-    const step = 'data' in e ? MAX_RECORD_BYTES : MAX_ZERO_RECORD;
-    for (let at = 0; at < length; at += step) {
-      const n = Math.min(step, length - at);
-      if ('data' in e) yield { offset: e.offset + at, data: e.data.subarray(at, at + n), length: n };
-      else yield { offset: e.offset + at, length: n };
-    }
+/** A frame being filled: its table and the data buffers that make up its payload. */
+interface OpenFrame {
+  readonly table: Buffer;
+  entries: number;
+  readonly parts: Buffer[];
+  raw: number;
+}
+
+function newFrame(): OpenFrame {
+  return { table: Buffer.allocUnsafe(MAX_FRAME_ENTRIES * ENTRY_BYTES), entries: 0, parts: [], raw: 0 };
+}
+
+/** A closed frame whose payload may still be compressing in the thread pool. */
+interface PendingFrame {
+  readonly table: Buffer;
+  readonly entries: number;
+  readonly raw: Buffer;
+  /** The pool buffer `raw` lives in, returned once the frame is sealed. */
+  readonly pooled: Buffer | undefined;
+  readonly compressed: Promise<Buffer> | Buffer | undefined;
+}
+
+interface Entry {
+  readonly offset: number;
+  readonly data?: Buffer;
+  readonly length: number;
+}
+
+/** Splits one extent into entries: data at most FRAME_DATA_BYTES, zero runs at most MAX_ZERO_RECORD. */
+function* entriesOfExtent(e: Extent, diskSize: number): Generator<Entry> {
+  const length = 'data' in e ? e.data.length : e.length;
+  if (!Number.isSafeInteger(e.offset) || e.offset < 0 || !Number.isSafeInteger(length) || e.offset + length > diskSize) {
+    throw new TerminalError('invalid-argument', `extent at ${e.offset} length ${length} lies outside the disk (${diskSize} bytes)`);
   }
+  const step = 'data' in e ? FRAME_DATA_BYTES : MAX_ZERO_RECORD;
+  for (let at = 0; at < length; at += step) {
+    const n = Math.min(step, length - at);
+    if ('data' in e) yield { offset: e.offset + at, data: e.data.subarray(at, at + n), length: n };
+    else yield { offset: e.offset + at, length: n };
+  }
+}
+
+/** Entries of every extent; an array is walked without an await per extent. */
+async function* entriesOf(extents: AsyncIterable<Extent> | Iterable<Extent>, diskSize: number): AsyncGenerator<Entry[]> {
+  if (Symbol.iterator in extents) {
+    let batch: Entry[] = [];
+    for (const e of extents) {
+      for (const r of entriesOfExtent(e, diskSize)) batch.push(r);
+      if (batch.length >= 1024) {
+        yield batch;
+        batch = [];
+      }
+    }
+    if (batch.length) yield batch;
+    return;
+  }
+  for await (const e of extents) yield [...entriesOfExtent(e, diskSize)];
+}
+
+function addEntry(f: OpenFrame, offset: number, length: number, zero: boolean): void {
+  const at = f.entries++ * ENTRY_BYTES;
+  writeU64(f.table, offset, at);
+  f.table.writeUInt32LE(length, at + 8);
+  f.table.writeUInt8(zero ? ENTRY_ZERO : 0, at + 12);
+  f.table.fill(0, at + 13, at + ENTRY_BYTES);
 }
 
 async function encode(
@@ -163,45 +245,75 @@ async function encode(
 
   const key = deriveLogKey(keys, salt, header);
   const prefix = aadPrefix(header);
-  let index = 0;
+  let frames = 0;
+  let extentCount = 0;
   let dataBytes = 0;
   let zeroBytes = 0;
-  const window: Pending[] = [];
+  const window: PendingFrame[] = [];
+  let frame = newFrame();
 
-  const emit = async (p: Pending) => {
-    let payload = await p.payload;
-    let flags = p.flags;
-    if (flags & FLAG_COMPRESSED && payload.length >= p.raw.length) {
-      payload = p.raw; // compression did not pay: store as is
-      flags &= ~FLAG_COMPRESSED;
+  const emit = async (p: PendingFrame) => {
+    let payload = p.raw;
+    let flags = 0;
+    if (p.compressed) {
+      const c = await p.compressed;
+      if (c.length < p.raw.length) {
+        payload = c;
+        flags = FRAME_COMPRESSED;
+      } // else compression did not pay: store as is
     }
-    const sealed = sealRecord(key, prefix, index++, { offset: p.offset, length: p.length, flags }, payload);
-    const rh = Buffer.alloc(RECORD_HEADER_BYTES);
-    writeU64(rh, p.offset, 0);
-    rh.writeUInt32LE(p.length, 8);
-    rh.writeUInt8(flags, 12);
-    rh.writeUInt32LE(sealed.ciphertext.length, 16);
-    sealed.tag.copy(rh, 20);
-    await put(rh);
+    const head = Buffer.alloc(FRAME_HEADER_BYTES);
+    head.writeUInt32LE(p.entries, 0);
+    head.writeUInt8(flags, 4);
+    head.writeUInt32LE(p.raw.length, 8);
+    head.writeUInt32LE(payload.length, 12);
+    const bound = Buffer.concat([head.subarray(0, FRAME_BOUND_BYTES), p.table]);
+    const sealed = sealFrame(key, prefix, frames++, bound, payload);
+    sealed.tag.copy(head, FRAME_BOUND_BYTES);
+    if (p.pooled && payloadPool.length < POOL_MAX) payloadPool.push(p.pooled); // compressed and encrypted: free again
+    await put(head);
+    await put(p.table);
     await put(sealed.ciphertext);
   };
 
-  for await (const r of records(extents, header.diskSize)) {
-    if (r.data) {
-      dataBytes += r.length;
-      const payload = r.length < INLINE_COMPRESS ? zstdCompressSync(r.data, zstdFor(r.length)) : compressAsync(r.data);
-      window.push({ offset: r.offset, length: r.length, flags: FLAG_COMPRESSED, payload, raw: r.data });
-    } else {
-      zeroBytes += r.length;
-      window.push({ offset: r.offset, length: r.length, flags: FLAG_ZERO, payload: Buffer.alloc(0), raw: Buffer.alloc(0) });
+  const close = async () => {
+    if (!frame.entries) return;
+    const { raw, pooled } = joinPayload(frame.parts, frame.raw);
+    const pending: PendingFrame = {
+      pooled,
+      table: frame.table.subarray(0, frame.entries * ENTRY_BYTES),
+      entries: frame.entries,
+      raw,
+      compressed: raw.length ? compress(raw) : undefined,
+    };
+    // A rejection is observed when the frame is emitted; never unhandled meanwhile.
+    if (pending.compressed instanceof Promise) pending.compressed.catch(() => undefined);
+    window.push(pending);
+    frame = newFrame();
+    if (window.length >= ZSTD_WINDOW) await emit(window.shift()!);
+  };
+
+  for await (const batch of entriesOf(extents, header.diskSize)) {
+    for (const r of batch) {
+      if (r.data) {
+        if (frame.raw + r.length > FRAME_DATA_BYTES) await close();
+        frame.parts.push(r.data);
+        frame.raw += r.length;
+        dataBytes += r.length;
+      } else {
+        zeroBytes += r.length;
+      }
+      addEntry(frame, r.offset, r.length, !r.data);
+      extentCount++;
+      if (frame.entries >= MAX_FRAME_ENTRIES) await close();
     }
-    if (window.length >= COMPRESS_WINDOW) await emit(window.shift()!);
   }
+  await close();
   while (window.length) await emit(window.shift()!);
 
   const foot = Buffer.alloc(FOOTER_BYTES);
   foot.write(FOOTER_MAGIC, 0, 'latin1');
-  writeU64(foot, index, 8);
+  writeU64(foot, extentCount, 8);
   writeU64(foot, dataBytes, 16);
   writeU64(foot, zeroBytes, 24);
   writeU64(foot, bytes, 32);
@@ -210,7 +322,7 @@ async function encode(
   digest.copy(foot, FOOTER_BYTES - MAC_BYTES);
   bytes += foot.length;
   await sink(foot);
-  return { bytes, dataBytes, zeroBytes, records: index, digest: digest.toString('hex') };
+  return { bytes, dataBytes, zeroBytes, records: extentCount, digest: digest.toString('hex') };
 }
 
 /**
@@ -271,7 +383,7 @@ function parseHeader(json: Buffer): LogHeader | undefined {
 function parsePreamble(path: string, pre: Buffer): { salt: Buffer; headerLen: number } {
   if (pre.toString('latin1', 0, 8) !== LOG_MAGIC) throw integrity(path, 'bad magic (not a drsite replication log)');
   const version = pre.readUInt16LE(8);
-  if (version !== LOG_VERSION) throw integrity(path, `unsupported format version ${version}`);
+  if (version !== LOG_VERSION) throw integrity(path, `unsupported format version ${version} (this build reads version ${LOG_VERSION})`);
   const headerLen = pre.readUInt32LE(12 + SALT_BYTES);
   if (headerLen === 0 || headerLen > MAX_HEADER_BYTES) throw integrity(path, `header length ${headerLen} out of range`);
   return { salt: Buffer.from(pre.subarray(12, 12 + SALT_BYTES)), headerLen };
@@ -296,20 +408,91 @@ export async function readLogHeader(path: string): Promise<LogHeader> {
   }
 }
 
-function parseRecordHeader(rh: Buffer): { offset: number; length: number; flags: number; stored: number; tag: Buffer } | undefined {
-  const offset = readU64(rh, 0);
-  if (offset === undefined) return undefined;
-  const length = rh.readUInt32LE(8);
-  const flags = rh.readUInt8(12);
-  const stored = rh.readUInt32LE(16);
-  if (flags & ~(FLAG_ZERO | FLAG_COMPRESSED)) return undefined;
-  if (flags & FLAG_ZERO) {
-    if (stored !== 0 || flags & FLAG_COMPRESSED || length === 0 || length > MAX_ZERO_RECORD) return undefined;
-  } else {
-    if (length === 0 || length > MAX_RECORD_BYTES) return undefined;
-    if (flags & FLAG_COMPRESSED ? stored === 0 || stored > length + 1024 : stored !== length) return undefined;
+interface FrameHead {
+  readonly entries: number;
+  readonly flags: number;
+  readonly rawLength: number;
+  readonly stored: number;
+  readonly tag: Buffer;
+}
+
+function parseFrameHeader(h: Buffer): FrameHead | undefined {
+  const entries = h.readUInt32LE(0);
+  const flags = h.readUInt8(4);
+  const rawLength = h.readUInt32LE(8);
+  const stored = h.readUInt32LE(12);
+  if (entries === 0 || entries > MAX_FRAME_ENTRIES || flags & ~FRAME_COMPRESSED || h.readUIntLE(5, 3) !== 0) return undefined;
+  if (rawLength > FRAME_DATA_BYTES) return undefined;
+  if (flags & FRAME_COMPRESSED ? stored === 0 || stored >= rawLength : stored !== rawLength) return undefined;
+  return { entries, flags, rawLength, stored, tag: Buffer.from(h.subarray(FRAME_BOUND_BYTES, FRAME_HEADER_BYTES)) };
+}
+
+/** The table's entries, or undefined when malformed or when data lengths do not add up to rawLength. */
+function parseTable(table: Buffer, rawLength: number): LogRecordInfo[] | undefined {
+  const out: LogRecordInfo[] = [];
+  let data = 0;
+  for (let at = 0; at < table.length; at += ENTRY_BYTES) {
+    const offset = readU64(table, at);
+    const length = table.readUInt32LE(at + 8);
+    const flags = table.readUInt8(at + 12);
+    if (offset === undefined || length === 0 || flags & ~ENTRY_ZERO || table.readUIntLE(at + 13, 3) !== 0) return undefined;
+    const zero = (flags & ENTRY_ZERO) !== 0;
+    if (zero ? length > MAX_ZERO_RECORD : length > FRAME_DATA_BYTES) return undefined;
+    if (!zero) data += length;
+    out.push({ offset, length, zero });
   }
-  return { offset, length, flags, stored, tag: rh.subarray(20, 20 + TAG_BYTES) };
+  return data === rawLength ? out : undefined;
+}
+
+/** What the verification pass learned about one frame. */
+interface FrameInfo {
+  /** File offset of the frame header. */
+  readonly at: number;
+  readonly head: FrameHead;
+  /** The frame header's bound bytes and table, as verified. */
+  readonly bound: Buffer;
+  readonly entries: readonly LogRecordInfo[];
+}
+
+/** Everything needed to decrypt a verified log's frames. */
+interface Decoder {
+  readonly path: string;
+  readonly key: KeyObject;
+  readonly prefix: Buffer;
+}
+
+/**
+ * Starts decoding one frame: decrypts it now (GCM on this thread), decompresses it in the thread
+ * pool when it is large. The promise rejects with RetryableError('integrity') on any failure.
+ */
+function decodeFrame(d: Decoder, i: number, f: FrameInfo, ciphertext: Buffer): Promise<Buffer> {
+  const plain = openFrame(d.key, d.prefix, i, f.bound, ciphertext, f.head.tag);
+  let out: Promise<Buffer>;
+  if (!plain) {
+    out = Promise.reject(integrity(d.path, `frame ${i} (first extent at offset ${f.entries[0].offset}) fails authentication`));
+  } else if (!(f.head.flags & FRAME_COMPRESSED)) {
+    out = Promise.resolve(plain);
+  } else {
+    const fail = (e: unknown) => integrity(d.path, `frame ${i} does not decompress: ${(e as Error).message}`);
+    const check = (data: Buffer) => {
+      if (data.length !== f.head.rawLength) throw integrity(d.path, `frame ${i} holds ${data.length} bytes, header says ${f.head.rawLength}`);
+      return data;
+    };
+    const opts = { maxOutputLength: Math.max(1, f.head.rawLength), chunkSize: Math.max(64, f.head.rawLength) };
+    if (plain.length < INLINE_ZSTD / 4) {
+      try {
+        out = Promise.resolve(check(zstdDecompressSync(plain, opts)));
+      } catch (e) {
+        out = Promise.reject(RetryableError.is(e) ? e : fail(e));
+      }
+    } else {
+      out = new Promise<Buffer>((resolve, reject) =>
+        zstdDecompress(plain, opts, (err, data) => (err ? reject(fail(err)) : resolve(data))),
+      ).then(check);
+    }
+  }
+  out.catch(() => undefined); // observed when the frame's turn comes; never unhandled meanwhile
+  return out;
 }
 
 /**
@@ -321,6 +504,7 @@ export async function openLog(
   path: string,
   keys: RelationshipKeys,
   expect?: { relationshipId?: string; diskId?: string; sequence?: number },
+  opts: OpenLogOptions = {},
 ): Promise<VerifiedLog> {
   checkKeys(keys);
   const size = (await stat(path)).size;
@@ -328,8 +512,9 @@ export async function openLog(
   const fh = await open(path, 'r');
   let header: LogHeader | undefined;
   let salt: Buffer;
-  let bodyStart: number;
+  const frames: FrameInfo[] = [];
   const index: LogRecordInfo[] = [];
+  const retained: Promise<Buffer>[] = [];
   let foot: Buffer;
   try {
     foot = Buffer.alloc(FOOTER_BYTES);
@@ -339,9 +524,11 @@ export async function openLog(
     if (bodyBytes !== size - FOOTER_BYTES) {
       throw integrity(path, `truncated or extended: footer says ${bodyBytes} body bytes, file holds ${size - FOOTER_BYTES}`);
     }
-    // One sequential pass hashes every byte and, on the way, indexes the records.
+    // One sequential pass hashes every byte and, on the way, indexes the frames (and, within the
+    // retention budget, already decrypts them: nothing of it is released before the MAC matches).
     const mac = logMac(keys);
-    const reader = new ChunkReader(fh, 0, bodyBytes);
+    // Views are used before the next take (the tag and table are copied), so one buffer serves.
+    const reader = new ChunkReader(fh, 0, bodyBytes, undefined, { reuse: true });
     const take = async (n: number) => {
       const b = await reader.take(n);
       if (b) mac.update(b);
@@ -354,19 +541,31 @@ export async function openLog(
     let malformed = json ? undefined : 'header runs past the end';
     header = json ? parseHeader(json) : undefined;
     if (json && !header) malformed = 'malformed header';
-    bodyStart = PREAMBLE_BYTES + headerLen;
+    let budget = opts.retainBytes ?? 0;
+    const decoder = header && budget > 0 ? { path, key: deriveLogKey(keys, salt, header), prefix: aadPrefix(header) } : undefined;
     while (!malformed && reader.offset < bodyBytes) {
-      const rh = await take(RECORD_HEADER_BYTES);
-      const r = rh && parseRecordHeader(rh);
-      if (!r) {
-        malformed = `malformed record ${index.length} at byte ${reader.offset}`;
+      const at = reader.offset;
+      const hb = await take(FRAME_HEADER_BYTES);
+      const head = hb && parseFrameHeader(hb);
+      const boundHead = hb && Buffer.from(hb.subarray(0, FRAME_BOUND_BYTES));
+      const table = head && (await take(head.entries * ENTRY_BYTES));
+      const entries = head && table && parseTable(table, head.rawLength);
+      if (!head || !boundHead || !table || !entries) {
+        malformed = `malformed frame ${frames.length} at byte ${at}`;
         break;
       }
-      if (!(await take(r.stored))) {
-        malformed = `record ${index.length} runs past the end`;
+      const f: FrameInfo = { at, head, bound: Buffer.concat([boundHead, table]), entries };
+      const ct = await take(head.stored);
+      if (!ct) {
+        malformed = `frame ${frames.length} runs past the end`;
         break;
       }
-      index.push({ offset: r.offset, length: r.length, zero: (r.flags & FLAG_ZERO) !== 0 });
+      if (decoder && retained.length === frames.length && head.rawLength <= budget) {
+        budget -= head.rawLength;
+        retained.push(decodeFrame(decoder, frames.length, f, ct));
+      }
+      frames.push(f);
+      for (const e of entries) index.push(e);
     }
     // Whatever went wrong above, hash the rest so a damaged file reports as a MAC mismatch.
     while (reader.offset < bodyBytes) {
@@ -378,7 +577,7 @@ export async function openLog(
       throw integrity(path, `MAC mismatch (damaged, truncated or not sealed with this relationship's key)${malformed ? `; ${malformed}` : ''}`);
     }
     if (malformed || !header) throw integrity(path, malformed ?? 'malformed header');
-    if (readU64(foot, 8) !== index.length) throw integrity(path, `footer counts ${readU64(foot, 8)} records, file holds ${index.length}`);
+    if (readU64(foot, 8) !== index.length) throw integrity(path, `footer counts ${readU64(foot, 8)} extents, file holds ${index.length}`);
   } finally {
     await fh.close();
   }
@@ -388,7 +587,7 @@ export async function openLog(
       throw integrity(path, `log is for ${k} ${JSON.stringify(h[k])}, expected ${JSON.stringify(expect[k])}`);
     }
   }
-  if (index.some((r) => r.offset + r.length > h.diskSize)) throw integrity(path, 'a record lies outside the disk');
+  if (index.some((r) => r.offset + r.length > h.diskSize)) throw integrity(path, 'an extent lies outside the disk');
   const summary = {
     bytes: size,
     dataBytes: readU64(foot, 16)!,
@@ -396,12 +595,16 @@ export async function openLog(
     records: index.length,
     digest: foot.subarray(FOOTER_BYTES - MAC_BYTES).toString('hex'),
   };
+  // Decoded whole during verification: a frame failing authentication (possible only for a sender
+  // holding the MAC key) rejects the log here, before anyone could apply a single extent of it.
+  if (frames.length && retained.length === frames.length) await Promise.all(retained);
+  const decoder: Decoder = { path, key: deriveLogKey(keys, salt, h), prefix: aadPrefix(h) };
   return {
     path,
     header: h,
     summary,
     index,
-    records: () => decodeRecords(path, keys, h, salt, bodyStart, size - FOOTER_BYTES, index),
+    records: () => decodeRecords(decoder, frames, retained, size - FOOTER_BYTES),
   };
 }
 
@@ -414,46 +617,53 @@ async function readExactly(fh: FileHandle, buf: Buffer, position: number): Promi
   }
 }
 
+/**
+ * Yields the extents of a verified log: the frames decoded during verification from memory, the
+ * rest read again from the file, decompressing a few frames ahead in the thread pool.
+ */
 async function* decodeRecords(
-  path: string,
-  keys: RelationshipKeys,
-  header: LogHeader,
-  salt: Buffer,
-  start: number,
+  d: Decoder,
+  frames: readonly FrameInfo[],
+  retained: readonly Promise<Buffer>[],
   end: number,
-  index: readonly LogRecordInfo[],
 ): AsyncGenerator<Extent> {
-  const key = deriveLogKey(keys, salt, header);
-  const prefix = aadPrefix(header);
-  const fh = await open(path, 'r');
+  const ahead: Promise<Buffer>[] = [...retained];
+  let fh: FileHandle | undefined;
+  let reader: ChunkReader | undefined;
   try {
-    const reader = new ChunkReader(fh, start, end);
-    for (let i = 0; i < index.length; i++) {
-      const rh = await reader.take(RECORD_HEADER_BYTES);
-      const r = rh && parseRecordHeader(rh);
-      const info = index[i];
-      // The file was verified moments ago; anything different now means it changed underneath us.
-      if (!r || r.offset !== info.offset || r.length !== info.length) throw integrity(path, `record ${i} changed since verification`);
-      const ct = await reader.take(r.stored);
-      if (!ct) throw integrity(path, `record ${i} truncated since verification`);
-      const plain = openRecord(key, prefix, i, r, ct, r.tag);
-      if (!plain) throw integrity(path, `record ${i} (offset ${r.offset}) fails authentication`);
-      if (r.flags & FLAG_ZERO) {
-        yield { offset: r.offset, length: r.length, zero: true };
-        continue;
+    // Reads frame `i` again and starts decoding it; it must be byte for byte what was verified.
+    // (The decode promise travels in a wrapper so that awaiting the read does not await the decode.)
+    const readFrame = async (i: number): Promise<{ data: Promise<Buffer> }> => {
+      const f = frames[i];
+      if (!reader) {
+        fh = await open(d.path, 'r');
+        reader = new ChunkReader(fh, f.at, end, undefined, { reuse: true });
       }
-      let data = plain;
-      if (r.flags & FLAG_COMPRESSED) {
-        try {
-          data = zstdDecompressSync(plain, { maxOutputLength: r.length });
-        } catch (e) {
-          throw integrity(path, `record ${i} does not decompress: ${(e as Error).message}`);
+      const hb = await reader.take(FRAME_HEADER_BYTES);
+      if (!hb || !hb.subarray(0, FRAME_BOUND_BYTES).equals(f.bound.subarray(0, FRAME_BOUND_BYTES)) || !hb.subarray(FRAME_BOUND_BYTES).equals(f.head.tag)) {
+        throw integrity(d.path, `frame ${i} changed since verification`);
+      }
+      const table = await reader.take(f.head.entries * ENTRY_BYTES);
+      if (!table || !table.equals(f.bound.subarray(FRAME_BOUND_BYTES))) throw integrity(d.path, `frame ${i} changed since verification`);
+      const ct = await reader.take(f.head.stored);
+      if (!ct) throw integrity(d.path, `frame ${i} truncated since verification`);
+      return { data: decodeFrame(d, i, f, ct) };
+    };
+    for (let i = 0; i < frames.length; i++) {
+      while (ahead.length < frames.length && ahead.length < i + ZSTD_WINDOW) ahead.push((await readFrame(ahead.length)).data);
+      const data = await ahead[i];
+      ahead[i] = Promise.resolve(Buffer.alloc(0)); // release the frame's memory as soon as it is yielded
+      let at = 0;
+      for (const e of frames[i].entries) {
+        if (e.zero) {
+          yield { offset: e.offset, length: e.length, zero: true };
+          continue;
         }
+        yield { offset: e.offset, data: data.subarray(at, at + e.length) };
+        at += e.length;
       }
-      if (data.length !== r.length) throw integrity(path, `record ${i} holds ${data.length} bytes, header says ${r.length}`);
-      yield { offset: r.offset, data };
     }
   } finally {
-    await fh.close();
+    await fh?.close();
   }
 }

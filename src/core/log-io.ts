@@ -122,12 +122,19 @@ export class ChunkReader {
   private buf: Buffer = Buffer.alloc(0);
   private at = 0;
   private readonly chunk: number;
+  private readonly reuse: boolean;
+  private own: Buffer | undefined;
 
-  constructor(fh: FileHandle, start: number, end: number, chunk = WRITE_BATCH) {
+  /**
+   * With `reuse`, one buffer is refilled in place: a view `take` returned is only valid until the
+   * next `take` (no fresh memory per refill, which page-faults on every first touch).
+   */
+  constructor(fh: FileHandle, start: number, end: number, chunk = WRITE_BATCH, opts: { reuse?: boolean } = {}) {
     this.fh = fh;
     this.position = start;
     this.end = end;
     this.chunk = chunk;
+    this.reuse = opts.reuse ?? false;
   }
 
   /** File offset of the next byte `take` returns. */
@@ -135,7 +142,7 @@ export class ChunkReader {
     return this.position - (this.buf.length - this.at);
   }
 
-  /** The next `n` bytes, or undefined at a premature end of the region. The view stays valid. */
+  /** The next `n` bytes, or undefined at a premature end of the region (see `reuse` for how long the view is valid). */
   async take(n: number): Promise<Buffer | undefined> {
     if (this.buf.length - this.at >= n) {
       const out = this.buf.subarray(this.at, this.at + n);
@@ -145,9 +152,17 @@ export class ChunkReader {
     const have = this.buf.length - this.at;
     const want = Math.min(Math.max(n - have, this.chunk), this.end - this.position);
     if (have + want < n) return undefined;
-    // A fresh buffer per refill keeps earlier views valid (no reuse), at the cost of GC.
-    const next = Buffer.allocUnsafe(have + want);
-    this.buf.copy(next, 0, this.at);
+    // A fresh buffer per refill keeps earlier views valid, at the cost of GC and page faults.
+    let next: Buffer;
+    if (this.reuse && this.own && this.own.length >= have + want) {
+      next = this.own.subarray(0, have + want);
+      this.buf.copy(next, 0, this.at, this.at + have); // moves the tail down: memmove semantics
+    } else {
+      // allocUnsafeSlow: never a slice of Node's shared pool, so refilling it in place is safe.
+      next = this.reuse ? Buffer.allocUnsafeSlow(have + want) : Buffer.allocUnsafe(have + want);
+      this.buf.copy(next, 0, this.at, this.at + have);
+      if (this.reuse) this.own = next;
+    }
     let filled = have;
     while (filled < next.length) {
       const { bytesRead } = await this.fh.read(next, filled, next.length - filled, this.position);

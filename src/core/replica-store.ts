@@ -3,10 +3,13 @@
 // journal (`state.json`). Points apply in strict sequence; an apply killed at any instant is
 // rolled forward on the next open, so the disks always sit at exactly one complete point.
 //
-// Apply of point N: verify every disk's log -> write undo segments (old content of every range N
-// overwrites) -> journal "applying N" -> write the images, fsync -> journal "applied N" -> delete
-// the logs -> prune. Logs carry whole block data, so re-applying N after a crash is idempotent.
+// Apply of point N: verify every disk's log (decoding it into memory on the way, within a budget)
+// -> write undo segments (old content of every range N overwrites that no obsolete point's undo
+// already holds) -> journal "applying N" (points N makes obsolete folded into it) -> write the
+// images, fsync -> journal "applied N" -> delete the logs -> prune. Logs carry whole block data,
+// so re-applying N after a crash is idempotent.
 import { randomBytes, createHash } from 'node:crypto';
+import { readSync, writeSync } from 'node:fs';
 import { copyFile, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -75,37 +78,32 @@ async function writeAll(fh: FileHandle, data: Buffer, position: number): Promise
   }
 }
 
-/** Writes in flight at once while applying: enough to keep the thread pool busy on random offsets. */
-const WRITE_WINDOW = 16;
+/** Decoded log data kept in memory from verification to apply, over all disks of a point. */
+const APPLY_RETAIN_BYTES = 128 << 20;
+/** Bytes written synchronously before the event loop gets a turn. */
+const YIELD_EVERY = 32 << 20;
 
 /**
- * Positional writes kept in flight together, so applying a log of many small records is not one
- * thread-pool round trip per record. Writes to overlapping ranges never run concurrently: an
- * overlap drains the window first, so the last write of a range still wins, as in log order.
+ * Positional writes onto an image, synchronous: a 4 KiB pwrite into the page cache costs a few
+ * microseconds, a thread-pool round trip for it several times that, and a log of random 4 KiB
+ * writes is tens of thousands of them. The event loop gets a turn every YIELD_EVERY bytes.
  */
-class WriteWindow {
-  private readonly fh: FileHandle;
-  private inflight: { start: number; end: number; done: Promise<void> }[] = [];
+class ImageWriter {
+  private readonly fd: number;
+  private sinceYield = 0;
 
   constructor(fh: FileHandle) {
-    this.fh = fh;
+    this.fd = fh.fd;
   }
 
   async write(data: Buffer, position: number): Promise<void> {
-    const end = position + data.length;
-    if (this.inflight.length >= WRITE_WINDOW || this.inflight.some((w) => w.start < end && position < w.end)) await this.drain();
-    const done = writeAll(this.fh, data, position);
-    done.catch(() => undefined); // observed by drain(); never an unhandled rejection meanwhile
-    this.inflight.push({ start: position, end, done });
-  }
-
-  /** Waits for every write in flight; rethrows the first failure after all have settled. */
-  async drain(): Promise<void> {
-    const list = this.inflight;
-    this.inflight = [];
-    const results = await Promise.allSettled(list.map((w) => w.done));
-    const failed = results.find((r) => r.status === 'rejected');
-    if (failed) throw (failed as PromiseRejectedResult).reason;
+    let done = 0;
+    while (done < data.length) done += writeSync(this.fd, data, done, data.length - done, position + done);
+    this.sinceYield += data.length + 512;
+    if (this.sinceYield >= YIELD_EVERY) {
+      this.sinceYield = 0;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
   }
 }
 
@@ -291,6 +289,9 @@ export class ReplicaStore {
   applyPending(): Promise<AppliedPoint[]> {
     return this.exclusive(async () => {
       const done: AppliedPoint[] = [];
+      // An apply that failed part way (I/O error) is finished before anything else: capturing
+      // undo again from a half-written image would save the wrong content.
+      await this.finishApplying();
       for (;;) {
         const next = this.state.applied + 1;
         const pending = await this.listIncoming();
@@ -322,7 +323,9 @@ export class ReplicaStore {
   /** Verifies a log; a damaged one is deleted (the sender must send it again) and rejected. */
   private async verify(path: string, diskId: string, sequence: number): Promise<VerifiedLog> {
     try {
-      return await openLog(path, this.keys, { relationshipId: this.state.relationshipId, diskId, sequence });
+      // Decoding while verifying spares a second pass over the file at apply.
+      return await openLog(path, this.keys, { relationshipId: this.state.relationshipId, diskId, sequence },
+        { retainBytes: Math.floor(APPLY_RETAIN_BYTES / this.state.disks.length) });
     } catch (e) {
       if (RetryableError.is(e) && e.code === 'integrity') {
         await unlinkIfExists(path);
@@ -374,12 +377,18 @@ export class ReplicaStore {
     const needUndo = this.state.applied > 0 && (this.state.retention.additional > 0 || this.pins.size > 0);
     let undo: Record<string, string[]> | null = null;
     let next = this.state.nextSegment;
+    let points = this.state.points;
     if (needUndo) {
+      // Points this apply makes obsolete are folded into it now, in the same journal write, and
+      // whatever their undo already saved is not saved again (see foldObsolete).
+      const fold = await this.foldObsolete(first.cutTime);
+      points = fold.points;
       undo = {};
       for (const log of logs) {
-        const name = `${sequence}.${log.header.diskId}.${next++}.undo`;
-        await this.captureUndo(log, name);
-        undo[log.header.diskId] = [name];
+        const diskId = log.header.diskId;
+        const name = `${sequence}.${diskId}.${next++}.undo`;
+        await this.captureUndo(log, name, fold.saved.get(diskId));
+        undo[diskId] = [...(fold.carry[diskId] ?? []), name];
       }
       await fsyncDir(join(this.dir, 'undo'));
     }
@@ -394,7 +403,7 @@ export class ReplicaStore {
     // Images are created zeroed and nothing touched them before a first `full` point: skip writing
     // zeroes. A first point of kind `resync` lands on an existing replica copy and must write them.
     const fresh = this.state.applied === 0 && this.state.points.length === 0 && logs.every((l) => l.header.kind === 'full');
-    await this.saveState({ ...this.state, applying: point, nextSegment: next });
+    await this.saveState({ ...this.state, points, applying: point, nextSegment: next });
     return this.rollForward(point, logs, fresh);
   }
 
@@ -404,7 +413,7 @@ export class ReplicaStore {
     let records = 0;
     for (const log of logs) {
       const fh = await open(this.diskPath(log.header.diskId), 'r+');
-      const writes = new WriteWindow(fh);
+      const writes = new ImageWriter(fh);
       try {
         if ((await fh.stat()).size < log.header.diskSize) await fh.truncate(log.header.diskSize);
         for await (const e of log.records()) {
@@ -423,10 +432,8 @@ export class ReplicaStore {
             this.counters.imageBytesWritten += n;
           }
         }
-        await writes.drain();
         await fh.sync();
       } finally {
-        await writes.drain().catch(() => undefined); // nothing in flight when the file closes
         await fh.close();
       }
     }
@@ -447,11 +454,47 @@ export class ReplicaStore {
     return { sequence, time, consistency, cutId, bytes, records };
   }
 
-  /** Seals the old content of every range the log overwrites (clipped to the disk's current size). */
-  private async captureUndo(log: VerifiedLog, name: string): Promise<void> {
+  /**
+   * The retained points older than the point being applied (at `time`) that the prune after it
+   * will drop: every point after the newest one it keeps. They are dropped now instead, handing
+   * their undo to the new point as prune would, and every range their undo saved is already the
+   * content at that kept point, so the new point's undo skips it (a block overwritten again before
+   * the next kept point is saved once). Doing both in the apply's own journal write keeps the
+   * skipped ranges from ever being read for a dropped point, even across a crash.
+   */
+  private async foldObsolete(time: number): Promise<{ points: readonly StoredPoint[]; carry: Record<string, string[]>; saved: Map<string, RangeSet> }> {
+    const pts = this.state.points;
+    const none = { points: pts, carry: {}, saved: new Map<string, RangeSet>() };
+    const keep = selectRetained([...pts, { sequence: Number.MAX_SAFE_INTEGER, time, consistency: 'crash', cutId: '' }], this.state.retention, time);
+    for (const seq of this.pins.keys()) keep.add(seq);
+    let k = pts.length - 1;
+    while (k >= 0 && !keep.has(pts[k].sequence)) k--;
+    const obsolete = pts.slice(k + 1);
+    // Nothing kept below (no older point to serve), or an obsolete point without undo: fold nothing.
+    if (k < 0 || !obsolete.length || obsolete.some((p) => p.undo === null)) return none;
+    const carry: Record<string, string[]> = {};
+    for (const p of obsolete) for (const [diskId, list] of Object.entries(p.undo!)) (carry[diskId] ??= []).push(...list);
+    const saved = new Map<string, RangeSet>();
+    for (const [diskId, list] of Object.entries(carry)) {
+      const set = new RangeSet();
+      for (const name of list) for (const e of (await this.undoFile(name)).entries) set.add(e.offset, e.offset + e.length);
+      saved.set(diskId, set);
+    }
+    return { points: pts.slice(0, k + 1), carry, saved };
+  }
+
+  /**
+   * Seals the old content of every range the log overwrites (clipped to the disk's current size),
+   * except ranges in `skip`, whose content at the previous kept point another segment holds.
+   */
+  private async captureUndo(log: VerifiedLog, name: string, skip?: RangeSet): Promise<void> {
     const size = this.diskSize(log.header.diskId);
     const ranges = new RangeSet();
-    for (const r of log.index) ranges.add(r.offset, Math.min(r.offset + r.length, size));
+    for (const r of log.index) {
+      const end = Math.min(r.offset + r.length, size);
+      if (!skip) ranges.add(r.offset, end);
+      else for (const g of skip.gaps(r.offset, end)) ranges.add(g.start, g.end);
+    }
     const w = await UndoWriter.create(join(this.dir, 'undo', name));
     const fh = await open(this.diskPath(log.header.diskId), 'r');
     try {
@@ -459,9 +502,10 @@ export class ReplicaStore {
         for (let at = r.start; at < r.end; at += UNDO_CHUNK) {
           const n = Math.min(UNDO_CHUNK, r.end - at);
           const buf = Buffer.alloc(n);
+          // Synchronous: thousands of 4 KiB page-cache reads cost more in thread-pool round trips than in reading.
           let got = 0;
           while (got < n) {
-            const { bytesRead } = await fh.read(buf, got, n - got, at + got);
+            const bytesRead = readSync(fh.fd, buf, got, n - got, at + got);
             if (bytesRead === 0) break; // past the end of a sparse image: zeroes
             got += bytesRead;
           }
@@ -500,23 +544,30 @@ export class ReplicaStore {
     if (created) await fsyncDir(this.dir);
   }
 
+  /**
+   * Rolls forward the point the journal says is being applied (a crash, or an apply that failed
+   * part way): its undo is sealed and its logs are whole, so writing them again is exact.
+   */
+  private async finishApplying(): Promise<void> {
+    const p = this.state.applying;
+    if (!p) return;
+    const logs: VerifiedLog[] = [];
+    for (const d of this.state.disks) {
+      const path = this.incomingPath(d.id, p.sequence);
+      try {
+        logs.push(await openLog(path, this.keys, { relationshipId: this.state.relationshipId, diskId: d.id, sequence: p.sequence }));
+      } catch (e) {
+        throw new TerminalError('invalid-state',
+          `replica ${this.dir}: point ${p.sequence} was being applied but its log ${path} is unusable (${(e as Error).message}); the replica needs resynchronisation`,
+          { cause: e });
+      }
+    }
+    await this.rollForward(p, logs, false);
+  }
+
   /** Rolls an interrupted apply forward, then removes what no journal entry refers to. */
   private async recover(): Promise<void> {
-    const p = this.state.applying;
-    if (p) {
-      const logs: VerifiedLog[] = [];
-      for (const d of this.state.disks) {
-        const path = this.incomingPath(d.id, p.sequence);
-        try {
-          logs.push(await openLog(path, this.keys, { relationshipId: this.state.relationshipId, diskId: d.id, sequence: p.sequence }));
-        } catch (e) {
-          throw new TerminalError('invalid-state',
-            `replica ${this.dir}: point ${p.sequence} was being applied but its log ${path} is unusable (${(e as Error).message}); the replica needs resynchronisation`,
-            { cause: e });
-        }
-      }
-      await this.rollForward(p, logs, false);
-    }
+    await this.finishApplying();
     for (const name of await readdir(join(this.dir, 'incoming'))) {
       const m = LOG_NAME.exec(name);
       if (name.endsWith('.tmp') || (m && Number(m[1]) <= this.state.applied)) await unlinkIfExists(join(this.dir, 'incoming', name));

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RetryableError, TerminalError } from '../../src/model/errors.ts';
 import type { Extent } from '../../src/core/types.ts';
 import {
-  FOOTER_BYTES, PREAMBLE_BYTES, RECORD_HEADER_BYTES, MAX_RECORD_BYTES, coalesce, encodeLog, openLog, readLogHeader, writeLog,
+  ENTRY_BYTES, FOOTER_BYTES, FRAME_HEADER_BYTES, PREAMBLE_BYTES, MAX_RECORD_BYTES, coalesce, encodeLog, openLog, readLogHeader, writeLog,
 } from '../../src/core/log-format.ts';
 import { MiB, applyToReference, header, newKeys, randomWrites, sha, tempDir } from './helpers.ts';
 
@@ -175,37 +175,87 @@ describe('log format', () => {
     expect((await rejection(openLog(path, keys))).message).toMatch(/footer|magic/);
   });
 
-  it('never reuses a nonce: equal logs differ (salt); a record moved to another offset or log fails authentication', async () => {
+  it('never reuses a nonce: equal logs differ (salt); a frame moved to another offset or log fails authentication', async () => {
     const h = header({ diskId: 'disk0', sequence: 5 });
+    // two 1 MiB extents: one frame each
     const extents: Extent[] = [
-      { offset: 0, data: Buffer.from('A'.repeat(4096)) },
-      { offset: 4096 * 10, data: Buffer.from('B'.repeat(4096)) },
+      { offset: 0, data: Buffer.from('A'.repeat(MiB)) },
+      { offset: 2 * MiB, data: Buffer.from('B'.repeat(MiB)) },
     ];
     const one = await encodeLog(h, extents, keys);
     const two = await encodeLog(h, extents, keys);
     expect(one.length).toBe(two.length);
     expect(one.equals(two)).toBe(false);
-    const recordAt = PREAMBLE_BYTES + one.readUInt32LE(PREAMBLE_BYTES - 4);
-    const stored = one.readUInt32LE(recordAt + 16);
-    const recordEnd = recordAt + RECORD_HEADER_BYTES + stored;
-    expect(one.subarray(recordAt + 20, recordEnd).equals(two.subarray(recordAt + 20, recordEnd))).toBe(false);
+    const frameAt = PREAMBLE_BYTES + one.readUInt32LE(PREAMBLE_BYTES - 4);
+    expect(one.readUInt32LE(frameAt)).toBe(1); // one entry in frame 0
+    const stored = one.readUInt32LE(frameAt + 12);
+    const tableAt = frameAt + FRAME_HEADER_BYTES;
+    const frameEnd = tableAt + ENTRY_BYTES + stored;
+    expect(one.readUInt32LE(frameEnd)).toBe(1); // frame 1 follows
+    // same plaintext, same place: tag and ciphertext still differ
+    expect(one.subarray(frameAt + 16, frameAt + FRAME_HEADER_BYTES).equals(two.subarray(frameAt + 16, frameAt + FRAME_HEADER_BYTES))).toBe(false);
+    expect(one.subarray(tableAt + ENTRY_BYTES, frameEnd).equals(two.subarray(tableAt + ENTRY_BYTES, frameEnd))).toBe(false);
 
     const path = join(dir, 'moved.hrl');
-    // the same record claimed for another offset (header re-sealed, so only GCM can notice)
+    // the same frame claimed for another offset (table re-sealed, so only GCM can notice)
     const moved = Buffer.from(one);
-    moved.writeUInt32LE(4096 * 20, recordAt);
+    moved.writeUInt32LE(4 * MiB, tableAt);
     await writeFile(path, reseal(moved));
     const log = await openLog(path, keys);
+    expect(log.index[0].offset).toBe(4 * MiB);
     expect((await rejection(collect(log.records()))).message).toContain('fails authentication');
-    // record 0 of log two transplanted into log one
-    const spliced = Buffer.concat([one.subarray(0, recordAt), two.subarray(recordAt, recordEnd), one.subarray(recordEnd)]);
+    // when the whole log is decoded during verification, openLog itself rejects it (nothing can be
+    // applied), even when only the last frame is bad
+    const moved1 = Buffer.from(one);
+    moved1.writeUInt32LE(6 * MiB, frameEnd + FRAME_HEADER_BYTES); // frame 1's extent claimed elsewhere
+    await writeFile(path, reseal(moved1));
+    expect((await rejection(openLog(path, keys, undefined, { retainBytes: 64 * MiB }))).message).toContain('fails authentication');
+    // with only frame 0 in memory, the bad frame 1 is found when records() reaches it
+    const partly = await openLog(path, keys, undefined, { retainBytes: MiB });
+    expect((await rejection(collect(partly.records()))).message).toContain('fails authentication');
+    // frame 0 of log two transplanted into log one
+    const spliced = Buffer.concat([one.subarray(0, frameAt), two.subarray(frameAt, frameEnd), one.subarray(frameEnd)]);
     await writeFile(path, reseal(spliced));
     await rejection(collect((await openLog(path, keys)).records()));
-    // records swapped in order (nonce = index) also fail
-    const second = one.subarray(recordEnd, recordEnd + (recordEnd - recordAt));
-    const swapped = Buffer.concat([one.subarray(0, recordAt), second, one.subarray(recordAt, recordEnd), one.subarray(recordEnd + second.length)]);
+    // frames swapped in order (nonce = frame index) also fail
+    const second = one.subarray(frameEnd, one.length - FOOTER_BYTES);
+    const swapped = Buffer.concat([one.subarray(0, frameAt), second, one.subarray(frameAt, frameEnd), one.subarray(one.length - FOOTER_BYTES)]);
+    expect(swapped.length).toBe(one.length);
     await writeFile(path, reseal(swapped));
     await rejection(collect((await openLog(path, keys)).records()));
+    await rejection(openLog(path, keys, undefined, { retainBytes: 64 * MiB }));
+  });
+
+  it('packs many small extents into few frames and decodes them from memory or from the file alike', async () => {
+    const h = header({ diskId: 'disk0', sequence: 4, diskSize: 64 * MiB });
+    const writes = randomWrites(77, h.diskSize, 3000, { maxLength: 4096, aligned: true });
+    const extents = coalesce(writes);
+    const buf = await encodeLog(h, extents, keys);
+    const path = join(dir, 'packed.hrl');
+    await writeFile(path, buf);
+    // count frames by walking the layout
+    let at = PREAMBLE_BYTES + buf.readUInt32LE(PREAMBLE_BYTES - 4);
+    let frames = 0;
+    while (at < buf.length - FOOTER_BYTES) {
+      at += FRAME_HEADER_BYTES + buf.readUInt32LE(at) * ENTRY_BYTES + buf.readUInt32LE(at + 12);
+      frames++;
+    }
+    expect(at).toBe(buf.length - FOOTER_BYTES);
+    const dataBytes = extents.reduce((n, e) => n + ('data' in e ? e.data.length : 0), 0);
+    expect(frames).toBeLessThanOrEqual(Math.ceil(dataBytes / MAX_RECORD_BYTES) + 1);
+    expect(frames).toBeLessThan(extents.length / 50);
+    const ref = Buffer.alloc(h.diskSize);
+    applyToReference(ref, writes);
+    // all in memory, partly in memory, none in memory
+    for (const retainBytes of [256 * MiB, 3 * MiB, 0]) {
+      const log = await openLog(path, keys, undefined, { retainBytes });
+      expect(log.index.length).toBe(extents.length);
+      const back = await collect(log.records());
+      expect(back.map((e) => e.offset)).toEqual(extents.map((e) => e.offset));
+      const img = Buffer.alloc(h.diskSize);
+      applyToReference(img, back);
+      expect(sha(img)).toBe(sha(ref));
+    }
   });
 
   it('refuses extents outside the disk and bad headers with a TerminalError', async () => {

@@ -290,6 +290,50 @@ describe('replica store', () => {
   });
 });
 
+describe('undo of retained points', () => {
+  it('saves a block overwritten twice before the next kept point once, and every kept point still reads exactly', async () => {
+    const keys = newKeys();
+    const logs = await scratch('logs-dedupe');
+    const disks = [{ id: 'd', size: 4 * MiB }];
+    const store = await ReplicaStore.open(await scratch('store-dedupe'), keys, { relationshipId: REL, disks, retention: { additional: 2 } });
+    const ref = Buffer.alloc(4 * MiB);
+    const hashes = new Map<number, string>();
+    const block = (b: number, fill: number): Extent => ({ offset: b * 4096, data: Buffer.alloc(4096, fill) });
+    // [sequence, minutes after T0, writes]: 1 full; 2 at 00:50; 3 and 4 in hour 01 both rewrite
+    // blocks 10-19 (4 makes 3 obsolete); 5 in hour 02 rewrites them again.
+    const plan: [number, number, Extent[]][] = [
+      [1, 10, [{ offset: 0, data: Buffer.alloc(4 * MiB, 1) }]],
+      [2, 50, Array.from({ length: 10 }, (_, i) => block(10 + i, 2))],
+      [3, 70, [...Array.from({ length: 10 }, (_, i) => block(10 + i, 3)), block(100, 3)]],
+      [4, 100, [...Array.from({ length: 10 }, (_, i) => block(10 + i, 4)), block(200, 4)]],
+      [5, 130, Array.from({ length: 10 }, (_, i) => block(10 + i, 5))],
+    ];
+    const undoBytes: number[] = [];
+    for (const [seq, minutes, writes] of plan) {
+      applyToReference(ref, writes);
+      hashes.set(seq, sha(ref));
+      const path = join(logs, `${seq}.hrl`);
+      await buildLog(path, header({ relationshipId: REL, diskId: 'd', sequence: seq, diskSize: 4 * MiB, cutTime: T0 + minutes * 60_000 }), writes, keys);
+      const before = store.stats().undoBytesWritten;
+      expect(await store.receive('d', seq, path)).toBe(true);
+      await store.applyPending();
+      undoBytes.push(store.stats().undoBytesWritten - before);
+      for (const pt of store.points()) expect(await viewSha(store, pt.sequence, 'd')).toBe(hashes.get(pt.sequence));
+    }
+    // point 3 (01:10) was dropped when 4 (01:40) applied; 2 (hour 00) and 4 (hour 01) stay
+    expect(store.points().map((x) => x.sequence)).toEqual([2, 4, 5]);
+    // 3 saved 11 blocks; 4 saved only block 200 (blocks 10-19 already held by 3's undo for point 2)
+    expect(undoBytes[2]).toBeGreaterThanOrEqual(11 * 4096);
+    expect(undoBytes[3]).toBeGreaterThanOrEqual(4096);
+    expect(undoBytes[3]).toBeLessThan(2 * 4096);
+    // reopening keeps every point readable
+    await store.close();
+    const again = await ReplicaStore.open(store.dir, keys, { relationshipId: REL, disks });
+    for (const pt of again.points()) expect(await viewSha(again, pt.sequence, 'd')).toBe(hashes.get(pt.sequence));
+    await again.close();
+  });
+});
+
 describe('selectRetained', () => {
   const pt = (sequence: number, time: number, consistency: 'crash' | 'app' = 'crash') => ({ sequence, time, consistency, cutId: `c${sequence}` });
   const cases: { reason: string; points: ReturnType<typeof pt>[]; policy: RetentionPolicy; now: number; keep: number[] }[] = [
