@@ -76,7 +76,9 @@ export class AgentPair {
         '  allowedPrimaries:',
         `    - { server: "${peer}", storagePath: ${join(dataDir, `from-${peer}`)}, trustGroup: bench }`,
       ].join('\n'));
-      const child = spawn(process.execPath, [DRSITE, 'agent', '--config', config], { stdio: ['ignore', 'ignore', 'pipe'] });
+      // BENCH_AGENT_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") profiles the agents.
+      const nodeArgs = (process.env.BENCH_AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean);
+      const child = spawn(process.execPath, [...nodeArgs, DRSITE, 'agent', '--config', config], { stdio: ['ignore', 'ignore', 'pipe'] });
       let log = '';
       await new Promise<void>((resolve, reject) => {
         const onData = (d: Buffer) => {

@@ -1,7 +1,7 @@
 // Reproducible test data: seeded noise, "mixed" blocks (incompressible, half-compressible, zero),
 // disk images of a given size and copies of them with a fraction of 4 KiB blocks rewritten.
 import { createCipheriv, createHash } from 'node:crypto';
-import { copyFile, open } from 'node:fs/promises';
+import { copyFile, open, type FileHandle } from 'node:fs/promises';
 import { createRng } from '../../src/agent/workload.ts';
 import { BLOCK_SIZE } from '../../src/core/types.ts';
 
@@ -53,23 +53,82 @@ export async function writeNoiseImage(path: string, size: number, seed: number):
   }
 }
 
-/** Copies `base` to `out` and rewrites `fraction` of its 4 KiB blocks (distinct, seeded) with new noise. */
-export async function mutatedCopy(base: string, out: string, size: number, fraction: number, seed: number): Promise<number> {
+/**
+ * Copies `base` to `out` and rewrites `fraction` of its 4 KiB blocks (distinct, seeded) with new
+ * noise. Returns the rewritten block indexes, ascending: the only blocks where `out` differs.
+ */
+export async function mutatedCopy(base: string, out: string, size: number, fraction: number, seed: number): Promise<number[]> {
   await copyFile(base, out);
   const blocks = Math.floor(size / BLOCK_SIZE);
   const n = Math.round(blocks * fraction);
-  if (n === 0) return 0;
+  if (n === 0) return [];
   const rng = createRng(seed);
   const chosen = new Set<number>();
   while (chosen.size < n) chosen.add(rng.int(blocks));
+  const sorted = [...chosen].sort((a, z) => a - z);
   const fh = await open(out, 'r+');
   try {
     let i = 0;
-    for (const b of [...chosen].sort((a, z) => a - z)) await fh.write(noise(seed + 1, i++, BLOCK_SIZE), 0, BLOCK_SIZE, b * BLOCK_SIZE);
+    for (const b of sorted) await fh.write(noise(seed + 1, i++, BLOCK_SIZE), 0, BLOCK_SIZE, b * BLOCK_SIZE);
   } finally {
     await fh.close();
   }
-  return n;
+  return sorted;
+}
+
+/**
+ * Writes the 4 KiB `blocks` of `from` over the same blocks of `to`, then fsyncs `to`: resets an
+ * image that differs from `from` only in those blocks (a resync target after a run) at the cost of
+ * the changed blocks instead of a whole fsynced copy.
+ */
+export async function restoreBlocks(from: string, to: string, blocks: readonly number[]): Promise<void> {
+  const src = await open(from, 'r');
+  const dst = await open(to, 'r+');
+  try {
+    const buf = Buffer.allocUnsafe(256 * BLOCK_SIZE);
+    for (let i = 0; i < blocks.length; ) {
+      let n = 1;
+      while (i + n < blocks.length && blocks[i + n] === blocks[i] + n && n < 256) n++;
+      const at = blocks[i] * BLOCK_SIZE;
+      await readFull(src, buf, n * BLOCK_SIZE, at);
+      let done = 0;
+      while (done < n * BLOCK_SIZE) done += (await dst.write(buf, done, n * BLOCK_SIZE - done, at + done)).bytesWritten;
+      i += n;
+    }
+    await dst.sync();
+  } finally {
+    await Promise.all([src.close(), dst.close()]);
+  }
+}
+
+/** Offset of the first byte where two files differ (a size difference counts), or -1 when identical. */
+export async function firstDifference(a: string, b: string): Promise<number> {
+  const fa = await open(a, 'r');
+  const fb = await open(b, 'r');
+  try {
+    const [sa, sb] = [(await fa.stat()).size, (await fb.stat()).size];
+    const chunk = 8 << 20;
+    const ba = Buffer.allocUnsafe(chunk);
+    const bb = Buffer.allocUnsafe(chunk);
+    for (let at = 0; at < Math.min(sa, sb); at += chunk) {
+      const n = Math.min(chunk, Math.min(sa, sb) - at);
+      await Promise.all([readFull(fa, ba, n, at), readFull(fb, bb, n, at)]);
+      if (ba.compare(bb, 0, n, 0, n) !== 0) {
+        for (let i = 0; i < n; i++) if (ba[i] !== bb[i]) return at + i;
+      }
+    }
+    return sa === sb ? -1 : Math.min(sa, sb);
+  } finally {
+    await Promise.all([fa.close(), fb.close()]);
+  }
+}
+
+async function readFull(fh: FileHandle, buf: Buffer, length: number, position: number): Promise<void> {
+  for (let got = 0; got < length; ) {
+    const { bytesRead } = await fh.read(buf, got, length - got, position + got);
+    if (bytesRead === 0) throw new Error(`short file: wanted ${length} bytes at ${position}`);
+    got += bytesRead;
+  }
 }
 
 /** Copies a file and fsyncs the copy, so its writeback never lands inside a timed run. */

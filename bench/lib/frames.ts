@@ -61,10 +61,13 @@ export class FrameChannel {
     return f;
   }
 
-  /** Sends a request and waits for its reply. */
+  /** Sends a request and waits for its reply. Calls may overlap: replies are matched in call order. */
   async call(head: Record<string, unknown>, body?: Buffer): Promise<Frame> {
+    // Take a place among the waiters now, synchronously: a later call's send could finish first.
+    const reply = this.receive();
+    reply.catch(() => {});
     await this.send(head, body);
-    return this.receive();
+    return reply;
   }
 
   #parse(): void {

@@ -3,6 +3,7 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { COMPARE_DIGEST_BYTES, indexesToRuns } from '../../src/core/block-checksums.ts';
 import type { BlockDigests, RemoteDigests } from '../../src/core/block-checksums.ts';
 import type { RelationshipKeys } from '../../src/core/types.ts';
 import { FrameChannel } from './frames.ts';
@@ -50,10 +51,10 @@ export class ReplicaPeer {
     return { cpuMs: Number(f.head.cpuMs), maxRssBytes: Number(f.head.maxRssBytes) };
   }
 
-  /** The engine's RemoteDigests over the pipe: `only` travels as (start, count) runs, digests raw. */
+  /** The engine's RemoteDigests (compare digests) over the pipe: `only` travels as (start, count) runs, digests raw. */
   readonly digests: RemoteDigests = async (blockSize: number, only?: readonly number[]): Promise<BlockDigests> => {
     const f = await this.channel.call({ op: 'digests', blockSize }, only ? encodeRuns(only) : Buffer.alloc(0));
-    return { blockSize, size: Number(f.head.size), keyed: true, ...(only && { indexes: [...only] }), digests: f.body };
+    return { blockSize, size: Number(f.head.size), keyed: true, digestBytes: COMPARE_DIGEST_BYTES, ...(only && { indexes: [...only] }), digests: f.body };
   };
 
   /** Ships one sealed log; resolves once the replica stored it durably and applied every complete point. */
@@ -85,12 +86,7 @@ export class ReplicaPeer {
 }
 
 function encodeRuns(indexes: readonly number[]): Buffer {
-  const runs: number[] = [];
-  for (const i of indexes) {
-    const n = runs.length;
-    if (n && runs[n - 2] + runs[n - 1] === i) runs[n - 1]++;
-    else runs.push(i, 1);
-  }
+  const runs = indexesToRuns(indexes);
   const b = Buffer.alloc(runs.length * 4);
   runs.forEach((v, k) => b.writeUInt32LE(v, k * 4));
   return b;

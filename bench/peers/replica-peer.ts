@@ -1,10 +1,10 @@
 // The replica side of the engine-level benchmarks, as its own process (a replica is another host):
-// answers block-digest requests over its image and receives and applies sealed logs into a
+// answers compare-digest requests over its image and receives and applies sealed logs into a
 // ReplicaStore, over framed messages on stdin/stdout.
 // Run: node bench/peers/replica-peer.ts <replicaDir> <relationshipId> <diskId> <diskSize> <retentionAdditional>
 // Keys come in the environment (BENCH_ENC_KEY, BENCH_MAC_KEY, hex) so they stay off the command line.
 import { open } from 'node:fs/promises';
-import { blockChecksums } from '../../src/core/block-checksums.ts';
+import { compareChecksums, compareKeys } from '../../src/core/block-checksums.ts';
 import { sha256File } from '../../src/core/disk.ts';
 import { ReplicaStore } from '../../src/core/replica-store.ts';
 import { FrameChannel } from '../lib/frames.ts';
@@ -17,6 +17,7 @@ const store = await ReplicaStore.open(dir, keys, {
   retention: { additional: Number(additionalArg ?? 0) },
 });
 const ch = new FrameChannel(process.stdin, process.stdout);
+const compare = compareKeys(keys.macKey);
 
 function decodeRuns(body: Buffer): number[] | undefined {
   if (body.length === 0) return undefined;
@@ -59,8 +60,8 @@ for (;;) {
             return buf;
           },
         };
-        const d = await blockChecksums(reader, Number(f.head.blockSize), keys.macKey, decodeRuns(f.body));
-        await ch.send({ op: 'digests', size: d.size, count: d.digests.length / 32 }, d.digests);
+        const d = await compareChecksums(reader, Number(f.head.blockSize), compare, decodeRuns(f.body));
+        await ch.send({ op: 'digests', size: d.size, count: d.digests.length / d.digestBytes! }, d.digests);
       } finally {
         await fh.close();
       }

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { readJsonIfExists, writeJsonAtomic } from '../core/atomic-file.ts';
 import type { TrackedDisk } from '../core/tracker.ts';
-import { digestsToJSON } from '../core/block-checksums.ts';
+import { compareRequestFromJSON, digestsToJSON } from '../core/block-checksums.ts';
 import type { RelationshipKeys } from '../core/types.ts';
 import { systemClock, type Clock } from '../model/clock.ts';
 import { RetryableError, TerminalError, isRecoverable } from '../model/errors.ts';
@@ -919,6 +919,10 @@ export class Agent {
     r.add('POST', '/v1/replica/relationships/:id/discard-pending', 'primary', async (ctx) => this.#ownReplica(ctx.params.id, ctx.peer).discardPending());
     r.add('GET', '/v1/replica/relationships/:id/disks/:disk/checksums', 'primary', async (ctx) =>
       digestsToJSON(await this.#ownReplica(ctx.params.id, ctx.peer).checksums(ctx.params.disk)),
+    );
+    // The multi-level compare (64 KiB, then 4 KiB inside differing blocks) with short keyed digests.
+    r.add('POST', '/v1/replica/relationships/:id/disks/:disk/checksums', 'primary', async (ctx) =>
+      digestsToJSON(await this.#ownReplica(ctx.params.id, ctx.peer).checksums(ctx.params.disk, compareRequestFromJSON(await json(ctx)))),
     );
     r.add('PUT', '/v1/replica/relationships/:id/settings', 'primary', async (ctx) => {
       const { retention } = await json<{ retention: ReplicaRecord['retention'] }>(ctx);

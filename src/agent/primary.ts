@@ -8,8 +8,9 @@ import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHmac } from 'node:crypto';
 import { cutVm, type FrozenCut } from '../core/cut.ts';
-import type { BlockDigests } from '../core/block-checksums.ts';
-import { DIGEST_BYTES } from '../core/block-checksums.ts';
+import type { BlockDigests, CompareRequest, RemoteDigests } from '../core/block-checksums.ts';
+import { COMPARE_DIGEST_BYTES, COMPARE_LEVELS, DIGEST_BYTES } from '../core/block-checksums.ts';
+import { differingExtents } from '../core/differing-extents.ts';
 import { assessHealth, type HealthReason } from '../core/health.ts';
 import { exportToMedia } from '../core/initial-copy.ts';
 import { writeLog } from '../core/log-format.ts';
@@ -35,7 +36,13 @@ export interface ReplicaLink {
   apply(id: string): Promise<ReplicaStatus>;
   /** Drops logs received but not applied: a resync restarts the chain from the applied point. */
   discardPending(id: string): Promise<ReplicaStatus>;
-  checksums(id: string, diskId: string): Promise<BlockDigests>;
+  /**
+   * The replica's checksums of a disk at its latest point: without `compare`, keyed 4 KiB digests
+   * of every block; with it, the multi-level compare's digests (compareChecksums) of the requested
+   * blocks. A replica that cannot compare may answer a compare request with the whole-disk 4 KiB
+   * digests (the primary then compares those).
+   */
+  checksums(id: string, diskId: string, compare?: CompareRequest): Promise<BlockDigests>;
   settings(id: string, retention: CreateReplicaRequest['retention']): Promise<void>;
   remove(id: string): Promise<void>;
 }
@@ -480,13 +487,29 @@ export class PrimaryReplication {
     return { action: 'initial', sequence: 1, bytes, applied: status.applied };
   }
 
-  /** A filter that keeps only blocks whose keyed checksum differs from the replica's latest point. */
+  /**
+   * A filter that keeps only blocks whose keyed checksum differs from the replica's latest point:
+   * the multi-level compare (the cut read once, short digests only where blocks differ), or, with
+   * a replica that only offers whole-disk 4 KiB digests, a compare against those.
+   */
   async #differenceFilter(): Promise<(diskId: string, extents: AsyncIterable<Extent>) => AsyncIterable<Extent>> {
-    const remote = new Map<string, BlockDigests>();
-    for (const d of this.source.disks) remote.set(d.id, await this.#link.checksums(this.id, d.id));
     const key = this.#keys.macKey;
-    const zeroDigest = createHmac('sha256', key).update(Buffer.alloc(BLOCK_SIZE)).digest();
-    return (diskId, extents) => onlyDiffering(extents, remote.get(diskId)!, key, zeroDigest);
+    const filters = new Map<string, (extents: AsyncIterable<Extent>) => AsyncIterable<Extent>>();
+    for (const d of this.source.disks) {
+      // A one-block probe: a replica that can compare answers it; one that cannot sends the
+      // whole-disk 4 KiB digests instead, which are then compared.
+      const probe = await this.#link.checksums(this.id, d.id, { blockSize: COMPARE_LEVELS[0], only: [0] });
+      const multiLevel = probe.digestBytes === COMPARE_DIGEST_BYTES;
+      this.#log.info('comparing the disk with the replica', { relationship: this.id, disk: d.id, compare: multiLevel ? 'multi-level' : 'whole-disk 4 KiB' });
+      if (multiLevel) {
+        const remote: RemoteDigests = (blockSize, only) => this.#link.checksums(this.id, d.id, { blockSize, ...(only && { only }) });
+        filters.set(d.id, (extents) => differingExtents(extents, d.size, remote, key));
+      } else {
+        const zeroDigest = createHmac('sha256', key).update(Buffer.alloc(BLOCK_SIZE)).digest();
+        filters.set(d.id, (extents) => onlyDiffering(extents, probe, key, zeroDigest));
+      }
+    }
+    return (diskId, extents) => filters.get(diskId)!(extents);
   }
 
   async #delta(): Promise<CycleResult> {

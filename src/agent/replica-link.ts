@@ -1,6 +1,7 @@
 // The primary's link to a Replica server over HTTPS with mutual TLS: the agent API's replica
 // verbs, and log transfers that resume where the server's durable offset stands.
-import { digestsFromJSON, type BlockDigests, type BlockDigestsJSON } from '../core/block-checksums.ts';
+import { compareRequestToJSON, digestsFromJSON, type BlockDigests, type BlockDigestsJSON, type CompareRequest } from '../core/block-checksums.ts';
+import { TerminalError } from '../model/errors.ts';
 import { API, type CreateReplicaRequest, type ReplicaStatus } from '../transport/agent-api.ts';
 import type { CertBundle } from '../transport/certs.ts';
 import { createMtlsClient, type MtlsClient } from '../transport/mtls.ts';
@@ -37,8 +38,21 @@ export class HttpReplicaLink implements ReplicaLink {
     return (await this.#client.request('POST', API.replicaDiscardPending(id), {})).json<ReplicaStatus>();
   }
 
-  async checksums(id: string, diskId: string): Promise<BlockDigests> {
-    return digestsFromJSON((await this.#client.request('GET', API.replicaChecksums(id, diskId))).json<BlockDigestsJSON>());
+  /**
+   * Without `compare`: the whole-disk 4 KiB digests. With it: compare digests, except that when a
+   * replica agent has no compare route (405, invalid-argument) the whole-disk 4 KiB digests come
+   * instead; the primary's one-block probe sees that and compares the older way.
+   */
+  async checksums(id: string, diskId: string, compare?: CompareRequest): Promise<BlockDigests> {
+    const path = API.replicaChecksums(id, diskId);
+    if (compare) {
+      try {
+        return digestsFromJSON((await this.#client.request('POST', path, compareRequestToJSON(compare))).json<BlockDigestsJSON>());
+      } catch (e) {
+        if (!(TerminalError.is(e) && e.code === 'invalid-argument')) throw e;
+      }
+    }
+    return digestsFromJSON((await this.#client.request('GET', path)).json<BlockDigestsJSON>());
   }
 
   async settings(id: string, retention: CreateReplicaRequest['retention']): Promise<void> {

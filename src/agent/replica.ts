@@ -3,8 +3,9 @@
 // point-in-time digests. External-media imports arrive here as sequence 1.
 import { cp, readdir, rename, rm, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { selectPoint } from '../core/point-selector.ts';
 import { writeJsonAtomic } from '../core/atomic-file.ts';
-import { blockChecksums, type BlockDigests } from '../core/block-checksums.ts';
+import { blockChecksums, compareChecksums, compareKeys, type BlockDigests, type BlockReader, type CompareKeys, type CompareRequest } from '../core/block-checksums.ts';
 import { importFromMedia } from '../core/initial-copy.ts';
 import { openLog, writeLog } from '../core/log-format.ts';
 import { ReplicaStore } from '../core/replica-store.ts';
@@ -173,25 +174,36 @@ export class ReplicaReplication {
     }));
   }
 
-  /** Keyed 4 KiB checksums of a disk at the latest point (all zeroes before any point). */
-  async checksums(diskId: string): Promise<BlockDigests> {
+  /**
+   * Checksums of a disk at the latest point (before any point: the image as placed, an existing
+   * replica, or zeroes). Without `compare`: keyed 4 KiB HMAC-SHA-256 digests of every block (the
+   * older whole-disk scheme). With it: the multi-level compare's digests of the requested blocks.
+   */
+  async checksums(diskId: string, compare?: CompareRequest): Promise<BlockDigests> {
     const disk = this.record.disks.find((d) => d.id === diskId);
     if (!disk) throw new TerminalError('not-found', `replica ${this.id} has no disk ${diskId}`);
+    const digest = (reader: BlockReader) =>
+      compare ? compareChecksums(reader, compare.blockSize, this.#compareKeys(), compare.only) : blockChecksums(reader, BLOCK_SIZE, this.#keys.macKey);
     if (this.store.applied === 0) {
-      // Before any point the image is what the operator placed (existing replica) or zeroes.
       const fh = await open(this.store.diskPath(diskId), 'r');
       try {
-        return await blockChecksums({ size: disk.size, read: (o, l) => readAt(fh, o, l) }, BLOCK_SIZE, this.#keys.macKey);
+        return await digest({ size: disk.size, read: (o, l) => readAt(fh, o, l) });
       } finally {
         await fh.close();
       }
     }
     const view = await this.store.openView(this.store.applied, diskId);
     try {
-      return await blockChecksums(view, BLOCK_SIZE, this.#keys.macKey);
+      return await digest(view);
     } finally {
       await view.close();
     }
+  }
+
+  #compare: CompareKeys | undefined;
+  #compareKeys(): CompareKeys {
+    this.#compare ??= compareKeys(this.#keys.macKey);
+    return this.#compare;
   }
 
   /** SHA-256 of a disk at a retained point, read through the point-in-time view. */
@@ -199,7 +211,14 @@ export class ReplicaReplication {
     const view = await this.store.openView(sequence, diskId);
     try {
       const h = createHash('sha256');
-      for (let at = 0; at < view.size; at += 8 << 20) h.update(await view.read(at, Math.min(8 << 20, view.size - at)));
+      const chunk = 8 << 20;
+      const read = (at: number) => view.read(at, Math.min(chunk, view.size - at));
+      let next = view.size > 0 ? read(0) : undefined;
+      for (let at = 0; at < view.size; at += chunk) {
+        const buf = await next!;
+        next = at + chunk < view.size ? read(at + chunk) : undefined; // the next chunk loads while this one hashes
+        h.update(buf);
+      }
       return h.digest('hex');
     } finally {
       await view.close();
@@ -250,19 +269,7 @@ export class ReplicaReplication {
 
   /** The retained point a selector names: latest, latest app-consistent, newest at or before a time, or a sequence. */
   resolvePoint(selector: RecoveryPointSelector = 'latest'): RecoveryPoint {
-    const pts = this.store.points();
-    if (!pts.length) throw new TerminalError('invalid-state', `replica of ${this.record.vm} has no recovery point yet`);
-    let p: RecoveryPoint | undefined;
-    if (selector === 'latest') p = pts.at(-1);
-    else if (selector === 'latest-app-consistent') p = pts.filter((x) => x.consistency === 'app').at(-1);
-    else if (typeof selector === 'number' || /^\d+$/.test(selector)) p = pts.find((x) => x.sequence === Number(selector));
-    else {
-      const t = Date.parse(selector);
-      if (Number.isNaN(t)) throw new TerminalError('invalid-argument', `recovery point "${selector}" is not latest, latest-app-consistent, a sequence or an RFC 3339 time`);
-      p = pts.filter((x) => x.time <= t).at(-1);
-    }
-    if (!p) throw new TerminalError('not-found', `replica of ${this.record.vm} has no recovery point matching "${selector}" (retained: ${pts.map((x) => x.sequence).join(', ')})`);
-    return p;
+    return selectPoint(this.store.points(), selector, `replica of ${this.record.vm}`);
   }
 
   /** One overlay per disk on point `sequence`, files `<dir>/<disk>.overlay`; the point stays retained while open. */
@@ -375,14 +382,14 @@ export class ReplicaReplication {
 }
 
 async function readAt(fh: import('node:fs/promises').FileHandle, offset: number, length: number): Promise<Buffer> {
-  const buf = Buffer.alloc(length);
+  const buf = Buffer.allocUnsafe(length);
   let done = 0;
   while (done < length) {
     const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
     if (bytesRead === 0) break;
     done += bytesRead;
   }
-  return buf;
+  return buf.fill(0, done); // past the end of a short file reads as zeroes
 }
 
 /** A raw image as extents: data in 1 MiB pieces, all-zero pieces as zero extents. */

@@ -117,7 +117,11 @@ async function writeAll(fh: FileHandle, chunk: Buffer): Promise<void> {
   while (off < chunk.length) off += (await fh.write(chunk, off, chunk.length - off)).bytesWritten;
 }
 
-// Appends the body to `fh` with back-pressure. On a write failure the rest of the body is read and
+/** Bytes gathered before one write: TLS hands the body over in records of at most 16 KiB. */
+const WRITE_BATCH = 4 << 20;
+
+// Appends the body to `fh` with back-pressure, in writes of up to WRITE_BATCH bytes (a write per
+// TLS record would be tens of thousands of thread-pool round trips per log). On a write failure the rest of the body is read and
 // discarded so the client can still be answered (closing with unread bytes would reset it).
 function appendBody(
   req: IncomingMessage,
@@ -126,29 +130,50 @@ function appendBody(
 ): Promise<{ written: number; failure?: unknown; aborted: boolean }> {
   return new Promise((resolve) => {
     let written = 0;
+    let accepted = 0;
     let failure: unknown;
+    let batch: Buffer[] = [];
+    let batchBytes = 0;
     let pending = Promise.resolve();
     let done = false;
+    const flush = (): Promise<void> => {
+      const bufs = batch;
+      batch = [];
+      batchBytes = 0;
+      if (bufs.length === 0) return pending;
+      pending = pending.then(async () => {
+        if (failure !== undefined) return;
+        const data = bufs.length === 1 ? bufs[0] : Buffer.concat(bufs);
+        try {
+          await writeAll(fh, data);
+          written += data.length;
+        } catch (e) {
+          failure = e;
+        }
+      });
+      return pending;
+    };
     const finish = (aborted: boolean): void => {
       if (done) return;
       done = true;
-      void pending.then(() => resolve({ written, failure, aborted }));
+      // What arrived before an abort is written too: the caller keeps (and fsyncs) it for a resume.
+      void flush().then(() => resolve({ written, failure, aborted }));
     };
     // The peer may have vanished while this request waited for the lock: its 'close' is past.
     if (req.destroyed) return finish(!req.complete);
     req.on('data', (chunk: Buffer) => {
       if (failure !== undefined) return;
-      if (written + chunk.length > max) {
+      if (accepted + chunk.length > max) {
         failure = new HttpStatusError(400, `body runs past the declared Upload-Length`);
         return;
       }
-      req.pause();
-      pending = writeAll(fh, chunk)
-        .then(
-          () => void (written += chunk.length),
-          (e: unknown) => void (failure = e),
-        )
-        .finally(() => req.resume());
+      accepted += chunk.length;
+      batch.push(chunk);
+      batchBytes += chunk.length;
+      if (batchBytes >= WRITE_BATCH) {
+        req.pause();
+        void flush().finally(() => req.resume());
+      }
     });
     req.once('end', () => finish(false));
     req.once('error', () => finish(true));
@@ -186,6 +211,7 @@ async function finishUpload(
     await mkdir(o.dir, { recursive: true }); // an empty upload never wrote a part file
     await (await open(p.part, 'a')).close();
   }
+  // Read back from the file rather than hashed as it arrived: a byte the disk damaged since is caught.
   const sha256 = await sha256File(file);
   if (checksum !== undefined && checksum !== sha256) {
     // Which byte is wrong is unknowable: drop it all so the retry starts from zero.
@@ -298,7 +324,7 @@ export async function discardUpload(dir: string, name: string): Promise<void> {
 }
 
 export interface UploadFileOptions {
-  /** Bytes per PUT, held in memory once. @default 8 MiB */
+  /** Bytes per PUT (the server fsyncs each), held in memory twice (the next one is read ahead). @default 32 MiB */
   readonly chunkSize?: number;
   readonly onProgress?: (done: number, total: number) => void;
   /** RetryableErrors tolerated in a row (an acknowledged chunk resets the count). @default 5 */
@@ -372,7 +398,7 @@ async function readRange(fh: FileHandle, start: number, end: number): Promise<Bu
  * RetryableError are thrown.
  */
 export async function uploadFile(client: MtlsClient, path: string, url: string, opts: UploadFileOptions = {}): Promise<UploadResult> {
-  const chunkSize = opts.chunkSize ?? 8 << 20;
+  const chunkSize = opts.chunkSize ?? 32 << 20;
   if (!Number.isSafeInteger(chunkSize) || chunkSize < 1) throw new TerminalError('invalid-argument', `chunkSize must be a positive integer, got ${chunkSize}`);
   const retries = opts.retries ?? 5;
   const delay0 = opts.retryDelayMs ?? 200;
@@ -399,9 +425,13 @@ export async function uploadFile(client: MtlsClient, path: string, url: string, 
         }
         if (offset > size) throw new TerminalError('invalid-state', `${url} holds ${offset} bytes, more than the ${size}-byte source ${path}`);
         startedAt.push(offset);
+        let ahead: Promise<Buffer> | undefined;
         for (;;) {
           const end = Math.min(offset + chunkSize, size);
-          const buf = await readRange(fh, offset, end);
+          const buf = await (ahead ?? readRange(fh, offset, end));
+          // The next chunk loads while this one travels; a retry starts again from HEAD without it.
+          ahead = end < size ? readRange(fh, end, Math.min(end + chunkSize, size)) : undefined;
+          ahead?.catch(() => {});
           await hash.add(offset, buf);
           const final = end === size;
           const headers: Record<string, string> = {

@@ -1,5 +1,6 @@
 // Block checksums for resync and existing-replica copies: the blocks reported different are
-// exactly the blocks changed, at both layers of the two-level compare, keyed or not.
+// exactly the blocks changed, with whole-disk digests (keyed or not) and with the multi-level
+// compare's short keyed digests.
 import { describe, it, expect, afterAll, beforeAll } from 'vitest';
 import { writeFile } from 'node:fs/promises';
 import { createHmac } from 'node:crypto';
@@ -7,6 +8,7 @@ import { join } from 'node:path';
 import { RawDisk } from '../../src/core/disk.ts';
 import {
   blockChecksums, diffBlocks, differingBlocks, blocksWithin, digestsFromJSON, digestsToJSON, COARSE_BLOCK_SIZE,
+  compareChecksums, compareKeys, compareRequestFromJSON, compareRequestToJSON, COMPARE_DIGEST_BYTES, COMPARE_LEVELS,
 } from '../../src/core/block-checksums.ts';
 import { BLOCK_SIZE } from '../../src/core/types.ts';
 import { TerminalError } from '../../src/model/errors.ts';
@@ -70,13 +72,46 @@ describe('block checksums', () => {
     console.log(`blockChecksums keyed (HMAC-SHA-256): 64 MiB at 4 KiB in ${ms.toFixed(0)} ms`);
   });
 
-  it('the two-level compare (1 MiB then 4 KiB) gives the same blocks, through JSON', async () => {
+  it('the multi-level compare (64 KiB, then 4 KiB) gives the same blocks, through JSON', async () => {
     const key = random(32);
-    const ask = async (bs: number, only?: readonly number[]) => digestsFromJSON(JSON.parse(JSON.stringify(digestsToJSON(await blockChecksums(remote, bs, key, only)))));
+    const keys = compareKeys(key);
+    const asked: { blockSize: number; blocks: number }[] = [];
+    const ask = async (bs: number, only?: readonly number[]) => {
+      const req = compareRequestFromJSON(JSON.parse(JSON.stringify(compareRequestToJSON({ blockSize: bs, ...(only && { only }) }))));
+      asked.push({ blockSize: bs, blocks: req.only?.length ?? -1 });
+      return digestsFromJSON(JSON.parse(JSON.stringify(digestsToJSON(await compareChecksums(remote, req.blockSize, keys, req.only)))));
+    };
+    const t0 = performance.now();
     expect(await differingBlocks(local, ask, key)).toEqual(changed);
-    const coarse = diffBlocks(await blockChecksums(local, COARSE_BLOCK_SIZE, key), await ask(COARSE_BLOCK_SIZE));
-    expect(coarse).toEqual([...new Set(changed.map((b) => Math.floor((b * BLOCK_SIZE) / COARSE_BLOCK_SIZE)))]);
+    const ms = performance.now() - t0;
+    expect(asked.map((a) => a.blockSize)).toEqual([...COMPARE_LEVELS]);
+    const cs = COMPARE_LEVELS[0];
+    const coarse = diffBlocks(await compareChecksums(local, cs, keys), await ask(cs));
+    expect(coarse).toEqual([...new Set(changed.map((b) => Math.floor((b * BLOCK_SIZE) / cs)))]);
+    // Only the coarse blocks that differ are refined to 4 KiB.
+    expect(asked[COMPARE_LEVELS.length - 1].blocks).toBe(coarse.length * (cs / BLOCK_SIZE));
     expect(blocksWithin([1], COARSE_BLOCK_SIZE, BLOCK_SIZE, SIZE)).toHaveLength(256);
+    console.log(`multi-level compare: 64 MiB, ${changed.length} blocks changed, in ${ms.toFixed(0)} ms (both sides in this process)`);
+  });
+
+  it('compare digests are short, keyed, and depend on position only through content', async () => {
+    const keys = compareKeys(random(32));
+    for (const bs of COMPARE_LEVELS) {
+      const d = await compareChecksums(local, bs, keys, [0, 1, 2]);
+      expect(d.digests.length).toBe(3 * COMPARE_DIGEST_BYTES);
+      expect(d.digestBytes).toBe(COMPARE_DIGEST_BYTES);
+      const other = await compareChecksums(local, bs, compareKeys(random(32)), [0, 1, 2]);
+      expect(other.digests.equals(d.digests)).toBe(false);
+      // The same bytes give the same digest wherever they are (zero blocks, here).
+      const zeroes = { size: 3 * bs, read: (_o: number, l: number) => Promise.resolve(Buffer.alloc(l)) };
+      const z = await compareChecksums(zeroes, bs, keys);
+      expect(z.digests.subarray(0, 8).equals(z.digests.subarray(8, 16))).toBe(true);
+      // Mixing schemes is refused rather than compared.
+      const full = await blockChecksums(local, bs, random(32), [0, 1, 2]);
+      expect(() => diffBlocks(d, full)).toThrow(TerminalError);
+    }
+    expect(() => compareRequestFromJSON({ blockSize: 12345 })).toThrow(/blockSize must be one of/);
+    expect(() => compareRequestFromJSON({ blockSize: 4096, runs: [1] })).toThrow(/pairs/);
   });
 
   it('a size difference makes the blocks past the smaller end differ', async () => {
