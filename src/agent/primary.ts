@@ -322,11 +322,7 @@ export class PrimaryReplication {
         return { action: 'waiting', applied: r.applied };
       }
       case 'ResynchronizationRequired': {
-        const rs = r.policy.resync ?? {};
-        const automatic = rs.automatic ?? true;
-        if (!force && !(automatic && inWindow(rs.window ?? '22:00-06:00', this.#clock.now()))) {
-          return { action: 'waiting', applied: r.applied };
-        }
+        if (!this.#resyncAllowed(force)) return { action: 'waiting', applied: r.applied };
         await this.#apply('resync');
         return this.#resync();
       }
@@ -335,6 +331,12 @@ export class PrimaryReplication {
       case 'Replicating':
         return this.#delta();
     }
+  }
+
+  /** A pending resync runs when forced (an operator), or automatically inside the policy's window. */
+  #resyncAllowed(force: boolean): boolean {
+    const rs = this.record.policy.resync ?? {};
+    return force || ((rs.automatic ?? true) && inWindow(rs.window ?? '22:00-06:00', this.#clock.now()));
   }
 
   #totalBytes(): number {
@@ -519,7 +521,10 @@ export class PrimaryReplication {
     if (this.source.disks.some((d) => d.pendingBytes() > threshold * d.size)) {
       r.resync = { bytesDone: 0, bytesTotal: 0, reason: `pending changes exceed ${threshold * 100}% of a disk` };
       await this.#apply('thresholdExceeded');
-      return { action: 'none', applied: r.applied };
+      // Inside the automatic window the resync runs in this cycle, not one interval later.
+      if (!this.#resyncAllowed(false)) return { action: 'none', applied: r.applied };
+      await this.#apply('resync');
+      return this.#resync();
     }
     const seq = r.sequence + 1;
     const started = this.#clock.now();

@@ -151,6 +151,18 @@ describe('schedule', () => {
     expect(digest).toBe(await sha256File(join(cluster.host('host-a').dataDir, 'vms', 'big', 'd0.img')));
   });
 
+  test('past the threshold inside the window: the resync runs in the same cycle, not one interval later', async () => {
+    // The clock is inside 22:00-06:00 after the test above.
+    const id = await protect('big-night', 4 * MiB);
+    const applied = (await view(id)).appliedSequence;
+    await write('big-night', 'd0', 3 * MiB, 4);
+    await clock.advance(30_000); // one cycle, and no further clock movement
+    const v = await until(id, (x) => x.state === 'Replicating' && x.appliedSequence > applied, 'resync in the same cycle');
+    expect(v.appliedSequence).toBe(applied + 1);
+    const digest = (await b.request('GET', `/v1/relationships/${id}/recovery-points/${v.appliedSequence}/disks/d0/sha256`)).json<{ sha256: string }>().sha256;
+    expect(digest).toBe(await sha256File(join(cluster.host('host-a').dataDir, 'vms', 'big-night', 'd0.img')));
+  });
+
   test('pause: tracking continues, nothing ships; resume catches up', async () => {
     const id = await protect('paused');
     await a.request('POST', `/v1/relationships/${id}/suspend`);
