@@ -1,8 +1,9 @@
-// Two (or more) real agents for end-to-end tests: certificates from one CA, a config file per
-// host, agents as separate `drsite agent` processes (or in-process), and an operator client.
+// Two (or more) real agents for end-to-end tests and the agent-level benchmarks: certificates from
+// one CA, a config file per host, agents as separate `drsite agent` processes (or in-process), and
+// an operator client.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -57,8 +58,10 @@ export class Cluster {
     this.certs = join(root, 'certs');
   }
 
-  static async create(specs: HostSpec[], extraCerts: string[] = []): Promise<Cluster> {
-    const c = new Cluster(mkdtempSync(join(tmpdir(), 'drsite-cluster-')));
+  /** `opts.root`: where certificates, configs and data go. @default a new temporary directory */
+  static async create(specs: HostSpec[], extraCerts: string[] = [], opts: { root?: string } = {}): Promise<Cluster> {
+    const c = new Cluster(opts.root ?? mkdtempSync(join(tmpdir(), 'drsite-cluster-')));
+    mkdirSync(c.root, { recursive: true });
     await initCertificates(c.certs, [...specs.map((s) => s.name), OPERATOR, ...extraCerts]);
     for (const s of specs) {
       const port = await freePort();
@@ -92,10 +95,10 @@ export class Cluster {
     return h;
   }
 
-  /** Starts `drsite agent` as a separate process and waits until it listens. */
-  async startProcess(name: string): Promise<ChildProcess> {
+  /** Starts `drsite agent` as a separate process (`nodeArgs`, e.g. --cpu-prof, go to Node) and waits until it listens. */
+  async startProcess(name: string, opts: { nodeArgs?: readonly string[] } = {}): Promise<ChildProcess> {
     const h = this.host(name);
-    const child = spawn(process.execPath, [DRSITE, 'agent', '--config', h.config], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), DRSITE, 'agent', '--config', h.config], { stdio: ['ignore', 'ignore', 'pipe'] });
     let log = '';
     await new Promise<void>((resolve, reject) => {
       const onData = (d: Buffer) => {
@@ -137,9 +140,9 @@ export class Cluster {
   }
 
   /** A client presenting the certificate `as` (default: the operator's). */
-  async client(host: string, as = OPERATOR): Promise<MtlsClient> {
+  async client(host: string, as = OPERATOR, timeoutMs = 120_000): Promise<MtlsClient> {
     const tls = await loadCertBundle(this.certs, as);
-    const c = createMtlsClient({ ca: tls.ca, cert: tls.cert, key: tls.key, baseUrl: this.host(host).url, timeoutMs: 120_000 });
+    const c = createMtlsClient({ ca: tls.ca, cert: tls.cert, key: tls.key, baseUrl: this.host(host).url, timeoutMs });
     this.#clients.push(c);
     return c;
   }
