@@ -7,14 +7,14 @@
 import { dirname } from 'node:path';
 import type { DesiredState } from '../model/desired.ts';
 import type {
-  Health, InitialReplicationProgress, ObservedRelationship, ObservedSite, ObservedState, RecoveryPlanActionState, ReplicationState,
+  Health, InitialReplicationProgress, ObservedRelationship, ObservedSite, ObservedState, ReplicationState,
 } from '../model/observed.ts';
 import { HEALTHS, REPLICATION_STATES } from '../model/observed.ts';
 import type { SiteSet } from '../sites/open-sites.ts';
 import type { SiteSnapshot } from '../sites/site.ts';
 import type { RelationshipView } from '../transport/agent-api.ts';
 import type { Vault } from '../vault/vault.ts';
-import { RELATIONSHIP_FIELD } from './observe-vault.ts';
+import { RELATIONSHIP_FIELD, observeRecoveryPlans } from './observe-vault.ts';
 import { parseExtendedId, parseRelationshipId } from './relationship-ids.ts';
 import { getIdentity } from './status-fields.ts';
 
@@ -116,13 +116,7 @@ export function observationFrom(desired: DesiredState, snapshots: ReadonlyMap<st
     if (!seen) relationships[s.name] = rel;
   }
 
-  const recoveryPlans: ObservedState['recoveryPlans'] = {};
-  for (const plan of desired.recoveryPlans) {
-    const last = vault.getLastAction('RecoveryPlan', plan.metadata.name);
-    recoveryPlans[plan.metadata.name] = last
-      ? { name: plan.metadata.name, lastActionId: last.id, lastActionType: last.type, lastActionState: last.state as RecoveryPlanActionState }
-      : { name: plan.metadata.name };
-  }
+  const recoveryPlans = observeRecoveryPlans(desired, vault);
   for (const site of desired.sites) sites[site.metadata.name] ??= { name: site.metadata.name, reachable: false };
   return { observed: { observedAt: now.toISOString(), relationships, recoveryPlans, sites }, snapshots, current };
 }

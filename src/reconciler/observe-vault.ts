@@ -13,6 +13,16 @@ export function observedFromVault(vault: Vault, desired: DesiredState, observedA
     const rel = s.fields[RELATIONSHIP_FIELD] as ObservedRelationship | undefined;
     if (rel) relationships[s.name] = rel;
   }
+  const recoveryPlans = observeRecoveryPlans(desired, vault);
+  // Sites are not contacted here: a site is taken as reachable with an unknown inventory, so the
+  // plan shows what a pass would do once it can reach them.
+  const sites: ObservedState['sites'] = {};
+  for (const site of desired.sites) sites[site.metadata.name] = { name: site.metadata.name, reachable: true };
+  return { observedAt: observedAt.toISOString(), relationships, recoveryPlans, sites };
+}
+
+/** Each declared recovery plan with the last failover action the vault recorded for it. */
+export function observeRecoveryPlans(desired: DesiredState, vault: Vault): ObservedState['recoveryPlans'] {
   const recoveryPlans: ObservedState['recoveryPlans'] = {};
   for (const p of desired.recoveryPlans) {
     const last = vault.getLastAction('RecoveryPlan', p.metadata.name);
@@ -20,11 +30,7 @@ export function observedFromVault(vault: Vault, desired: DesiredState, observedA
       ? { name: p.metadata.name, lastActionId: last.id, lastActionType: last.type, lastActionState: last.state as RecoveryPlanActionState }
       : { name: p.metadata.name };
   }
-  // Sites are not contacted here: a site is taken as reachable with an unknown inventory, so the
-  // plan shows what a pass would do once it can reach them.
-  const sites: ObservedState['sites'] = {};
-  for (const site of desired.sites) sites[site.metadata.name] = { name: site.metadata.name, reachable: true };
-  return { observedAt: observedAt.toISOString(), relationships, recoveryPlans, sites };
+  return recoveryPlans;
 }
 
 export function recordRelationship(vault: Vault, rel: ObservedRelationship, generation: number): void {

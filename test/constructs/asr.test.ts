@@ -2,11 +2,11 @@
 // resources' attributes in cdk.tf.json (the Testing.synth() style of cdktf's own tests).
 import { afterAll, describe, expect, it } from 'vitest';
 import {
-  ConstructValidationError, desiredStateOf, ProtectedVm, RecoveryPlan, ReplicationPolicy, Site, synthAzureSiteRecovery,
+  desiredStateOf, ProtectedVm, RecoveryPlan, ReplicationPolicy, Site, synthAzureSiteRecovery,
 } from '../../constructs/index.ts';
 import { loadDesiredStateFromSources } from '../../src/config/index.ts';
 import { quickstart } from '../../examples/cdk/quickstart.ts';
-import { byName, drApp, readTerraform, ref, tempDirs } from './helpers.ts';
+import { byName, drApp, readTerraform, ref, tempDirs, validationError } from './helpers.ts';
 
 const tmp = tempDirs();
 afterAll(() => tmp.cleanup());
@@ -18,15 +18,6 @@ const NETWORK_MAPPING = 'azurerm_site_recovery_hyperv_network_mapping';
 const PLAN = 'azurerm_site_recovery_replication_recovery_plan';
 const VAULT = 'azurerm_recovery_services_vault';
 
-const synthError = (fn: () => unknown): ConstructValidationError => {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof ConstructValidationError) return e;
-    throw e;
-  }
-  throw new Error('expected a ConstructValidationError');
-};
 
 describe('the quickstart as Site Recovery Terraform', async () => {
   const dr = drApp();
@@ -151,7 +142,7 @@ describe('combinations Site Recovery rejects', () => {
     new ProtectedVm(dr, 'web-01', { primary: a, replica: b, policy: slow });
     const desired = desiredStateOf(dr); // valid for drsite's own engine
     const outdir = await tmp.make();
-    const e = synthError(() => synthAzureSiteRecovery(desired, { outdir }));
+    const e = validationError(() => synthAzureSiteRecovery(desired, { outdir }));
     expect(e.message).toMatch(/^DrApp\/every-15m: policy "every-15m" replicates every 15m, which Site Recovery does not support \(at spec\.frequency\)/);
     expect(e.message).toContain('30 s or every 5 min');
   });
@@ -165,7 +156,7 @@ describe('combinations Site Recovery rejects', () => {
     ].join('\n');
     const loaded = loadDesiredStateFromSources([{ file: 'dr.yaml', text }]);
     if (!loaded.ok) throw new Error('fixture must be valid');
-    const e = synthError(() => synthAzureSiteRecovery(loaded.state, { outdir: '/nonexistent-never-written' }));
+    const e = validationError(() => synthAzureSiteRecovery(loaded.state, { outdir: '/nonexistent-never-written' }));
     expect(e.diagnostics.filter((d) => d.severity === 'error')).toEqual([expect.objectContaining({ file: 'dr.yaml', line: 11, path: 'spec.frequency' })]);
     expect(e.message).toMatch(/^dr\.yaml:11:1: policy "slow" replicates every 15m/);
   });
@@ -177,7 +168,7 @@ describe('combinations Site Recovery rejects', () => {
     const policy = new ReplicationPolicy(dr, 'p', { frequency: '30s' });
     new ProtectedVm(dr, 'vm1', { primary: a, replica: azure('east', 'rg-1'), policy });
     new ProtectedVm(dr, 'vm2', { primary: a, replica: azure('west', 'rg-2'), policy });
-    const e = synthError(() => synthAzureSiteRecovery(desiredStateOf(dr), { outdir: '/nonexistent-never-written' }));
+    const e = validationError(() => synthAzureSiteRecovery(desiredStateOf(dr), { outdir: '/nonexistent-never-written' }));
     expect(e.message).toMatch(/^DrApp\/east: the azure replica sites name different resourceGroups \(rg-1, rg-2\)/);
   });
 });

@@ -7,11 +7,11 @@ import { join } from 'node:path';
 import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
-  ConstructValidationError, desiredStateOf, NetworkMapping, ProtectedVm, ReplicationPolicy, Site, synthAzureFailover,
+  desiredStateOf, NetworkMapping, ProtectedVm, ReplicationPolicy, Site, synthAzureFailover,
 } from '../../constructs/index.ts';
 import type { DesiredState } from '../../src/model/desired.ts';
 import { quickstart } from '../../examples/cdk/quickstart.ts';
-import { byName, drApp, readTerraform, ref, tempDirs } from './helpers.ts';
+import { byName, drApp, readTerraform, ref, tempDirs, validationError } from './helpers.ts';
 
 const tmp = tempDirs();
 // Azurite's documented development account (a public, well-known key, not a secret).
@@ -89,15 +89,6 @@ function azureDesired(opts: { testNetwork?: string } = { testNetwork: 'lan-test'
   return desiredStateOf(dr);
 }
 
-const failoverError = (fn: () => unknown): ConstructValidationError => {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof ConstructValidationError) return e;
-    throw e;
-  }
-  throw new Error('expected a ConstructValidationError');
-};
 
 describe('test failover to Azure', () => {
   it('imports each disk from its blob snapshot, puts static NICs on the test network, and names the VM <vm>-Test', async () => {
@@ -172,19 +163,19 @@ describe('failover to Azure', () => {
     // The quickstart replicates to a host site.
     const qs = drApp();
     quickstart(qs);
-    expect(failoverError(() => synthAzureFailover({ desired: desiredStateOf(qs), vm: 'web-01', test: false, outdir, recoveryPoint: { snapshotUrl } })).message)
+    expect(validationError(() => synthAzureFailover({ desired: desiredStateOf(qs), vm: 'web-01', test: false, outdir, recoveryPoint: { snapshotUrl } })).message)
       .toMatch(/^DrApp\/web-01: ProtectedVM "web-01" does not replicate to an azure site \(at spec\.replica\)/);
     // A test failover needs an isolated network.
-    expect(failoverError(() => synthAzureFailover({ desired: azureDesired({}), vm: 'web-01', test: true, outdir, recoveryPoint: { snapshotUrl } })).message)
+    expect(validationError(() => synthAzureFailover({ desired: azureDesired({}), vm: 'web-01', test: true, outdir, recoveryPoint: { snapshotUrl } })).message)
       .toMatch(/^DrApp\/web-01: no test network for a test failover of "web-01" to "azure-dr".*testNetwork on NetworkMapping "lan-to-azure"/);
     // A base blob is not a recovery point; an excluded disk has no replica; unknown VM.
-    const e = failoverError(() => synthAzureFailover({
+    const e = validationError(() => synthAzureFailover({
       desired: azureDesired(), vm: 'web-01', test: true, outdir,
       recoveryPoint: { disks: [{ name: 'system', snapshotUrl: 'https://drsitereplicas.blob.core.windows.net/replicas/os.vhd' }, { name: 'scratch', snapshotUrl }] },
     }));
     expect(e.message).toContain('disk "system": snapshot URL without ?snapshot=');
     expect(e.message).toContain('disk "scratch" is excluded from replication (at spec.disks.exclude)');
-    expect(failoverError(() => synthAzureFailover({ desired: azureDesired(), vm: 'nope', test: true, outdir, recoveryPoint: { snapshotUrl } })).message)
+    expect(validationError(() => synthAzureFailover({ desired: azureDesired(), vm: 'nope', test: true, outdir, recoveryPoint: { snapshotUrl } })).message)
       .toMatch(/^test-failover-nope: ProtectedVM "nope" is not declared: declared: web-01/);
   });
 });

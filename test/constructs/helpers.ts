@@ -5,6 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Construct } from 'constructs';
+import { ConstructValidationError } from '../../constructs/errors.ts';
 import { loadDesiredStateFromSources } from '../../src/config/index.ts';
 import type { DesiredState } from '../../src/model/desired.ts';
 
@@ -60,3 +61,14 @@ export function byName(tf: TerraformJson, type: string, name: string): { id: str
 
 /** The Terraform reference to a resource's attribute, as cdktf writes it. */
 export const ref = (type: string, id: string, attr = 'id'): string => `\${${type}.${id}.${attr}}`;
+
+/** The ConstructValidationError `fn` throws; any other outcome fails the test. */
+export function validationError(fn: () => unknown): ConstructValidationError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof ConstructValidationError) return e;
+    throw e;
+  }
+  throw new Error('expected a ConstructValidationError');
+}

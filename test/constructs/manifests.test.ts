@@ -4,21 +4,12 @@ import { Construct } from 'constructs';
 import { describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import {
-  ConstructValidationError, desiredStateOf, manifestsToYaml, NetworkMapping, ProtectedVm, RecoveryPlan, ReplicationPolicy, Site,
+  desiredStateOf, manifestsToYaml, NetworkMapping, ProtectedVm, RecoveryPlan, ReplicationPolicy, Site,
   synthManifests, validateTree,
 } from '../../constructs/index.ts';
 import { quickstart } from '../../examples/cdk/quickstart.ts';
-import { drApp, yamlQuickstart } from './helpers.ts';
+import { drApp, yamlQuickstart, validationError } from './helpers.ts';
 
-const errorOf = (fn: () => unknown): ConstructValidationError => {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof ConstructValidationError) return e;
-    throw e;
-  }
-  throw new Error('expected a ConstructValidationError');
-};
 
 /** Two host sites, a policy and one VM: the smallest valid tree to break one thing at a time. */
 function base(scope = drApp()) {
@@ -63,20 +54,20 @@ describe('CDK quickstart vs YAML quickstart', () => {
 
 describe('validation in the constructor (schema)', () => {
   it('rejects recovery points out of range with the construct path', () => {
-    const e = errorOf(() => new ReplicationPolicy(drApp(), 'gold', { recoveryPoints: { additional: 25 } }));
+    const e = validationError(() => new ReplicationPolicy(drApp(), 'gold', { recoveryPoints: { additional: 25 } }));
     expect(e.message).toMatch(/^DrApp\/gold: /);
     expect(e.message).toContain('spec.recoveryPoints.additional');
     expect(e.code).toBe('invalid-argument');
   });
 
   it('rejects a retention longer than 24h and both retention forms at once', () => {
-    expect(errorOf(() => new ReplicationPolicy(drApp(), 'p', { recoveryPoints: { retention: '25h' } })).message).toMatch(/^DrApp\/p: .*retention/);
-    expect(errorOf(() => new ReplicationPolicy(drApp(), 'p', { recoveryPoints: { additional: 2, retention: '2h' } })).message).toMatch(/^DrApp\/p: /);
+    expect(validationError(() => new ReplicationPolicy(drApp(), 'p', { recoveryPoints: { retention: '25h' } })).message).toMatch(/^DrApp\/p: .*retention/);
+    expect(validationError(() => new ReplicationPolicy(drApp(), 'p', { recoveryPoints: { additional: 2, retention: '2h' } })).message).toMatch(/^DrApp\/p: /);
   });
 
   it('rejects a name that is not a DNS label and an azure site without its fields', () => {
-    expect(errorOf(() => new Site(drApp(), 'Site_A', { type: 'host' })).message).toMatch(/^DrApp\/Site_A: .*metadata\.name/);
-    const e = errorOf(() => new Site(drApp(), 'cloud', { type: 'azure' }));
+    expect(validationError(() => new Site(drApp(), 'Site_A', { type: 'host' })).message).toMatch(/^DrApp\/Site_A: .*metadata\.name/);
+    const e = validationError(() => new Site(drApp(), 'cloud', { type: 'azure' }));
     expect(e.diagnostics.every((d) => d.file === 'DrApp/cloud')).toBe(true);
     expect(e.message).toContain('storageAccount');
   });
@@ -86,7 +77,7 @@ describe('validation of the whole tree (the config rules)', () => {
   it('names the construct of a dangling policy reference', () => {
     const { scope, a, b } = base();
     new ProtectedVm(scope, 'web-01', { primary: a, replica: b, policy: 'gold' });
-    const e = errorOf(() => desiredStateOf(scope));
+    const e = validationError(() => desiredStateOf(scope));
     expect(e.message).toMatch(/^DrApp\/web-01: policy "gold" is not declared \(at spec\.policy\)/);
     expect(String(e)).toContain('Error: DrApp/web-01: policy "gold" is not declared');
   });
@@ -96,7 +87,7 @@ describe('validation of the whole tree (the config rules)', () => {
     const web = new ProtectedVm(scope, 'web-01', { primary: a, replica: b, policy });
     const db = new ProtectedVm(scope, 'db-01', { primary: a, replica: b, policy });
     new RecoveryPlan(scope, 'failover-all', { groups: [{ vms: [db, web] }, { vms: [web] }] });
-    const e = errorOf(() => synthManifests(scope));
+    const e = validationError(() => synthManifests(scope));
     expect(e.message).toContain('DrApp/failover-all: VM "web-01" appears twice in the plan (at spec.groups[1].vms[0])');
   });
 
@@ -114,6 +105,6 @@ describe('validation of the whole tree (the config rules)', () => {
     const { scope, a, b, policy } = base();
     const team = new Construct(scope, 'team-web');
     new ProtectedVm(team, 'web-01', { primary: a, replica: b, policy, extendedReplica: { site: 'site-c', policy } });
-    expect(errorOf(() => desiredStateOf(scope)).message).toMatch(/^DrApp\/team-web\/web-01: extended replica site "site-c" is not declared/m);
+    expect(validationError(() => desiredStateOf(scope)).message).toMatch(/^DrApp\/team-web\/web-01: extended replica site "site-c" is not declared/m);
   });
 });
