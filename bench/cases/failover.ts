@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { NbdClient } from '../../src/agent/nbd-client.ts';
+import { NbdClient } from '../../src/nbd/client.ts';
 import { noise } from '../lib/data.ts';
 import { AgentPair, POLICY_30S } from '../lib/agents.ts';
 import { measureOwn } from '../lib/measure.ts';

@@ -10,7 +10,7 @@ import { cutVm } from '../../src/core/cut.ts';
 import { RawDisk, sha256File } from '../../src/core/disk.ts';
 import { TrackedDisk } from '../../src/core/tracker.ts';
 import type { BlockDevice } from '../../src/model/block-device.ts';
-import { runWorkload } from '../../src/agent/workload.ts';
+import { runWorkload } from '../../src/demo/workload.ts';
 import { measureOwn } from '../lib/measure.ts';
 import { MiB, fmtRatio, fmtSize, wallMedian } from '../lib/report-helpers.ts';
 import type { BenchCase, BenchContext, CaseResult, Sample } from '../lib/types.ts';

@@ -3,7 +3,7 @@
 // from t until a recovery point cut at or after t was applied on the replica. p50 / p99 per rate.
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { runWorkload } from '../../src/agent/workload.ts';
+import { runWorkload } from '../../src/demo/workload.ts';
 import { AgentPair, POLICY_30S } from '../lib/agents.ts';
 import { measureOwn } from '../lib/measure.ts';
 import { GiB, MiB, fmtSize } from '../lib/report-helpers.ts';

@@ -2,7 +2,7 @@
 // disk images of a given size and copies of them with a fraction of 4 KiB blocks rewritten.
 import { createCipheriv, createHash } from 'node:crypto';
 import { copyFile, open, type FileHandle } from 'node:fs/promises';
-import { createRng } from '../../src/agent/workload.ts';
+import { createRng } from '../../src/demo/workload.ts';
 import { BLOCK_SIZE } from '../../src/core/types.ts';
 
 export { createRng };

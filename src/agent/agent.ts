@@ -36,10 +36,10 @@ import { stderrLogger, type Logger } from '../transport/logger.ts';
 import { createMtlsServer, type MtlsServer } from '../transport/mtls.ts';
 import { handleUpload } from '../transport/upload.ts';
 import type { AgentConfig } from './config.ts';
-import { FilesHypervisor, type VmAdapter, type VmDefinition } from './hypervisor-files.ts';
-import { HttpReplicaLink } from './replica-link.ts';
-import { AzureBlobLink, azureLinkFromSite } from './azure-blob-link.ts';
-import { failbackFromAzure } from './azure-failback.ts';
+import { FilesHypervisor, type VmAdapter, type VmDefinition } from './hypervisor/files.ts';
+import { HttpReplicaLink } from './links/https.ts';
+import { AzureBlobLink, azureLinkFromSite } from './links/azure/blob-link.ts';
+import { failbackFromAzure } from './links/azure/failback.ts';
 import type { Site } from '../model/types.generated.ts';
 import {
   PrimaryReplication,
@@ -56,7 +56,7 @@ import {
 import { cutGroup } from '../core/cut.ts';
 import { ReplicaReplication, type ReplicaRecord } from './replica.ts';
 import { Router, type RouteContext } from './router.ts';
-import { VmRuntime, type ClosableDevice } from './vm-runtime.ts';
+import { VmRuntime, type ClosableDevice } from './hypervisor/vm-runtime.ts';
 
 export interface AgentOptions {
   clock?: Clock;

@@ -5,6 +5,7 @@ import { formatDiagnostic } from '../model/diagnostics.ts';
 import { recoverInterrupted, reconcileOnce } from '../reconciler/apply.ts';
 import { formatPlan, planToJson } from '../reconciler/plan-format.ts';
 import { openSession } from '../reconciler/session.ts';
+import { startSampleCompanion } from '../demo/sample-vms.ts';
 import type { Job } from '../vault/vault.ts';
 import type { GlobalOptions } from './main.ts';
 import { printJson, renderTable, type Io } from './output.ts';
@@ -22,7 +23,8 @@ export async function applyCommand(paths: string[], g: GlobalOptions, io: Io): P
   if (!loaded.ok) return 1;
   const json = g.output === 'json';
   const session = await openSession({
-    desired: loaded.state, paths, vaultPath: g.vault!, stateDir: g.stateDir, samples: true,
+    desired: loaded.state, vaultPath: g.vault!, stateDir: g.stateDir,
+    companion: (sites) => startSampleCompanion(paths, sites, (l) => !json && io.out(l)),
     report: (l) => !json && io.out(l),
   });
   try {

@@ -10,6 +10,7 @@ import { parseDuration } from '../model/units.ts';
 import { runLoop } from '../reconciler/loop.ts';
 import { ReplicationMetrics } from '../reconciler/metrics.ts';
 import { openSession } from '../reconciler/session.ts';
+import { startSampleCompanion } from '../demo/sample-vms.ts';
 import type { GlobalOptions } from './main.ts';
 import { describeError, type Io } from './output.ts';
 import { readStatus, statusTable } from './status.ts';
@@ -44,7 +45,8 @@ export async function runCommand(paths: string[], flags: RunFlags, g: GlobalOpti
   const bars = tty ? new MultiBar({ format: ' {name} [{bar}] {percentage}% {what}', hideCursor: true, clearOnComplete: false }, Presets.shades_classic) : undefined;
   const say = (line: string) => (bars ? bars.log(`${line}\n`) : io.out(line));
   const started = Date.now();
-  const session = await openSession({ desired: loaded.state, paths, vaultPath: g.vault!, stateDir: g.stateDir, samples: flags.samples, report: say });
+  const session = await openSession({ desired: loaded.state, vaultPath: g.vault!, stateDir: g.stateDir, report: say,
+    ...(flags.samples && { companion: (sites) => startSampleCompanion(paths, sites, say) }) });
   const stop = new AbortController();
   const onSignal = () => stop.abort();
   process.once('SIGINT', onSignal);

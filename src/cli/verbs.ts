@@ -58,7 +58,7 @@ export async function verbCommand(verb: string, target: string, paths: string[],
   const report = (l: string) => !json && io.out(l);
   const direct = ['reverse', 'resync', 'pause', 'resume'].includes(verb);
   const desired = direct ? loaded.state : withRequest(loaded.state, target, request(verb, flags));
-  const session = await openSession({ desired, paths, vaultPath: g.vault!, stateDir: g.stateDir, report });
+  const session = await openSession({ desired, vaultPath: g.vault!, stateDir: g.stateDir, report });
   try {
     recoverInterrupted(session.vault);
     if (direct) {

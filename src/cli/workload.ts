@@ -1,7 +1,7 @@
 // `drsite workload <vm>`: writes a deterministic pattern through the VM's NBD export at a chosen
 // rate, for demos, tests and benchmarks.
 import { join } from 'node:path';
-import { runWorkload } from '../agent/workload.ts';
+import { runWorkload } from '../demo/workload.ts';
 import { TerminalError } from '../model/errors.ts';
 import { formatBytes, parseDuration, parseSize } from '../model/units.ts';
 import type { GlobalOptions } from './main.ts';

@@ -1,9 +1,9 @@
 // Everything a reconciling command holds open: the vault, the sites (embedded agents started here),
-// and for a demo the sample VMs with their workload. One place opens and closes them in order.
+// and whatever the command runs beside them (the demo's sample workload). One place opens and
+// closes them in order.
 import { resolve } from 'node:path';
 import type { DesiredState } from '../model/desired.ts';
 import { openSites, type SiteSet } from '../sites/open-sites.ts';
-import { ensureSampleVms, findSampleVms, startSampleWorkload, type SampleVms } from '../sites/sample-vms.ts';
 import { API } from '../transport/agent-api.ts';
 import { Vault } from '../vault/vault.ts';
 import { observeSites } from './observe-sites.ts';
@@ -11,14 +11,20 @@ import { recordObservation } from './record-status.ts';
 
 export interface SessionOptions {
   desired: DesiredState;
-  /** The declaration paths (a folder may hold sample-vms.json). */
-  paths: readonly string[];
   vaultPath: string;
   stateDir: string;
   certsDir?: string;
-  /** Create sample VMs and run their workload. @default false */
-  samples?: boolean;
+  /**
+   * Started once the sites are open (the CLI passes the demo's sample workload here); stopped
+   * before the final cycle of quiesce() and before the sites close.
+   */
+  companion?: (sites: SiteSet) => Promise<Companion | undefined>;
   report?: (line: string) => void;
+}
+
+/** Something that runs beside the reconciler for the session's lifetime. */
+export interface Companion {
+  stop(): Promise<void>;
 }
 
 export interface Session {
@@ -26,8 +32,7 @@ export interface Session {
   vault: Vault;
   sites: SiteSet;
   stateDir: string;
-  sample?: SampleVms;
-  /** Stops the sample workload, then ships one last cycle so every replica equals its primary. */
+  /** Stops the companion, then ships one last cycle so every replica equals its primary. */
   quiesce(): Promise<void>;
   close(): Promise<void>;
 }
@@ -42,17 +47,9 @@ export async function openSession(opts: SessionOptions): Promise<Session> {
     vault.close();
     throw e;
   }
-  const workload = new AbortController();
-  let running: Promise<void> = Promise.resolve();
-  let sample: SampleVms | undefined;
+  let companion: Companion | undefined;
   try {
-    sample = opts.samples ? await findSampleVms(opts.paths) : undefined;
-    const site = sample && sites.sites.get(sample.site);
-    if (sample && site) {
-      const created = await ensureSampleVms(site, sample);
-      if (created.length) opts.report?.(`created sample VM(s) ${created.join(', ')} on ${site.name} (${sample.file})`);
-      running = startSampleWorkload(site, sample, workload.signal);
-    }
+    companion = await opts.companion?.(sites);
   } catch (e) {
     await sites.close();
     vault.close();
@@ -63,10 +60,8 @@ export async function openSession(opts: SessionOptions): Promise<Session> {
     vault,
     sites,
     stateDir,
-    ...(sample && { sample }),
     async quiesce() {
-      workload.abort();
-      await running;
+      await companion?.stop();
       const obs = await observeSites(opts.desired, sites, vault, new Date());
       for (const [name, cur] of obs.current) {
         if (cur.primaryView?.state !== 'Replicating') continue;
@@ -75,8 +70,7 @@ export async function openSession(opts: SessionOptions): Promise<Session> {
       recordObservation(vault, opts.desired, await observeSites(opts.desired, sites, vault, new Date()));
     },
     async close() {
-      workload.abort();
-      await running;
+      await companion?.stop();
       await sites.close();
       vault.close();
     },

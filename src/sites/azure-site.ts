@@ -7,11 +7,11 @@
 import { mkdir } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { ContainerClient } from '@azure/storage-blob';
-import { AzureBlobLink } from '../agent/azure-blob-link.ts';
-import { azureContainerFromSite } from '../agent/azure-credentials.ts';
-import { diskBlobName, type PointMetadata } from '../agent/azure-disk-blobs.ts';
-import { azureCall } from '../agent/azure-errors.ts';
-import { AzureFailoverState, type AzureFailoverRecord, type AzureTestFailoverRecord } from '../agent/azure-failover-state.ts';
+import { AzureBlobLink } from '../agent/links/azure/blob-link.ts';
+import { azureContainerFromSite } from '../agent/links/azure/credentials.ts';
+import { diskBlobName, type PointMetadata } from '../agent/links/azure/disk-blobs.ts';
+import { azureCall } from '../agent/links/azure/errors.ts';
+import { AzureFailoverState, type AzureFailoverRecord, type AzureTestFailoverRecord } from '../agent/links/azure/failover-state.ts';
 import { selectPoint } from '../core/point-selector.ts';
 import type { DesiredState, Site as SiteResource } from '../model/desired.ts';
 import { TerminalError } from '../model/errors.ts';

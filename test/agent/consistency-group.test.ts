@@ -2,7 +2,7 @@
 // recovery points are crash-consistent together even while both keep writing.
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { NbdClient } from '../../src/agent/nbd-client.ts';
+import { NbdClient } from '../../src/nbd/client.ts';
 import type { RecoveryPointInfo } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s, twoHosts } from './cluster.ts';

@@ -2,8 +2,8 @@
 // forwards the points it applied; C converges to B's points; failover on C works.
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { NbdClient } from '../../src/agent/nbd-client.ts';
-import { randomWrites } from '../../src/agent/workload.ts';
+import { NbdClient } from '../../src/nbd/client.ts';
+import { randomWrites } from '../../src/demo/workload.ts';
 import { TerminalError } from '../../src/model/errors.ts';
 import type { RelationshipView } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';

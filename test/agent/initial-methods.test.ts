@@ -3,8 +3,8 @@
 import { copyFileSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { NbdClient } from '../../src/agent/nbd-client.ts';
-import { randomWrites, runWorkload } from '../../src/agent/workload.ts';
+import { NbdClient } from '../../src/nbd/client.ts';
+import { randomWrites, runWorkload } from '../../src/demo/workload.ts';
 import type { RelationshipView } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s, sha256File, twoHosts } from './cluster.ts';

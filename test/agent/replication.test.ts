@@ -4,8 +4,8 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { NbdClient } from '../../src/agent/nbd-client.ts';
-import { randomWrites, runWorkload } from '../../src/agent/workload.ts';
+import { NbdClient } from '../../src/nbd/client.ts';
+import { randomWrites, runWorkload } from '../../src/demo/workload.ts';
 import type { RecoveryPointInfo, RelationshipView } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s, sha256File, twoHosts } from './cluster.ts';

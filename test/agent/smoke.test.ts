@@ -1,8 +1,8 @@
 // Two in-process agents over real mutual TLS on loopback: protect a VM, replicate, compare.
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { NbdClient } from '../../src/agent/nbd-client.ts';
-import { randomWrites } from '../../src/agent/workload.ts';
+import { NbdClient } from '../../src/nbd/client.ts';
+import { randomWrites } from '../../src/demo/workload.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s, sha256File, twoHosts } from './cluster.ts';
 

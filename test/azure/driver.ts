@@ -9,7 +9,7 @@ import { sha256File } from '../../src/core/disk.ts';
 import { writeLog } from '../../src/core/log-format.ts';
 import { TrackedDisk } from '../../src/core/tracker.ts';
 import { BLOCK_SIZE, type RelationshipKeys } from '../../src/core/types.ts';
-import type { AzureBlobLink } from '../../src/agent/azure-blob-link.ts';
+import type { AzureBlobLink } from '../../src/agent/links/azure/blob-link.ts';
 import type { CreateReplicaRequest, ReplicaStatus } from '../../src/transport/agent-api.ts';
 
 export interface PointCopy {

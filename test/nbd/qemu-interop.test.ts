@@ -4,9 +4,9 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { NbdClient } from '../../src/agent/nbd-client.ts';
-import { NbdServer } from '../../src/agent/nbd-server.ts';
-import { randomWrites } from '../../src/agent/workload.ts';
+import { NbdClient } from '../../src/nbd/client.ts';
+import { NbdServer } from '../../src/nbd/server.ts';
+import { randomWrites } from '../../src/demo/workload.ts';
 import { FileBlockDevice } from './file-block-device.ts';
 import { nbdUri, qemuImg, qemuIo, sha256, tempDir } from './helpers.ts';
 

@@ -3,15 +3,15 @@
 // 4 KiB digests and downloads only the blocks that differ; `full-download` copies every written page.
 import { open, stat, truncate } from 'node:fs/promises';
 import type { ContainerClient } from '@azure/storage-blob';
-import { blockChecksums, diffBlocks, DIGEST_BYTES, type BlockDigests } from '../core/block-checksums.ts';
-import { RawDisk } from '../core/disk.ts';
-import { BLOCK_SIZE } from '../core/types.ts';
-import type { BlockDevice } from '../model/block-device.ts';
-import { TerminalError } from '../model/errors.ts';
-import { AzureBlobLink } from './azure-blob-link.ts';
-import { DiskBlobs, roundUp } from './azure-disk-blobs.ts';
-import { azureCall } from './azure-errors.ts';
-import { MAX_PUT_PAGE, TransferCount, readRange, writtenRanges } from './azure-page-io.ts';
+import { blockChecksums, diffBlocks, DIGEST_BYTES, type BlockDigests } from '../../../core/block-checksums.ts';
+import { RawDisk } from '../../../core/disk.ts';
+import { BLOCK_SIZE } from '../../../core/types.ts';
+import type { BlockDevice } from '../../../model/block-device.ts';
+import { TerminalError } from '../../../model/errors.ts';
+import { AzureBlobLink } from './blob-link.ts';
+import { DiskBlobs, roundUp } from './disk-blobs.ts';
+import { azureCall } from './errors.ts';
+import { MAX_PUT_PAGE, TransferCount, readRange, writtenRanges } from './page-io.ts';
 
 export interface AzureFailbackOptions {
   /** The relationship's link; or `container` plus `keys`. */

@@ -1,12 +1,12 @@
 // The primary's link to a Replica server over HTTPS with mutual TLS: the agent API's replica
 // verbs, and log transfers that resume where the server's durable offset stands.
-import { compareRequestToJSON, digestsFromJSON, type BlockDigests, type BlockDigestsJSON, type CompareRequest } from '../core/block-checksums.ts';
-import { TerminalError } from '../model/errors.ts';
-import { API, type CreateReplicaRequest, type ReplicaStatus } from '../transport/agent-api.ts';
-import type { CertBundle } from '../transport/certs.ts';
-import { createMtlsClient, type MtlsClient } from '../transport/mtls.ts';
-import { TransferCounters, uploadFile } from '../transport/upload.ts';
-import type { ReplicaLink } from './primary.ts';
+import { compareRequestToJSON, digestsFromJSON, type BlockDigests, type BlockDigestsJSON, type CompareRequest } from '../../core/block-checksums.ts';
+import { TerminalError } from '../../model/errors.ts';
+import { API, type CreateReplicaRequest, type ReplicaStatus } from '../../transport/agent-api.ts';
+import type { CertBundle } from '../../transport/certs.ts';
+import { createMtlsClient, type MtlsClient } from '../../transport/mtls.ts';
+import { TransferCounters, uploadFile } from '../../transport/upload.ts';
+import type { ReplicaLink } from '../primary.ts';
 
 export class HttpReplicaLink implements ReplicaLink {
   readonly counters = new TransferCounters();

@@ -2,7 +2,7 @@
 // flight), clears as metadata, reads and page-range listings that count every byte downloaded,
 // since "how much crossed the wire" is what failback is judged on.
 import type { BlobClient, PageBlobClient } from '@azure/storage-blob';
-import { azureCall } from './azure-errors.ts';
+import { azureCall } from './errors.ts';
 
 export const PAGE = 512;
 /** Put Page accepts at most 4 MiB per call. */

@@ -1,8 +1,8 @@
 // Resolves an Azure Site's container client from the environment variables its `credentials` name:
 // secrets never live in YAML, and no message here ever prints a variable's value.
 import { AnonymousCredential, BlobServiceClient, StorageSharedKeyCredential, type ContainerClient, type StoragePipelineOptions } from '@azure/storage-blob';
-import { TerminalError } from '../model/errors.ts';
-import type { Site } from '../model/types.generated.ts';
+import { TerminalError } from '../../../model/errors.ts';
+import type { Site } from '../../../model/types.generated.ts';
 
 /** Storage SDK retries stay short: the engine's own schedule (1, 2, 4… minutes) does the long waits. */
 export interface AzureRetryOptions {

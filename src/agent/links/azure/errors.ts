@@ -1,7 +1,7 @@
 // Maps Azure Storage failures to the engine's typed errors, in one place: network trouble and
 // server errors are retried, credentials and permissions need an operator, and so does a missing
 // container (someone deleted it or the Site names the wrong one).
-import { RetryableError, TerminalError } from '../model/errors.ts';
+import { RetryableError, TerminalError } from '../../../model/errors.ts';
 
 /** Error codes of a request refused for lack of permission (the caller is known). */
 const AUTHORIZATION_CODES = new Set([

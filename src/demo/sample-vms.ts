@@ -4,11 +4,11 @@
 import { readFile } from 'node:fs/promises';
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { runWorkload } from '../agent/workload.ts';
+import { runWorkload } from './workload.ts';
 import { TerminalError } from '../model/errors.ts';
 import { parseSize } from '../model/units.ts';
 import { API, type CreateVmRequest } from '../transport/agent-api.ts';
-import type { Site, SiteVm } from './site.ts';
+import type { Site, SiteVm } from '../sites/site.ts';
 
 export const SAMPLE_VMS_FILE = 'sample-vms.json';
 
@@ -102,4 +102,28 @@ export function startSampleWorkload(site: Site, sample: SampleVms, signal: Abort
     }
   }
   return Promise.all(runs).then(() => undefined);
+}
+
+/**
+ * The demo beside a reconciling command: finds `sample-vms.json` among the declaration paths,
+ * creates its VMs on their embedded site and runs the workload until stopped.
+ */
+export async function startSampleCompanion(
+  paths: readonly string[],
+  sites: { sites: ReadonlyMap<string, Site> },
+  report?: (line: string) => void,
+): Promise<{ stop(): Promise<void> } | undefined> {
+  const sample = await findSampleVms(paths);
+  const site = sample && sites.sites.get(sample.site);
+  if (!sample || !site) return undefined;
+  const created = await ensureSampleVms(site, sample);
+  if (created.length) report?.(`created sample VM(s) ${created.join(', ')} on ${site.name} (${sample.file})`);
+  const workload = new AbortController();
+  const running = startSampleWorkload(site, sample, workload.signal);
+  return {
+    async stop() {
+      workload.abort();
+      await running;
+    },
+  };
 }

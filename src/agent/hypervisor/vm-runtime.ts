@@ -4,11 +4,11 @@
 // created by a failover runs on overlays of a recovery point until it is committed.
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { TrackedDisk } from '../core/tracker.ts';
-import type { BlockDevice } from '../model/block-device.ts';
-import type { Logger } from '../transport/logger.ts';
-import type { FilesHypervisor, VmDefinition } from './hypervisor-files.ts';
-import { NbdServer } from './nbd-server.ts';
+import { TrackedDisk } from '../../core/tracker.ts';
+import type { BlockDevice } from '../../model/block-device.ts';
+import type { Logger } from '../../transport/logger.ts';
+import type { FilesHypervisor, VmDefinition } from './files.ts';
+import { NbdServer } from '../../nbd/server.ts';
 
 export interface ClosableDevice extends BlockDevice {
   close(): Promise<void>;

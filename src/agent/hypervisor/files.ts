@@ -3,8 +3,8 @@
 // that replication, failover and the tests work on, where QEMU is not needed.
 import { mkdir, readdir, rm, open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { readJsonIfExists, writeJsonAtomic } from '../core/atomic-file.ts';
-import { TerminalError } from '../model/errors.ts';
+import { readJsonIfExists, writeJsonAtomic } from '../../core/atomic-file.ts';
+import { TerminalError } from '../../model/errors.ts';
 
 export type PowerState = 'Running' | 'Off';
 

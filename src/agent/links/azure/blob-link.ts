@@ -4,21 +4,21 @@
 // disk data (it encrypts at rest itself); the relationship keys never leave this process.
 import { createHash, createHmac } from 'node:crypto';
 import type { ContainerClient } from '@azure/storage-blob';
-import type { BlockDigests } from '../core/block-checksums.ts';
-import { openLog } from '../core/log-format.ts';
-import { checkRetention, selectRetained, type RecoveryPoint } from '../core/recovery-points.ts';
-import { BLOCK_SIZE, type RelationshipKeys } from '../core/types.ts';
-import { systemClock, type Clock } from '../model/clock.ts';
-import { TerminalError } from '../model/errors.ts';
-import type { Site } from '../model/types.generated.ts';
-import type { CreateReplicaRequest, DiskInfo, RecoveryPointInfo, ReplicaStatus } from '../transport/agent-api.ts';
-import { silentLogger, type Logger } from '../transport/logger.ts';
-import { azureContainerFromSite, type AzureRetryOptions } from './azure-credentials.ts';
-import { DiskBlobs, pointFromMetadata, type LiveState, type PointMetadata } from './azure-disk-blobs.ts';
-import { azureCall, isBlobNotFound } from './azure-errors.ts';
-import { AzureFailoverState } from './azure-failover-state.ts';
-import { TransferCount } from './azure-page-io.ts';
-import type { ReplicaLink } from './primary.ts';
+import type { BlockDigests } from '../../../core/block-checksums.ts';
+import { openLog } from '../../../core/log-format.ts';
+import { checkRetention, selectRetained, type RecoveryPoint } from '../../../core/recovery-points.ts';
+import { BLOCK_SIZE, type RelationshipKeys } from '../../../core/types.ts';
+import { systemClock, type Clock } from '../../../model/clock.ts';
+import { TerminalError } from '../../../model/errors.ts';
+import type { Site } from '../../../model/types.generated.ts';
+import type { CreateReplicaRequest, DiskInfo, RecoveryPointInfo, ReplicaStatus } from '../../../transport/agent-api.ts';
+import { silentLogger, type Logger } from '../../../transport/logger.ts';
+import { azureContainerFromSite, type AzureRetryOptions } from './credentials.ts';
+import { DiskBlobs, pointFromMetadata, type LiveState, type PointMetadata } from './disk-blobs.ts';
+import { azureCall, isBlobNotFound } from './errors.ts';
+import { AzureFailoverState } from './failover-state.ts';
+import { TransferCount } from './page-io.ts';
+import type { ReplicaLink } from '../../primary.ts';
 
 /** `<relationshipId>/relationship.json`: what the replica side knows, keys excepted. */
 export interface AzureReplicaRecord {

@@ -26,7 +26,7 @@ import {
   REP,
   SIMPLE_REPLY_BYTES,
   SIMPLE_REPLY_MAGIC,
-} from './nbd-protocol.ts';
+} from './protocol.ts';
 
 /** Zeroing commands carry no payload, so only their 32-bit length field limits them. */
 const MAX_ZEROING = 0x80000000;

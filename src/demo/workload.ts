@@ -6,7 +6,7 @@ import type { BlockDevice } from '../model/block-device.ts';
 import type { Clock } from '../model/clock.ts';
 import { systemClock } from '../model/clock.ts';
 import { TerminalError } from '../model/errors.ts';
-import { NbdClient } from './nbd-client.ts';
+import { NbdClient } from '../nbd/client.ts';
 
 export type WorkloadTarget =
   | { readonly socketPath: string; readonly exportName: string }

@@ -24,7 +24,7 @@ import {
   REQUEST_MAGIC,
   send,
   TX_FLAG,
-} from './nbd-protocol.ts';
+} from './protocol.ts';
 
 /** Where exports come from: a live map (read at each connection) or a lookup function (then LIST is empty). */
 export type NbdExports = ReadonlyMap<string, BlockDevice> | ((name: string) => BlockDevice | undefined);

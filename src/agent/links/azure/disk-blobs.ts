@@ -4,11 +4,11 @@
 // a recovery point is one snapshot of each.
 import { createHmac } from 'node:crypto';
 import type { BlobClient, ContainerClient, PageBlobClient } from '@azure/storage-blob';
-import { DIGEST_BYTES, type BlockDigests } from '../core/block-checksums.ts';
-import { BLOCK_SIZE, type Extent } from '../core/types.ts';
-import { VHD_FOOTER_BYTES, vhdFooter } from '../core/vhd.ts';
-import { azureCall, isBlobNotFound } from './azure-errors.ts';
-import { MAX_PUT_PAGE, PAGE, TransferCount, clearPages, readRange, writeBytes, writePages, writtenRanges, type ByteRange } from './azure-page-io.ts';
+import { DIGEST_BYTES, type BlockDigests } from '../../../core/block-checksums.ts';
+import { BLOCK_SIZE, type Extent } from '../../../core/types.ts';
+import { VHD_FOOTER_BYTES, vhdFooter } from '../../../core/vhd.ts';
+import { azureCall, isBlobNotFound } from './errors.ts';
+import { MAX_PUT_PAGE, PAGE, TransferCount, clearPages, readRange, writeBytes, writePages, writtenRanges, type ByteRange } from './page-io.ts';
 
 /** Sums entries per 512-byte page of the sums blob. */
 const ENTRIES_PER_PAGE = PAGE / DIGEST_BYTES;

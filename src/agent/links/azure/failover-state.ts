@@ -4,8 +4,8 @@
 // the first before every change, because once a VM has failed over to Azure its replica blobs are
 // what failback downloads, and a primary that comes back must not overwrite them.
 import type { ContainerClient } from '@azure/storage-blob';
-import { TerminalError } from '../model/errors.ts';
-import { azureCall, isBlobNotFound } from './azure-errors.ts';
+import { TerminalError } from '../../../model/errors.ts';
+import { azureCall, isBlobNotFound } from './errors.ts';
 
 /** A planned or unplanned failover of one relationship to Azure. */
 export interface AzureFailoverRecord {
