@@ -5,37 +5,14 @@ import { mkdir, readdir, rm, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readJsonIfExists, writeJsonAtomic } from '../../core/atomic-file.ts';
 import { TerminalError } from '../../model/errors.ts';
+import type { Hypervisor, PowerState, VmDefinition, VmDisk, VmRuntimeStatus } from '../../model/hypervisor.ts';
 
-export type PowerState = 'Running' | 'Off';
-
-export interface VmDisk {
-  /** Stable name inside the VM (`os`, `data`); also the replicated disk id. */
-  name: string;
-  /** Image file name inside the VM folder. */
-  file: string;
-  size: number;
-}
-
-export interface VmAdapter {
-  name: string;
-  /** Network the adapter is connected to; absent = disconnected. */
-  network?: string;
-  ipv4?: { address: string; gateway?: string; dns?: string[] };
-  ipv6?: { address: string; gateway?: string; dns?: string[] };
-}
-
-export interface VmDefinition {
-  name: string;
-  disks: VmDisk[];
-  adapters: VmAdapter[];
-  power: PowerState;
-  /** Set on VMs created by a failover: where they came from and from which point. */
-  origin?: { relationshipId: string; recoveryPoint: number; kind: 'test' | 'failover' };
-}
+export type { PowerState, VmAdapter, VmDefinition, VmDisk } from '../../model/hypervisor.ts';
 
 const VM_NAME = /^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$/;
 
-export class FilesHypervisor {
+export class FilesHypervisor implements Hypervisor {
+  readonly kind = 'files';
   readonly root: string;
   constructor(root: string) {
     this.root = root;
@@ -99,11 +76,16 @@ export class FilesHypervisor {
     await writeJsonAtomic(join(this.vmDir(vm.name), 'vm.json'), vm);
   }
 
+  /** Nothing boots here: the power state is what vm.json records. */
   async setPower(name: string, power: PowerState): Promise<VmDefinition> {
     const vm = await this.get(name);
     const next = { ...vm, power };
     await this.save(next);
     return next;
+  }
+
+  async status(name: string): Promise<VmRuntimeStatus> {
+    return { power: (await this.get(name)).power };
   }
 
   async remove(name: string): Promise<void> {
