@@ -1,10 +1,13 @@
-// A small method + path router for the agent API: patterns with `:name` segments, one handler
-// per route, and who may call it (an operator, or a primary whose certificate a Replica server
-// accepts).
+// The agent API's router, built from the route table of transport/agent-api.ts: patterns with
+// `:name` segments, one handler per route, who may call it, and the route's body schema, checked
+// (400 naming the field) before the handler runs.
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { ROUTES, type Caller, type RouteName, type RouteSpec } from '../transport/agent-api.ts';
+import { checkBody } from '../transport/body-validation.ts';
 import type { PeerIdentity } from '../transport/peer.ts';
+import { readJson } from '../transport/wire.ts';
 
-export type Caller = 'operator' | 'primary';
+export type { Caller };
 
 export interface RouteContext {
   req: IncomingMessage;
@@ -14,25 +17,41 @@ export interface RouteContext {
   /** Common name of the client certificate. */
   peer: string;
   identity: PeerIdentity;
+  /** The request body, parsed and checked against the route's schema (undefined for routes without one). */
+  body: unknown;
 }
 
-/** A handler returns a JSON body (sent with `status`, default 200) or undefined when it answered itself. */
+/** A handler returns a JSON body (sent with the route's status) or undefined when it answered itself. */
 export type Handler = (ctx: RouteContext) => Promise<unknown>;
 
+export type Handlers = { readonly [K in RouteName]: Handler };
+
 interface Route {
+  spec: RouteSpec;
   method: string;
   parts: string[];
   caller: Caller;
-  handler: Handler;
   status: number;
+  handler: Handler;
 }
 
 export class Router {
   readonly #routes: Route[] = [];
 
-  add(method: string, pattern: string, caller: Caller, handler: Handler, status = 200): this {
-    this.#routes.push({ method, parts: pattern.split('/').filter(Boolean), caller, handler, status });
-    return this;
+  /** Every route of the table, each with its handler. */
+  constructor(handlers: Handlers) {
+    for (const name of Object.keys(ROUTES) as RouteName[]) {
+      const spec: RouteSpec = ROUTES[name];
+      const handler = handlers[name];
+      this.#routes.push({
+        spec,
+        method: spec.method,
+        parts: spec.path.split('/').filter(Boolean),
+        caller: spec.caller,
+        status: spec.status ?? 200,
+        handler: spec.body ? async (ctx) => handler({ ...ctx, body: checkBody(spec, await readJson(ctx.req, 1 << 20)) }) : handler,
+      });
+    }
   }
 
   /** The route for a request, or why there is none (404 path, 405 method). */

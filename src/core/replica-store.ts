@@ -8,6 +8,7 @@
 // already holds) -> journal "applying N" (points N makes obsolete folded into it) -> write the
 // images, fsync -> journal "applied N" -> delete the logs -> prune. Logs carry whole block data,
 // so re-applying N after a crash is idempotent.
+import { AsyncMutex } from './async-mutex.ts';
 import { randomBytes, createHash } from 'node:crypto';
 import { readSync, writeSync } from 'node:fs';
 import { copyFile, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
@@ -114,7 +115,7 @@ export class ReplicaStore {
   private readonly undoFiles = new Map<string, UndoFile>();
   private readonly readers = new Map<string, FileHandle>();
   private readonly pins = new Map<number, number>();
-  private lock: Promise<void> = Promise.resolve();
+  private readonly lock = new AsyncMutex();
   private readonly counters: Mutable<ReplicaStats> = {
     pointsApplied: 0, logsApplied: 0, bytesApplied: 0, bytesReceived: 0,
     imageBytesWritten: 0, undoBytesWritten: 0, journalBytesWritten: 0,
@@ -774,9 +775,7 @@ export class ReplicaStore {
   }
 
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.lock.then(fn);
-    this.lock = run.then(() => undefined, () => undefined);
-    return run;
+    return this.lock.run(fn);
   }
 }
 

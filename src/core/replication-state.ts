@@ -22,6 +22,8 @@ export const EVENTS = [
   'trackerLost',
   /** Pending changes passed the policy's resync threshold. */
   'thresholdExceeded',
+  /** An operator asked for a resynchronisation. */
+  'resyncRequested',
   /** Resynchronisation starts (in the window, or on demand). */
   'resync',
   'resyncDone',
@@ -51,6 +53,8 @@ type Row = Partial<Record<ReplicationEvent, State>>;
  *   retained recovery points are still usable.
  * - operatorReset after Critical goes to ResynchronizationRequired: after an unknown failure
  *   only a full compare proves the replica matches.
+ * - A replica side starts ReadyForInitialReplication and its first applied point is the end of
+ *   the initial copy (initialDone), without an InitialReplicationInProgress of its own.
  * - reverse after a committed unplanned failover resynchronises (the sides may have diverged);
  *   after a planned failover nothing was lost, so replication resumes directly.
  */
@@ -58,6 +62,7 @@ const TABLE: Record<State, Row> = {
   Disabled: { enable: 'ReadyForInitialReplication' },
   ReadyForInitialReplication: {
     startInitial: 'InitialReplicationInProgress',
+    initialDone: 'Replicating',
     waitImport: 'WaitingForInitialReplicationImport',
     terminalError: 'Critical',
     remove: 'Disabled',
@@ -79,6 +84,7 @@ const TABLE: Record<State, Row> = {
     suspend: 'Suspended',
     trackerLost: 'ResynchronizationRequired',
     thresholdExceeded: 'ResynchronizationRequired',
+    resyncRequested: 'ResynchronizationRequired',
     resync: 'Resynchronizing',
     plannedFailoverPrepared: 'PreparedForPlannedFailover',
     failover: 'FailoverWaitingCompletion',
@@ -89,6 +95,7 @@ const TABLE: Record<State, Row> = {
     resume: 'Replicating',
     trackerLost: 'ResynchronizationRequired',
     thresholdExceeded: 'ResynchronizationRequired',
+    resyncRequested: 'ResynchronizationRequired',
     failover: 'FailoverWaitingCompletion',
     terminalError: 'Critical',
     remove: 'Disabled',

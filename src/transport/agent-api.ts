@@ -3,7 +3,7 @@
 // Msvm_ReplicationService: CreateReplicationRelationship, StartReplication,
 // ModifyReplicationSettings, RequestReplicationStateChange, RemoveReplicationRelationship,
 // GetReplicationStatistics.
-import type { ReplicationPolicySpec, SiteSpec } from '../model/types.generated.ts';
+
 
 export const API = {
   health: '/v1/health',
@@ -54,206 +54,113 @@ function enc(s: string): string {
   return encodeURIComponent(s);
 }
 
-export interface DiskInfo {
-  id: string;
-  size: number;
-}
+export type * from '../model/replication-api.ts';
 
-export type RelationshipRole = 'Primary' | 'Replica';
+// ------------------------------------------------------------------------------------ route table
 
-/** CreateReplicationRelationship, sent by an operator to the primary host's agent. */
-export interface CreateRelationshipRequest {
-  /** Deterministic id chosen by the caller (the reconciler derives it from site and VM names). */
-  id: string;
-  vm: string;
-  /**
-   * The Replica server's agent (`endpoint`), or an Azure storage container (`azure`: the azure
-   * Site's spec, whose credentials name environment variables of the primary's agent).
-   */
-  replica: { name: string; endpoint: string; azure?: SiteSpec };
-  /** Defaults already applied (src/config/defaults.ts). */
-  policy: ReplicationPolicySpec;
-  excludeDisks?: string[];
-  replicaStoragePath?: string;
-  /** Multi-VM consistency: relationships of one group on this host share their cut instants. */
-  replicationGroup?: string;
-}
-
-/** Sent by the primary agent to the Replica server when the relationship is created. */
-export interface CreateReplicaRequest {
-  id: string;
-  vm: string;
-  disks: DiskInfo[];
-  /** Relationship keys, base64: the channel is mutual TLS; the replica needs them to verify and decrypt logs. */
-  keys: { encryptionKey: string; macKey: string };
-  retention: { additional: number; appConsistentEvery?: number };
-  storagePath?: string;
-  /**
-   * Reverse replication: the Replica server seeds the replica from its own VM of this name (the
-   * former primary, which must be off); its primary relationship for that VM, if any, ends.
-   */
-  seedFromVm?: string;
-  /** With seedFromVm: discard that VM's disks instead of seeding from them (a full download). */
-  discardSeed?: boolean;
-}
-
-/** What a Replica server says about its side of a relationship. */
-export interface ReplicaStatus {
-  id: string;
-  vm: string;
-  primary: string;
-  storagePath: string;
-  state: string;
-  /** Sequence of the latest applied (complete, consistent) point; 0 before the initial copy. */
-  applied: number;
-  /** Sequences received and durable, not applied yet, per disk. */
-  received: Record<string, number[]>;
-  points: RecoveryPointInfo[];
-  disks: DiskInfo[];
-}
-
-export interface RecoveryPointInfo {
-  sequence: number;
-  /** RFC 3339 time of the cut. */
-  time: string;
-  consistency: 'crash' | 'app';
-  cutId: string;
-}
-
-export interface ReplicationStatisticsView {
-  state: string;
-  health: string;
-  lastReplicationTime?: string;
-  pendingReplicationSize: number;
-  averageReplicationSize: number;
-  maximumReplicationSize: number;
-  averageReplicationLatency: number;
-  successfulReplicationCount: number;
-  missedReplicationCount: number;
-  replicationErrors: number;
-  monitoringStartTime: string;
-}
-
-/** One relationship as an agent reports it (GET /v1/relationships). */
-export interface RelationshipView {
-  id: string;
-  role: RelationshipRole;
-  vm: string;
-  /** Peer host name: the replica for a primary, the primary for a replica. */
-  peer: string;
-  state: string;
-  health: 'Normal' | 'Warning' | 'Critical';
-  healthReasons: string[];
-  policy?: ReplicationPolicySpec;
-  disks: DiskInfo[];
-  excludeDisks: string[];
-  lastReplicationTime?: string;
-  /** Seconds since the cut of the latest point the replica holds. */
-  lagSeconds?: number;
-  pendingBytes: number;
-  initialReplication?: { method: string; bytesDone: number; bytesTotal: number; startAt?: string };
-  resync?: { bytesDone: number; bytesTotal: number };
-  recoveryPoints: number;
-  appliedSequence: number;
-  /** Primary side: sequence of the newest cut sealed into the outbox (shipped or not). */
-  lastCutSequence?: number;
-  /** Bytes of sealed logs sent to the replica (primary side): what crossed the wire, before TLS. */
-  bytesShipped?: number;
-  storagePath?: string;
-  lastError?: { code: string; message: string; at: string };
-  nextRetryAt?: string;
-  /** Primary side, while Suspended: who paused it (an operator's pause is never undone by drsite). */
-  suspendedBy?: 'operator' | 'engine';
-  /** Replica side: the `<vm>-Test` VM of an active test failover and its point. */
-  testFailover?: { vm: string; sequence: number };
-  /** Replica side: the failed-over VM and the point it runs from. */
-  failover?: { vm: string; sequence: number };
-  statistics: ReplicationStatisticsView;
-}
-
-export interface CreateVmRequest {
-  name: string;
-  disks: { name: string; size: number }[];
-  adapters?: { name: string; network?: string }[];
-  power?: 'Running' | 'Off';
-}
-
-/** POST failback-from-azure (primary host, VM off): bring every disk home from its page blob. */
-export interface FailbackFromAzureRequest {
-  /** @default minimize-downtime */
-  method?: 'minimize-downtime' | 'full-download';
-}
-
-export interface FailbackFromAzureResult {
-  method: 'minimize-downtime' | 'full-download';
-  /** Every byte downloaded (disk data and digests) and the disks' total size. */
-  bytesDownloaded: number;
-  diskBytes: number;
-  disks: { id: string; bytesDownloaded: number; blocksChanged: number; compare: 'sums' | 'data' | 'none' }[];
-}
-
-/** Static addressing for one adapter of a failed-over VM (Hyper-V's Failover TCP/IP). */
-export interface FailoverAdapterSettings {
-  name: string;
-  /** Network to connect the adapter to; null or absent = disconnected. */
-  network?: string | null;
-  ipv4?: { address: string; gateway?: string; dns?: string[] };
-  ipv6?: { address: string; gateway?: string; dns?: string[] };
-}
-
-/** Which point a failover uses: `latest`, `latest-app-consistent`, an RFC 3339 time (newest point at or before it) or a sequence. */
-export type RecoveryPointSelector = 'latest' | 'latest-app-consistent' | string | number;
-
-/** POST test-failover (replica host): a `<vm>-Test` VM on a throw-away overlay of the point. */
-export interface TestFailoverRequest {
-  recoveryPoint?: RecoveryPointSelector;
-  /** Network for every adapter; null/absent: disconnected (Hyper-V's default for test VMs). */
-  network?: string | null;
-  adapters?: FailoverAdapterSettings[];
-}
-
-export interface TestFailoverResult {
-  testVm: string;
-  recoveryPoint: RecoveryPointInfo;
-  nbdSocket: string;
-}
-
-/** POST failover (replica host): planned (after prepare-planned-failover) or unplanned. */
-export interface FailoverRequest {
-  recoveryPoint?: RecoveryPointSelector;
-  /** Failover TCP/IP and mapped network per adapter, written into the VM's vm.json. */
-  adapters?: FailoverAdapterSettings[];
-  /** Start the VM after failover. @default true */
-  start?: boolean;
-}
-
-export interface FailoverResult {
-  vm: string;
-  recoveryPoint: RecoveryPointInfo;
-  state: string;
-}
-
-/** POST prepare-planned-failover (primary host): the VM must be off; ships the final delta. */
-export interface PrepareResult {
-  /** Last sequence shipped and applied on the replica: the failover point. */
-  sequence: number;
-  state: string;
-}
+/** Who may call a route: an operator (reconciler, CLI), or a primary its Replica server accepts. */
+export type Caller = 'operator' | 'primary';
 
 /**
- * POST reverse (host that now runs the VM): replicate it back to the former primary, which
- * seeds the replica from its own copy of the VM's disks so only differing blocks ship.
+ * One route of the agent API. The server's routes come from this table; `body` (JSON Schema) is
+ * what every request body of the route must satisfy, checked before any handler runs.
  */
-export interface ReverseRequest {
-  /** Id of the new, reversed relationship. */
-  id: string;
-  replica: { name: string; endpoint: string };
-  policy: ReplicationPolicySpec;
-  /** Start the reverse initial sync now. @default true */
-  start?: boolean;
-  /**
-   * `minimize-downtime`: the former primary's disks seed the replica, only differing blocks ship.
-   * `full-download`: they are discarded and everything is copied again. @default minimize-downtime
-   */
-  method?: 'minimize-downtime' | 'full-download';
+export interface RouteSpec {
+  readonly method: 'GET' | 'POST' | 'PUT' | 'DELETE' | 'HEAD';
+  readonly path: string;
+  readonly caller: Caller;
+  readonly body?: object;
+  /** Success status. @default 200 */
+  readonly status?: number;
 }
+
+const str = { type: 'string', minLength: 1 } as const;
+const int = { type: 'integer', minimum: 0 } as const;
+const obj = (properties: Record<string, object>, required: string[] = []) => ({ type: 'object', additionalProperties: false, properties, required });
+const addr = obj({ address: str, gateway: str, dns: { type: 'array', items: str } }, ['address']);
+const adapterSettings = obj({ name: str, network: { type: ['string', 'null'] }, ipv4: addr, ipv6: addr }, ['name']);
+const pointSelector = { type: ['string', 'integer'] } as const;
+// A policy arrives with its defaults applied by the config layer, which validated it against
+// schemas/replicationpolicy.schema.json; here only what the agent reads first is required.
+const policy = { type: 'object', required: ['frequency'], properties: { frequency: str } } as const;
+const replicaRef = obj({ name: str, endpoint: str, azure: { type: 'object' } }, ['name', 'endpoint']);
+const retention = obj({ additional: int, appConsistentEvery: int }, ['additional']);
+const reverseBody = obj({ id: str, replica: replicaRef, policy, start: { type: 'boolean' }, method: { enum: ['minimize-downtime', 'full-download'] } }, ['id', 'replica', 'policy']);
+const R = (method: RouteSpec['method'], path: string, caller: Caller, extra: Partial<RouteSpec> = {}): RouteSpec => ({ method, path, caller, ...extra });
+
+export const ROUTES = {
+  health: R('GET', '/v1/health', 'operator'),
+  listVms: R('GET', '/v1/vms', 'operator'),
+  createVm: R('POST', '/v1/vms', 'operator', {
+    status: 201,
+    body: obj({
+      name: str,
+      disks: { type: 'array', minItems: 1, items: obj({ name: str, size: { type: 'integer', minimum: 512 } }, ['name', 'size']) },
+      adapters: { type: 'array', items: obj({ name: str, network: str }, ['name']) },
+      power: { enum: ['Running', 'Off'] },
+    }, ['name', 'disks']),
+  }),
+  getVm: R('GET', '/v1/vms/:name', 'operator'),
+  setVmPower: R('POST', '/v1/vms/:name/power', 'operator', { body: obj({ power: { enum: ['Running', 'Off'] } }, ['power']) }),
+  listRelationships: R('GET', '/v1/relationships', 'operator'),
+  createRelationship: R('POST', '/v1/relationships', 'operator', {
+    status: 201,
+    body: obj({ id: str, vm: str, replica: replicaRef, policy, excludeDisks: { type: 'array', items: str }, replicaStoragePath: str, replicationGroup: str }, ['id', 'vm', 'replica', 'policy']),
+  }),
+  getRelationship: R('GET', '/v1/relationships/:id', 'operator'),
+  removeRelationship: R('DELETE', '/v1/relationships/:id', 'operator'),
+  startReplication: R('POST', '/v1/relationships/:id/start', 'operator', { status: 202 }),
+  replicateNow: R('POST', '/v1/relationships/:id/replicate-now', 'operator'),
+  replicateGroupNow: R('POST', '/v1/replication-groups/:group/replicate-now', 'operator'),
+  resync: R('POST', '/v1/relationships/:id/resync', 'operator'),
+  modifySettings: R('PUT', '/v1/relationships/:id/settings', 'operator', { body: obj({ policy }, ['policy']) }),
+  suspend: R('POST', '/v1/relationships/:id/suspend', 'operator'),
+  resume: R('POST', '/v1/relationships/:id/resume', 'operator'),
+  statistics: R('GET', '/v1/relationships/:id/statistics', 'operator'),
+  resetStatistics: R('POST', '/v1/relationships/:id/statistics/reset', 'operator'),
+  recoveryPoints: R('GET', '/v1/relationships/:id/recovery-points', 'operator'),
+  pointDigest: R('GET', '/v1/relationships/:id/recovery-points/:seq/disks/:disk/sha256', 'operator'),
+  importMedia: R('POST', '/v1/relationships/:id/import', 'operator', { body: obj({ folder: str }, ['folder']) }),
+  testFailover: R('POST', '/v1/relationships/:id/test-failover', 'operator', {
+    body: obj({ recoveryPoint: pointSelector, network: { type: ['string', 'null'] }, adapters: { type: 'array', items: adapterSettings }, job: str }),
+  }),
+  cleanupTestFailover: R('POST', '/v1/relationships/:id/cleanup-test-failover', 'operator'),
+  preparePlannedFailover: R('POST', '/v1/relationships/:id/prepare-planned-failover', 'operator'),
+  failover: R('POST', '/v1/relationships/:id/failover', 'operator', {
+    body: obj({ recoveryPoint: pointSelector, adapters: { type: 'array', items: adapterSettings }, start: { type: 'boolean' }, kind: { enum: ['planned', 'unplanned'] }, job: str }),
+  }),
+  commit: R('POST', '/v1/relationships/:id/commit', 'operator'),
+  cancel: R('POST', '/v1/relationships/:id/cancel', 'operator'),
+  failbackFromAzure: R('POST', '/v1/relationships/:id/failback-from-azure', 'operator', { body: obj({ method: { enum: ['minimize-downtime', 'full-download'] } }) }),
+  replicateToAzure: R('POST', '/v1/relationships/:id/replicate-to-azure', 'operator'),
+  moveStorage: R('POST', '/v1/relationships/:id/move-storage', 'operator', { body: obj({ path: { type: 'string', pattern: '^/' } }, ['path']) }),
+  extend: R('POST', '/v1/relationships/:id/extend', 'operator', { body: reverseBody }),
+  reverse: R('POST', '/v1/relationships/:id/reverse', 'operator', { body: reverseBody }),
+  // Replica server: called by primaries.
+  createReplica: R('POST', '/v1/replica/relationships', 'primary', {
+    status: 201,
+    body: obj({
+      id: str,
+      vm: str,
+      disks: { type: 'array', minItems: 1, items: obj({ id: str, size: int }, ['id', 'size']) },
+      keys: obj({ encryptionKey: str, macKey: str }, ['encryptionKey', 'macKey']),
+      retention,
+      storagePath: str,
+      seedFromVm: str,
+      discardSeed: { type: 'boolean' },
+    }, ['id', 'vm', 'disks', 'keys', 'retention']),
+  }),
+  replicaStatus: R('GET', '/v1/replica/relationships/:id', 'primary'),
+  removeReplica: R('DELETE', '/v1/replica/relationships/:id', 'primary'),
+  uploadLog: R('PUT', '/v1/replica/relationships/:id/logs/:seq/:disk', 'primary'),
+  uploadOffset: R('HEAD', '/v1/replica/relationships/:id/logs/:seq/:disk', 'primary'),
+  replicaApply: R('POST', '/v1/replica/relationships/:id/apply', 'primary'),
+  replicaDiscardPending: R('POST', '/v1/replica/relationships/:id/discard-pending', 'primary'),
+  replicaChecksums: R('GET', '/v1/replica/relationships/:id/disks/:disk/checksums', 'primary'),
+  replicaCompare: R('POST', '/v1/replica/relationships/:id/disks/:disk/checksums', 'primary', {
+    body: obj({ blockSize: { type: 'integer' }, runs: { type: 'array', items: int } }, ['blockSize']),
+  }),
+  replicaSettings: R('PUT', '/v1/replica/relationships/:id/settings', 'primary', { body: obj({ retention }, ['retention']) }),
+} as const satisfies Record<string, RouteSpec>;
+
+export type RouteName = keyof typeof ROUTES;

@@ -1,13 +1,10 @@
 // A tiny injectable structured logger. Transport code logs refusals and faults through it so tests
 // can assert what an operator would read; the default writes one JSON object per line to stderr.
 
-export type LogFields = Readonly<Record<string, unknown>>;
+import type { LogFields, Logger } from '../model/logger.ts';
 
-export interface Logger {
-  info(msg: string, fields?: LogFields): void;
-  warn(msg: string, fields?: LogFields): void;
-  error(msg: string, fields?: LogFields): void;
-}
+export type { LogFields, Logger } from '../model/logger.ts';
+export { silentLogger } from '../model/logger.ts';
 
 function line(level: string, msg: string, fields?: LogFields): void {
   process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), level, msg, ...fields })}\n`);
@@ -20,8 +17,4 @@ export const stderrLogger: Logger = {
   error: (msg, fields) => line('error', msg, fields),
 };
 
-export const silentLogger: Logger = {
-  info: () => {},
-  warn: () => {},
-  error: () => {},
-};
+

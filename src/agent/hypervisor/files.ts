@@ -5,7 +5,7 @@ import { mkdir, readdir, rm, open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readJsonIfExists, writeJsonAtomic } from '../../core/atomic-file.ts';
 import { TerminalError } from '../../model/errors.ts';
-import type { Hypervisor, PowerState, VmDefinition, VmDisk, VmRuntimeStatus } from '../../model/hypervisor.ts';
+import type { Hypervisor, PowerOptions, PowerState, VmDefinition, VmDisk, VmRuntimeStatus } from '../../model/hypervisor.ts';
 
 export type { PowerState, VmAdapter, VmDefinition, VmDisk } from '../../model/hypervisor.ts';
 
@@ -77,7 +77,7 @@ export class FilesHypervisor implements Hypervisor {
   }
 
   /** Nothing boots here: the power state is what vm.json records. */
-  async setPower(name: string, power: PowerState): Promise<VmDefinition> {
+  async setPower(name: string, power: PowerState, _opts?: PowerOptions): Promise<VmDefinition> {
     const vm = await this.get(name);
     const next = { ...vm, power };
     await this.save(next);

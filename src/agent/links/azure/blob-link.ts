@@ -2,6 +2,7 @@
 // model): each disk is a page blob laid out as a fixed VHD, each recovery point a snapshot of every
 // disk's blob. Logs are verified and decrypted here, on the primary, because Azure stores plain
 // disk data (it encrypts at rest itself); the relationship keys never leave this process.
+import { AsyncMutex } from '../../../core/async-mutex.ts';
 import { createHash, createHmac } from 'node:crypto';
 import type { ContainerClient } from '@azure/storage-blob';
 import type { BlockDigests } from '../../../core/block-checksums.ts';
@@ -18,7 +19,7 @@ import { DiskBlobs, pointFromMetadata, type LiveState, type PointMetadata } from
 import { azureCall, isBlobNotFound } from './errors.ts';
 import { AzureFailoverState } from './failover-state.ts';
 import { TransferCount } from './page-io.ts';
-import type { ReplicaLink } from '../../primary.ts';
+import type { ReplicaLink } from '../../../core/replication/primary.ts';
 
 /** `<relationshipId>/relationship.json`: what the replica side knows, keys excepted. */
 export interface AzureReplicaRecord {
@@ -80,7 +81,7 @@ export class AzureBlobLink implements ReplicaLink {
   readonly #log: Logger;
   readonly #primary: string;
   /** One operation at a time per relationship, as the Replica server does. */
-  readonly #busy = new Map<string, Promise<unknown>>();
+  readonly #busy = new Map<string, AsyncMutex>();
 
   constructor(opts: AzureBlobLinkOptions) {
     this.container = opts.container;
@@ -96,10 +97,9 @@ export class AzureBlobLink implements ReplicaLink {
   }
 
   #serial<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.#busy.get(id) ?? Promise.resolve();
-    const run = prev.then(fn, fn);
-    this.#busy.set(id, run.catch(() => {}));
-    return run;
+    let m = this.#busy.get(id);
+    if (!m) this.#busy.set(id, (m = new AsyncMutex()));
+    return m.run(fn);
   }
 
   keysFor(id: string): RelationshipKeys {

@@ -3,22 +3,37 @@
 // point-in-time digests. External-media imports arrive here as sequence 1.
 import { cp, readdir, rename, rm, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { selectPoint } from '../core/point-selector.ts';
-import { writeJsonAtomic } from '../core/atomic-file.ts';
-import { blockChecksums, compareChecksums, compareKeys, type BlockDigests, type BlockReader, type CompareKeys, type CompareRequest } from '../core/block-checksums.ts';
-import { importFromMedia } from '../core/initial-copy.ts';
-import { openLog, writeLog } from '../core/log-format.ts';
-import { ReplicaStore } from '../core/replica-store.ts';
-import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../core/types.ts';
-import type { Clock } from '../model/clock.ts';
-import { RetryableError, TerminalError } from '../model/errors.ts';
-import type { DiskInfo, RecoveryPointInfo, RecoveryPointSelector, RelationshipView, ReplicaStatus } from '../transport/agent-api.ts';
-import { OverlayDevice } from '../core/overlay-device.ts';
+import { selectPoint } from '../point-selector.ts';
+import { writeJsonAtomic } from '../atomic-file.ts';
+import { blockChecksums, compareChecksums, compareKeys, type BlockDigests, type BlockReader, type CompareKeys, type CompareRequest } from '../block-checksums.ts';
+import { importFromMedia } from '../initial-copy.ts';
+import { openLog, writeLog } from '../log-format.ts';
+import { ReplicaStore } from '../replica-store.ts';
+import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../types.ts';
+import type { Clock } from '../../model/clock.ts';
+import { RetryableError, TerminalError } from '../../model/errors.ts';
+import type { DiskInfo, RecoveryPointInfo, RecoveryPointSelector, RelationshipView, ReplicaStatus } from '../../model/replication-api.ts';
+import { OverlayDevice } from '../overlay-device.ts';
+import { transition, type ReplicationEvent } from '../replication-state.ts';
 import { ForwardSource } from './forward-source.ts';
-import type { RecoveryPoint } from '../core/recovery-points.ts';
-import type { Logger } from '../transport/logger.ts';
+import type { RecoveryPoint } from '../recovery-points.ts';
+import type { Logger } from '../../model/logger.ts';
 import { open } from 'node:fs/promises';
 import { createHash, randomUUID } from 'node:crypto';
+
+/** The states a replica side takes (a subset of the replication state machine's). */
+export type ReplicaState = 'ReadyForInitialReplication' | 'WaitingForInitialReplicationImport' | 'Replicating' | 'FailoverWaitingCompletion' | 'FailedOver';
+const REPLICA_STATES: ReadonlySet<string> = new Set<ReplicaState>(['ReadyForInitialReplication', 'WaitingForInitialReplicationImport', 'Replicating', 'FailoverWaitingCompletion', 'FailedOver']);
+
+/** The replica side's move through the one transition table; a state the replica never takes is refused too. */
+export function replicaTransition(state: ReplicaState, event: ReplicationEvent): ReplicaState {
+  const next = transition(state, event);
+  if (!REPLICA_STATES.has(next)) throw new TerminalError('invalid-state', `cannot ${event} a replica while ${state}`);
+  return next as ReplicaState;
+}
+
+/** The event that completes a replica's initial copy from its waiting state. */
+const initialDone = (state: ReplicaState): ReplicationEvent => (state === 'WaitingForInitialReplicationImport' ? 'imported' : 'initialDone');
 
 export interface ReplicaRecord {
   id: string;
@@ -30,7 +45,7 @@ export interface ReplicaRecord {
   trustGroup?: string;
   disks: DiskInfo[];
   retention: { additional: number; appConsistentEvery?: number };
-  state: 'ReadyForInitialReplication' | 'WaitingForInitialReplicationImport' | 'Replicating' | 'FailoverWaitingCompletion' | 'FailedOver';
+  state: ReplicaState;
   integrityErrors: number;
   /** A `<vm>-Test` VM running on overlays of `sequence` (replication continues). */
   testFailover?: { vm: string; sequence: number };
@@ -74,7 +89,7 @@ export class ReplicaReplication {
     });
     const r = new ReplicaReplication(dir, record, store, keys, clock, log);
     if (store.applied >= 1 && (record.state === 'ReadyForInitialReplication' || record.state === 'WaitingForInitialReplicationImport')) {
-      record.state = 'Replicating';
+      record.state = replicaTransition(record.state, initialDone(record.state));
       await r.save();
     }
     return r;
@@ -139,7 +154,7 @@ export class ReplicaReplication {
     }
     await this.store.prune(this.#clock.now());
     if (this.store.applied >= 1 && (this.record.state === 'ReadyForInitialReplication' || this.record.state === 'WaitingForInitialReplicationImport')) {
-      this.record.state = 'Replicating';
+      this.record.state = replicaTransition(this.record.state, initialDone(this.record.state));
       await this.save();
     }
     return this.status();
@@ -326,11 +341,16 @@ export class ReplicaReplication {
   }
 
   /** Commit: the recovery points and the chain are discarded; the failed-over VM keeps its own disks. */
-  async discardChain(): Promise<void> {
+  async discardChain(next: ReplicaState): Promise<void> {
     await this.store.removeAll();
     this.record.committed = true;
-    this.record.state = 'FailedOver';
+    this.record.state = next;
     await this.save();
+  }
+
+  /** The state `event` leads to from here (refused by the transition table when illegal); nothing changes yet. */
+  next(event: ReplicationEvent): ReplicaState {
+    return replicaTransition(this.record.state, event);
   }
 
   view(now: number): RelationshipView {

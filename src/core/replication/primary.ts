@@ -3,171 +3,29 @@
 // acknowledges a log once it is durable and reports what it applied. Initial replication (network,
 // external media, existing replica) and resynchronisation are cuts of every block, the last two
 // shipping only blocks whose keyed checksums differ from the replica's.
+import { AsyncMutex } from '../async-mutex.ts';
 import { randomUUID } from 'node:crypto';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { createHmac } from 'node:crypto';
-import { cutVm, type FrozenCut } from '../core/cut.ts';
-import type { BlockDigests, CompareRequest, RemoteDigests } from '../core/block-checksums.ts';
-import { COMPARE_DIGEST_BYTES, COMPARE_LEVELS, DIGEST_BYTES } from '../core/block-checksums.ts';
-import { differingExtents } from '../core/differing-extents.ts';
-import { assessHealth, type HealthReason } from '../core/health.ts';
-import { exportToMedia } from '../core/initial-copy.ts';
-import { writeLog } from '../core/log-format.ts';
-import { transition, type ReplicationEvent, type State } from '../core/replication-state.ts';
-import { RetryState, type RetryStateJSON } from '../core/retry.ts';
-import { ReplicationStatistics, type ReplicationStatisticsJSON } from '../core/statistics.ts';
-import type { TrackedDisk } from '../core/tracker.ts';
-import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../core/types.ts';
-import type { Clock } from '../model/clock.ts';
-import { RetryableError, TerminalError, isRecoverable } from '../model/errors.ts';
-import type { ReplicationPolicySpec, SiteSpec } from '../model/types.generated.ts';
-import { parseDuration } from '../model/units.ts';
-import type { CreateReplicaRequest, DiskInfo, RelationshipView, ReplicaStatus } from '../transport/agent-api.ts';
-import type { Logger } from '../transport/logger.ts';
-import { writeJsonAtomic } from '../core/atomic-file.ts';
+import { exportToMedia } from '../initial-copy.ts';
+import { writeLog } from '../log-format.ts';
+import { transition, type ReplicationEvent, type State } from '../replication-state.ts';
+import { RetryState } from '../retry.ts';
+import { ReplicationStatistics } from '../statistics.ts';
+import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../types.ts';
+import type { Clock } from '../../model/clock.ts';
+import { RetryableError, TerminalError, isRecoverable } from '../../model/errors.ts';
+import type { ReplicationPolicySpec } from '../../model/types.generated.ts';
+import type { RelationshipView, ReplicaStatus } from '../../model/replication-api.ts';
+import type { Logger } from '../../model/logger.ts';
+import { writeJsonAtomic } from '../atomic-file.ts';
+import type { CutSource, ReplicaLink } from './ports.ts';
+import { differenceFilter, type DifferenceFilter } from './difference-filter.ts';
+import { frequencyMs, inWindow, retentionOf, type CycleResult, type PrimaryRecord } from './primary-record.ts';
+import { primaryView } from './primary-view.ts';
 
-/** How the primary reaches the Replica server (HTTPS with mutual TLS in the agent). */
-export interface ReplicaLink {
-  createReplica(req: CreateReplicaRequest): Promise<ReplicaStatus>;
-  status(id: string): Promise<ReplicaStatus>;
-  /** Resolves once the Replica server holds the log durably (its acknowledgement). */
-  upload(id: string, sequence: number, diskId: string, path: string, onProgress?: (done: number, total: number) => void): Promise<void>;
-  apply(id: string): Promise<ReplicaStatus>;
-  /** Drops logs received but not applied: a resync restarts the chain from the applied point. */
-  discardPending(id: string): Promise<ReplicaStatus>;
-  /**
-   * The replica's checksums of a disk at its latest point: without `compare`, keyed 4 KiB digests
-   * of every block; with it, the multi-level compare's digests (compareChecksums) of the requested
-   * blocks. A replica that cannot compare may answer a compare request with the whole-disk 4 KiB
-   * digests (the primary then compares those).
-   */
-  checksums(id: string, diskId: string, compare?: CompareRequest): Promise<BlockDigests>;
-  settings(id: string, retention: CreateReplicaRequest['retention']): Promise<void>;
-  remove(id: string): Promise<void>;
-}
-
-/** One disk's point-in-time content at a cut, read once. */
-export interface FrozenSource {
-  readonly diskId: string;
-  readonly size: number;
-  extents(onProgress?: (done: number, total: number) => void): AsyncIterable<Extent>;
-}
-
-/**
- * Where a relationship's cuts come from: a VM's tracked disks (the primary), or a replica's
- * applied points (the replica site forwarding to an extended replica).
- */
-export interface CutSource {
-  readonly disks: readonly { readonly id: string; readonly size: number; pendingBytes(): number }[];
-  cut(opts: { cutId: string; time: number; full?: boolean }): Promise<{
-    /** The cut's id when the source chose it (a group cut, a forwarded point). */
-    readonly cutId?: string;
-    readonly time: number;
-    readonly disks: readonly FrozenSource[];
-    release(): Promise<void>;
-    abandon(): Promise<void>;
-  }>;
-  /** The VM's tracked disks, for an external-media export; absent for a forwarding replica. */
-  readonly tracked?: readonly TrackedDisk[];
-}
-
-/** The cut source of a VM: its tracked disks, cut atomically. */
-export function vmSource(disks: TrackedDisk[]): CutSource {
-  return { disks, tracked: disks, cut: (opts) => cutVm(disks, opts) };
-}
-
-/** A VM in a multi-VM consistency group: deltas come from a cut taken across the whole group. */
-export interface GroupMemberSource extends CutSource {
-  stage(cut: FrozenCut): void;
-  /** Gives back a staged cut nobody used (its blocks return to the dirty sets). */
-  unstage(): Promise<void>;
-}
-
-export function groupMemberSource(disks: TrackedDisk[]): GroupMemberSource {
-  let staged: FrozenCut | undefined;
-  return {
-    disks,
-    tracked: disks,
-    stage: (cut) => {
-      staged = cut;
-    },
-    unstage: async () => {
-      const c = staged;
-      staged = undefined;
-      await c?.abandon();
-    },
-    cut: async (opts) => {
-      if (staged) {
-        const c = staged;
-        staged = undefined;
-        return c;
-      }
-      // Full copies (initial replication, resync) compare everything anyway; deltas must share the group's instant.
-      if (opts.full) return cutVm(disks, opts);
-      throw new TerminalError('invalid-state', 'a member of a replication group is only cut together with its group');
-    },
-  };
-}
-
-/** What the primary persists about a relationship (`<dir>/state.json`). */
-export interface PrimaryRecord {
-  id: string;
-  role: 'Primary';
-  vm: string;
-  replica: { name: string; endpoint: string; azure?: SiteSpec };
-  policy: ReplicationPolicySpec;
-  excludeDisks: string[];
-  disks: DiskInfo[];
-  replicaStoragePath?: string;
-  /** Extended replication: the id of the replica relationship on this host whose points are forwarded. */
-  forwardOf?: string;
-  /** Multi-VM consistency group (cut together with the other members on this host). */
-  replicationGroup?: string;
-  state: State;
-  suspendedBy?: 'operator' | 'engine';
-  /** Last sequence cut into the outbox. */
-  sequence: number;
-  /** Last sequence the replica reported applied. */
-  applied: number;
-  /** Cut time of the replica's newest point. */
-  lastReplicationTime?: number;
-  replicatingSince?: number;
-  initial?: { method: string; bytesDone: number; bytesTotal: number; startAt?: number };
-  resync?: { bytesDone: number; bytesTotal: number; reason: string; /** Sequence of the resync log once sealed: an interrupted transfer resumes instead of comparing again. */ sealed?: number };
-  terminalError?: { code: string; message: string };
-  statistics?: ReplicationStatisticsJSON;
-  retry?: RetryStateJSON;
-  bytesShipped: number;
-}
-
-export interface CycleResult {
-  /** What the cycle did. */
-  action: 'none' | 'initial' | 'delta' | 'resync' | 'export' | 'waiting';
-  sequence?: number;
-  bytes?: number;
-  applied: number;
-}
-
-export function frequencyMs(policy: ReplicationPolicySpec): number {
-  return parseDuration(policy.frequency ?? '5m') ?? 300_000;
-}
-
-export function retentionOf(policy: ReplicationPolicySpec): CreateReplicaRequest['retention'] {
-  const app = parseDuration(policy.appConsistentEvery ?? '0') ?? 0;
-  return { additional: policy.recoveryPoints?.additional ?? 0, ...(app > 0 && { appConsistentEvery: app }) };
-}
-
-/** Is `now` inside "HH:MM-HH:MM" (local time; the window may cross midnight)? */
-export function inWindow(window: string, now: number): boolean {
-  const m = /^(\d\d):(\d\d)-(\d\d):(\d\d)$/.exec(window);
-  if (!m) return true;
-  const d = new Date(now);
-  const t = d.getHours() * 60 + d.getMinutes();
-  const from = Number(m[1]) * 60 + Number(m[2]);
-  const to = Number(m[3]) * 60 + Number(m[4]);
-  return from <= to ? t >= from && t < to : t >= from || t < to;
-}
+export * from './ports.ts';
+export * from './primary-record.ts';
 
 export class PrimaryReplication {
   readonly dir: string;
@@ -179,7 +37,7 @@ export class PrimaryReplication {
   readonly #log: Logger;
   readonly #stats: ReplicationStatistics;
   readonly #retry: RetryState;
-  #busy: Promise<unknown> = Promise.resolve();
+  readonly #busy = new AsyncMutex();
 
   constructor(opts: {
     dir: string;
@@ -219,9 +77,7 @@ export class PrimaryReplication {
 
   /** Runs `fn` after every earlier operation on this relationship: one operation at a time. */
   #serial<T>(fn: () => Promise<T>): Promise<T> {
-    const run = this.#busy.then(fn, fn);
-    this.#busy = run.catch(() => {});
-    return run;
+    return this.#busy.run(fn);
   }
 
   async save(): Promise<void> {
@@ -494,24 +350,8 @@ export class PrimaryReplication {
    * the multi-level compare (the cut read once, short digests only where blocks differ), or, with
    * a replica that only offers whole-disk 4 KiB digests, a compare against those.
    */
-  async #differenceFilter(): Promise<(diskId: string, extents: AsyncIterable<Extent>) => AsyncIterable<Extent>> {
-    const key = this.#keys.macKey;
-    const filters = new Map<string, (extents: AsyncIterable<Extent>) => AsyncIterable<Extent>>();
-    for (const d of this.source.disks) {
-      // A one-block probe: a replica that can compare answers it; one that cannot sends the
-      // whole-disk 4 KiB digests instead, which are then compared.
-      const probe = await this.#link.checksums(this.id, d.id, { blockSize: COMPARE_LEVELS[0], only: [0] });
-      const multiLevel = probe.digestBytes === COMPARE_DIGEST_BYTES;
-      this.#log.info('comparing the disk with the replica', { relationship: this.id, disk: d.id, compare: multiLevel ? 'multi-level' : 'whole-disk 4 KiB' });
-      if (multiLevel) {
-        const remote: RemoteDigests = (blockSize, only) => this.#link.checksums(this.id, d.id, { blockSize, ...(only && { only }) });
-        filters.set(d.id, (extents) => differingExtents(extents, d.size, remote, key));
-      } else {
-        const zeroDigest = createHmac('sha256', key).update(Buffer.alloc(BLOCK_SIZE)).digest();
-        filters.set(d.id, (extents) => onlyDiffering(extents, probe, key, zeroDigest));
-      }
-    }
-    return (diskId, extents) => filters.get(diskId)!(extents);
+  #differenceFilter(): Promise<DifferenceFilter> {
+    return differenceFilter({ id: this.id, disks: this.source.disks, link: this.#link, macKey: this.#keys.macKey, log: this.#log });
   }
 
   async #delta(): Promise<CycleResult> {
@@ -622,7 +462,7 @@ export class PrimaryReplication {
     return this.#serial(async () => {
       if (this.record.state === 'Replicating' || this.record.state === 'Suspended') {
         this.record.resync = { bytesDone: 0, bytesTotal: 0, reason: 'requested by an operator' };
-        this.record.state = 'ResynchronizationRequired';
+        this.record.state = transition(this.record.state, 'resyncRequested');
         await this.save();
       }
       return this.#cycle(true);
@@ -643,74 +483,8 @@ export class PrimaryReplication {
   }
 
   view(): RelationshipView {
-    const r = this.record;
-    const now = this.#clock.now();
     const pending = this.source.disks.reduce((n, d) => n + d.pendingBytes(), 0);
-    this.#stats.setPending(pending);
-    const stats = this.#stats.toJSON();
-    const { health, reasons } = assessHealth({
-      state: r.state,
-      now,
-      frequencyMs: this.frequencyMs,
-      ...(r.lastReplicationTime !== undefined && { lastReplicationTime: r.lastReplicationTime }),
-      ...(r.replicatingSince !== undefined && { replicatingSince: r.replicatingSince }),
-      successfulCycles: stats.successfulReplicationCount,
-      missedCycles: stats.missedReplicationCount,
-      ...(this.#retry.status === 'retrying' && { retrying: { attempts: this.#retry.attempts, lastError: this.#retry.lastError?.message } }),
-      ...(r.terminalError && { terminalError: r.terminalError }),
-      pendingBytes: pending,
-      diskBytes: this.#totalBytes(),
-      thresholdPercent: r.policy.resync?.thresholdPercent ?? 50,
-    });
-    this.#stats.setHealth(health);
-    const last = this.#retry.lastError;
-    return {
-      id: r.id,
-      role: 'Primary',
-      vm: r.vm,
-      peer: r.replica.name,
-      state: r.state,
-      health,
-      healthReasons: reasons.map((x: HealthReason) => x.message),
-      policy: r.policy,
-      disks: r.disks,
-      excludeDisks: r.excludeDisks,
-      ...(r.lastReplicationTime !== undefined && {
-        lastReplicationTime: new Date(r.lastReplicationTime).toISOString(),
-        lagSeconds: Math.max(0, Math.round((now - r.lastReplicationTime) / 1000)),
-      }),
-      pendingBytes: pending,
-      ...(r.initial && {
-        initialReplication: {
-          method: r.initial.method,
-          bytesDone: Math.round(r.initial.bytesDone),
-          bytesTotal: r.initial.bytesTotal,
-          ...(r.initial.startAt && { startAt: new Date(r.initial.startAt).toISOString() }),
-        },
-      }),
-      ...(r.resync && r.resync.bytesTotal > 0 && { resync: { bytesDone: r.resync.bytesDone, bytesTotal: r.resync.bytesTotal } }),
-      recoveryPoints: 0,
-      appliedSequence: r.applied,
-      lastCutSequence: r.sequence,
-      ...(r.state === 'Suspended' && r.suspendedBy && { suspendedBy: r.suspendedBy }),
-      bytesShipped: r.bytesShipped,
-      ...(r.replicaStoragePath && { storagePath: r.replicaStoragePath }),
-      ...(last && { lastError: { code: last.code ?? 'unknown', message: last.message, at: new Date(last.at).toISOString() } }),
-      ...(this.#retry.nextAttemptAt !== undefined && { nextRetryAt: new Date(this.#retry.nextAttemptAt).toISOString() }),
-      statistics: {
-        state: r.state,
-        health,
-        ...(stats.lastReplicationTime !== null && { lastReplicationTime: new Date(stats.lastReplicationTime).toISOString() }),
-        pendingReplicationSize: pending,
-        averageReplicationSize: stats.averageReplicationSize,
-        maximumReplicationSize: stats.maximumReplicationSize,
-        averageReplicationLatency: stats.averageReplicationLatency,
-        successfulReplicationCount: stats.successfulReplicationCount,
-        missedReplicationCount: stats.missedReplicationCount,
-        replicationErrors: stats.replicationErrors,
-        monitoringStartTime: new Date(stats.monitoringStartTime).toISOString(),
-      },
-    };
+    return primaryView({ record: this.record, now: this.#clock.now(), frequencyMs: this.frequencyMs, diskBytes: this.#totalBytes(), pending, stats: this.#stats, retry: this.#retry });
   }
 
   /** RemoveReplicationRelationship on the primary: stop, drop the outbox; the replica is told when reachable. */
@@ -726,58 +500,4 @@ export class PrimaryReplication {
       await rm(this.dir, { recursive: true, force: true });
     });
   }
-}
-
-/** Keeps the blocks of `extents` whose keyed digest differs from `remote` (4 KiB blocks). */
-async function* onlyDiffering(extents: AsyncIterable<Extent>, remote: BlockDigests, key: Buffer, zeroDigest: Buffer): AsyncGenerator<Extent> {
-  const remoteAt = (block: number): Buffer | undefined => {
-    if (remote.indexes) return undefined;
-    const at = block * DIGEST_BYTES;
-    return at + DIGEST_BYTES <= remote.digests.length ? remote.digests.subarray(at, at + DIGEST_BYTES) : undefined;
-  };
-  for await (const e of extents) {
-    if ('zero' in e) {
-      let runStart = -1;
-      const first = e.offset / BLOCK_SIZE;
-      const blocks = Math.ceil(e.length / BLOCK_SIZE);
-      for (let i = 0; i <= blocks; i++) {
-        const differs = i < blocks && !remoteAt(first + i)?.equals(zeroDigest);
-        if (differs && runStart < 0) runStart = i;
-        if (!differs && runStart >= 0) {
-          const offset = e.offset + runStart * BLOCK_SIZE;
-          yield { offset, length: Math.min(e.offset + e.length, e.offset + i * BLOCK_SIZE) - offset, zero: true };
-          runStart = -1;
-        }
-      }
-      continue;
-    }
-    let runStart = -1;
-    const blocks = Math.ceil(e.data.length / BLOCK_SIZE);
-    for (let i = 0; i <= blocks; i++) {
-      let differs = false;
-      if (i < blocks) {
-        const block = e.data.subarray(i * BLOCK_SIZE, (i + 1) * BLOCK_SIZE);
-        const mine = createHmac('sha256', key).update(block).digest();
-        differs = !remoteAt(e.offset / BLOCK_SIZE + i)?.equals(mine);
-      }
-      if (differs && runStart < 0) runStart = i;
-      if (!differs && runStart >= 0) {
-        yield { offset: e.offset + runStart * BLOCK_SIZE, data: e.data.subarray(runStart * BLOCK_SIZE, i * BLOCK_SIZE) };
-        runStart = -1;
-      }
-    }
-  }
-}
-
-export function newPrimaryRecord(
-  req: Pick<PrimaryRecord, 'id' | 'vm' | 'replica' | 'policy' | 'excludeDisks' | 'disks' | 'replicaStoragePath' | 'forwardOf' | 'replicationGroup'>,
-): PrimaryRecord {
-  return {
-    ...req,
-    role: 'Primary',
-    state: transition('Disabled', 'enable'),
-    sequence: 0,
-    applied: 0,
-    bytesShipped: 0,
-  };
 }

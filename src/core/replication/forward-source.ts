@@ -3,11 +3,11 @@
 // the block's current content ships), and a cut reads them from the newest applied point through
 // a pinned point-in-time view, so the extended replica only ever holds points the replica held.
 import { join } from 'node:path';
-import { readJsonIfExists, writeJsonAtomic } from '../core/atomic-file.ts';
-import { DirtyBitmap } from '../core/dirty-bitmap.ts';
-import type { BlockReader, ReplicaStore } from '../core/replica-store.ts';
-import { BLOCK_SIZE, type Extent } from '../core/types.ts';
-import { TerminalError } from '../model/errors.ts';
+import { readJsonIfExists, writeJsonAtomic } from '../atomic-file.ts';
+import { DirtyBitmap } from '../dirty-bitmap.ts';
+import type { BlockReader, ReplicaStore } from '../replica-store.ts';
+import { BLOCK_SIZE, type Extent } from '../types.ts';
+import { TerminalError } from '../../model/errors.ts';
 import type { CutSource, FrozenSource } from './primary.ts';
 
 const MAX_EXTENT = 1 << 20;

@@ -1,0 +1,248 @@
+// The failover family on this host: test failover on throw-away overlays, planned failover's
+// primary half, failover to a point, commit, cancel, reverse replication, and failback from Azure.
+// Which side may do what is the replication state machine's (core/replication-state.ts) to say.
+import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { transition } from '../core/replication-state.ts';
+import { TerminalError } from '../model/errors.ts';
+import type { VmAdapter, VmDefinition } from '../model/hypervisor.ts';
+import type {
+  FailbackFromAzureRequest,
+  FailbackFromAzureResult,
+  FailoverAdapterSettings,
+  FailoverRequest,
+  FailoverResult,
+  RelationshipView,
+  ReverseRequest,
+  TestFailoverRequest,
+  TestFailoverResult,
+} from '../transport/agent-api.ts';
+import { primaryOf, replicaOf, type AgentContext } from './context.ts';
+import { VmRuntime, type ClosableDevice } from './hypervisor/vm-runtime.ts';
+import { AzureBlobLink } from './links/azure/blob-link.ts';
+import { failbackFromAzure as downloadFromAzure } from './links/azure/failback.ts';
+import type { ReplicaReplication } from '../core/replication/replica.ts';
+import { createRelationship } from './relationships.ts';
+
+function adaptersOf(req: { adapters?: FailoverAdapterSettings[]; network?: string | null }): VmAdapter[] {
+  const list = req.adapters?.length ? req.adapters : [{ name: 'eth0' }];
+  return list.map((a) => {
+    const network = a.network === undefined ? req.network : a.network;
+    return { name: a.name, ...(network ? { network } : {}), ...(a.ipv4 && { ipv4: a.ipv4 }), ...(a.ipv6 && { ipv6: a.ipv6 }) };
+  });
+}
+
+/** Creates `name` on this host running on overlays of the replica's point `sequence`. */
+async function overlayVm(ctx: AgentContext, rep: ReplicaReplication, name: string, sequence: number, kind: 'test' | 'failover', adapters: VmAdapter[], power: 'Running' | 'Off'): Promise<VmRuntime> {
+  if (await ctx.hv.find(name)) throw new TerminalError('invalid-state', `a VM named ${name} already exists on ${ctx.config.name}`);
+  const dir = ctx.hv.vmDir(name);
+  await mkdir(dir, { recursive: true });
+  let devices: Map<string, ClosableDevice> | undefined;
+  try {
+    devices = await rep.openOverlays(sequence, dir);
+    const vm: VmDefinition = {
+      name,
+      disks: rep.record.disks.map((d) => ({ name: d.id, file: `${d.id}.overlay`, size: d.size })),
+      adapters,
+      power,
+      origin: { relationshipId: rep.id, recoveryPoint: sequence, kind },
+    };
+    await ctx.hv.save(vm);
+    const rt = await VmRuntime.serve(vm, devices, ctx.nbdDir, ctx.log);
+    ctx.runtimes.set(name, rt);
+    return rt;
+  } catch (e) {
+    if (devices) for (const d of devices.values()) await d.close().catch(() => {});
+    await rm(dir, { recursive: true, force: true });
+    throw e;
+  }
+}
+
+async function dropVm(ctx: AgentContext, name: string): Promise<void> {
+  await ctx.runtimes.get(name)?.stop();
+  ctx.runtimes.delete(name);
+  await ctx.hv.remove(name);
+}
+
+/** Test failover: `<vm>-Test` from a chosen point on a throw-away overlay; replication keeps running. */
+export async function testFailover(ctx: AgentContext, id: string, req: TestFailoverRequest): Promise<TestFailoverResult> {
+  const rep = replicaOf(ctx, id);
+  if (rep.record.testFailover) throw new TerminalError('invalid-state', `a test failover of ${rep.record.vm} is already active (${rep.record.testFailover.vm}); clean it up first`);
+  if (rep.record.committed) throw new TerminalError('invalid-state', `replica of ${rep.record.vm} was committed after a failover: no recovery points left to test`);
+  const point = rep.resolvePoint(req.recoveryPoint);
+  const name = `${rep.record.vm}-Test`;
+  const rt = await overlayVm(ctx, rep, name, point.sequence, 'test', adaptersOf({ ...req, network: req.network ?? null }), 'Running');
+  rep.record.testFailover = { vm: name, sequence: point.sequence };
+  await rep.save();
+  ctx.log.info('test failover', { relationship: id, vm: name, point: point.sequence });
+  return { testVm: name, recoveryPoint: rep.pointInfo(point), nbdSocket: rt.socketPath };
+}
+
+export async function cleanupTestFailover(ctx: AgentContext, id: string): Promise<{ removed: string[] }> {
+  const rep = replicaOf(ctx, id);
+  const active = rep.record.testFailover;
+  if (!active) throw new TerminalError('invalid-state', `no test failover of ${rep.record.vm} is active`);
+  await dropVm(ctx, active.vm);
+  delete rep.record.testFailover;
+  await rep.save();
+  return { removed: [active.vm] };
+}
+
+export async function preparePlannedFailover(ctx: AgentContext, id: string): Promise<{ sequence: number; state: string }> {
+  const p = primaryOf(ctx, id);
+  const vm = await ctx.hv.get(p.record.vm);
+  if (vm.power !== 'Off') throw new TerminalError('invalid-state', `VM ${vm.name} is running: shut it down before a planned failover`);
+  return p.preparePlannedFailover();
+}
+
+/** Failover (planned or unplanned) to a point; the same call again before commit changes the point. */
+export async function failover(ctx: AgentContext, id: string, req: FailoverRequest): Promise<FailoverResult> {
+  const rep = replicaOf(ctx, id);
+  const state = rep.record.state;
+  if (state === 'ReadyForInitialReplication' || state === 'WaitingForInitialReplicationImport') {
+    throw new TerminalError('invalid-state', `replica of ${rep.record.vm} has no complete copy yet (${state})`);
+  }
+  const changePoint = state === 'FailoverWaitingCompletion';
+  if (state === 'FailedOver') throw new TerminalError('invalid-state', `replica of ${rep.record.vm} is already failed over and committed`);
+  const next = changePoint ? state : rep.next('failover');
+  const point = rep.resolvePoint(req.recoveryPoint);
+  if (rep.record.failover) await dropVm(ctx, rep.record.failover.vm); // change of point before commit
+  await overlayVm(ctx, rep, rep.record.vm, point.sequence, 'failover', adaptersOf(req), req.start === false ? 'Off' : 'Running');
+  rep.record.failover = { vm: rep.record.vm, sequence: point.sequence };
+  rep.record.state = next;
+  await rep.save();
+  ctx.log.info('failover', { relationship: id, vm: rep.record.vm, point: point.sequence });
+  return { vm: rep.record.vm, recoveryPoint: rep.pointInfo(point), state: rep.record.state };
+}
+
+/** Commit: the failed-over VM gets standalone disks; the other recovery points are discarded. */
+export async function commit(ctx: AgentContext, id: string): Promise<RelationshipView> {
+  const rep = replicaOf(ctx, id);
+  const active = rep.record.failover;
+  if (rep.record.state !== 'FailoverWaitingCompletion' || !active) throw new TerminalError('invalid-state', `cannot commit ${rep.record.vm}: no failover is waiting for completion (${rep.record.state})`);
+  const next = rep.next('commit');
+  const rt = ctx.runtimes.get(active.vm);
+  const vm = await ctx.hv.get(active.vm);
+  const dir = ctx.hv.vmDir(active.vm);
+  for (const d of vm.disks) {
+    const dev = rt?.devices.get(d.name);
+    if (!dev) throw new TerminalError('invalid-state', `failed-over VM ${active.vm} has no running disk ${d.name}`);
+    await materialize(dev, join(dir, `${d.name}.img.tmp`));
+  }
+  await rt?.stop();
+  for (const d of vm.disks) {
+    await rename(join(dir, `${d.name}.img.tmp`), join(dir, `${d.name}.img`));
+    await rm(join(dir, `${d.name}.overlay`), { force: true });
+    await rm(join(dir, `${d.name}.overlay.map`), { force: true });
+  }
+  const committed: VmDefinition = { ...vm, disks: vm.disks.map((d) => ({ ...d, file: `${d.name}.img` })) };
+  await ctx.hv.save(committed);
+  await rep.discardChain(next);
+  ctx.runtimes.set(committed.name, await VmRuntime.start(ctx.hv, committed, ctx.nbdDir, ctx.log));
+  return rep.view(ctx.clock.now());
+}
+
+/** Cancel: on the replica, the failed-over VM is discarded and replication resumes; on the primary, a prepared planned failover is undone. */
+export async function cancel(ctx: AgentContext, id: string): Promise<RelationshipView> {
+  const rep = ctx.replicas.get(id);
+  if (rep?.record.state === 'FailoverWaitingCompletion' && rep.record.failover) {
+    const next = rep.next('cancel');
+    await dropVm(ctx, rep.record.failover.vm);
+    delete rep.record.failover;
+    rep.record.state = next;
+    await rep.save();
+    return rep.view(ctx.clock.now());
+  }
+  const p = ctx.primaries.get(id);
+  if (p?.state === 'PreparedForPlannedFailover') {
+    await p.cancelPrepared();
+    return p.view();
+  }
+  throw new TerminalError('invalid-state', `nothing to cancel for ${id} on ${ctx.config.name}: no failover waiting for completion or prepared`);
+}
+
+/** Reverse replication from this host (which runs the failed-over VM) back to the former primary. */
+export async function reverse(ctx: AgentContext, id: string, req: ReverseRequest): Promise<RelationshipView> {
+  const rep = replicaOf(ctx, id);
+  if (rep.record.state === 'FailoverWaitingCompletion') await commit(ctx, id);
+  if (rep.record.state !== 'FailedOver') throw new TerminalError('invalid-state', `cannot reverse ${rep.record.vm}: it is not failed over (${rep.record.state})`);
+  transition(rep.record.state, 'reverse'); // refused here, before anything is created, when illegal
+  const full = req.method === 'full-download';
+  const view = await createRelationship(ctx, {
+    id: req.id,
+    vm: rep.record.vm,
+    replica: req.replica,
+    policy: { ...req.policy, initialReplication: { method: full ? 'network' : 'existing-replica', startAt: 'immediately' } },
+    seedFromVm: rep.record.vm,
+    ...(full && { discardSeed: true }),
+  });
+  ctx.replicas.delete(id);
+  await rep.remove();
+  if (req.start !== false) {
+    const p = primaryOf(ctx, req.id);
+    await p.startInitial();
+    return p.view();
+  }
+  return view;
+}
+
+/**
+ * Failback from Azure, first half (this host is the relationship's primary, its VM is off): each
+ * disk gets what the Azure VM left in its page blob, downloading only the blocks that differ
+ * (minimize-downtime) or everything (full-download). Nothing ships to Azure here: the failover
+ * marker there still refuses changes until the Azure site ends the failover.
+ */
+export async function failbackFromAzure(ctx: AgentContext, id: string, req: FailbackFromAzureRequest): Promise<FailbackFromAzureResult> {
+  const p = primaryOf(ctx, id);
+  const link = ctx.linkTo(p.record.replica);
+  if (!(link instanceof AzureBlobLink)) throw new TerminalError('invalid-argument', `relationship ${id} replicates to ${p.record.replica.name}, not to Azure`);
+  const vm = await ctx.hv.get(p.record.vm);
+  if (vm.power !== 'Off') throw new TerminalError('invalid-state', `VM ${vm.name} is running on ${ctx.config.name}: shut it down before failing back onto its disks`);
+  const method = req.method ?? 'minimize-downtime';
+  const rt = ctx.runtimes.get(vm.name);
+  const out: FailbackFromAzureResult = { method, bytesDownloaded: 0, diskBytes: 0, disks: [] };
+  for (const d of p.source.disks) {
+    const disk = vm.disks.find((x) => x.name === d.id);
+    if (!disk) throw new TerminalError('not-found', `VM ${vm.name} has no disk ${d.id} any more`);
+    // Through the running runtime's device when there is one, so nothing it caches goes stale.
+    const target = rt?.devices.get(d.id) ?? ctx.hv.diskPath(vm.name, disk);
+    const r = await downloadFromAzure({ link, relationshipId: id, diskId: d.id, snapshot: 'current', target, method, keys: ctx.keys.get(id)! });
+    out.bytesDownloaded += r.bytesDownloaded;
+    out.diskBytes += r.diskSize;
+    out.disks.push({ id: d.id, bytesDownloaded: r.bytesDownloaded, blocksChanged: r.blocksChanged, compare: r.compare });
+  }
+  ctx.log.info('failback from Azure downloaded', { relationship: id, vm: vm.name, method, bytes: out.bytesDownloaded, of: out.diskBytes });
+  return out;
+}
+
+/**
+ * Failback from Azure, second half (after the Azure site ended the failover): replication to
+ * Azure starts again from this host. The disks now equal the page blobs, so the resync it runs
+ * compares keyed digests with the last recovery point and ships only the blocks the Azure VM
+ * changed, which also brings the blobs' digests up to date.
+ */
+export async function replicateToAzure(ctx: AgentContext, id: string): Promise<RelationshipView> {
+  const p = primaryOf(ctx, id);
+  if (!(ctx.linkTo(p.record.replica) instanceof AzureBlobLink)) throw new TerminalError('invalid-argument', `relationship ${id} replicates to ${p.record.replica.name}, not to Azure`);
+  if (p.state === 'PreparedForPlannedFailover') await p.cancelPrepared();
+  if (p.state === 'Critical') await p.resume();
+  await p.requestResync();
+  return p.view();
+}
+
+/** Writes a device's whole content as a sparse raw image (all-zero chunks are skipped). */
+async function materialize(dev: ClosableDevice, path: string): Promise<void> {
+  const CHUNK = 4 << 20;
+  const zero = Buffer.alloc(CHUNK);
+  const fh = await open(path, 'w', 0o644);
+  try {
+    await fh.truncate(dev.size);
+    for (let at = 0; at < dev.size; at += CHUNK) {
+      const buf = await dev.read(at, Math.min(CHUNK, dev.size - at));
+      if (!buf.equals(zero.subarray(0, buf.length))) await fh.write(buf, 0, buf.length, at);
+    }
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

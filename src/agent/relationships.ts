@@ -1,0 +1,180 @@
+// Creating and removing replication relationships on this host: the primary side
+// (CreateReplicationRelationship), the Replica server side a primary asks for, reverse
+// replication's seeding from the former primary's disks, and extended replication.
+import { copyFile, mkdir, rename } from 'node:fs/promises';
+import { join } from 'node:path';
+import { RetryableError, TerminalError } from '../model/errors.ts';
+import type { CreateRelationshipRequest, CreateReplicaRequest, RelationshipView, ReverseRequest } from '../transport/agent-api.ts';
+import type { PeerIdentity } from '../transport/peer.ts';
+import { authorizePrimary } from './authorization.ts';
+import { RELATIONSHIP_ID, replicaOf, type AgentContext } from './context.ts';
+import { keysFromWire, keysToWire, newRelationshipKeys, writeKeys } from './keys.ts';
+import { newPrimaryRecord, retentionOf } from '../core/replication/primary.ts';
+import { ReplicaReplication, type ReplicaRecord } from '../core/replication/replica.ts';
+
+export type CreateRelationship = CreateRelationshipRequest & { seedFromVm?: string; discardSeed?: boolean };
+
+export async function createRelationship(ctx: AgentContext, req: CreateRelationship): Promise<RelationshipView> {
+  if (!RELATIONSHIP_ID.test(req.id ?? '')) throw new TerminalError('invalid-argument', `relationship id ${JSON.stringify(req.id)} is not valid`);
+  const existing = ctx.primaries.get(req.id);
+  if (existing) {
+    if (existing.record.vm !== req.vm || existing.record.replica.name !== req.replica.name) {
+      throw new TerminalError('invalid-state', `relationship ${req.id} already exists for VM ${existing.record.vm} → ${existing.record.replica.name}`);
+    }
+    return existing.view(); // idempotent: the same request again changes nothing
+  }
+  for (const p of ctx.primaries.values()) {
+    if (p.record.vm === req.vm) throw new TerminalError('invalid-state', `VM ${req.vm} is already protected by relationship ${p.id}`);
+  }
+  const rt = ctx.runtimes.get(req.vm);
+  if (!rt) throw new TerminalError('not-found', `VM ${req.vm} not found on ${ctx.config.name}`);
+  const exclude = new Set(req.excludeDisks ?? []);
+  const disks = rt.vm.disks.filter((d) => !exclude.has(d.name)).map((d) => ({ id: d.name, size: d.size }));
+  if (!disks.length) throw new TerminalError('invalid-argument', `VM ${req.vm}: every disk is excluded`);
+  const record = newPrimaryRecord({
+    id: req.id,
+    vm: req.vm,
+    replica: req.replica,
+    policy: req.policy,
+    excludeDisks: [...exclude],
+    disks,
+    ...(req.replicaStoragePath && { replicaStoragePath: req.replicaStoragePath }),
+    ...(req.replicationGroup && { replicationGroup: req.replicationGroup }),
+  });
+  const p = await openNewPrimary(ctx, record, {
+    ...(req.replicaStoragePath && { storagePath: req.replicaStoragePath }),
+    ...(req.seedFromVm && { seedFromVm: req.seedFromVm }),
+    ...(req.discardSeed && { discardSeed: true }),
+  });
+  ctx.log.info('relationship created', { relationship: req.id, vm: req.vm, replica: req.replica.name });
+  return p.view();
+}
+
+/**
+ * The one way a new primary side comes to be: fresh keys, the replica created on the far side
+ * with them, then the keys and record stored here and the relationship put on the schedule.
+ */
+async function openNewPrimary(
+  ctx: AgentContext,
+  record: ReturnType<typeof newPrimaryRecord>,
+  replicaExtras: Pick<CreateReplicaRequest, 'storagePath' | 'seedFromVm' | 'discardSeed'>,
+  forward?: ReplicaReplication,
+) {
+  const keys = newRelationshipKeys();
+  ctx.keys.set(record.id, keys);
+  await ctx.linkTo(record.replica).createReplica({
+    id: record.id,
+    vm: record.vm,
+    disks: record.disks,
+    keys: keysToWire(keys),
+    retention: retentionOf(record.policy),
+    ...replicaExtras,
+  });
+  const dir = join(ctx.config.dataDir, 'relationships', record.id);
+  await mkdir(dir, { recursive: true });
+  await writeKeys(dir, keys);
+  const p = ctx.addPrimary(record, keys, forward && (await forward.openForward()));
+  await p.save();
+  return p;
+}
+
+export async function removeRelationship(ctx: AgentContext, id: string): Promise<void> {
+  const p = ctx.primaries.get(id);
+  const r = ctx.replicas.get(id);
+  if (!p && !r) throw new TerminalError('not-found', `no relationship ${id} on ${ctx.config.name}`);
+  if (p) {
+    ctx.primaries.delete(id);
+    await p.remove({ replicaToo: true });
+  }
+  if (r) {
+    ctx.replicas.delete(id);
+    await r.remove();
+  }
+}
+
+export async function createReplica(ctx: AgentContext, req: CreateReplicaRequest, peer: PeerIdentity): Promise<ReplicaReplication> {
+  const rs = ctx.config.replicaServer;
+  const decision = authorizePrimary(ctx, peer);
+  if (!RELATIONSHIP_ID.test(req.id ?? '')) throw new TerminalError('invalid-argument', `relationship id ${JSON.stringify(req.id)} is not valid`);
+  const existing = ctx.replicas.get(req.id);
+  if (existing) {
+    if (existing.record.primary !== peer.commonName) throw new TerminalError('authorization', `relationship ${req.id} belongs to another primary`);
+    return existing;
+  }
+  const keys = keysFromWire(req.keys);
+  const storageRoot = req.storagePath ?? decision.storagePath ?? rs.defaultStoragePath;
+  if (req.seedFromVm) await seedReplica(ctx, req.seedFromVm, join(storageRoot, req.id), req.disks, req.discardSeed !== true);
+  const dir = join(ctx.config.dataDir, 'replica-records', req.id);
+  await mkdir(dir, { recursive: true });
+  await writeKeys(dir, keys);
+  const record: ReplicaRecord = {
+    id: req.id,
+    role: 'Replica',
+    vm: req.vm,
+    primary: peer.commonName,
+    storagePath: join(storageRoot, req.id),
+    ...(decision.trustGroup && { trustGroup: decision.trustGroup }),
+    disks: req.disks,
+    retention: req.retention,
+    state: 'ReadyForInitialReplication',
+    integrityErrors: 0,
+  };
+  const r = await ReplicaReplication.open(dir, record, keys, ctx.clock, ctx.log);
+  await r.save();
+  ctx.replicas.set(req.id, r);
+  ctx.log.info('replica created', { relationship: req.id, vm: req.vm, primary: peer.commonName, storagePath: record.storagePath });
+  return r;
+}
+
+/**
+ * Reverse replication: the former primary's own copy of the VM becomes the replica's starting
+ * image (the VM must be off), so the new primary ships only blocks that differ. Its old primary
+ * relationship for the VM ends here; the VM itself now exists only as a replica.
+ */
+async function seedReplica(ctx: AgentContext, vmName: string, storageDir: string, disks: CreateReplicaRequest['disks'], useDisks: boolean): Promise<void> {
+  const vm = await ctx.hv.find(vmName);
+  if (!vm) return; // nothing to seed from: a full compare against zeroes
+  if (vm.power !== 'Off') throw new TerminalError('invalid-state', `VM ${vmName} is running on ${ctx.config.name}: shut it down before reverse replication`);
+  for (const p of [...ctx.primaries.values()].filter((x) => x.record.vm === vmName)) {
+    ctx.primaries.delete(p.id);
+    await p.remove({ replicaToo: false });
+  }
+  for (const r of [...ctx.replicas.values()].filter((x) => x.record.failover?.vm === vmName)) {
+    ctx.replicas.delete(r.id);
+    await r.remove();
+  }
+  await ctx.runtimes.get(vmName)?.stop();
+  ctx.runtimes.delete(vmName);
+  await mkdir(storageDir, { recursive: true });
+  for (const d of useDisks ? disks : []) {
+    const disk = vm.disks.find((x) => x.name === d.id);
+    if (!disk) continue;
+    const from = ctx.hv.diskPath(vmName, disk);
+    const to = join(storageDir, `${d.id}.img`);
+    await rename(from, to).catch(async (e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EXDEV') throw e;
+      await copyFile(from, to);
+    });
+  }
+  await ctx.hv.remove(vmName);
+  ctx.log.info('replica seeded from the former primary VM', { vm: vmName, storage: storageDir });
+}
+
+/**
+ * Extended replication: this Replica server forwards what it applies for `id` to a third site,
+ * with its own policy (5 or 15 minutes: Hyper-V does not extend at 30 s).
+ */
+export async function extend(ctx: AgentContext, id: string, req: ReverseRequest): Promise<RelationshipView> {
+  const rep = replicaOf(ctx, id);
+  if (req.policy.frequency === '30s') throw new TerminalError('invalid-argument', 'extended replication runs every 5m or 15m, not 30s');
+  if (rep.store.applied === 0) throw new RetryableError('busy', `replica ${id} has no complete point yet: extended replication starts after the initial replication`);
+  if (rep.record.extendedBy && rep.record.extendedBy !== req.id) throw new TerminalError('invalid-state', `replica ${id} is already extended by ${rep.record.extendedBy}`);
+  const existing = ctx.primaries.get(req.id);
+  if (existing) return existing.view();
+  const record = newPrimaryRecord({ id: req.id, vm: rep.record.vm, replica: req.replica, policy: req.policy, excludeDisks: [], disks: rep.record.disks, forwardOf: id });
+  const p = await openNewPrimary(ctx, record, {}, rep);
+  rep.record.extendedBy = req.id;
+  await rep.save();
+  if (req.start !== false) await p.startInitial();
+  return p.view();
+}

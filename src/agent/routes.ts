@@ -1,0 +1,162 @@
+// The agent API's handlers, one per route of transport/agent-api.ts's table: each reads its
+// (already checked) body and calls the verb that does the work.
+import { join } from 'node:path';
+import { compareRequestFromJSON, digestsToJSON } from '../core/block-checksums.ts';
+import { TerminalError } from '../model/errors.ts';
+import type { ReplicationPolicySpec } from '../model/types.generated.ts';
+import type {
+  CreateRelationshipRequest,
+  CreateReplicaRequest,
+  CreateVmRequest,
+  FailbackFromAzureRequest,
+  FailoverRequest,
+  ReverseRequest,
+  TestFailoverRequest,
+} from '../transport/agent-api.ts';
+import { handleUpload } from '../transport/upload.ts';
+import type { Agent } from './agent.ts';
+import { ownReplica } from './authorization.ts';
+import { primaryOf, replicaOf } from './context.ts';
+import * as fo from './failover.ts';
+import { createRelationship, createReplica, extend, removeRelationship } from './relationships.ts';
+import type { ReplicaRecord } from '../core/replication/replica.ts';
+import { Router, type RouteContext } from './router.ts';
+import { cycleGroup } from './scheduler.ts';
+
+const seq = (ctx: RouteContext): number => {
+  const n = Number(ctx.params.seq);
+  if (!Number.isSafeInteger(n) || n < 1) throw new TerminalError('invalid-argument', `bad sequence ${ctx.params.seq}`);
+  return n;
+};
+
+export function agentRoutes(a: Agent): Router {
+  const body = <T>(ctx: RouteContext) => ctx.body as T;
+  const upload = async (ctx: RouteContext) => {
+    const rep = ownReplica(a, ctx.params.id, ctx.peer);
+    rep.acceptingLogs(); // refuse before taking any data
+    const n = seq(ctx);
+    await handleUpload(ctx.req, ctx.res, {
+      dir: join(rep.dir, 'uploads'),
+      name: `${n}.${ctx.params.disk}`,
+      onComplete: (path) => rep.receive(ctx.params.disk, n, path),
+    });
+    return undefined;
+  };
+  const view = (id: string) => {
+    const views = a.relationships().filter((v) => v.id === id);
+    if (!views.length) throw new TerminalError('not-found', `no relationship ${id} on ${a.config.name}`);
+    return views;
+  };
+  return new Router({
+    health: async () => ({
+      name: a.config.name,
+      replicaServer: a.config.replicaServer.enabled,
+      vms: a.runtimes.size,
+      relationships: a.primaries.size + a.replicas.size,
+    }),
+    listVms: async () => [...a.runtimes.values()].map((rt) => ({ ...rt.vm, nbdSocket: rt.socketPath })),
+    createVm: async (ctx) => a.createVm(body<CreateVmRequest>(ctx)),
+    getVm: async (ctx) => {
+      const rt = a.runtimes.get(ctx.params.name);
+      if (!rt) throw new TerminalError('not-found', `VM ${ctx.params.name} not found on ${a.config.name}`);
+      return { ...(await a.hv.get(ctx.params.name)), nbdSocket: rt.socketPath };
+    },
+    setVmPower: async (ctx) => {
+      const { power } = body<{ power: 'Running' | 'Off' }>(ctx);
+      const rt = a.runtimes.get(ctx.params.name);
+      const vm = await a.hv.setPower(ctx.params.name, power, { nbdSocket: rt?.socketPath ?? '' });
+      if (rt) Object.assign(rt.vm, { power });
+      return vm;
+    },
+    // The replication service (primary side, and views of both sides)
+    listRelationships: async () => a.relationships(),
+    createRelationship: async (ctx) => createRelationship(a, body<CreateRelationshipRequest>(ctx)),
+    getRelationship: async (ctx) => {
+      const views = view(ctx.params.id);
+      return views.length === 1 ? views[0] : views.find((v) => v.role === 'Primary');
+    },
+    removeRelationship: async (ctx) => {
+      await removeRelationship(a, ctx.params.id);
+      return { removed: ctx.params.id };
+    },
+    startReplication: async (ctx) => {
+      const p = primaryOf(a, ctx.params.id);
+      const run = p.startInitial();
+      if (ctx.query.get('wait') === 'true') await run;
+      else run.catch(() => {}); // recorded by the relationship; status shows progress
+      return p.view();
+    },
+    replicateNow: async (ctx) => {
+      const p = primaryOf(a, ctx.params.id);
+      const group = p.record.replicationGroup;
+      if (!group) return p.cycle({ force: true });
+      const mine = (await cycleGroup(a, group))[p.id];
+      if (mine && 'error' in mine) throw mine.error;
+      return mine;
+    },
+    replicateGroupNow: async (ctx) =>
+      Object.fromEntries(Object.entries(await cycleGroup(a, ctx.params.group)).map(([id, r]) => [id, 'error' in r ? { error: (r.error as Error).message } : r])),
+    resync: async (ctx) => primaryOf(a, ctx.params.id).requestResync(),
+    modifySettings: async (ctx) => {
+      const p = primaryOf(a, ctx.params.id);
+      await p.modify(body<{ policy: ReplicationPolicySpec }>(ctx).policy);
+      return p.view();
+    },
+    suspend: async (ctx) => {
+      const p = primaryOf(a, ctx.params.id);
+      await p.suspend('operator');
+      return p.view();
+    },
+    resume: async (ctx) => {
+      const p = primaryOf(a, ctx.params.id);
+      await p.resume();
+      return p.view();
+    },
+    statistics: async (ctx) => view(ctx.params.id)[0].statistics,
+    resetStatistics: async (ctx) => {
+      const p = primaryOf(a, ctx.params.id);
+      p.resetStatistics();
+      await p.save();
+      return p.view().statistics;
+    },
+    recoveryPoints: async (ctx) => replicaOf(a, ctx.params.id).points(),
+    pointDigest: async (ctx) => ({ sha256: await replicaOf(a, ctx.params.id).pointDigest(seq(ctx), ctx.params.disk) }),
+    importMedia: async (ctx) => replicaOf(a, ctx.params.id).importMedia(join(body<{ folder: string }>(ctx).folder, ctx.params.id)),
+    // Failover family
+    testFailover: async (ctx) => fo.testFailover(a, ctx.params.id, body<TestFailoverRequest>(ctx)),
+    cleanupTestFailover: async (ctx) => fo.cleanupTestFailover(a, ctx.params.id),
+    preparePlannedFailover: async (ctx) => fo.preparePlannedFailover(a, ctx.params.id),
+    failover: async (ctx) => fo.failover(a, ctx.params.id, body<FailoverRequest>(ctx)),
+    commit: async (ctx) => fo.commit(a, ctx.params.id),
+    cancel: async (ctx) => fo.cancel(a, ctx.params.id),
+    failbackFromAzure: async (ctx) => fo.failbackFromAzure(a, ctx.params.id, body<FailbackFromAzureRequest>(ctx)),
+    replicateToAzure: async (ctx) => fo.replicateToAzure(a, ctx.params.id),
+    moveStorage: async (ctx) => {
+      const rep = replicaOf(a, ctx.params.id);
+      await rep.moveStorage(body<{ path: string }>(ctx).path);
+      return rep.view(a.clock.now());
+    },
+    extend: async (ctx) => extend(a, ctx.params.id, body<ReverseRequest>(ctx)),
+    reverse: async (ctx) => fo.reverse(a, ctx.params.id, body<ReverseRequest>(ctx)),
+    // Replica server: called by primaries
+    createReplica: async (ctx) => (await createReplica(a, body<CreateReplicaRequest>(ctx), ctx.identity)).status(),
+    replicaStatus: async (ctx) => ownReplica(a, ctx.params.id, ctx.peer).status(),
+    removeReplica: async (ctx) => {
+      const rep = ownReplica(a, ctx.params.id, ctx.peer);
+      a.replicas.delete(rep.id);
+      await rep.remove();
+      return { removed: rep.id };
+    },
+    uploadLog: upload,
+    uploadOffset: upload,
+    replicaApply: async (ctx) => ownReplica(a, ctx.params.id, ctx.peer).apply(),
+    replicaDiscardPending: async (ctx) => ownReplica(a, ctx.params.id, ctx.peer).discardPending(),
+    replicaChecksums: async (ctx) => digestsToJSON(await ownReplica(a, ctx.params.id, ctx.peer).checksums(ctx.params.disk)),
+    // The multi-level compare (64 KiB, then 4 KiB inside differing blocks) with short keyed digests.
+    replicaCompare: async (ctx) => digestsToJSON(await ownReplica(a, ctx.params.id, ctx.peer).checksums(ctx.params.disk, compareRequestFromJSON(ctx.body))),
+    replicaSettings: async (ctx) => {
+      await ownReplica(a, ctx.params.id, ctx.peer).setRetention(body<{ retention: ReplicaRecord['retention'] }>(ctx).retention);
+      return { ok: true };
+    },
+  });
+}

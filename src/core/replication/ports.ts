@@ -1,0 +1,92 @@
+// What the primary engine talks to: the link to its Replica server (HTTPS with mutual TLS, or an
+// Azure container), and the source of its cuts (a VM's tracked disks, a group's shared cut, or a
+// replica forwarding its applied points to an extended replica).
+import type { BlockDigests, CompareRequest } from '../block-checksums.ts';
+import { cutVm, type FrozenCut } from '../cut.ts';
+import type { TrackedDisk } from '../tracker.ts';
+import type { Extent } from '../types.ts';
+import { TerminalError } from '../../model/errors.ts';
+import type { CreateReplicaRequest, ReplicaStatus } from '../../model/replication-api.ts';
+
+/** How the primary reaches the Replica server (HTTPS with mutual TLS in the agent). */
+export interface ReplicaLink {
+  createReplica(req: CreateReplicaRequest): Promise<ReplicaStatus>;
+  status(id: string): Promise<ReplicaStatus>;
+  /** Resolves once the Replica server holds the log durably (its acknowledgement). */
+  upload(id: string, sequence: number, diskId: string, path: string, onProgress?: (done: number, total: number) => void): Promise<void>;
+  apply(id: string): Promise<ReplicaStatus>;
+  /** Drops logs received but not applied: a resync restarts the chain from the applied point. */
+  discardPending(id: string): Promise<ReplicaStatus>;
+  /**
+   * The replica's checksums of a disk at its latest point: without `compare`, keyed 4 KiB digests
+   * of every block; with it, the multi-level compare's digests (compareChecksums) of the requested
+   * blocks. A replica that cannot compare may answer a compare request with the whole-disk 4 KiB
+   * digests (the primary then compares those).
+   */
+  checksums(id: string, diskId: string, compare?: CompareRequest): Promise<BlockDigests>;
+  settings(id: string, retention: CreateReplicaRequest['retention']): Promise<void>;
+  remove(id: string): Promise<void>;
+}
+
+/** One disk's point-in-time content at a cut, read once. */
+export interface FrozenSource {
+  readonly diskId: string;
+  readonly size: number;
+  extents(onProgress?: (done: number, total: number) => void): AsyncIterable<Extent>;
+}
+
+/**
+ * Where a relationship's cuts come from: a VM's tracked disks (the primary), or a replica's
+ * applied points (the replica site forwarding to an extended replica).
+ */
+export interface CutSource {
+  readonly disks: readonly { readonly id: string; readonly size: number; pendingBytes(): number }[];
+  cut(opts: { cutId: string; time: number; full?: boolean }): Promise<{
+    /** The cut's id when the source chose it (a group cut, a forwarded point). */
+    readonly cutId?: string;
+    readonly time: number;
+    readonly disks: readonly FrozenSource[];
+    release(): Promise<void>;
+    abandon(): Promise<void>;
+  }>;
+  /** The VM's tracked disks, for an external-media export; absent for a forwarding replica. */
+  readonly tracked?: readonly TrackedDisk[];
+}
+
+/** The cut source of a VM: its tracked disks, cut atomically. */
+export function vmSource(disks: TrackedDisk[]): CutSource {
+  return { disks, tracked: disks, cut: (opts) => cutVm(disks, opts) };
+}
+
+/** A VM in a multi-VM consistency group: deltas come from a cut taken across the whole group. */
+export interface GroupMemberSource extends CutSource {
+  stage(cut: FrozenCut): void;
+  /** Gives back a staged cut nobody used (its blocks return to the dirty sets). */
+  unstage(): Promise<void>;
+}
+
+export function groupMemberSource(disks: TrackedDisk[]): GroupMemberSource {
+  let staged: FrozenCut | undefined;
+  return {
+    disks,
+    tracked: disks,
+    stage: (cut) => {
+      staged = cut;
+    },
+    unstage: async () => {
+      const c = staged;
+      staged = undefined;
+      await c?.abandon();
+    },
+    cut: async (opts) => {
+      if (staged) {
+        const c = staged;
+        staged = undefined;
+        return c;
+      }
+      // Full copies (initial replication, resync) compare everything anyway; deltas must share the group's instant.
+      if (opts.full) return cutVm(disks, opts);
+      throw new TerminalError('invalid-state', 'a member of a replication group is only cut together with its group');
+    },
+  };
+}
