@@ -3,7 +3,7 @@
 // Run: npx node bench/plan.bench.ts
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
-import type { DesiredState, ProtectedVM, RecoveryPlan, ReplicationPolicy, Site } from '../src/model/desired.ts';
+import type { DesiredState, ProtectedVM, RecoveryPlan, ResolvedReplicationPolicy, Site } from '../src/model/desired.ts';
 import type { ObservedRelationship, ObservedState } from '../src/model/observed.ts';
 import { plan } from '../src/reconciler/plan.ts';
 
@@ -26,7 +26,7 @@ const DISKS = ['disk0', 'disk1', 'disk2'];
 
 const meta = { apiVersion: 'drsite.dev/v1' as const };
 const site = (name: string): Site => ({ ...meta, kind: 'Site', metadata: { name }, spec: { type: 'host', hypervisor: 'files', replicaServer: { enabled: true, authentication: 'certificate', port: 8443 } } });
-const policy = (name: string, frequency: '30s' | '5m' | '15m'): ReplicationPolicy => ({
+const policy = (name: string, frequency: '30s' | '5m' | '15m'): ResolvedReplicationPolicy => ({
   ...meta, kind: 'ReplicationPolicy', metadata: { name },
   spec: {
     frequency, recoveryPoints: { additional: 4 }, appConsistentEvery: '0', compression: true, encryption: 'aes-256-gcm',

@@ -8,7 +8,9 @@ import type { Logger } from '../transport/logger.ts';
 import type { AgentConfig } from './config.ts';
 import type { FilesHypervisor } from './hypervisor/files.ts';
 import type { VmRuntime } from './hypervisor/vm-runtime.ts';
-import type { CutSource, PrimaryRecord, PrimaryReplication, ReplicaLink } from '../core/replication/primary.ts';
+import type { CutSource, ReplicaLink } from '../core/replication/ports.ts';
+import type { PrimaryReplication } from '../core/replication/primary.ts';
+import type { PrimaryRecord } from '../core/replication/primary-record.ts';
 import type { ReplicaReplication } from '../core/replication/replica.ts';
 
 export interface AgentContext {

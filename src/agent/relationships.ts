@@ -9,7 +9,7 @@ import type { PeerIdentity } from '../transport/peer.ts';
 import { authorizePrimary } from './authorization.ts';
 import { RELATIONSHIP_ID, replicaOf, type AgentContext } from './context.ts';
 import { keysFromWire, keysToWire, newRelationshipKeys, writeKeys } from './keys.ts';
-import { newPrimaryRecord, retentionOf } from '../core/replication/primary.ts';
+import { newPrimaryRecord, retentionOf } from '../core/replication/primary-record.ts';
 import { ReplicaReplication, type ReplicaRecord } from '../core/replication/replica.ts';
 
 export type CreateRelationship = CreateRelationshipRequest & { seedFromVm?: string; discardSeed?: boolean };

@@ -3,7 +3,7 @@
 import { join } from 'node:path';
 import { compareRequestFromJSON, digestsToJSON } from '../core/block-checksums.ts';
 import { TerminalError } from '../model/errors.ts';
-import type { ReplicationPolicySpec } from '../model/types.generated.ts';
+import type { ResolvedPolicySpec } from '../model/desired.ts';
 import type {
   CreateRelationshipRequest,
   CreateReplicaRequest,
@@ -99,7 +99,7 @@ export function agentRoutes(a: Agent): Router {
     resync: async (ctx) => primaryOf(a, ctx.params.id).requestResync(),
     modifySettings: async (ctx) => {
       const p = primaryOf(a, ctx.params.id);
-      await p.modify(body<{ policy: ReplicationPolicySpec }>(ctx).policy);
+      await p.modify(body<{ policy: ResolvedPolicySpec }>(ctx).policy);
       return p.view();
     },
     suspend: async (ctx) => {

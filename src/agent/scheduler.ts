@@ -4,7 +4,9 @@ import { randomUUID } from 'node:crypto';
 import { cutGroup } from '../core/cut.ts';
 import type { TrackedDisk } from '../core/tracker.ts';
 import type { AgentContext } from './context.ts';
-import type { CycleResult, GroupMemberSource, PrimaryReplication } from '../core/replication/primary.ts';
+import type { GroupMemberSource } from '../core/replication/ports.ts';
+import type { PrimaryReplication } from '../core/replication/primary.ts';
+import type { CycleResult } from '../core/replication/primary-record.ts';
 
 export type GroupCycleResult = Record<string, CycleResult | { error: unknown }>;
 

@@ -3,7 +3,7 @@
 // objects are never mutated, and applying the defaults twice gives the same result.
 import type {
   FailoverRequest, NetworkMapping, ProtectedVM, RecoveryAction, RecoveryPlan, ReplicationPolicy,
-  Resource, Site,
+  Resource, ResolvedReplicationPolicy, Site,
 } from '../model/desired.ts';
 
 export const DEFAULT_REPLICA_PORT = 8443;
@@ -36,7 +36,7 @@ function siteDefaults(site: Site): Site {
   return site;
 }
 
-function policyDefaults(policy: ReplicationPolicy): ReplicationPolicy {
+function policyDefaults(policy: ReplicationPolicy): ResolvedReplicationPolicy {
   const s = policy.spec;
   s.frequency ??= '5m';
   s.recoveryPoints ??= {};
@@ -53,7 +53,7 @@ function policyDefaults(policy: ReplicationPolicy): ReplicationPolicy {
   s.resync.window ??= '22:00-06:00';
   s.resync.automatic ??= true;
   s.multiVmConsistency ??= false;
-  return policy;
+  return policy as ResolvedReplicationPolicy;
 }
 
 function protectedVmDefaults(vm: ProtectedVM): ProtectedVM {

@@ -8,7 +8,7 @@ import { hasErrors } from '../model/diagnostics.ts';
 import {
   resourceKey,
   type DesiredState, type NetworkMapping, type ProtectedVM, type RecoveryAction, type RecoveryPlan,
-  type ReplicationPolicy, type Resource, type Site, type SourceRef,
+  type ReplicationPolicy, type ResolvedReplicationPolicy, type Resource, type Site, type SourceRef,
 } from '../model/desired.ts';
 import { applyDefaults } from './defaults.ts';
 import { formatPath, type Segment } from './field-path.ts';
@@ -113,7 +113,8 @@ function loadFromSources(sources: readonly SourceText[]): Inner {
   for (const d of all) sourcesByKey[resourceKey(d.resource)] = { file: d.doc.file, ...d.doc.start };
   const state: DesiredState = {
     sites: sorted(input.sites),
-    policies: sorted(input.policies),
+    // The defaults step filled every defaulted field (config/defaults.ts).
+    policies: sorted(input.policies) as ResolvedReplicationPolicy[],
     networkMappings: sorted(input.networkMappings),
     protectedVms: sorted(input.protectedVms),
     recoveryPlans: sorted(input.recoveryPlans),

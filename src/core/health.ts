@@ -40,7 +40,7 @@ export interface HealthFacts {
   readonly terminalError?: { readonly code: string; readonly message: string };
   readonly pendingBytes?: number;
   readonly diskBytes?: number;
-  /** Resync threshold (percent of the disk). @default 50 */
+  /** Resync threshold (percent of the disk): the policy's, as resolved by the defaults step; absent = no threshold check. */
   readonly thresholdPercent?: number;
 }
 
@@ -85,8 +85,8 @@ export function assessHealth(f: HealthFacts): { health: Health; reasons: HealthR
     if (missed > 0 && missed / (ok + missed) > MISSED_FRACTION_WARNING) {
       warn('missed-cycles', `${missed} of ${ok + missed} replication cycles missed`);
     }
-    const pct = f.thresholdPercent ?? 50;
-    if (f.pendingBytes !== undefined && f.diskBytes && f.pendingBytes > (f.diskBytes * pct) / 100) {
+    const pct = f.thresholdPercent;
+    if (pct !== undefined && f.pendingBytes !== undefined && f.diskBytes && f.pendingBytes > (f.diskBytes * pct) / 100) {
       warn('threshold-exceeded', `${f.pendingBytes} bytes pending, over ${pct}% of the ${f.diskBytes}-byte disk`);
     }
   }

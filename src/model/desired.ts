@@ -5,6 +5,7 @@ import type {
   ProtectedVM,
   RecoveryPlan,
   ReplicationPolicy,
+  ReplicationPolicySpec,
   Site,
 } from './types.generated.ts';
 
@@ -25,7 +26,7 @@ export interface SourceRef {
 export interface DesiredState {
   /** Each list sorted by metadata.name; every optional field that has a default is filled in. */
   sites: Site[];
-  policies: ReplicationPolicy[];
+  policies: ResolvedReplicationPolicy[];
   networkMappings: NetworkMapping[];
   protectedVms: ProtectedVM[];
   recoveryPlans: RecoveryPlan[];
@@ -34,3 +35,18 @@ export interface DesiredState {
 }
 
 export const resourceKey = (r: { kind: Kind; metadata: { name: string } }): string => `${r.kind}/${r.metadata.name}`;
+
+type Filled<T> = { [K in keyof T]-?: Exclude<T[K], undefined> };
+type Defaulted<T, K extends keyof T> = Omit<T, K> & Filled<Pick<T, K>>;
+
+/**
+ * A policy's spec after the defaults step: every field with a documented default is present, so
+ * code downstream reads it instead of restating the default (`?? 50`, `?? '22:00-06:00'`).
+ */
+export type ResolvedPolicySpec = Omit<ReplicationPolicySpec, 'frequency' | 'recoveryPoints' | 'appConsistentEvery' | 'compression' | 'encryption' | 'initialReplication' | 'resync' | 'multiVmConsistency'> &
+  Filled<Pick<ReplicationPolicySpec, 'frequency' | 'recoveryPoints' | 'appConsistentEvery' | 'compression' | 'encryption' | 'multiVmConsistency'>> & {
+    initialReplication: Defaulted<NonNullable<ReplicationPolicySpec['initialReplication']>, 'method' | 'startAt'>;
+    resync: Defaulted<NonNullable<ReplicationPolicySpec['resync']>, 'thresholdPercent' | 'window' | 'automatic'>;
+  };
+
+export type ResolvedReplicationPolicy = Omit<ReplicationPolicy, 'spec'> & { spec: ResolvedPolicySpec };

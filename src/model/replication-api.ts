@@ -1,7 +1,8 @@
 // The data the replication service exchanges: relationship views, replica status, recovery
 // points and the requests of the failover family. Plain types, shared by the engine (core), the
 // agent API (transport), the agents and the site drivers; the paths and routes are transport's.
-import type { ReplicationPolicySpec, SiteSpec } from './types.generated.ts';
+import type { ResolvedPolicySpec } from './desired.ts';
+import type { SiteSpec } from './types.generated.ts';
 
 export interface DiskInfo {
   id: string;
@@ -21,7 +22,7 @@ export interface CreateRelationshipRequest {
    */
   replica: { name: string; endpoint: string; azure?: SiteSpec };
   /** Defaults already applied (src/config/defaults.ts). */
-  policy: ReplicationPolicySpec;
+  policy: ResolvedPolicySpec;
   excludeDisks?: string[];
   replicaStoragePath?: string;
   /** Multi-VM consistency: relationships of one group on this host share their cut instants. */
@@ -93,7 +94,7 @@ export interface RelationshipView {
   state: string;
   health: 'Normal' | 'Warning' | 'Critical';
   healthReasons: string[];
-  policy?: ReplicationPolicySpec;
+  policy?: ResolvedPolicySpec;
   disks: DiskInfo[];
   excludeDisks: string[];
   lastReplicationTime?: string;
@@ -197,7 +198,7 @@ export interface ReverseRequest {
   /** Id of the new, reversed relationship. */
   id: string;
   replica: { name: string; endpoint: string };
-  policy: ReplicationPolicySpec;
+  policy: ResolvedPolicySpec;
   /** Start the reverse initial sync now. @default true */
   start?: boolean;
   /**

@@ -2,7 +2,7 @@
 // the vault. Protection actions run as top-level jobs; failover-family actions run as child jobs of
 // a recovery plan's job (recovery-plan.ts) from the steps frozen when that plan started.
 import { join } from 'node:path';
-import type { DesiredState, ReplicationPolicySpec } from '../model/desired.ts';
+import type { DesiredState, ResolvedPolicySpec } from '../model/desired.ts';
 import { TerminalError } from '../model/errors.ts';
 import type { SiteSet } from '../sites/open-sites.ts';
 import type { Site, SiteVm } from '../sites/site.ts';
@@ -57,7 +57,7 @@ async function vms(site: Site): Promise<SiteVm[]> {
   return site.request<SiteVm[]>('GET', API.vms);
 }
 
-function policyOf(desired: DesiredState, name: string): ReplicationPolicySpec {
+function policyOf(desired: DesiredState, name: string): ResolvedPolicySpec {
   const p = desired.policies.find((x) => x.metadata.name === name);
   if (!p) throw new TerminalError('not-found', `policy ${name} is not declared`);
   return p.spec;
@@ -233,7 +233,7 @@ export interface VmStep {
   testNetwork?: string | null;
   adapters?: FailoverAdapterSettings[];
   /** reverse-replication: the policy the new relationship runs with. */
-  policy?: ReplicationPolicySpec;
+  policy?: ResolvedPolicySpec;
   /** How the data gets home: on the reverse-replication before a host failback, or on a failback from Azure. @default minimize-downtime */
   method?: 'minimize-downtime' | 'full-download';
 }

@@ -5,7 +5,7 @@
 // by name, its protection actions in a fixed rank (enable, change-policy, start-initial, resume,
 // resync, disk set, storage, extended replication); (3) recovery-plan failovers, by plan name,
 // groups in declared order (plan-failover.ts). Every index is a Map, so a pass is O(n log n).
-import type { DesiredState, ProtectedVM, ReplicationPolicy, ReplicationPolicySpec } from '../model/desired.ts';
+import type { DesiredState, ProtectedVM, ResolvedPolicySpec, ResolvedReplicationPolicy } from '../model/desired.ts';
 import type { AppliedPolicy, ObservedRelationship, ObservedState, ReplicationState } from '../model/observed.ts';
 import { lookup } from '../model/observed.ts';
 import { TerminalError } from '../model/errors.ts';
@@ -47,7 +47,7 @@ interface Ctx {
   b: PlanBuilder;
   observed: ObservedState;
   now: number;
-  policies: Map<string, ReplicationPolicy>;
+  policies: Map<string, ResolvedReplicationPolicy>;
   /** `${site}/${vm}` -> id of a disable-protection planned for that VM, so a re-enable waits for it. */
   disableByVm: Map<string, string>;
   /** ProtectedVM name -> ids of its protection actions (recovery-plan actions wait for them). */
@@ -199,11 +199,11 @@ function planProtection(ctx: Ctx, pvm: ProtectedVM): void {
       b.warn('suspended-by-operator', target, `replication was suspended by an operator; it stays suspended until \`drsite resume ${name}\``);
     }
   } else if (rel.state === 'ResynchronizationRequired') {
-    const resync = policy.spec.resync ?? {};
-    if (resync.automatic ?? true) {
-      const window = resync.window ?? '22:00-06:00';
+    const resync = policy.spec.resync;
+    if (resync.automatic) {
+      const window = resync.window;
       ids.push(b.add('resync', target, `resynchronization required and policy ${policy.metadata.name} resynchronizes automatically (window ${window})`, false, {
-        window, thresholdPercent: resync.thresholdPercent ?? 50,
+        window, thresholdPercent: resync.thresholdPercent,
       }, policyIds));
     } else {
       b.warn('resync-required', target, `resynchronization required; policy ${policy.metadata.name} has automatic resync off: run \`drsite resync ${name}\``);
@@ -234,7 +234,7 @@ function enableBlocked(ctx: Ctx, pvm: ProtectedVM): PlanWarning | null {
   return null;
 }
 
-function planEnable(ctx: Ctx, pvm: ProtectedVM, policy: ReplicationPolicy, ids: string[], after: string | undefined, why: string): void {
+function planEnable(ctx: Ctx, pvm: ProtectedVM, policy: ResolvedReplicationPolicy, ids: string[], after: string | undefined, why: string): void {
   const { b } = ctx;
   const spec = pvm.spec;
   const name = pvm.metadata.name;
@@ -260,11 +260,11 @@ function planEnable(ctx: Ctx, pvm: ProtectedVM, policy: ReplicationPolicy, ids: 
   }
 }
 
-function addStartInitial(ctx: Ctx, name: string, policy: ReplicationPolicySpec, after: string[], why: string): string {
-  const ir = policy.initialReplication ?? {};
-  const startAt = ir.startAt ?? 'immediately';
+function addStartInitial(ctx: Ctx, name: string, policy: ResolvedPolicySpec, after: string[], why: string): string {
+  const ir = policy.initialReplication;
+  const startAt = ir.startAt;
   const later = startAt !== 'immediately' && Date.parse(startAt) > ctx.now;
-  const method = ir.method ?? 'network';
+  const method = ir.method;
   return ctx.b.add('start-initial-replication', vmTarget(name), later ? `${why}; scheduled by the policy for ${startAt}` : `${why}: start now (${method})`, false, {
     method,
     startAt,
@@ -321,7 +321,7 @@ function planExtended(ctx: Ctx, pvm: ProtectedVM, rel: ObservedRelationship, ids
 }
 
 /** Field-level differences between the applied and the declared policy; null when none (same name too). */
-export function diffPolicy(applied: AppliedPolicy | undefined, desired: ReplicationPolicy): PolicyFieldChange[] | null {
+export function diffPolicy(applied: AppliedPolicy | undefined, desired: ResolvedReplicationPolicy): PolicyFieldChange[] | null {
   const from = (applied?.spec ?? {}) as Record<string, unknown>;
   const to = desired.spec as Record<string, unknown>;
   const changes: PolicyFieldChange[] = [];
@@ -334,7 +334,7 @@ export function diffPolicy(applied: AppliedPolicy | undefined, desired: Replicat
   return changes;
 }
 
-function describePolicyChange(applied: AppliedPolicy | undefined, desired: ReplicationPolicy, changes: PolicyFieldChange[], hop: 'replica' | 'extended'): string {
+function describePolicyChange(applied: AppliedPolicy | undefined, desired: ResolvedReplicationPolicy, changes: PolicyFieldChange[], hop: 'replica' | 'extended'): string {
   const where = hop === 'extended' ? 'extended replica' : 'replication';
   if (!applied) return `${where} runs with an unknown policy: apply ${desired.metadata.name}`;
   const fields = changes.map((c) => c.field).join(', ');

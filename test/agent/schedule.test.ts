@@ -5,7 +5,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { NbdClient } from '../../src/nbd/client.ts';
-import { inWindow } from '../../src/core/replication/primary.ts';
+import { inWindow } from '../../src/core/replication/primary-record.ts';
 import { randomWrites } from '../../src/demo/workload.ts';
 import { ManualClock } from '../../src/model/clock.ts';
 import type { RelationshipView } from '../../src/transport/agent-api.ts';

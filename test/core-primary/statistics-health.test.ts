@@ -66,7 +66,7 @@ describe('health', () => {
     { reason: '2 of 10 missed (20%) is tolerated', facts: { successfulCycles: 8, missedCycles: 2 }, health: 'Normal', codes: [] },
     { reason: '3 of 10 missed is over 20%', facts: { successfulCycles: 7, missedCycles: 3 }, health: 'Warning', codes: ['missed-cycles'] },
     { reason: 'retrying a recoverable error', facts: { retrying: { attempts: 2, lastError: 'ECONNRESET' } }, health: 'Warning', codes: ['retrying'] },
-    { reason: 'pending past the resync threshold', facts: { pendingBytes: 600, diskBytes: 1000 }, health: 'Warning', codes: ['threshold-exceeded'] },
+    { reason: 'pending past the resync threshold', facts: { pendingBytes: 600, diskBytes: 1000, thresholdPercent: 50 }, health: 'Warning', codes: ['threshold-exceeded'] },
     { reason: 'resync pending', facts: { state: 'ResynchronizationRequired' }, health: 'Warning', codes: ['resync-required'] },
     { reason: 'resync running', facts: { state: 'Resynchronizing' }, health: 'Warning', codes: ['resynchronizing'] },
     { reason: 'paused', facts: { state: 'Suspended' }, health: 'Warning', codes: ['suspended'] },

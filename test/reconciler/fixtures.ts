@@ -8,7 +8,8 @@ import type {
   RecoveryPlan,
   FailoverRequest,
   ReplicationPolicy,
-  ReplicationPolicySpec,
+  ResolvedPolicySpec,
+  ResolvedReplicationPolicy,
   Site,
 } from '../../src/model/desired.ts';
 import type { ObservedRelationship, ObservedState } from '../../src/model/observed.ts';
@@ -25,7 +26,7 @@ export function site(name: string): Site {
   };
 }
 
-export function policy(name: string, over: Partial<ReplicationPolicySpec> = {}): ReplicationPolicy {
+export function policy(name: string, over: Partial<ResolvedPolicySpec> = {}): ResolvedReplicationPolicy {
   return {
     apiVersion: 'drsite.dev/v1',
     kind: 'ReplicationPolicy',
@@ -78,7 +79,7 @@ const byName = <T extends { metadata: { name: string } }>(xs: T[]): T[] => [...x
 
 export interface DesiredInput {
   sites?: Site[];
-  policies?: ReplicationPolicy[];
+  policies?: ResolvedReplicationPolicy[];
   vms?: ProtectedVM[];
   plans?: RecoveryPlan[];
   mappings?: NetworkMapping[];

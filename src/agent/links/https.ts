@@ -6,7 +6,7 @@ import { API, type CreateReplicaRequest, type ReplicaStatus } from '../../transp
 import type { CertBundle } from '../../transport/certs.ts';
 import { createMtlsClient, type MtlsClient } from '../../transport/mtls.ts';
 import { TransferCounters, uploadFile } from '../../transport/upload.ts';
-import type { ReplicaLink } from '../../core/replication/primary.ts';
+import type { ReplicaLink } from '../../core/replication/ports.ts';
 
 export class HttpReplicaLink implements ReplicaLink {
   readonly counters = new TransferCounters();

@@ -8,7 +8,7 @@ import { DirtyBitmap } from '../dirty-bitmap.ts';
 import type { BlockReader, ReplicaStore } from '../replica-store.ts';
 import { BLOCK_SIZE, type Extent } from '../types.ts';
 import { TerminalError } from '../../model/errors.ts';
-import type { CutSource, FrozenSource } from './primary.ts';
+import type { CutSource, FrozenSource } from './ports.ts';
 
 const MAX_EXTENT = 1 << 20;
 

@@ -4,7 +4,8 @@ import { transition } from '../replication-state.ts';
 import type { State } from '../replication-state.ts';
 import type { RetryStateJSON } from '../retry.ts';
 import type { ReplicationStatisticsJSON } from '../statistics.ts';
-import type { ReplicationPolicySpec, SiteSpec } from '../../model/types.generated.ts';
+import type { ResolvedPolicySpec } from '../../model/desired.ts';
+import type { SiteSpec } from '../../model/types.generated.ts';
 import { parseDuration } from '../../model/units.ts';
 import type { CreateReplicaRequest, DiskInfo } from '../../model/replication-api.ts';
 
@@ -14,7 +15,7 @@ export interface PrimaryRecord {
   role: 'Primary';
   vm: string;
   replica: { name: string; endpoint: string; azure?: SiteSpec };
-  policy: ReplicationPolicySpec;
+  policy: ResolvedPolicySpec;
   excludeDisks: string[];
   disks: DiskInfo[];
   replicaStoragePath?: string;
@@ -47,11 +48,11 @@ export interface CycleResult {
   applied: number;
 }
 
-export function frequencyMs(policy: ReplicationPolicySpec): number {
-  return parseDuration(policy.frequency ?? '5m') ?? 300_000;
+export function frequencyMs(policy: ResolvedPolicySpec): number {
+  return parseDuration(policy.frequency) ?? 300_000;
 }
 
-export function retentionOf(policy: ReplicationPolicySpec): CreateReplicaRequest['retention'] {
+export function retentionOf(policy: ResolvedPolicySpec): CreateReplicaRequest['retention'] {
   const app = parseDuration(policy.appConsistentEvery ?? '0') ?? 0;
   return { additional: policy.recoveryPoints?.additional ?? 0, ...(app > 0 && { appConsistentEvery: app }) };
 }

@@ -33,7 +33,7 @@ const { record: r, now, pending, stats: statistics, retry } = v;
     ...(r.terminalError && { terminalError: r.terminalError }),
     pendingBytes: pending,
     diskBytes: v.diskBytes,
-    thresholdPercent: r.policy.resync?.thresholdPercent ?? 50,
+    thresholdPercent: r.policy.resync.thresholdPercent,
   });
   statistics.setHealth(health);
   const last = retry.lastError;

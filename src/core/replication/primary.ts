@@ -15,7 +15,7 @@ import { ReplicationStatistics } from '../statistics.ts';
 import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../types.ts';
 import type { Clock } from '../../model/clock.ts';
 import { RetryableError, TerminalError, isRecoverable } from '../../model/errors.ts';
-import type { ReplicationPolicySpec } from '../../model/types.generated.ts';
+import type { ResolvedPolicySpec } from '../../model/desired.ts';
 import type { RelationshipView, ReplicaStatus } from '../../model/replication-api.ts';
 import type { Logger } from '../../model/logger.ts';
 import { writeJsonAtomic } from '../atomic-file.ts';
@@ -23,9 +23,6 @@ import type { CutSource, ReplicaLink } from './ports.ts';
 import { differenceFilter, type DifferenceFilter } from './difference-filter.ts';
 import { frequencyMs, inWindow, retentionOf, type CycleResult, type PrimaryRecord } from './primary-record.ts';
 import { primaryView } from './primary-view.ts';
-
-export * from './ports.ts';
-export * from './primary-record.ts';
 
 export class PrimaryReplication {
   readonly dir: string;
@@ -107,9 +104,9 @@ export class PrimaryReplication {
       if (this.record.state !== 'ReadyForInitialReplication') {
         throw new TerminalError('invalid-state', `cannot start initial replication of ${this.record.vm} while ${this.record.state}`);
       }
-      const ir = this.record.policy.initialReplication ?? {};
+      const ir = this.record.policy.initialReplication;
       const startAt = ir.startAt && ir.startAt !== 'immediately' ? Date.parse(ir.startAt) : undefined;
-      this.record.initial = { method: ir.method ?? 'network', bytesDone: 0, bytesTotal: this.#totalBytes(), ...(startAt && { startAt }) };
+      this.record.initial = { method: ir.method, bytesDone: 0, bytesTotal: this.#totalBytes(), ...(startAt && { startAt }) };
       await this.save();
       return this.#cycle(false);
     });
@@ -191,8 +188,8 @@ export class PrimaryReplication {
 
   /** A pending resync runs when forced (an operator), or automatically inside the policy's window. */
   #resyncAllowed(force: boolean): boolean {
-    const rs = this.record.policy.resync ?? {};
-    return force || ((rs.automatic ?? true) && inWindow(rs.window ?? '22:00-06:00', this.#clock.now()));
+    const rs = this.record.policy.resync;
+    return force || (rs.automatic && inWindow(rs.window, this.#clock.now()));
   }
 
   #totalBytes(): number {
@@ -357,7 +354,7 @@ export class PrimaryReplication {
   async #delta(): Promise<CycleResult> {
     const r = this.record;
     await this.#ship();
-    const threshold = (r.policy.resync?.thresholdPercent ?? 50) / 100;
+    const threshold = r.policy.resync.thresholdPercent / 100;
     if (this.source.disks.some((d) => d.pendingBytes() > threshold * d.size)) {
       r.resync = { bytesDone: 0, bytesTotal: 0, reason: `pending changes exceed ${threshold * 100}% of a disk` };
       await this.#apply('thresholdExceeded');
@@ -470,7 +467,7 @@ export class PrimaryReplication {
   }
 
   /** ModifyReplicationSettings: a new policy applies from the next cycle; retention changes on the replica at once. */
-  modify(policy: ReplicationPolicySpec): Promise<void> {
+  modify(policy: ResolvedPolicySpec): Promise<void> {
     return this.#serial(async () => {
       this.record.policy = policy;
       await this.#link.settings(this.id, retentionOf(policy));

@@ -19,7 +19,7 @@ import { DiskBlobs, pointFromMetadata, type LiveState, type PointMetadata } from
 import { azureCall, isBlobNotFound } from './errors.ts';
 import { AzureFailoverState } from './failover-state.ts';
 import { TransferCount } from './page-io.ts';
-import type { ReplicaLink } from '../../../core/replication/primary.ts';
+import type { ReplicaLink } from '../../../core/replication/ports.ts';
 
 /** `<relationshipId>/relationship.json`: what the replica side knows, keys excepted. */
 export interface AzureReplicaRecord {
