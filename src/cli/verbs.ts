@@ -2,6 +2,7 @@
 // failover request with a fresh id on the recovery plan (or on a one-VM plan named after the
 // ProtectedVM) and run through the same pass and executor as a declared one, recording the same
 // jobs; `reverse|resync|pause|resume <vm>` act on the VM's current relationship.
+import { systemClock } from '../model/clock.ts';
 import { loadDesiredState } from '../config/index.ts';
 import { formatDiagnostic } from '../model/diagnostics.ts';
 import type { DesiredState, FailoverRequest, RecoveryPlan } from '../model/desired.ts';
@@ -63,7 +64,7 @@ export async function verbCommand(verb: string, target: string, paths: string[],
     recoverInterrupted(session.vault);
     if (direct) {
       const observation = await observeSites(desired, session.sites, session.vault, new Date());
-      const job = await runDirectAction({ desired, sites: session.sites, vault: session.vault, observation, stateDir: session.stateDir, report }, verb as DirectVerb, target);
+      const job = await runDirectAction({ desired, sites: session.sites, vault: session.vault, observation, stateDir: session.stateDir, report, clock: systemClock }, verb as DirectVerb, target);
       if (json) printJson(io, job ?? { ok: true });
       else io.out(job ? jobRows([job]) : `${verb}: done for ${target}`);
       return job?.state === 'Failed' ? 1 : 0;

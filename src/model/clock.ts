@@ -64,3 +64,8 @@ export class ManualClock implements Clock {
     this.t = end;
   }
 }
+
+/** `ms` spread by +-20% so that many pollers do not fall into step; `random` is injectable for tests. */
+export function jittered(ms: number, random: () => number = Math.random): number {
+  return ms * (0.8 + random() * 0.4);
+}

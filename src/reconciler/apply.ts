@@ -2,6 +2,7 @@
 // pass (or a killed process) left open, plan, and apply the plan one journaled action at a time.
 // Protection actions are level-triggered (a failed one is simply planned again next pass, unless
 // its error is terminal); failover actions run only from a new failover id, inside a plan job.
+import { systemClock, type Clock } from '../model/clock.ts';
 import type { DesiredState } from '../model/desired.ts';
 import { lookup } from '../model/observed.ts';
 import type { SiteSet } from '../sites/open-sites.ts';
@@ -29,9 +30,9 @@ export interface PassOptions {
    * Ids that fail terminally in this pass are added.
    */
   skipActions?: Set<string>;
+  /** Time for observations, schedules and job records. @default systemClock */
+  clock?: Clock;
 }
-
-const RECOVERABLE_CODES = new Set(['network', 'low-disk', 'low-memory', 'busy', 'integrity']);
 
 export interface PassResult {
   /** The plan made at the start of the pass. */
@@ -81,13 +82,14 @@ export function isConverged(desired: DesiredState, obs: Observation, plan: Plan,
 
 export async function reconcileOnce(opts: PassOptions): Promise<PassResult> {
   const { desired, sites, vault } = opts;
+  const clock = opts.clock ?? systemClock;
   sites.setDesired(desired);
   const report = opts.report ?? (() => {});
   const jobs = new Map<string, string>();
   let terminalFailures = 0;
-  let observation = await observeSites(desired, sites, vault, new Date());
+  let observation = await observeSites(desired, sites, vault, new Date(clock.now()));
   if (!opts.dryRun) recordObservation(vault, desired, observation);
-  const ctx = (): ExecContext => ({ desired, sites, vault, observation, stateDir: opts.stateDir, report });
+  const ctx = (): ExecContext => ({ desired, sites, vault, observation, stateDir: opts.stateDir, report, clock });
 
   if (!opts.dryRun) {
     const open = runnablePlanJobs(vault);
@@ -97,7 +99,7 @@ export async function reconcileOnce(opts: PassOptions): Promise<PassResult> {
       await runPlanJob(ctx(), id);
     }
     if (open.length > 0) {
-      observation = await observeSites(desired, sites, vault, new Date());
+      observation = await observeSites(desired, sites, vault, new Date(clock.now()));
       recordObservation(vault, desired, observation);
     }
   }
@@ -124,7 +126,7 @@ export async function reconcileOnce(opts: PassOptions): Promise<PassResult> {
         jobs.set(job.id, job.id);
         if (job.state === 'Failed') {
           failed.add(action.id);
-          if (!RECOVERABLE_CODES.has(job.error?.code ?? '')) {
+          if (job.error?.recoverable !== true) {
             terminalFailures++;
             opts.skipActions?.add(action.id);
           }
@@ -146,7 +148,7 @@ export async function reconcileOnce(opts: PassOptions): Promise<PassResult> {
     await runPlanJob(ctx(), job.id);
   }
 
-  observation = await observeSites(desired, sites, vault, new Date());
+  observation = await observeSites(desired, sites, vault, new Date(clock.now()));
   recordObservation(vault, desired, observation);
   const after = makePlan(desired, observation.observed);
   return {

@@ -2,6 +2,7 @@
 // the vault. Protection actions run as top-level jobs; failover-family actions run as child jobs of
 // a recovery plan's job (recovery-plan.ts) from the steps frozen when that plan started.
 import { join } from 'node:path';
+import type { Clock } from '../model/clock.ts';
 import type { DesiredState, ResolvedPolicySpec } from '../model/desired.ts';
 import { TerminalError } from '../model/errors.ts';
 import type { SiteSet } from '../sites/open-sites.ts';
@@ -23,6 +24,7 @@ export interface ExecContext {
   stateDir: string;
   /** Progress lines for the CLI. */
   report: (line: string) => void;
+  clock: Clock;
 }
 
 export const JOB_TYPE: Record<PlannedAction['type'], JobType> = {
@@ -82,7 +84,7 @@ export async function runProtectionAction(ctx: ExecContext, action: PlannedActio
   if (action.type === 'start-initial-replication' && vault.listJobs({ target, type: 'InitialReplication', state: 'Running', limit: 1 }).length > 0) {
     return undefined; // already started; its job closes when the first sync completes
   }
-  if (action.type === 'start-initial-replication' && action.details.notBefore && Date.parse(action.details.notBefore) > Date.now()) {
+  if (action.type === 'start-initial-replication' && action.details.notBefore && Date.parse(action.details.notBefore) > ctx.clock.now()) {
     return undefined; // the policy schedules it later: a later pass starts it
   }
   if (action.type === 'resume') {

@@ -1,7 +1,7 @@
 // `drsite run`: the level-triggered loop. Every pass re-observes the world (the replication engine
 // changes without telling anyone), so it polls with jitter; a pass that throws is requeued with
 // backoff; an action that failed with a TerminalError is recorded once and not retried.
-import { setTimeout as sleep } from 'node:timers/promises';
+import { jittered, systemClock } from '../model/clock.ts';
 import { recoverInterrupted, reconcileOnce, type PassOptions, type PassResult } from './apply.ts';
 
 export interface LoopOptions extends Omit<PassOptions, 'dryRun' | 'onPlan' | 'skipActions'> {
@@ -19,6 +19,8 @@ export interface LoopOptions extends Omit<PassOptions, 'dryRun' | 'onPlan' | 'sk
    */
   reload?: () => Promise<PassOptions['desired'] | undefined>;
   onError?: (e: unknown, retryInMs: number) => void;
+  /** Source of the jitter. @default Math.random */
+  random?: () => number;
 }
 
 export interface LoopResult {
@@ -31,7 +33,9 @@ const MAX_BACKOFF_MS = 30_000;
 
 export async function runLoop(opts: LoopOptions): Promise<LoopResult> {
   const poll = opts.pollMs ?? 2000;
-  const deadline = opts.durationMs === undefined ? Infinity : Date.now() + opts.durationMs;
+  const clock = opts.clock ?? systemClock;
+  const sleep = (ms: number) => clock.sleep(ms, opts.signal).catch(() => {});
+  const deadline = opts.durationMs === undefined ? Infinity : clock.now() + opts.durationMs;
   const skipActions = new Set<string>();
   recoverInterrupted(opts.vault);
   let passes = 0;
@@ -49,17 +53,17 @@ export async function runLoop(opts: LoopOptions): Promise<LoopResult> {
       converged = r.converged;
       opts.onPass?.(r);
       if (converged && opts.untilConverged) return { passes, converged, stoppedBy: 'converged' };
-      wait = poll * (0.8 + Math.random() * 0.4);
+      wait = jittered(poll, opts.random);
     } catch (e) {
       failures++;
-      wait = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** (failures - 1)) * (0.8 + Math.random() * 0.4);
+      wait = jittered(Math.min(MAX_BACKOFF_MS, 1000 * 2 ** (failures - 1)), opts.random);
       opts.onError?.(e, wait);
     }
-    if (Date.now() + wait > deadline) {
-      const left = deadline - Date.now();
-      if (left > 0) await sleep(left, undefined, { signal: opts.signal }).catch(() => {});
+    if (clock.now() + wait > deadline) {
+      const left = deadline - clock.now();
+      if (left > 0) await sleep(left);
       return { passes, converged, stoppedBy: opts.signal?.aborted ? 'signal' : 'duration' };
     }
-    await sleep(wait, undefined, { signal: opts.signal }).catch(() => {});
+    await sleep(wait);
   }
 }

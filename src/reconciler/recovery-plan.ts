@@ -180,14 +180,14 @@ export async function runPlanJob(ctx: ExecContext, jobId: string): Promise<PlanO
     }
     vault.transaction(() => {
       finish(vault, jobId, 'Succeeded');
-      recordOutcome(vault, job, input, 'Succeeded', { endedAt: new Date().toISOString() });
+      recordOutcome(vault, job, input, 'Succeeded', { endedAt: new Date(ctx.clock.now()).toISOString() });
     });
     ctx.report(`RecoveryPlan ${input.plan}: failover ${input.failoverId} (${input.failoverType}) succeeded`);
     return 'Succeeded';
   } catch (e) {
     vault.transaction(() => {
       finish(vault, jobId, 'Failed', e);
-      recordOutcome(vault, job, input, 'Failed', { error: (e as Error).message, endedAt: new Date().toISOString() });
+      recordOutcome(vault, job, input, 'Failed', { error: (e as Error).message, endedAt: new Date(ctx.clock.now()).toISOString() });
     });
     ctx.report(`RecoveryPlan ${input.plan}: failover ${input.failoverId} failed: ${(e as Error).message}`);
     return 'Failed';

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/model/clock.ts';
-import { RetryableError } from '../../src/model/errors.ts';
+import { RetryableError, TerminalError } from '../../src/model/errors.ts';
 import { JOB_TYPES, Vault } from '../../src/vault/vault.ts';
 import { useTempDir } from './temp-dir.ts';
 
@@ -61,14 +61,16 @@ describe('jobs', () => {
     again.close();
   });
 
-  it('keeps a failed step error and the job error with its code', () => {
+  it('keeps a failed step error and the job error with its code and the one retry decision', () => {
     const { v } = open();
     const job = v.createJob({ type: 'Resynchronize', target: 'ProtectedVM/db' });
     v.startStep(job.id, 'compare');
     v.endStep(job.id, 'compare', { state: 'Failed', error: 'checksum mismatch at block 7' });
     const failed = v.finishJob(job.id, 'Failed', new RetryableError('low-disk', 'replica volume full'));
-    expect(failed.error).toEqual({ message: 'replica volume full', code: 'low-disk' });
-    expect(failed.steps[0].error).toEqual({ message: 'checksum mismatch at block 7' });
+    expect(failed.error).toEqual({ message: 'replica volume full', code: 'low-disk', recoverable: true });
+    expect(failed.steps[0].error).toEqual({ message: 'checksum mismatch at block 7', recoverable: false });
+    const terminal = v.createJob({ type: 'Resynchronize', target: 'ProtectedVM/db' });
+    expect(v.finishJob(terminal.id, 'Failed', new TerminalError('authorization', 'not an allowed primary')).error).toEqual({ message: 'not an allowed primary', code: 'authorization', recoverable: false });
     v.close();
   });
 
