@@ -130,7 +130,7 @@ do_seed() {
   [ -n "$dev" ] || dev=$(findfs LABEL=cidata 2>/dev/null)
   if [ -z "$dev" ]; then say "seed none"; return; fi
   mount -t vfat -o ro "$dev" /seed 2>/dev/null || mount -t iso9660 -o ro "$dev" /seed || fail "cannot mount seed $dev"
-  say "seed hostname $(sed -n 's/^local-hostname: *//p' /seed/meta-data)"
+  say "seed hostname $(sed -n 's/^local-hostname: *//p' /seed/meta-data | tr -d '"')"
   [ -f /seed/network-config ] || { say "seed no network-config"; return; }
   # Reads the block style seed.ts writes (lists one item a line), not every YAML spelling.
   awk '

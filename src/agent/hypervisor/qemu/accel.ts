@@ -40,7 +40,7 @@ export async function probeAccel(emulator: string, accel: Accel, timeoutMs = 800
     await writeFile(disk, bootSector());
     const child = spawn(emulator, [
       '-accel', accel, '-machine', 'pc', '-m', '16', '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
-      '-drive', `file=${disk.replace(/,/g, ',,')},format=raw,if=ide,readonly=on`,
+      '-drive', `file=${disk.replace(/,/g, ',,')},format=raw,if=ide,snapshot=on`,
       '-chardev', `file,id=s0,path=${serial.replace(/,/g, ',,')}`, '-serial', 'chardev:s0',
     ], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
