@@ -55,6 +55,14 @@ describe('QemuHypervisor adopt', () => {
     await waitForLine(first.consolePath('victim'), /DRSITE waiting/, 40_000);
     const alivePid = await pidOf(first, 'alive');
     const victimPid = await pidOf(first, 'victim');
+    // A second driver while the first holds the QMP connection: it sees a running guest it cannot
+    // drive, and refuses to start a second QEMU on the same disks.
+    const rival = driver();
+    const seen = await rival.status('alive');
+    expect(seen.power).toBe('Running');
+    expect(seen.detail).toMatch(new RegExp(`^not attached: VM "alive": cannot attach to its QEMU \\(pid ${alivePid}\\): no QMP greeting`));
+    await expect(rival.setPower('alive', 'Running', { nbdSocket: nbd })).rejects.toThrow(`VM "alive": cannot attach to its QEMU (pid ${alivePid})`);
+
     // The agent goes away; QEMU does not.
     await first.close();
 

@@ -46,6 +46,9 @@ interface CrashRecord {
 
 const UNIX_PATH_MAX = 107;
 
+/** QEMU run states in which the guest no longer runs though QEMU does. */
+const DEAD_STATES = new Set(['internal-error', 'guest-panicked', 'io-error']);
+
 export class QemuHypervisor implements Hypervisor {
   readonly kind = 'qemu';
   readonly root: string;
@@ -137,13 +140,20 @@ export class QemuHypervisor implements Hypervisor {
     await this.get(name);
     // A guest being shut down answers status while setPower waits on it; only attaching is serialized.
     const known = this.#guests.get(name);
-    const g = known && !known.qmp.isClosed ? known : await this.#serial(name, () => this.#attached(name)).catch((e: unknown) => {
+    let g: Guest | undefined;
+    try {
+      g = known && !known.qmp.isClosed ? known : await this.#serial(name, () => this.#attached(name));
+    } catch (e) {
+      // Its pidfile names a live QEMU that does not answer on QMP: running, but not ours to drive.
       this.#log.warn('qemu status: cannot attach', { vm: name, error: (e as Error).message });
-      return undefined;
-    });
+      return { power: 'Running', detail: `not attached: ${(e as Error).message}` };
+    }
     if (g) {
       try {
         const s = await g.qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs: 5000 });
+        if (DEAD_STATES.has(s.status)) {
+          return { power: 'Running', detail: s.status, crashed: { at: Date.now(), message: `the guest of VM "${name}" stopped in QEMU state ${s.status} (e.g. a KVM emulation failure or a guest panic); QEMU (pid ${g.pid}) still runs` } };
+        }
         if (s.status !== 'shutdown') return { power: 'Running', detail: s.status };
         // Powered off and being let go: answer once that is recorded, so status and vm.json agree.
         await Promise.race([g.gone, sleep(10_000)]);
@@ -197,7 +207,8 @@ export class QemuHypervisor implements Hypervisor {
   /** The attached guest, attaching to a QEMU left by an earlier agent if its pidfile names a live one. */
   async #attached(name: string): Promise<Guest | undefined> {
     const known = this.#guests.get(name);
-    if (known && !known.qmp.isClosed) return known;
+    // One that is quitting (the guest powered off) counts as gone once it is.
+    if (known && !known.qmp.isClosed && !known.quitting) return known;
     if (known) await known.gone;
     const paths = this.#paths(name);
     const pid = await readPid(paths.pidfile);
@@ -207,7 +218,12 @@ export class QemuHypervisor implements Hypervisor {
       return undefined;
     }
     const g = await this.#attach(name, pid, paths);
-    const s = await g.qmp.execute<{ status: string }>('query-status');
+    const s = await g.qmp.execute<{ status: string }>('query-status').catch(() => undefined);
+    // It went away while being attached: the close handler has recorded how.
+    if (!s) {
+      await g.gone;
+      return undefined;
+    }
     // It powered off while nobody watched (-no-shutdown kept QEMU up): finish the power-off now.
     if (s.status === 'shutdown') {
       await this.#quit(g);
