@@ -2,7 +2,7 @@
 // writes a file the test chose, powers off, boots again and reads it back; graceful shutdown
 // through QMP's ACPI power-down. Boot and shutdown times are printed, not asserted.
 import { randomUUID } from 'node:crypto';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { stat } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QemuHypervisor } from '../../src/agent/hypervisor/qemu/qemu-hypervisor.ts';
@@ -17,7 +17,8 @@ const runtimes: VmRuntime[] = [];
 beforeAll(async () => {
   await testGuest();
   dir = await tempDir('qemu-boot');
-  hv = new QemuHypervisor(join(dir.path, 'vms'), { accel: 'tcg' });
+  // A relative root and NBD socket, as a site's data directory often is.
+  hv = new QemuHypervisor(relative(process.cwd(), join(dir.path, 'vms')), { accel: 'tcg' });
 }, 180_000);
 
 afterAll(async () => {
@@ -67,7 +68,7 @@ describe('QemuHypervisor with the test guest', () => {
     const rt = await serve(hv, vm, nbdDirOf(dir.path));
     runtimes.push(rt);
     await boot(hv, 'db', { run: 'wait' });
-    await hv.setPower('db', 'Running', { nbdSocket: rt.socketPath });
+    await hv.setPower('db', 'Running', { nbdSocket: relative(process.cwd(), rt.socketPath) });
     await waitForLine(hv.consolePath('db'), /DRSITE waiting/, 40_000);
     expect(await hv.status('db')).toEqual({ power: 'Running', detail: 'running' });
 

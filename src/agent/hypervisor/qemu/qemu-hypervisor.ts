@@ -5,7 +5,7 @@
 // into the agent for it, and an agent restart re-attaches through the pidfile and QMP socket.
 import { spawn } from 'node:child_process';
 import { readFile, rm, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readJsonIfExists, writeJsonAtomic } from '../../../core/atomic-file.ts';
 import { TerminalError } from '../../../model/errors.ts';
@@ -62,9 +62,10 @@ export class QemuHypervisor implements Hypervisor {
   #accel: Promise<{ accel: Accel; reason: string }> | undefined;
 
   constructor(root: string, settings: QemuSettings = {}, opts: QemuHypervisorOptions = {}) {
-    this.root = root;
+    // Absolute: a daemonized QEMU changes its directory to /, so no path it gets may be relative.
+    this.root = resolve(root);
     this.settings = settings;
-    this.#defs = new FilesHypervisor(root);
+    this.#defs = new FilesHypervisor(this.root);
     this.#log = opts.log ?? silentLogger;
     this.#onStopped = opts.onStopped;
   }
@@ -307,7 +308,11 @@ export class QemuHypervisor implements Hypervisor {
     }
     if (opts.seedImage !== undefined && !(await isFile(opts.seedImage))) throw new TerminalError('invalid-argument', `VM "${vm.name}": seed image ${opts.seedImage} is not a readable file`);
     const { accel } = await this.accel();
-    const args = qemuArgs({ vm, settings: this.settings, accel, paths, nbdSocket: opts.nbdSocket, seedImage: opts.seedImage });
+    const absolute = boot && 'kernel' in boot
+      ? { ...vm, boot: { ...boot, kernel: resolve(boot.kernel), ...(boot.initrd !== undefined ? { initrd: resolve(boot.initrd) } : {}) } }
+      : vm;
+    const seedImage = opts.seedImage !== undefined ? resolve(opts.seedImage) : undefined;
+    const args = qemuArgs({ vm: absolute, settings: this.settings, accel, paths, nbdSocket: resolve(opts.nbdSocket), seedImage });
     for (const p of [paths.qmp, paths.qga, paths.pidfile]) await rm(p, { force: true });
 
     // -daemonize: QEMU returns once the machine is built, with its errors (bad kernel, unreachable
