@@ -3,7 +3,7 @@
 // through QMP's ACPI power-down. Boot and shutdown times are printed, not asserted.
 import { randomUUID } from 'node:crypto';
 import { join, relative } from 'node:path';
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QemuHypervisor } from '../../src/agent/hypervisor/qemu/qemu-hypervisor.ts';
 import type { VmRuntime } from '../../src/agent/hypervisor/vm-runtime.ts';
@@ -81,5 +81,14 @@ describe('QemuHypervisor with the test guest', () => {
     await expect(stat(join(hv.vmDir('db'), 'qemu.pid'))).rejects.toThrow();
     // Idempotent: already off.
     expect((await hv.setPower('db', 'Off', { nbdSocket: rt.socketPath })).power).toBe('Off');
+
+    // Removing a running VM stops its QEMU first.
+    await hv.setPower('db', 'Running', { nbdSocket: rt.socketPath });
+    await waitForLine(hv.consolePath('db'), /DRSITE waiting/, 40_000);
+    const pid = Number((await readFile(join(hv.vmDir('db'), 'qemu.pid'), 'utf8')).trim());
+    await hv.remove('db');
+    expect(await hv.find('db')).toBeUndefined();
+    await expect(stat(hv.vmDir('db'))).rejects.toThrow();
+    expect(await readFile(`/proc/${pid}/stat`, 'utf8').then((st) => / Z /.test(st), () => true)).toBe(true);
   });
 });
