@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { TrackedDisk } from '../../core/tracker.ts';
 import type { BlockDevice } from '../../model/block-device.ts';
 import type { Logger } from '../../transport/logger.ts';
-import type { FilesHypervisor, VmDefinition } from './files.ts';
+import type { Hypervisor, VmDefinition } from '../../model/hypervisor.ts';
 import { NbdServer } from '../../nbd/server.ts';
 
 export interface ClosableDevice extends BlockDevice {
@@ -34,7 +34,7 @@ export class VmRuntime {
    * Opens every disk of `vm` through the tracker (its state files beside the image) and starts the
    * NBD export. A disk whose tracker was not closed cleanly reports continuity `lost`.
    */
-  static async start(hv: FilesHypervisor, vm: VmDefinition, nbdDir: string, log: Logger): Promise<VmRuntime> {
+  static async start(hv: Pick<Hypervisor, 'diskPath'>, vm: VmDefinition, nbdDir: string, log: Logger): Promise<VmRuntime> {
     const disks = new Map<string, TrackedDisk>();
     try {
       for (const d of vm.disks) disks.set(d.name, await TrackedDisk.open(hv.diskPath(vm.name, d), { id: d.name }));

@@ -1,0 +1,425 @@
+// The `qemu` hypervisor: a VM is a folder `<root>/<vm>/` (vm.json and disk images, as for `files`)
+// plus, while it runs, a daemonized qemu-system-x86_64 with its QMP socket, guest-agent socket,
+// pidfile and serial console log in the same folder. Disks are the agent's NBD exports; power goes
+// through QMP. A guest that stops without being asked is recorded as crashed; nothing here throws
+// into the agent for it, and an agent restart re-attaches through the pidfile and QMP socket.
+import { spawn } from 'node:child_process';
+import { readFile, rm, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { readJsonIfExists, writeJsonAtomic } from '../../../core/atomic-file.ts';
+import { TerminalError } from '../../../model/errors.ts';
+import type { Hypervisor, PowerOptions, PowerState, VmDefinition, VmDisk, VmRuntimeStatus } from '../../../model/hypervisor.ts';
+import { silentLogger, type Logger } from '../../../transport/logger.ts';
+import { FilesHypervisor } from '../files.ts';
+import { chooseAccel } from './accel.ts';
+import { QEMU_DEFAULTS, qemuArgs, type Accel, type GuestPaths, type QemuSettings } from './qemu-args.ts';
+import { QmpClient, QmpError } from './qmp.ts';
+
+export interface QemuHypervisorOptions {
+  readonly log?: Logger;
+  /** Called when a guest stops by itself: it powered off (`crashed` absent) or QEMU died. */
+  readonly onStopped?: (vm: string, status: VmRuntimeStatus) => void;
+}
+
+/** A guest this driver is attached to through QMP. */
+interface Guest {
+  readonly vm: string;
+  readonly pid: number;
+  readonly qmp: QmpClient;
+  /** Powering off was asked of the driver (setPower Off, remove). */
+  requested: boolean;
+  /** The driver told QEMU to quit (or killed it): its end is not a crash. */
+  quitting: boolean;
+  /** The driver let go of it (close()); QEMU runs on for the next driver to adopt. */
+  detached: boolean;
+  /** Data of the SHUTDOWN event, once QEMU sent it. */
+  shutdown: { guest?: boolean; reason?: string } | undefined;
+  /** Resolves once QEMU's QMP socket closed and the process is gone. */
+  readonly gone: Promise<void>;
+}
+
+interface CrashRecord {
+  at: number;
+  message: string;
+}
+
+const UNIX_PATH_MAX = 107;
+
+/** QEMU run states in which the guest no longer runs though QEMU does. */
+const DEAD_STATES = new Set(['internal-error', 'guest-panicked', 'io-error']);
+
+export class QemuHypervisor implements Hypervisor {
+  readonly kind = 'qemu';
+  readonly root: string;
+  readonly settings: QemuSettings;
+  readonly #defs: FilesHypervisor;
+  readonly #log: Logger;
+  readonly #onStopped: QemuHypervisorOptions['onStopped'];
+  readonly #guests = new Map<string, Guest>();
+  /** One start, stop or adoption at a time per VM. */
+  readonly #locks = new Map<string, Promise<unknown>>();
+  #accel: Promise<{ accel: Accel; reason: string }> | undefined;
+
+  constructor(root: string, settings: QemuSettings = {}, opts: QemuHypervisorOptions = {}) {
+    // Absolute: a daemonized QEMU changes its directory to /, so no path it gets may be relative.
+    this.root = resolve(root);
+    this.settings = settings;
+    this.#defs = new FilesHypervisor(this.root);
+    this.#log = opts.log ?? silentLogger;
+    this.#onStopped = opts.onStopped;
+  }
+
+  vmDir(name: string): string {
+    return this.#defs.vmDir(name);
+  }
+  diskPath(vm: string, disk: VmDisk): string {
+    return this.#defs.diskPath(vm, disk);
+  }
+  list(): Promise<VmDefinition[]> {
+    return this.#defs.list();
+  }
+  find(name: string): Promise<VmDefinition | undefined> {
+    return this.#defs.find(name);
+  }
+  get(name: string): Promise<VmDefinition> {
+    return this.#defs.get(name);
+  }
+  create(def: Parameters<Hypervisor['create']>[0]): Promise<VmDefinition> {
+    return this.#defs.create(def);
+  }
+  save(vm: VmDefinition): Promise<void> {
+    return this.#defs.save(vm);
+  }
+
+  /** Where QEMU writes the guest's serial console (truncated at each start). */
+  consolePath(name: string): string {
+    return this.#paths(name).serial;
+  }
+
+  /** The qemu-guest-agent channel (`org.qemu.guest_agent.0`) of a running guest. */
+  guestAgentSocket(name: string): string {
+    return this.#paths(name).qga;
+  }
+
+  /** The accelerator guests start with, and why (the `auto` probe's result). */
+  accel(): Promise<{ accel: Accel; reason: string }> {
+    this.#accel ??= chooseAccel(this.settings.emulator ?? QEMU_DEFAULTS.emulator, this.settings.accel ?? QEMU_DEFAULTS.accel);
+    return this.#accel;
+  }
+
+  async remove(name: string): Promise<void> {
+    await this.#serial(name, async () => {
+      const g = await this.#attached(name);
+      if (g) await this.#hardStop(g);
+    });
+    await this.#defs.remove(name);
+  }
+
+  /**
+   * Running: starts QEMU on the agent's exports (paused, then resumed once QMP listens). Off: ACPI
+   * power-down and a wait of `timeoutMs`; past it, a clear error unless `force`, which stops the
+   * guest hard. `force` with `timeoutMs: 0` is a hard stop without asking the guest.
+   */
+  async setPower(name: string, power: PowerState, opts: PowerOptions): Promise<VmDefinition> {
+    return this.#serial(name, async () => {
+      const vm = await this.get(name);
+      const g = await this.#attached(name);
+      if (power === 'Running') {
+        if (!g) await this.#start(vm, opts);
+      } else if (g) {
+        await this.#shutdown(g, opts);
+      }
+      await rm(this.#crashFile(name), { force: true });
+      const next = { ...(await this.get(name)), power };
+      await this.save(next);
+      return next;
+    });
+  }
+
+  async status(name: string): Promise<VmRuntimeStatus> {
+    await this.get(name);
+    // A guest being shut down answers status while setPower waits on it; only attaching is serialized.
+    const known = this.#guests.get(name);
+    let g: Guest | undefined;
+    try {
+      g = known && !known.qmp.isClosed ? known : await this.#serial(name, () => this.#attached(name));
+    } catch (e) {
+      // Its pidfile names a live QEMU that does not answer on QMP: running, but not ours to drive.
+      this.#log.warn('qemu status: cannot attach', { vm: name, error: (e as Error).message });
+      return { power: 'Running', detail: `not attached: ${(e as Error).message}` };
+    }
+    if (g) {
+      try {
+        const s = await g.qmp.execute<{ status: string }>('query-status', undefined, { timeoutMs: 5000 });
+        if (DEAD_STATES.has(s.status)) {
+          return { power: 'Running', detail: s.status, crashed: { at: Date.now(), message: `the guest of VM "${name}" stopped in QEMU state ${s.status} (e.g. a KVM emulation failure or a guest panic); QEMU (pid ${g.pid}) still runs` } };
+        }
+        if (s.status !== 'shutdown') return { power: 'Running', detail: s.status };
+        // Powered off and being let go: answer once that is recorded, so status and vm.json agree.
+        await Promise.race([g.gone, sleep(10_000)]);
+      } catch (e) {
+        if (!QmpError.is(e) || e.kind !== 'closed') return { power: 'Running', detail: `unknown (${(e as Error).message})` };
+        await g.gone;
+      }
+    }
+    const crashed = await readJsonIfExists<CrashRecord>(this.#crashFile(name));
+    return crashed ? { power: 'Off', detail: 'crashed', crashed } : { power: 'Off', detail: 'stopped' };
+  }
+
+  /** Re-attaches to every guest whose pidfile names a live QEMU; records the others as crashed. */
+  async adopt(): Promise<void> {
+    for (const vm of await this.list()) {
+      await this.#serial(vm.name, () => this.#attached(vm.name)).catch((e: unknown) =>
+        this.#log.warn('qemu adopt failed', { vm: vm.name, error: (e as Error).message }),
+      );
+    }
+  }
+
+  /** Drops the QMP connections; the guests keep running for the next driver to adopt. */
+  async close(): Promise<void> {
+    for (const g of this.#guests.values()) {
+      g.detached = true;
+      g.qmp.close();
+    }
+    this.#guests.clear();
+  }
+
+  #paths(name: string): GuestPaths {
+    const dir = this.vmDir(name);
+    return { qmp: join(dir, 'qmp.sock'), qga: join(dir, 'qga.sock'), pidfile: join(dir, 'qemu.pid'), serial: join(dir, 'serial.log') };
+  }
+
+  #crashFile(name: string): string {
+    return join(this.vmDir(name), 'crashed.json');
+  }
+
+  async #serial<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.#locks.get(name) ?? Promise.resolve();
+    const next = prev.catch(() => {}).then(fn);
+    this.#locks.set(name, next);
+    try {
+      return await next;
+    } finally {
+      if (this.#locks.get(name) === next) this.#locks.delete(name);
+    }
+  }
+
+  /** The attached guest, attaching to a QEMU left by an earlier agent if its pidfile names a live one. */
+  async #attached(name: string): Promise<Guest | undefined> {
+    const known = this.#guests.get(name);
+    // One that is quitting (the guest powered off) counts as gone once it is.
+    if (known && !known.qmp.isClosed && !known.quitting) return known;
+    if (known) await known.gone;
+    const paths = this.#paths(name);
+    const pid = await readPid(paths.pidfile);
+    if (pid === undefined) return undefined;
+    if (!(await isQemuOf(pid, paths.qmp))) {
+      await this.#recordCrash(name, `QEMU (pid ${pid}) of VM "${name}" exited while no agent was watching it, without a clean power-off`);
+      return undefined;
+    }
+    const g = await this.#attach(name, pid, paths);
+    const s = await g.qmp.execute<{ status: string }>('query-status').catch(() => undefined);
+    // It went away while being attached: the close handler has recorded how.
+    if (!s) {
+      await g.gone;
+      return undefined;
+    }
+    // It powered off while nobody watched (-no-shutdown kept QEMU up): finish the power-off now.
+    if (s.status === 'shutdown') {
+      await this.#quit(g);
+      await this.#markOff(name);
+      return undefined;
+    }
+    return g;
+  }
+
+  async #attach(name: string, pid: number, paths: GuestPaths): Promise<Guest> {
+    const qmp = await QmpClient.connect(paths.qmp).catch((e: unknown) => {
+      throw new TerminalError('invalid-state', `VM "${name}": cannot attach to its QEMU (pid ${pid}): ${(e as Error).message}`, { cause: e });
+    });
+    let resolveGone!: () => void;
+    const g: Guest = { vm: name, pid, qmp, requested: false, quitting: false, detached: false, shutdown: undefined, gone: new Promise((r) => (resolveGone = r)) };
+    qmp.onEvent((e) => {
+      if (e.event !== 'SHUTDOWN') return;
+      g.shutdown = e.data as Guest['shutdown'];
+      // The guest powered itself off; QEMU waits in `shutdown` for the driver to let it go.
+      if (g.shutdown?.guest === true && !g.quitting) void this.#quit(g).catch(() => {});
+    });
+    this.#guests.set(name, g);
+    void qmp.closed.then(async () => {
+      if (g.detached) return resolveGone();
+      await waitGone(pid, 5000);
+      try {
+        await this.#closed(g);
+      } catch (e) {
+        this.#log.error('qemu: recording a stopped guest failed', { vm: name, error: (e as Error).message });
+      } finally {
+        if (this.#guests.get(name) === g) this.#guests.delete(name);
+        resolveGone();
+      }
+    });
+    return g;
+  }
+
+  /** QEMU is gone: a power-off if the driver or the guest asked for it, otherwise a crash. */
+  async #closed(g: Guest): Promise<void> {
+    if (!g.requested && !g.quitting && g.shutdown?.guest !== true) {
+      const how = g.shutdown?.reason ? `stopped (${g.shutdown.reason}) without being asked by the agent` : 'exited without a shutdown: killed or crashed';
+      const status = await this.#recordCrash(g.vm, `QEMU (pid ${g.pid}) of VM "${g.vm}" ${how}`);
+      this.#onStopped?.(g.vm, status);
+      return;
+    }
+    await rm(this.#paths(g.vm).pidfile, { force: true });
+    if (!g.requested) {
+      await this.#markOff(g.vm);
+      this.#onStopped?.(g.vm, { power: 'Off', detail: 'guest powered off' });
+    }
+  }
+
+  async #markOff(name: string): Promise<void> {
+    await rm(this.#paths(name).pidfile, { force: true });
+    const vm = await this.find(name);
+    if (vm && vm.power !== 'Off') await this.save({ ...vm, power: 'Off' });
+  }
+
+  async #recordCrash(name: string, message: string): Promise<VmRuntimeStatus> {
+    const crashed = { at: Date.now(), message };
+    this.#log.warn('qemu guest crashed', { vm: name, message });
+    await writeJsonAtomic(this.#crashFile(name), crashed);
+    await rm(this.#paths(name).pidfile, { force: true });
+    return { power: 'Off', detail: 'crashed', crashed };
+  }
+
+  async #start(vm: VmDefinition, opts: PowerOptions): Promise<void> {
+    const emulator = this.settings.emulator ?? QEMU_DEFAULTS.emulator;
+    const paths = this.#paths(vm.name);
+    for (const p of [paths.qmp, paths.qga]) {
+      if (Buffer.byteLength(p) > UNIX_PATH_MAX) throw new TerminalError('invalid-argument', `VM "${vm.name}": socket path ${p} is longer than ${UNIX_PATH_MAX} bytes; use a shorter agent data directory`);
+    }
+    const boot = vm.boot;
+    if (boot && 'kernel' in boot) {
+      for (const [what, p] of [['kernel', boot.kernel], ['initrd', boot.initrd]] as const) {
+        if (p !== undefined && !(await isFile(p))) throw new TerminalError('invalid-argument', `VM "${vm.name}": boot ${what} ${p} is not a readable file`);
+      }
+    } else if (boot?.firmware === 'uefi') {
+      const fw = this.settings.uefiFirmware ?? QEMU_DEFAULTS.uefiFirmware;
+      if (!(await isFile(fw))) throw new TerminalError('invalid-argument', `VM "${vm.name}": UEFI firmware ${fw} not found (install ovmf or set the site's qemu.uefiFirmware)`);
+    }
+    if (opts.seedImage !== undefined && !(await isFile(opts.seedImage))) throw new TerminalError('invalid-argument', `VM "${vm.name}": seed image ${opts.seedImage} is not a readable file`);
+    const { accel } = await this.accel();
+    const absolute = boot && 'kernel' in boot
+      ? { ...vm, boot: { ...boot, kernel: resolve(boot.kernel), ...(boot.initrd !== undefined ? { initrd: resolve(boot.initrd) } : {}) } }
+      : vm;
+    const seedImage = opts.seedImage !== undefined ? resolve(opts.seedImage) : undefined;
+    const args = qemuArgs({ vm: absolute, settings: this.settings, accel, paths, nbdSocket: resolve(opts.nbdSocket), seedImage });
+    for (const p of [paths.qmp, paths.qga, paths.pidfile]) await rm(p, { force: true });
+
+    // -daemonize: QEMU returns once the machine is built, with its errors (bad kernel, unreachable
+    // export) on our stderr and a non-zero exit; later output goes nowhere but the serial log.
+    const { code, stderr } = await runToExit(emulator, args).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') throw new TerminalError('not-found', `VM "${vm.name}": emulator "${emulator}" not found (the site's qemu.emulator; install qemu-system-x86)`);
+      throw new TerminalError('invalid-state', `VM "${vm.name}": cannot run emulator "${emulator}": ${e.message}`);
+    });
+    if (code !== 0) {
+      const why = stderr.trim().split('\n').filter((l) => l.trim()).slice(-3).join('; ') || `exit code ${code}`;
+      throw new TerminalError('invalid-state', `VM "${vm.name}": QEMU did not start: ${why}`);
+    }
+    const pid = await readPid(paths.pidfile);
+    if (pid === undefined) throw new TerminalError('invalid-state', `VM "${vm.name}": QEMU started but wrote no pidfile ${paths.pidfile}`);
+    let g: Guest;
+    try {
+      g = await this.#attach(vm.name, pid, paths);
+      await g.qmp.execute('cont');
+    } catch (e) {
+      process.kill(pid, 'SIGKILL');
+      await rm(paths.pidfile, { force: true });
+      throw e;
+    }
+    this.#log.info('qemu guest started', { vm: vm.name, pid, accel });
+  }
+
+  async #shutdown(g: Guest, opts: PowerOptions): Promise<void> {
+    g.requested = true;
+    const timeoutMs = opts.timeoutMs ?? this.settings.shutdownTimeoutMs ?? QEMU_DEFAULTS.shutdownTimeoutMs;
+    if (opts.force && timeoutMs === 0) return this.#hardStop(g);
+    const s = await g.qmp.execute<{ status: string }>('query-status').catch(() => ({ status: 'unknown' }));
+    // A paused guest cannot see the power button; stopped at a breakpoint it never would.
+    if (s.status === 'paused' || s.status === 'prelaunch') await g.qmp.execute('cont').catch(() => {});
+    await g.qmp.execute('system_powerdown').catch((e: unknown) => {
+      if (!QmpError.is(e) || e.kind !== 'closed') throw e;
+    });
+    const stopped = await Promise.race([g.gone.then(() => true), sleep(timeoutMs).then(() => false)]);
+    if (stopped) return;
+    if (!opts.force) {
+      throw new TerminalError('invalid-state', `VM "${g.vm}" did not power off within ${timeoutMs} ms of an ACPI power-down (system_powerdown); it is still running. Retry with a longer timeout, or force to stop it hard`);
+    }
+    this.#log.warn('qemu guest ignored power-down; stopping it hard', { vm: g.vm, timeoutMs });
+    await this.#hardStop(g);
+  }
+
+  /** `quit` through QMP, then SIGKILL if QEMU does not go. */
+  async #hardStop(g: Guest): Promise<void> {
+    g.requested = true;
+    await this.#quit(g);
+  }
+
+  async #quit(g: Guest): Promise<void> {
+    g.quitting = true;
+    await g.qmp.execute('quit', undefined, { timeoutMs: 5000 }).catch(() => {});
+    const gone = await Promise.race([g.gone.then(() => true), sleep(10_000).then(() => false)]);
+    if (gone) return;
+    try {
+      process.kill(g.pid, 'SIGKILL');
+    } catch {
+      // Already gone.
+    }
+    g.qmp.close();
+    await g.gone;
+  }
+}
+
+async function isFile(p: string): Promise<boolean> {
+  return stat(p).then((s) => s.isFile(), () => false);
+}
+
+async function readPid(pidfile: string): Promise<number | undefined> {
+  const text = await readFile(pidfile, 'utf8').catch(() => '');
+  const pid = Number.parseInt(text.trim(), 10);
+  return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+}
+
+/** Live (not a zombie) and started with this QMP socket, so a reused pid is not mistaken for it. */
+async function isQemuOf(pid: number, qmpSocket: string): Promise<boolean> {
+  try {
+    const stat_ = await readFile(`/proc/${pid}/stat`, 'utf8');
+    if (/\) Z /.test(stat_)) return false;
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8');
+    return cmdline.includes(qmpSocket.replace(/,/g, ',,'));
+  } catch {
+    return false;
+  }
+}
+
+async function waitGone(pid: number, timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    try {
+      const s = await readFile(`/proc/${pid}/stat`, 'utf8');
+      if (/\) Z /.test(s)) return;
+    } catch {
+      return;
+    }
+    await sleep(25);
+  }
+}
+
+function runToExit(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.once('error', reject);
+    child.once('close', (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), stderr }));
+  });
+}
