@@ -7,8 +7,8 @@ import { join } from 'node:path';
 import { runWorkload } from './workload.ts';
 import { TerminalError } from '../model/errors.ts';
 import { parseSize } from '../model/units.ts';
-import { API, type CreateVmRequest } from '../transport/agent-api.ts';
-import type { Site, SiteVm } from '../sites/site.ts';
+import type { CreateVmRequest } from '../transport/agent-api.ts';
+import type { Site } from '../sites/site.ts';
 
 export const SAMPLE_VMS_FILE = 'sample-vms.json';
 
@@ -72,11 +72,11 @@ export async function findSampleVms(paths: readonly string[]): Promise<SampleVms
 /** Creates the sample VMs that do not exist yet; returns the names created. Only on an embedded site. */
 export async function ensureSampleVms(site: Site, sample: SampleVms): Promise<string[]> {
   if (!site.embedded) return [];
-  const have = new Set((await site.request<SiteVm[]>('GET', API.vms)).map((v) => v.name));
+  const have = new Set((await site.vms()).map((v) => v.name));
   const created: string[] = [];
   for (const vm of sample.vms) {
     if (have.has(vm.name)) continue;
-    await site.request('POST', API.vms, vm);
+    await site.createVm(vm);
     created.push(vm.name);
   }
   return created;

@@ -2,7 +2,6 @@
 // recovery plan job, declared or one-VM): reverse, resync, pause, resume. Same journal, same jobs.
 import { TerminalError } from '../model/errors.ts';
 import { lookup } from '../model/observed.ts';
-import { API } from '../transport/agent-api.ts';
 import type { Job } from '../vault/vault.ts';
 import { failoverCalls, finish, type ExecContext, type VmStep } from './executor.ts';
 import { runJournaledCalls } from './journal.ts';
@@ -19,14 +18,15 @@ export async function runDirectAction(ctx: ExecContext, verb: DirectVerb, name: 
   const rel = lookup(ctx.observation.observed.relationships, name);
   if (!cur || !rel) throw new TerminalError('not-found', `${name} has no replication relationship on the sites`);
   if (verb === 'pause' || verb === 'resume') {
-    await sites.get(cur.primarySite).request('POST', verb === 'pause' ? API.suspend(cur.id) : API.resume(cur.id));
+    const site = sites.get(cur.primarySite);
+    await (verb === 'pause' ? site.suspend(cur.id) : site.resume(cur.id));
     vault.recordEvent({ kind: 'ProtectedVM', name, type: 'Normal', reason: verb === 'pause' ? 'ReplicationPaused' : 'ReplicationResumed', message: `by an operator (drsite ${verb})` });
     return undefined;
   }
   const job = vault.createJob({ type: verb === 'reverse' ? 'ReverseReplication' : 'Resynchronize', target: `ProtectedVM/${name}`, input: { verb, relationshipId: cur.id } });
   try {
     if (verb === 'resync') {
-      await runJournaledCalls(vault, job.id, [{ name: 'resync', site: sites.get(cur.primarySite), method: 'POST', path: API.resync(cur.id), done: async () => false }]);
+      await runJournaledCalls(vault, job.id, [{ name: 'resync', site: sites.get(cur.primarySite), run: (s) => s.resync(cur.id), done: async () => false }]);
     } else {
       if (rel.state !== 'FailedOver' && rel.state !== 'FailoverWaitingCompletion') {
         throw new TerminalError('invalid-state', `${name} is ${rel.state}: reverse replication follows a failover`);

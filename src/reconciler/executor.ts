@@ -7,7 +7,7 @@ import type { DesiredState, ResolvedPolicySpec } from '../model/desired.ts';
 import { TerminalError } from '../model/errors.ts';
 import type { SiteSet } from '../sites/open-sites.ts';
 import type { Site, SiteVm } from '../sites/site.ts';
-import { API, type FailoverAdapterSettings, type RelationshipView } from '../transport/agent-api.ts';
+import type { FailoverAdapterSettings, RelationshipView } from '../transport/agent-api.ts';
 import type { Job, JobType, Vault } from '../vault/vault.ts';
 import { runJournaledCalls, unsupported, type SiteCall } from './journal.ts';
 import type { Observation } from './observe-sites.ts';
@@ -51,12 +51,11 @@ export const JOB_TYPE: Record<PlannedAction['type'], JobType> = {
 const FAILED_OVER: ReadonlySet<string> = new Set(['FailoverWaitingCompletion', 'FailedOver']);
 
 async function views(site: Site, id: string): Promise<RelationshipView[]> {
-  const all = await site.request<RelationshipView[]>('GET', API.relationships);
-  return all.filter((v) => v.id === id);
+  return (await site.relationships()).filter((v) => v.id === id);
 }
 
 async function vms(site: Site): Promise<SiteVm[]> {
-  return site.request<SiteVm[]>('GET', API.vms);
+  return site.vms();
 }
 
 function policyOf(desired: DesiredState, name: string): ResolvedPolicySpec {
@@ -89,7 +88,7 @@ export async function runProtectionAction(ctx: ExecContext, action: PlannedActio
   }
   if (action.type === 'resume') {
     const site = sites.get(current?.primarySite ?? '');
-    await site.request('POST', API.resume(current!.id));
+    await site.resume(current!.id);
     vault.recordEvent({ kind: 'ProtectedVM', name, type: 'Normal', reason: 'ReplicationResumed', message: action.reason });
     return undefined;
   }
@@ -110,16 +109,14 @@ export async function runProtectionAction(ctx: ExecContext, action: PlannedActio
         calls = [{
           name: 'create-relationship',
           site: primary,
-          method: 'POST',
-          path: API.relationships,
-          body: {
+          run: (s) => s.createRelationship({
             id,
             vm: d.vm,
             replica: { name: d.replica, endpoint: replica.endpoint, ...(replica.azure && { azure: replica.azure }) },
             policy: policyOf(desired, d.policy),
             excludeDisks: pvm?.spec.disks?.exclude ?? [],
             ...(d.replicaStoragePath && { replicaStoragePath: d.replicaStoragePath }),
-          },
+          }),
           done: async () => (await views(primary, id)).length > 0,
         }];
         break;
@@ -130,8 +127,7 @@ export async function runProtectionAction(ctx: ExecContext, action: PlannedActio
         calls = [{
           name: 'start',
           site: primary,
-          method: 'POST',
-          path: API.startReplication(id),
+          run: (s) => s.startReplication(id),
           done: async () => (await views(primary, id)).some((v) => v.state !== 'ReadyForInitialReplication'),
         }];
         await runJournaledCalls(vault, job.id, calls);
@@ -146,7 +142,7 @@ export async function runProtectionAction(ctx: ExecContext, action: PlannedActio
         if (!current) throw new TerminalError('not-found', `${name} has no relationship to change`);
         const site = sites.get(current.primarySite);
         const spec = policyOf(desired, action.details.to);
-        calls = [{ name: 'modify-settings', site, method: 'PUT', path: API.settings(current.id), body: { policy: spec }, done: async () => false }];
+        calls = [{ name: 'modify-settings', site, run: (s) => s.modifySettings(current.id, spec), done: async () => false }];
         await runJournaledCalls(vault, job.id, calls);
         setStatusFields(vault, name, { policyName: action.details.to });
         ctx.report(`ChangePolicy ${name}: now ${action.details.to}`);
@@ -154,7 +150,7 @@ export async function runProtectionAction(ctx: ExecContext, action: PlannedActio
       }
       case 'resync': {
         if (!current) throw new TerminalError('not-found', `${name} has no relationship to resynchronize`);
-        calls = [{ name: 'resync', site: sites.get(current.primarySite), method: 'POST', path: API.resync(current.id), done: async () => false }];
+        calls = [{ name: 'resync', site: sites.get(current.primarySite), run: (s) => s.resync(current.id), done: async () => false }];
         break;
       }
       case 'disable-protection': {
@@ -163,8 +159,7 @@ export async function runProtectionAction(ctx: ExecContext, action: PlannedActio
         calls = [{
           name: 'remove-relationship',
           site,
-          method: 'DELETE',
-          path: API.relationship(current.id),
+          run: (s) => s.removeRelationship(current.id),
           done: async () => (await views(site, current.id)).length === 0,
         }];
         await runJournaledCalls(vault, job.id, calls);
@@ -181,9 +176,7 @@ export async function runProtectionAction(ctx: ExecContext, action: PlannedActio
         calls = [{
           name: 'move-storage',
           site,
-          method: 'POST',
-          path: API.moveStorage(current.id),
-          body: { path: to },
+          run: (s) => s.moveStorage(current.id, to),
           done: async () => (await views(site, current.id)).some((v) => v.role === 'Replica' && v.storagePath === join(to, current.id)),
         }];
         break;
@@ -197,9 +190,7 @@ export async function runProtectionAction(ctx: ExecContext, action: PlannedActio
         calls = [{
           name: 'extend',
           site: from,
-          method: 'POST',
-          path: API.extend(relId),
-          body: { id: extId, replica: { name: action.details.site, endpoint: target.endpoint }, policy: policyOf(desired, action.details.policy) },
+          run: (s) => s.extend(relId, { id: extId, replica: { name: action.details.site, endpoint: target.endpoint }, policy: policyOf(desired, action.details.policy) }),
           done: async () => (await views(from, extId)).length > 0,
         }];
         break;
@@ -252,31 +243,25 @@ export function failoverCalls(sites: SiteSet, s: VmStep, jobId?: string): SiteCa
   const powerOff = (site: Site): SiteCall => ({
     name: 'power-off',
     site,
-    method: 'POST',
-    path: API.vmPower(s.vm),
-    body: { power: 'Off' },
+    run: (x) => x.setVmPower(s.vm, 'Off'),
     done: async () => (await vms(site)).find((v) => v.name === s.vm)?.power === 'Off',
   });
   const prepare = (site: Site): SiteCall => ({
     name: 'prepare-planned-failover',
     site,
-    method: 'POST',
-    path: API.preparePlannedFailover(id),
+    run: (x) => x.preparePlannedFailover(id),
     done: async () => (await stateOn(site, 'Primary')) === 'PreparedForPlannedFailover',
   });
   const failover = (site: Site, point: string): SiteCall => ({
     name: 'failover',
     site,
-    method: 'POST',
-    path: API.failover(id),
-    body: { recoveryPoint: point, ...(s.adapters && { adapters: s.adapters }), ...(site.azure && { kind: s.type === 'unplanned-failover' ? 'unplanned' : 'planned', ...(jobId && { job: jobId }) }) },
+    run: (x) => x.failover(id, { recoveryPoint: point, ...(s.adapters && { adapters: s.adapters }), ...(site.kind === 'azure' && { kind: s.type === 'unplanned-failover' ? 'unplanned' : 'planned', ...(jobId && { job: jobId }) }) }),
     done: async () => FAILED_OVER.has((await stateOn(site, 'Replica')) ?? ''),
   });
   const commit = (site: Site): SiteCall => ({
     name: 'commit',
     site,
-    method: 'POST',
-    path: API.commit(id),
+    run: (x) => x.commit(id),
     done: async () => (await stateOn(site, 'Replica')) === 'FailedOver',
   });
   switch (s.type) {
@@ -285,9 +270,7 @@ export function failoverCalls(sites: SiteSet, s: VmStep, jobId?: string): SiteCa
       return [{
         name: 'test-failover',
         site,
-        method: 'POST',
-        path: API.testFailover(id),
-        body: { recoveryPoint: s.recoveryPoint ?? 'latest', network: s.testNetwork ?? null, ...(s.adapters && { adapters: s.adapters }), ...(jobId && site.azure && { job: jobId }) },
+        run: (x) => x.testFailover(id, { recoveryPoint: s.recoveryPoint ?? 'latest', network: s.testNetwork ?? null, ...(s.adapters && { adapters: s.adapters }), ...(jobId && site.kind === 'azure' && { job: jobId }) }),
         done: async () => (await vms(site)).some((v) => v.name === `${s.vm}-Test`),
       }];
     }
@@ -296,16 +279,14 @@ export function failoverCalls(sites: SiteSet, s: VmStep, jobId?: string): SiteCa
       return [{
         name: 'cleanup-test-failover',
         site,
-        method: 'POST',
-        path: API.cleanupTestFailover(id),
-        body: {},
+        run: (x) => x.cleanupTestFailover(id),
         done: async () => !(await vms(site)).some((v) => v.name === `${s.vm}-Test`),
       }];
     }
     case 'planned-failover':
       return [powerOff(on(s.from)), prepare(on(s.from)), failover(on(s.to), 'latest')];
     case 'failback':
-      if (on(s.from).azure) return failbackFromAzureCalls(on(s.from), on(s.to), s, { powerOff, stateOn });
+      if (on(s.from).kind === 'azure') return failbackFromAzureCalls(on(s.from), on(s.to), s, { powerOff, stateOn });
       return [powerOff(on(s.from)), prepare(on(s.from)), failover(on(s.to), 'latest'), commit(on(s.to))];
     case 'unplanned-failover':
       return [failover(on(s.to), s.recoveryPoint ?? 'latest')];
@@ -313,7 +294,7 @@ export function failoverCalls(sites: SiteSet, s: VmStep, jobId?: string): SiteCa
       return [commit(on(s.site))];
     case 'cancel-failover': {
       const site = on(s.site);
-      return [{ name: 'cancel', site, method: 'POST', path: API.cancel(id), body: {}, done: async () => !FAILED_OVER.has((await stateOn(site, 'Replica')) ?? '') }];
+      return [{ name: 'cancel', site, run: (x) => x.cancel(id), done: async () => !FAILED_OVER.has((await stateOn(site, 'Replica')) ?? '') }];
     }
     case 'reverse-replication': {
       const from = on(s.from);
@@ -322,9 +303,7 @@ export function failoverCalls(sites: SiteSet, s: VmStep, jobId?: string): SiteCa
       return [{
         name: 'reverse',
         site: from,
-        method: 'POST',
-        path: API.reverse(id),
-        body: { id: newId, replica: { name: to.name, endpoint: to.endpoint }, policy: s.policy, start: true, ...(s.method && { method: s.method }) },
+        run: (x) => x.reverse(id, { id: newId, replica: { name: to.name, endpoint: to.endpoint }, policy: s.policy!, start: true, ...(s.method && { method: s.method }) }),
         done: async () => (await views(from, newId)).length > 0,
       }];
     }
@@ -349,32 +328,26 @@ function failbackFromAzureCalls(
     {
       name: 'download-from-azure',
       site: home,
-      method: 'POST',
-      path: API.failbackFromAzure(id),
-      body: { method: s.method ?? 'minimize-downtime' },
+      run: (x) => x.failbackFromAzure(id, { method: s.method ?? 'minimize-downtime' }),
       // Downloading again is safe (minimize-downtime compares first), so after a crash it just runs again.
       done: async () => !FAILED_OVER.has((await h.stateOn(azure, 'Replica')) ?? ''),
     },
     {
       name: 'end-azure-failover',
       site: azure,
-      method: 'POST',
-      path: API.endFailover(id),
+      run: (x) => x.endFailover(id),
       done: async () => !FAILED_OVER.has((await h.stateOn(azure, 'Replica')) ?? ''),
     },
     {
       name: 'replicate-to-azure',
       site: home,
-      method: 'POST',
-      path: API.replicateToAzure(id),
+      run: (x) => x.replicateToAzure(id),
       done: async () => (await h.stateOn(home, 'Primary')) === 'Replicating',
     },
     {
       name: 'power-on',
       site: home,
-      method: 'POST',
-      path: API.vmPower(s.vm),
-      body: { power: 'Running' },
+      run: (x) => x.setVmPower(s.vm, 'Running'),
       done: async () => (await vms(home)).find((v) => v.name === s.vm)?.power === 'Running',
     },
   ];

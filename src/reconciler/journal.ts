@@ -10,9 +10,8 @@ export interface SiteCall {
   /** Step name inside its job; unique per job. */
   name: string;
   site: Site;
-  method: 'POST' | 'PUT' | 'DELETE';
-  path: string;
-  body?: object;
+  /** The call itself: one verb of the site's port. */
+  run: (site: Site) => Promise<unknown>;
   /** Reads the site: has this call's effect already happened? Used only to resolve a pending mark. */
   done: () => Promise<boolean>;
 }
@@ -48,9 +47,9 @@ export async function runJournaledCalls(vault: Vault, jobId: string, calls: read
         continue;
       }
     }
-    vault.markPending(key, { jobId, step: call.name, site: call.site.name, method: call.method, path: call.path });
+    vault.markPending(key, { jobId, step: call.name, site: call.site.name });
     try {
-      const out = await call.site.request(call.method, call.path, call.body);
+      const out = await call.run(call.site);
       vault.transaction(() => {
         vault.clearPending(key);
         vault.endStep(jobId, call.name, { state: 'Succeeded', ...(out !== undefined && { output: summarize(out) }) });

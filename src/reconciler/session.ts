@@ -4,7 +4,6 @@
 import { resolve } from 'node:path';
 import type { DesiredState } from '../model/desired.ts';
 import { openSites, type SiteSet } from '../sites/open-sites.ts';
-import { API } from '../transport/agent-api.ts';
 import { Vault } from '../vault/vault.ts';
 import { observeSites } from './observe-sites.ts';
 import { recordObservation } from './record-status.ts';
@@ -65,7 +64,7 @@ export async function openSession(opts: SessionOptions): Promise<Session> {
       const obs = await observeSites(opts.desired, sites, vault, new Date());
       for (const [name, cur] of obs.current) {
         if (cur.primaryView?.state !== 'Replicating') continue;
-        await sites.get(cur.primarySite).request('POST', API.replicateNow(cur.id)).catch((e: Error) => opts.report?.(`final cycle of ${name}: ${e.message}`));
+        await sites.get(cur.primarySite).replicateNow(cur.id).catch((e: Error) => opts.report?.(`final cycle of ${name}: ${e.message}`));
       }
       recordObservation(vault, opts.desired, await observeSites(opts.desired, sites, vault, new Date()));
     },

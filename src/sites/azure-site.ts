@@ -17,9 +17,9 @@ import type { DesiredState, Site as SiteResource } from '../model/desired.ts';
 import { TerminalError } from '../model/errors.ts';
 import { formatDiagnostic } from '../model/diagnostics.ts';
 import type { SiteSpec } from '../model/types.generated.ts';
-import { API, type RelationshipView, type RecoveryPointSelector } from '../transport/agent-api.ts';
+import type { FailoverRequest, RecoveryPointInfo, RecoveryPointSelector, RelationshipView, TestFailoverRequest } from '../transport/agent-api.ts';
 import { loadConstructs } from './constructs-module.ts';
-import type { Site, SiteSnapshot, SiteVm } from './site.ts';
+import { notOnThisSite, type FailoverContext, type Site, type SiteSnapshot, type SiteVm } from './site.ts';
 
 export interface AzureSiteOptions {
   /** The declarations the failover Terraform is made from (network mappings, failover addresses). */
@@ -30,13 +30,8 @@ export interface AzureSiteOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** What a failover verb sends to the Azure site (the host agent's bodies plus the job id). */
-interface FailoverBody {
-  recoveryPoint?: RecoveryPointSelector;
-  /** failover: planned (the primary shipped its final delta) or unplanned. @default unplanned */
-  kind?: 'planned' | 'unplanned';
-  job?: string;
-}
+/** What a failover verb brings to the Azure site: the point, the job id and (failover) planned or unplanned (@default unplanned). */
+type FailoverBody = { recoveryPoint?: RecoveryPointSelector } & FailoverContext;
 
 export interface AzureFailoverResult {
   vm: string;
@@ -58,9 +53,8 @@ interface Relationship {
   test?: AzureTestFailoverRecord;
 }
 
-const RELATIONSHIP_PATH = /^\/v1\/relationships\/([^/]+)\/([a-z-]+)$/;
-
 export class AzureSite implements Site {
+  readonly kind = 'azure';
   readonly name: string;
   readonly embedded = false;
   readonly endpoint = '';
@@ -95,29 +89,39 @@ export class AzureSite implements Site {
     }
   }
 
-  async request<T = unknown>(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: object): Promise<T> {
-    if (method === 'GET' && path === API.relationships) return (await this.#relationships()).map((r) => this.#view(r, Date.now())) as T;
-    if (method === 'GET' && path === API.vms) return (await this.#relationships()).flatMap((r) => this.#vms(r)) as T;
-    const m = RELATIONSHIP_PATH.exec(path);
-    if (method === 'POST' && m) {
-      const id = decodeURIComponent(m[1]);
-      const b = (body ?? {}) as FailoverBody;
-      switch (m[2]) {
-        case 'test-failover':
-          return (await this.#testFailover(id, b)) as T;
-        case 'cleanup-test-failover':
-          return (await this.#cleanupTest(id)) as T;
-        case 'failover':
-          return (await this.#failover(id, b)) as T;
-        case 'commit':
-          return (await this.#commit(id)) as T;
-        case 'cancel':
-        case 'end-failover':
-          return (await this.#endFailover(id, m[2])) as T;
-      }
-    }
-    throw new TerminalError('invalid-argument', `${method} ${path} is not something an azure site can do (${this.name} holds replicas only; the primary host's agent does the rest)`);
+  vms = async (): Promise<SiteVm[]> => (await this.#relationships()).flatMap((r) => this.#vms(r));
+  relationships = async (): Promise<RelationshipView[]> => (await this.#relationships()).map((r) => this.#view(r, Date.now()));
+  recoveryPoints = async (id: string): Promise<RecoveryPointInfo[]> =>
+    (await this.#relationship(id)).points.map((p) => ({ sequence: p.sequence, time: new Date(p.cutTime).toISOString(), consistency: p.consistency, cutId: p.cutId }));
+
+  // The replica side of the failover family, served here; the rest is the primary host's.
+  testFailover = (id: string, req: TestFailoverRequest & FailoverContext): Promise<AzureFailoverResult> => this.#testFailover(id, req);
+  cleanupTestFailover = (id: string) => this.#cleanupTest(id);
+  failover = (id: string, req: FailoverRequest & FailoverContext): Promise<AzureFailoverResult> => this.#failover(id, req);
+  commit = (id: string): Promise<RelationshipView> => this.#commit(id);
+  cancel = (id: string) => this.#endFailover(id, 'cancel');
+  endFailover = (id: string) => this.#endFailover(id, 'end-failover');
+
+  #refuse(verb: string): never {
+    return notOnThisSite(`an azure site`, verb, `${this.name} holds replicas only; the primary host's agent does the rest`);
   }
+  pointDigest = async (): Promise<never> => this.#refuse('point-digest');
+  createVm = async (): Promise<never> => this.#refuse('create-vm');
+  setVmPower = async (): Promise<never> => this.#refuse('power');
+  createRelationship = async (): Promise<never> => this.#refuse('create-relationship');
+  removeRelationship = async (): Promise<never> => this.#refuse('remove-relationship');
+  startReplication = async (): Promise<never> => this.#refuse('start-replication');
+  replicateNow = async (): Promise<never> => this.#refuse('replicate-now');
+  modifySettings = async (): Promise<never> => this.#refuse('settings');
+  suspend = async (): Promise<never> => this.#refuse('suspend');
+  resume = async (): Promise<never> => this.#refuse('resume');
+  resync = async (): Promise<never> => this.#refuse('resync');
+  moveStorage = async (): Promise<never> => this.#refuse('move-storage');
+  extend = async (): Promise<never> => this.#refuse('extend');
+  preparePlannedFailover = async (): Promise<never> => this.#refuse('prepare-planned-failover');
+  reverse = async (): Promise<never> => this.#refuse('reverse');
+  failbackFromAzure = async (): Promise<never> => this.#refuse('failback-from-azure');
+  replicateToAzure = async (): Promise<never> => this.#refuse('replicate-to-azure');
 
   async close(): Promise<void> {}
 

@@ -1,9 +1,16 @@
 // A host site reached over HTTPS with mutual TLS: the remote driver, and the client half of the
-// embedded one (which talks to its in-process agent over a real loopback socket too).
+// embedded one (which talks to its in-process agent over a real loopback socket too). Every verb
+// is one route of the agent API's table (transport/agent-api.ts).
+import type { PowerState } from '../model/hypervisor.ts';
+import type { ResolvedPolicySpec } from '../model/desired.ts';
 import type { CertBundle } from '../transport/certs.ts';
-import { API, type RelationshipView } from '../transport/agent-api.ts';
+import { ROUTES, type RouteSpec } from '../transport/agent-api.ts';
+import type {
+  CreateRelationshipRequest, CreateVmRequest, FailbackFromAzureRequest, FailbackFromAzureResult, FailoverRequest,
+  PrepareResult, RecoveryPointInfo, RelationshipView, ReverseRequest, TestFailoverRequest,
+} from '../transport/agent-api.ts';
 import { createMtlsClient, type MtlsClient } from '../transport/mtls.ts';
-import type { Site, SiteSnapshot, SiteVm } from './site.ts';
+import { notOnThisSite, type CycleOutcome, type FailoverContext, type FailoverOutcome, type Site, type SiteSnapshot, type SiteVm, type TerraformOutput } from './site.ts';
 
 export interface HostSiteOptions {
   name: string;
@@ -18,7 +25,16 @@ export interface HostSiteOptions {
   timeoutMs?: number;
 }
 
+/** The route's path with its `:name` segments filled in (percent-encoded). */
+export function routePath(route: RouteSpec, params: Record<string, string | number> = {}): string {
+  return route.path.replace(/:(\w+)/g, (_, k: string) => {
+    if (params[k] === undefined) throw new Error(`route ${route.path} needs :${k}`);
+    return encodeURIComponent(String(params[k]));
+  });
+}
+
 export class HostSite implements Site {
+  readonly kind = 'host';
   readonly name: string;
   readonly endpoint: string;
   readonly embedded: boolean;
@@ -35,21 +51,49 @@ export class HostSite implements Site {
     this.#client = createMtlsClient({ ca: opts.tls.ca, cert: opts.tls.cert, key: opts.tls.key, baseUrl: opts.endpoint, timeoutMs: opts.timeoutMs ?? 30_000 });
   }
 
-  async request<T = unknown>(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: object): Promise<T> {
-    const res = await this.#client.request(method, path, body);
+  async #call<T>(route: RouteSpec, params: Record<string, string | number> = {}, body?: object, query = ''): Promise<T> {
+    const method = route.method === 'HEAD' ? 'GET' : route.method;
+    const res = await this.#client.request(method, routePath(route, params) + query, body ?? (route.body ? {} : undefined));
     return (res.body.length ? res.json<T>() : undefined) as T;
   }
 
   async snapshot(): Promise<SiteSnapshot> {
     try {
-      const [vms, relationships] = await Promise.all([
-        this.request<SiteVm[]>('GET', API.vms),
-        this.request<RelationshipView[]>('GET', API.relationships),
-      ]);
+      const [vms, relationships] = await Promise.all([this.vms(), this.relationships()]);
       return { name: this.name, reachable: true, vms, relationships };
     } catch (e) {
       return { name: this.name, reachable: false, error: (e as Error).message };
     }
+  }
+
+  vms = (): Promise<SiteVm[]> => this.#call(ROUTES.listVms);
+  relationships = (): Promise<RelationshipView[]> => this.#call(ROUTES.listRelationships);
+  recoveryPoints = (id: string): Promise<RecoveryPointInfo[]> => this.#call(ROUTES.recoveryPoints, { id });
+  pointDigest = (id: string, seq: number, disk: string): Promise<{ sha256: string }> => this.#call(ROUTES.pointDigest, { id, seq, disk });
+  createVm = (req: CreateVmRequest): Promise<SiteVm> => this.#call(ROUTES.createVm, {}, req);
+  setVmPower = (vm: string, power: PowerState): Promise<SiteVm> => this.#call(ROUTES.setVmPower, { name: vm }, { power });
+  createRelationship = (req: CreateRelationshipRequest): Promise<RelationshipView> => this.#call(ROUTES.createRelationship, {}, req);
+  removeRelationship = (id: string): Promise<{ removed: string }> => this.#call(ROUTES.removeRelationship, { id });
+  startReplication = (id: string): Promise<RelationshipView> => this.#call(ROUTES.startReplication, { id });
+  replicateNow = (id: string): Promise<CycleOutcome> => this.#call(ROUTES.replicateNow, { id });
+  modifySettings = (id: string, policy: ResolvedPolicySpec): Promise<RelationshipView> => this.#call(ROUTES.modifySettings, { id }, { policy });
+  suspend = (id: string): Promise<RelationshipView> => this.#call(ROUTES.suspend, { id });
+  resume = (id: string): Promise<RelationshipView> => this.#call(ROUTES.resume, { id });
+  resync = (id: string): Promise<CycleOutcome> => this.#call(ROUTES.resync, { id });
+  moveStorage = (id: string, path: string): Promise<RelationshipView> => this.#call(ROUTES.moveStorage, { id }, { path });
+  extend = (id: string, req: ReverseRequest): Promise<RelationshipView> => this.#call(ROUTES.extend, { id }, req);
+  testFailover = (id: string, req: TestFailoverRequest & FailoverContext): Promise<FailoverOutcome> => this.#call(ROUTES.testFailover, { id }, req);
+  cleanupTestFailover = (id: string): Promise<{ removed: string[] } & TerraformOutput> => this.#call(ROUTES.cleanupTestFailover, { id });
+  preparePlannedFailover = (id: string): Promise<PrepareResult> => this.#call(ROUTES.preparePlannedFailover, { id });
+  failover = (id: string, req: FailoverRequest & FailoverContext): Promise<FailoverOutcome> => this.#call(ROUTES.failover, { id }, req);
+  commit = (id: string): Promise<RelationshipView> => this.#call(ROUTES.commit, { id });
+  cancel = (id: string): Promise<RelationshipView> => this.#call(ROUTES.cancel, { id });
+  reverse = (id: string, req: ReverseRequest): Promise<RelationshipView> => this.#call(ROUTES.reverse, { id }, req);
+  failbackFromAzure = (id: string, req: FailbackFromAzureRequest): Promise<FailbackFromAzureResult> => this.#call(ROUTES.failbackFromAzure, { id }, req);
+  replicateToAzure = (id: string): Promise<RelationshipView> => this.#call(ROUTES.replicateToAzure, { id });
+
+  async endFailover(): Promise<RelationshipView> {
+    return notOnThisSite(this.name, 'end-failover', 'a host agent ends a failover by reverse replication or cancel');
   }
 
   async close(): Promise<void> {

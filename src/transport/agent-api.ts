@@ -83,7 +83,8 @@ const pointSelector = { type: ['string', 'integer'] } as const;
 // A policy arrives with its defaults applied by the config layer, which validated it against
 // schemas/replicationpolicy.schema.json; here only what the agent reads first is required.
 const policy = { type: 'object', required: ['frequency'], properties: { frequency: str } } as const;
-const replicaRef = obj({ name: str, endpoint: str, azure: { type: 'object' } }, ['name', 'endpoint']);
+// An azure replica has no endpoint (empty): its container is named by `azure`.
+const replicaRef = obj({ name: str, endpoint: { type: 'string' }, azure: { type: 'object' } }, ['name', 'endpoint']);
 const retention = obj({ additional: int, appConsistentEvery: int }, ['additional']);
 const reverseBody = obj({ id: str, replica: replicaRef, policy, start: { type: 'boolean' }, method: { enum: ['minimize-downtime', 'full-download'] } }, ['id', 'replica', 'policy']);
 const R = (method: RouteSpec['method'], path: string, caller: Caller, extra: Partial<RouteSpec> = {}): RouteSpec => ({ method, path, caller, ...extra });

@@ -11,7 +11,6 @@ import { loadDesiredStateFromSources } from '../../src/config/index.ts';
 import type { DesiredState } from '../../src/model/desired.ts';
 import { TerminalError } from '../../src/model/errors.ts';
 import { AzureSite } from '../../src/sites/azure-site.ts';
-import { API } from '../../src/transport/agent-api.ts';
 import { ACCOUNT, startAzurite, type Azurite } from './azurite.ts';
 import { AzureFailoverState } from '../../src/agent/links/azure/failover-state.ts';
 import { ManualClock } from '../../src/model/clock.ts';
@@ -90,18 +89,18 @@ describe('AzureSite', () => {
       expect(snap.relationships.map((r) => [r.id, r.role, r.peer, r.state, r.recoveryPoints])).toEqual([['rel-web-01', 'Replica', 'site-a', 'ReadyForInitialReplication', 0]]);
       expect(snap.vms).toEqual([]);
     }
-    const refused = await site.request('POST', API.resync('rel-web-01')).catch((e: unknown) => e);
+    const refused = await site.resync().catch((e: unknown) => e);
     expect(TerminalError.is(refused) && refused.code).toBe('invalid-argument');
     expect((refused as Error).message).toContain('azure-dr holds replicas only');
   });
 
   it('a test failover before the first complete copy is refused and writes nothing', async () => {
     const site = siteOf({ DRSITE_SITE_TEST_AZURE: az.connectionString });
-    const e = await site.request('POST', API.testFailover('rel-web-01'), { recoveryPoint: 'latest', job: 'job-1' }).catch((x: unknown) => x);
+    const e = await site.testFailover('rel-web-01', { recoveryPoint: 'latest', job: 'job-1' }).catch((x: unknown) => x);
     expect(TerminalError.is(e) && e.code).toBe('invalid-state');
     expect((e as Error).message).toContain('has no recovery point yet');
     expect(existsSync(join(stateDir, 'azure', 'job-1'))).toBe(false);
-    expect((await site.request<unknown[]>('GET', API.vms))).toEqual([]);
+    expect(await site.vms()).toEqual([]);
   });
 });
 
@@ -120,7 +119,7 @@ describe('a test failover in Azure', () => {
       const state = new AzureFailoverState(container);
       const withDb = { ...desired, protectedVms: [...desired.protectedVms, { ...desired.protectedVms[0], metadata: { name: 'db-01' }, spec: { ...desired.protectedVms[0].spec, vm: 'db-01' } }] };
       const site = new AzureSite(desired.sites.find((x) => x.metadata.name === 'azure-dr')!, { desired: () => withDb, stateDir, env: { DRSITE_SITE_TEST_AZURE: az.connectionString } });
-      await expect(site.request('POST', API.testFailover(vm.id), { recoveryPoint: 'latest', job: 'job-db' })).rejects.toThrow(/no test network for a test failover of "db-01"/);
+      await expect(site.testFailover(vm.id, { recoveryPoint: 'latest', job: 'job-db' })).rejects.toThrow(/no test network for a test failover of "db-01"/);
       expect(await state.test(vm.id)).toBeUndefined();
       // Recorded directly from here on: the Terraform itself is covered by the end-to-end test.
       await state.setTest(vm.id, { vm: 'db-01-Test', sequence: 1, job: 'job-db', terraformDir: '/tmp/x', at: new Date(clock.now()).toISOString() });

@@ -14,7 +14,6 @@ import { diskBlobName } from '../../src/agent/links/azure/disk-blobs.ts';
 import { AzureFailoverState } from '../../src/agent/links/azure/failover-state.ts';
 import { loadDesiredState } from '../../src/config/index.ts';
 import { openSites } from '../../src/sites/open-sites.ts';
-import { API, type RelationshipView } from '../../src/transport/agent-api.ts';
 import { Vault } from '../../src/vault/vault.ts';
 import { ROOT, drsite } from '../cli/run-cli.ts';
 import { startAzurite, type Azurite } from '../azure/azurite.ts';
@@ -199,8 +198,8 @@ test('unplanned failover to Azure: the primary that comes back is refused (Criti
   const sites = await openSites(loaded.state, { stateDir: state, cwd: root, schedule: false });
   try {
     const home = sites.get('site-a');
-    await expect(home.request('POST', API.replicateNow(ID))).rejects.toThrow(/has failed over to Azure/);
-    const view = (await home.request<RelationshipView[]>('GET', API.relationships)).find((v) => v.id === ID)!;
+    await expect(home.replicateNow(ID)).rejects.toThrow(/has failed over to Azure/);
+    const view = (await home.relationships()).find((v) => v.id === ID)!;
     expect([view.state, view.lastError?.code, view.nextRetryAt]).toEqual(['Critical', 'invalid-state', undefined]);
   } finally {
     await sites.close();

@@ -8,7 +8,6 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { loadDesiredState } from '../../src/config/index.ts';
 import { openSites } from '../../src/sites/open-sites.ts';
-import { API, type RecoveryPointInfo } from '../../src/transport/agent-api.ts';
 import { quickstart, vmStatus, type Quickstart } from './helpers.ts';
 
 let q: Quickstart;
@@ -37,16 +36,17 @@ test('fresh state: run --until converged protects both VMs; replicas equal the p
   try {
     const a = sites.get('site-a');
     const b = sites.get('site-b');
-    const vms = await a.request<{ name: string; disks: { name: string; file: string; size: number }[] }[]>('GET', API.vms);
+    // The agent reports each disk's image file too (the files hypervisor's vm.json).
+    const vms = (await a.vms()) as unknown as { name: string; disks: { name: string; file: string; size: number }[] }[];
     expect(vms.map((v) => v.name).sort()).toEqual(['db-01', 'web-01']);
     for (const vm of vms) {
       expect(vm.disks.map((d) => [d.name, d.size])).toEqual([['os', 64 << 20], ['data', 32 << 20]]);
       const id = `rel-${vm.name}`;
-      const points = await b.request<RecoveryPointInfo[]>('GET', API.recoveryPoints(id));
+      const points = await b.recoveryPoints(id);
       const last = points.at(-1)!;
       for (const d of vm.disks) {
         const local = createHash('sha256').update(readFileSync(join(q.state, 'sites', 'site-a', 'vms', vm.name, d.file))).digest('hex');
-        const remote = await b.request<{ sha256: string }>('GET', API.pointDigest(id, last.sequence, d.name));
+        const remote = await b.pointDigest(id, last.sequence, d.name);
         expect(remote.sha256, `${vm.name}/${d.name} at point ${last.sequence}`).toBe(local);
       }
     }

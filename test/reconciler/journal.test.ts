@@ -9,7 +9,7 @@ import { runJournaledCalls, pendingKey, type SiteCall } from '../../src/reconcil
 import { parseRelationshipId, relationshipId } from '../../src/reconciler/relationship-ids.ts';
 import { resumeScript, runScript } from '../../src/reconciler/script-action.ts';
 import { HostSite } from '../../src/sites/host-site.ts';
-import { API, type CreateVmRequest } from '../../src/transport/agent-api.ts';
+import type { CreateVmRequest } from '../../src/transport/agent-api.ts';
 import { loadCertBundle } from '../../src/transport/certs.ts';
 import { Vault } from '../../src/vault/vault.ts';
 import { Cluster, OPERATOR } from '../agent/cluster.ts';
@@ -36,10 +36,8 @@ afterAll(async () => {
 const createVm = (name: string): SiteCall => ({
   name: `create-${name}`,
   site,
-  method: 'POST',
-  path: API.vms,
-  body: { name, disks: [{ name: 'os', size: 1 << 20 }] } satisfies CreateVmRequest,
-  done: async () => (await site.request<{ name: string }[]>('GET', API.vms)).some((v) => v.name === name),
+  run: (s) => s.createVm({ name, disks: [{ name: 'os', size: 1 << 20 }] } satisfies CreateVmRequest),
+  done: async () => (await site.vms()).some((v) => v.name === name),
 });
 
 test('journaled calls: done once, skipped when the job is resumed, no marks left', async () => {
@@ -57,7 +55,7 @@ test('a pending mark whose call landed before the crash is resolved by looking, 
   // What a process killed right after the agent answered leaves: a Running step and its mark.
   vault.startStep(job.id, 'create-j2');
   vault.markPending(pendingKey(job.id, 'create-j2'), {});
-  await site.request('POST', API.vms, { name: 'j2', disks: [{ name: 'os', size: 1 << 20 }] });
+  await site.createVm({ name: 'j2', disks: [{ name: 'os', size: 1 << 20 }] });
   await runJournaledCalls(vault, job.id, [createVm('j2')]);
   const step = vault.getJob(job.id)!.steps[0];
   expect(step).toMatchObject({ state: 'Succeeded', attempt: 2, output: { resolved: 'found already done after a restart' } });
@@ -70,7 +68,7 @@ test('a pending mark whose call never landed: the call is made', async () => {
   vault.markPending(pendingKey(job.id, 'create-j3'), {});
   await runJournaledCalls(vault, job.id, [createVm('j3')]);
   expect(vault.getJob(job.id)!.steps[0]).toMatchObject({ state: 'Succeeded', attempt: 2 });
-  expect((await site.request<{ name: string }[]>('GET', API.vms)).map((v) => v.name)).toContain('j3');
+  expect((await site.vms()).map((v) => v.name)).toContain('j3');
 });
 
 test('an agent error fails the step with its typed error and clears the mark', async () => {
