@@ -2,7 +2,7 @@
 // `:name` segments, one handler per route, who may call it, and the route's body schema, checked
 // (400 naming the field) before the handler runs.
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { ROUTES, type Caller, type RouteName, type RouteSpec } from '../transport/agent-api.ts';
+import { NO_FIELDS, ROUTES, type Caller, type RouteName, type RouteSpec } from '../transport/agent-api.ts';
 import { checkBody } from '../transport/body-validation.ts';
 import type { PeerIdentity } from '../transport/peer.ts';
 import { readJson } from '../transport/wire.ts';
@@ -19,6 +19,16 @@ export interface RouteContext {
   identity: PeerIdentity;
   /** The request body, parsed and checked against the route's schema (undefined for routes without one). */
   body: unknown;
+}
+
+const hasBody = (req: IncomingMessage): boolean => Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
+
+/** The request's JSON body checked against the route's schema; a route without one takes no fields. */
+async function bodyOf(spec: RouteSpec, req: IncomingMessage): Promise<unknown> {
+  if (spec.body) return checkBody(spec, await readJson(req, 1 << 20));
+  if (!hasBody(req)) return undefined;
+  checkBody({ ...spec, body: NO_FIELDS }, await readJson(req, 1 << 20));
+  return undefined;
 }
 
 /** A handler returns a JSON body (sent with the route's status) or undefined when it answered itself. */
@@ -49,7 +59,7 @@ export class Router {
         parts: spec.path.split('/').filter(Boolean),
         caller: spec.caller,
         status: spec.status ?? 200,
-        handler: spec.body ? async (ctx) => handler({ ...ctx, body: checkBody(spec, await readJson(ctx.req, 1 << 20)) }) : handler,
+        handler: spec.raw ? handler : async (ctx) => handler({ ...ctx, body: await bodyOf(spec, ctx.req) }),
       });
     }
   }

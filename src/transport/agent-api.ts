@@ -70,6 +70,8 @@ export interface RouteSpec {
   readonly path: string;
   readonly caller: Caller;
   readonly body?: object;
+  /** The body is a stream the handler reads itself (log uploads); not JSON, not checked here. */
+  readonly raw?: true;
   /** Success status. @default 200 */
   readonly status?: number;
 }
@@ -153,8 +155,8 @@ export const ROUTES = {
   }),
   replicaStatus: R('GET', '/v1/replica/relationships/:id', 'primary'),
   removeReplica: R('DELETE', '/v1/replica/relationships/:id', 'primary'),
-  uploadLog: R('PUT', '/v1/replica/relationships/:id/logs/:seq/:disk', 'primary'),
-  uploadOffset: R('HEAD', '/v1/replica/relationships/:id/logs/:seq/:disk', 'primary'),
+  uploadLog: R('PUT', '/v1/replica/relationships/:id/logs/:seq/:disk', 'primary', { raw: true }),
+  uploadOffset: R('HEAD', '/v1/replica/relationships/:id/logs/:seq/:disk', 'primary', { raw: true }),
   replicaApply: R('POST', '/v1/replica/relationships/:id/apply', 'primary'),
   replicaDiscardPending: R('POST', '/v1/replica/relationships/:id/discard-pending', 'primary'),
   replicaChecksums: R('GET', '/v1/replica/relationships/:id/disks/:disk/checksums', 'primary'),
@@ -165,3 +167,6 @@ export const ROUTES = {
 } as const satisfies Record<string, RouteSpec>;
 
 export type RouteName = keyof typeof ROUTES;
+
+/** The body of a route that takes none: nothing, or an empty object. */
+export const NO_FIELDS = obj({});

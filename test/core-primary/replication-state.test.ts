@@ -4,6 +4,7 @@ import { describe, it, expect } from 'vitest';
 import { transition, allowedEvents, STATES, EVENTS, isState } from '../../src/core/replication-state.ts';
 import type { State, ReplicationEvent } from '../../src/core/replication-state.ts';
 import { TerminalError } from '../../src/model/errors.ts';
+import { replicaTransition } from '../../src/core/replication/replica.ts';
 
 interface Case {
   reason: string;
@@ -17,6 +18,10 @@ const cases: Case[] = [
   { reason: 'network initial copy starts', from: 'ReadyForInitialReplication', event: 'startInitial', to: 'InitialReplicationInProgress' },
   { reason: 'external media: replica waits for the import', from: 'ReadyForInitialReplication', event: 'waitImport', to: 'WaitingForInitialReplicationImport' },
   { reason: 'initial copy complete', from: 'InitialReplicationInProgress', event: 'initialDone', to: 'Replicating' },
+  { reason: 'a replica side completes its initial copy with its first applied point', from: 'ReadyForInitialReplication', event: 'initialDone', to: 'Replicating' },
+  { reason: 'an operator asks for a resync while replicating', from: 'Replicating', event: 'resyncRequested', to: 'ResynchronizationRequired' },
+  { reason: 'an operator asks for a resync while paused', from: 'Suspended', event: 'resyncRequested', to: 'ResynchronizationRequired' },
+  { reason: 'a resync cannot be requested during the initial copy', from: 'InitialReplicationInProgress', event: 'resyncRequested' },
   { reason: 'media imported on the replica', from: 'WaitingForInitialReplicationImport', event: 'imported', to: 'Replicating' },
   { reason: 'initial copy can be paused', from: 'InitialReplicationInProgress', event: 'suspend', to: 'Suspended' },
   { reason: 'pause', from: 'Replicating', event: 'suspend', to: 'Suspended' },
@@ -109,5 +114,42 @@ describe('replication state machine', () => {
     expect(EVENTS).toContain('operatorReset');
     expect(isState('Replicating')).toBe(true);
     expect(isState('replicating')).toBe(false);
+  });
+});
+
+// The failover family and the other operator verbs as the agent runs them: each goes through the
+// table, so each is refused in every state the table does not list it for (commit while
+// Replicating, cancel after commit, reverse before failover, ...), with the same typed error.
+describe('every verb is refused by the table where it is illegal', () => {
+  const verbs: ReplicationEvent[] = ['failover', 'commit', 'cancel', 'reverse', 'plannedFailoverPrepared', 'suspend', 'resume', 'resync', 'resyncRequested', 'startInitial', 'waitImport', 'imported', 'initialDone', 'operatorReset', 'enable'];
+  for (const verb of verbs) {
+    it(`${verb}: refused in every state without a row for it`, () => {
+      const illegal = STATES.filter((s) => !allowedEvents(s).includes(verb));
+      expect(illegal.length).toBeGreaterThan(0);
+      for (const s of illegal) {
+        const err = (() => { try { transition(s, verb); } catch (e) { return e; } })();
+        expect(TerminalError.is(err) && err.code, `${verb} while ${s}`).toBe('invalid-state');
+        expect((err as Error).message).toBe(`cannot ${verb} while ${s}`);
+      }
+    });
+  }
+  it('commit while Replicating, the example of the issue, is refused', () => {
+    expect(() => transition('Replicating', 'commit')).toThrow('cannot commit while Replicating');
+  });
+});
+
+describe('the replica side moves through the same table', () => {
+  it('accepts its own moves and refuses a move to a state a replica never takes', () => {
+    expect(replicaTransition('ReadyForInitialReplication', 'initialDone')).toBe('Replicating');
+    expect(replicaTransition('WaitingForInitialReplicationImport', 'imported')).toBe('Replicating');
+    expect(replicaTransition('Replicating', 'failover')).toBe('FailoverWaitingCompletion');
+    expect(replicaTransition('FailoverWaitingCompletion', 'commit')).toBe('FailedOver');
+    expect(replicaTransition('FailoverWaitingCompletion', 'cancel')).toBe('Replicating');
+    expect(() => replicaTransition('Replicating', 'commit')).toThrow('cannot commit while Replicating');
+    expect(() => replicaTransition('FailedOver', 'cancel')).toThrow('cannot cancel while FailedOver');
+    // Legal for a primary (suspend), but a replica is never Suspended: refused with a typed error.
+    const err = (() => { try { replicaTransition('Replicating', 'suspend'); } catch (e) { return e; } })();
+    expect(TerminalError.is(err) && err.code).toBe('invalid-state');
+    expect((err as Error).message).toBe('cannot suspend a replica while Replicating');
   });
 });
