@@ -9,5 +9,8 @@ if (major < 24) {
   );
   process.exit(1);
 }
+// The Terraform port's adapter: constructs/ is the only home of cdktf, and src/ never imports it.
+const { provideTerraform } = await import('../src/model/terraform.ts');
+provideTerraform(() => import('../constructs/synth.ts'));
 const { main } = await import('../src/cli/main.ts');
 process.exitCode = await main(process.argv);

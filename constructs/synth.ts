@@ -1,10 +1,10 @@
-// The entry point of `drsite synth` and of failovers to Azure. src/ loads this module with a
-// dynamic import() of a path computed at runtime (src/sites/constructs-module.ts), because nothing
-// in src/ may import constructs/ and because cdktf and the provider should load only when needed.
+// The entry point of `drsite synth` and of failovers to Azure: the adapter of src/'s Terraform port
+// (src/model/terraform.ts), provided by bin/drsite.mjs, because nothing in src/ may import
+// constructs/ and because cdktf and the provider should load only when needed.
 import { readFile } from 'node:fs/promises';
 import type { Diagnostic } from '../src/model/diagnostics.ts';
 import type { DesiredState } from '../src/model/desired.ts';
-import type { FailoverSynthRequest, FailoverSynthResult, SynthResult, SynthTarget } from '../src/sites/constructs-module.ts';
+import type { FailoverSynthRequest, FailoverSynthResult, SynthResult, SynthTarget } from '../src/model/terraform.ts';
 import type { AsrVaultProps } from './asr-stack.ts';
 import { ConstructValidationError } from './errors.ts';
 import { manifestsOf, manifestsToYaml } from './manifests.ts';

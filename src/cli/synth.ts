@@ -2,7 +2,7 @@
 // or as normalised drsite.dev/v1 YAML documents.
 import { loadDesiredState } from '../config/index.ts';
 import { formatDiagnostic, type Diagnostic } from '../model/diagnostics.ts';
-import { loadConstructs, type SynthTarget } from '../sites/constructs-module.ts';
+import { loadConstructs, type SynthTarget } from '../model/terraform.ts';
 import { printJson, renderTable, type Io } from './output.ts';
 
 export interface SynthOptions {

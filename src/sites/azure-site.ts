@@ -18,7 +18,7 @@ import { TerminalError } from '../model/errors.ts';
 import { formatDiagnostic } from '../model/diagnostics.ts';
 import type { SiteSpec } from '../model/types.generated.ts';
 import type { FailoverRequest, RecoveryPointInfo, RecoveryPointSelector, RelationshipView, TestFailoverRequest } from '../transport/agent-api.ts';
-import { loadConstructs } from './constructs-module.ts';
+import { loadConstructs } from '../model/terraform.ts';
 import { notOnThisSite, type FailoverContext, type Site, type SiteSnapshot, type SiteVm } from './site.ts';
 
 export interface AzureSiteOptions {

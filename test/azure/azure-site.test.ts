@@ -15,6 +15,10 @@ import { ACCOUNT, startAzurite, type Azurite } from './azurite.ts';
 import { AzureFailoverState } from '../../src/agent/links/azure/failover-state.ts';
 import { ManualClock } from '../../src/model/clock.ts';
 import { prng } from '../core-primary/helpers.ts';
+import { provideTerraform } from '../../src/model/terraform.ts';
+
+// What bin/drsite.mjs does at start: the entry point provides src/'s Terraform port.
+provideTerraform(() => import('../../constructs/synth.ts'));
 import { TestVm, createRequest, newKeys } from './driver.ts';
 
 const YAML = `

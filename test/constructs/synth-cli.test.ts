@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { loadDesiredState } from '../../src/config/index.ts';
 import { synthCommand } from '../../src/cli/synth.ts';
-import { loadConstructs, type ConstructsModule } from '../../src/sites/constructs-module.ts';
+import { loadConstructs, provideTerraform, type ConstructsModule } from '../../src/model/terraform.ts';
 import * as constructsSynth from '../../constructs/synth.ts';
 import { byName, QUICKSTART_DIR, readTerraform, tempDirs, yamlQuickstart } from './helpers.ts';
 
@@ -105,8 +105,11 @@ describe('examples/cdk/main.ts (the cdktf.json app)', () => {
   });
 });
 
+// What bin/drsite.mjs does at start: the entry point provides src/'s Terraform port.
+provideTerraform(() => import('../../constructs/synth.ts'));
+
 describe('the constructs module as src/ loads it', () => {
-  it('has the interface src/sites/constructs-module.ts restates (tsc checks the assignment), loaded at runtime', async () => {
+  it('has the interface src/model/terraform.ts declares (tsc checks the assignment), loaded at runtime once provided', async () => {
     const typed: ConstructsModule = constructsSynth;
     const loaded = await loadConstructs();
     expect(loaded.synthFailover).toBe(typed.synthFailover);

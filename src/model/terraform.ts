@@ -1,11 +1,12 @@
-// The Terraform side of drsite lives in constructs/, the only place that may import cdktf and the
-// provider, and nothing in src/ may import constructs/. So its entry module (constructs/synth.ts)
-// is loaded with a dynamic import() of a URL computed at runtime: the layering check (which reads
-// literal relative imports) stays clean, and the heavy provider loads only when Terraform is
-// written. The types below are that module's interface: constructs/synth.ts imports them, and
-// test/constructs checks that the module satisfies ConstructsModule.
-import type { Diagnostic } from '../model/diagnostics.ts';
-import type { DesiredState, Resource } from '../model/desired.ts';
+// The Terraform port. drsite's Terraform lives in constructs/, the only place that may import
+// cdktf and the provider, and nothing in src/ imports constructs/ (not even through a computed
+// URL). So src/ declares here what it needs of that module, and the program's entry point
+// (bin/drsite.mjs, or a test) provides the module with provideTerraform(); the heavy provider loads
+// only when Terraform is first written. constructs/synth.ts implements ConstructsModule, and
+// test/constructs checks that it satisfies it.
+import type { Diagnostic } from './diagnostics.ts';
+import type { DesiredState, Resource } from './desired.ts';
+import { TerminalError } from './errors.ts';
 
 export type SynthTarget = 'azure-site-recovery' | 'manifests';
 
@@ -36,7 +37,14 @@ export interface ConstructsModule {
   synthFailover(req: FailoverSynthRequest): Promise<FailoverSynthResult>;
 }
 
+let provider: (() => Promise<ConstructsModule>) | undefined;
+
+/** Called once by the entry point with the loader of constructs/synth.ts. */
+export function provideTerraform(load: () => Promise<ConstructsModule>): void {
+  provider = load;
+}
+
 export async function loadConstructs(): Promise<ConstructsModule> {
-  const url = new URL(['..', '..', 'constructs', 'synth.ts'].join('/'), import.meta.url);
-  return (await import(url.href)) as ConstructsModule;
+  if (!provider) throw new TerminalError('invalid-state', 'Terraform synthesis is not available in this process: run drsite through bin/drsite.mjs (npx drsite), which provides constructs/');
+  return provider();
 }
