@@ -13,6 +13,7 @@ import { diskBlobName, type PointMetadata } from '../agent/links/azure/disk-blob
 import { azureCall } from '../agent/links/azure/errors.ts';
 import { AzureFailoverState, type AzureFailoverRecord, type AzureTestFailoverRecord } from '../agent/links/azure/failover-state.ts';
 import { selectPoint } from '../core/point-selector.ts';
+import { transition } from '../core/replication-state.ts';
 import type { DesiredState, Site as SiteResource } from '../model/desired.ts';
 import { TerminalError } from '../model/errors.ts';
 import { formatDiagnostic } from '../model/diagnostics.ts';
@@ -219,7 +220,8 @@ export class AzureSite implements Site {
     const out = await this.#terraform(r, b, false);
     const rec: AzureFailoverRecord = {
       kind: b.kind === 'planned' ? 'planned' : 'unplanned',
-      state: 'FailoverWaitingCompletion',
+      // A first failover moves through the table; a change of point before commit stays where it is.
+      state: r.failover ? r.failover.state : (transition('Replicating', 'failover') as AzureFailoverRecord['state']),
       vm: out.vm,
       sequence: out.recoveryPoint.sequence,
       job: b.job ?? '',
@@ -233,7 +235,7 @@ export class AzureSite implements Site {
   async #commit(id: string): Promise<RelationshipView> {
     const r = await this.#relationship(id);
     if (r.failover?.state !== 'FailoverWaitingCompletion') throw new TerminalError('invalid-state', `cannot commit ${r.vm}: no failover to Azure is waiting for completion`);
-    r.failover = { ...r.failover, state: 'FailedOver' };
+    r.failover = { ...r.failover, state: transition(r.failover.state, 'commit') as AzureFailoverRecord['state'] };
     await this.#open().state.setFailover(id, r.failover);
     return this.#view(r, Date.now());
   }
