@@ -226,10 +226,11 @@ export class QemuDirtyBitmapSource implements CutSource {
     await quietly(qmp.execute('nbd-server-stop'));
   }
 
-  #loseTrust(why: string): Continuity {
+  /** Reported once, and awaited: the engine has recorded ResynchronizationRequired before the cut fails. */
+  async #loseTrust(why: string): Promise<Continuity> {
     if (!this.#lost) {
       this.#lost = why;
-      void this.#opts.onContinuityLost?.(why);
+      await this.#opts.onContinuityLost?.(why);
     }
     return { continuity: 'lost', why };
   }
