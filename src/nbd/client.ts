@@ -1,5 +1,6 @@
-// A minimal NBD client over a unix socket (fixed newstyle, NBD_OPT_GO, simple replies) for our
-// tests, the workload generator and the benchmark. It is itself a BlockDevice.
+// A minimal NBD client over a unix socket (fixed newstyle, NBD_OPT_GO) for our tests, the workload
+// generator, the benchmark and QEMU's exports. It is itself a BlockDevice. Asked for metadata
+// contexts, it negotiates structured replies and reads block status (dirty bitmaps, allocation).
 
 import net from 'node:net';
 import type { BlockDevice } from '../model/block-device.ts';
@@ -27,6 +28,16 @@ import {
   SIMPLE_REPLY_BYTES,
   SIMPLE_REPLY_MAGIC,
 } from './protocol.ts';
+import {
+  decodeBlockStatus,
+  decodeErrorChunk,
+  decodeMetaContext,
+  encodeMetaContextQuery,
+  REPLY_FLAG_DONE,
+  REPLY_TYPE,
+  STRUCTURED_REPLY_MAGIC,
+  type StatusExtent,
+} from './block-status.ts';
 
 /** Zeroing commands carry no payload, so only their 32-bit length field limits them. */
 const MAX_ZEROING = 0x80000000;
@@ -77,9 +88,25 @@ function replyError(errno: number, what: string): Error {
 interface Pending {
   /** Names the request in an error message; built only when one is needed. */
   readonly what: () => string;
+  readonly type: number;
+  readonly offset: number;
   readonly readLength: number;
-  readonly resolve: (data: Buffer) => void;
+  readonly resolve: (value: Buffer | Map<number, StatusExtent[]>) => void;
   readonly reject: (e: unknown) => void;
+  /** A structured READ fills this as chunks arrive (holes stay zero). */
+  data?: Buffer;
+  /** A structured BLOCK_STATUS collects one chunk per context id. */
+  status?: Map<number, StatusExtent[]>;
+  /** The first error chunk: the request fails once its last chunk arrived. */
+  error?: Error;
+}
+
+export interface ConnectOptions {
+  /**
+   * Metadata contexts to select (`base:allocation`, `qemu:dirty-bitmap:NAME`): the client then
+   * negotiates structured replies, and a context the server does not offer is an error.
+   */
+  readonly metaContexts?: readonly string[];
 }
 
 export interface WriteOptions {
@@ -99,6 +126,8 @@ export class NbdClient implements BlockDevice {
   readonly exportName: string;
   readonly size: number;
   readonly info: NbdExportInfo;
+  /** Selected metadata contexts by the id the server gave them. */
+  readonly contexts: ReadonlyMap<number, string>;
   private readonly socket: net.Socket;
   private readonly reader: FrameReader;
   private readonly pending = new Map<number, Pending>();
@@ -108,8 +137,9 @@ export class NbdClient implements BlockDevice {
   private failure: Error | null = null;
   private closing: Promise<void> | null = null;
 
-  private constructor(socket: net.Socket, reader: FrameReader, exportName: string, info: NbdExportInfo) {
+  private constructor(socket: net.Socket, reader: FrameReader, exportName: string, info: NbdExportInfo, contexts: ReadonlyMap<number, string>) {
     this.socket = socket;
+    this.contexts = contexts;
     this.reader = reader;
     this.exportName = exportName;
     this.info = info;
@@ -123,11 +153,12 @@ export class NbdClient implements BlockDevice {
    * older). An unknown export rejects with TerminalError('not-found'); an unreachable socket
    * with RetryableError('network').
    */
-  static async connect(socketPath: string, exportName: string): Promise<NbdClient> {
+  static async connect(socketPath: string, exportName: string, opts: ConnectOptions = {}): Promise<NbdClient> {
     const { socket, reader, noZeroes } = await open(socketPath);
     try {
+      const contexts = opts.metaContexts?.length ? await selectContexts(socket, reader, exportName, opts.metaContexts) : new Map<number, string>();
       const info = await go(socket, reader, exportName, noZeroes);
-      return new NbdClient(socket, reader, exportName, info);
+      return new NbdClient(socket, reader, exportName, info, contexts);
     } catch (e) {
       socket.destroy();
       throw e;
@@ -186,6 +217,35 @@ export class NbdClient implements BlockDevice {
     await this.request(CMD.FLUSH, 0, 0, 0, 0);
   }
 
+  /**
+   * NBD_CMD_BLOCK_STATUS: the extents of every selected context from `offset`, by context name.
+   * The server may answer for less than `length` (or, for the last extent, more): callers that
+   * need the whole range ask again from where the shortest answer ends (`blockStatusRange`).
+   */
+  async blockStatus(offset: number, length: number): Promise<Map<string, StatusExtent[]>> {
+    if (this.contexts.size === 0) throw new TerminalError('invalid-state', `NBD export "${this.exportName}": block status needs a metadata context selected at connect`);
+    const p = await this.request<Map<number, StatusExtent[]>>(CMD.BLOCK_STATUS, 0, offset, Math.min(length, 0xffffffff - 0xfff), 0);
+    const out = new Map<string, StatusExtent[]>();
+    for (const [id, extents] of p) out.set(this.contexts.get(id)!, extents);
+    return out;
+  }
+
+  /** Block status of one context over the whole of [offset, offset+length), asking as often as needed. */
+  async blockStatusRange(context: string, offset: number, length: number): Promise<StatusExtent[]> {
+    const out: StatusExtent[] = [];
+    const end = Math.min(offset + length, this.size);
+    for (let at = offset; at < end; ) {
+      const extents = (await this.blockStatus(at, end - at)).get(context);
+      if (!extents?.length) throw new TerminalError('invalid-state', `NBD export "${this.exportName}" sent no extents for context ${context}`);
+      for (const e of extents) {
+        if (e.offset >= end) break;
+        out.push({ offset: e.offset, length: Math.min(e.length, end - e.offset), flags: e.flags });
+      }
+      at = extents.at(-1)!.offset + extents.at(-1)!.length;
+    }
+    return out;
+  }
+
   /** Waits for every request in flight, then disconnects (NBD_CMD_DISC). */
   close(): Promise<void> {
     this.closing ??= (async () => {
@@ -203,13 +263,13 @@ export class NbdClient implements BlockDevice {
     return this.closing;
   }
 
-  private request(type: number, flags: number, offset: number, length: number, readLength: number, data?: Buffer): Promise<Buffer> {
+  private request<T = Buffer>(type: number, flags: number, offset: number, length: number, readLength: number, data?: Buffer): Promise<T> {
     if (this.failure) return Promise.reject(this.failure);
     const handle = this.nextHandle;
     this.nextHandle = (this.nextHandle + 1) >>> 0 || 1;
     const what = () => `${Object.keys(CMD).find((k) => CMD[k as keyof typeof CMD] === type)} of export "${this.exportName}" at ${offset}+${length}`;
-    return new Promise<Buffer>((resolve, reject) => {
-      this.pending.set(handle, { what, readLength, resolve, reject });
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(handle, { what, type, offset, readLength, resolve: resolve as Pending['resolve'], reject });
       // Written in call order on one socket: the server runs them in that order.
       this.socket.write(encodeRequest(type, flags, handle, offset, length));
       if (data && data.length > 0) this.socket.write(data);
@@ -220,6 +280,10 @@ export class NbdClient implements BlockDevice {
     try {
       for (;;) {
         const head = await this.reader.read(SIMPLE_REPLY_BYTES);
+        if (head.readUInt32BE(0) === STRUCTURED_REPLY_MAGIC && this.contexts.size > 0) {
+          await this.receiveChunk(head);
+          continue;
+        }
         if (head.readUInt32BE(0) !== SIMPLE_REPLY_MAGIC) {
           throw new TerminalError('invalid-state', `NBD reply with bad magic 0x${head.readUInt32BE(0).toString(16)}`);
         }
@@ -240,6 +304,43 @@ export class NbdClient implements BlockDevice {
       this.settle();
       this.socket.destroy();
     }
+  }
+
+  /** One structured reply chunk (its first 16 header bytes are read); the request settles on the DONE chunk. */
+  private async receiveChunk(head: Buffer): Promise<void> {
+    const flags = head.readUInt16BE(4);
+    const type = head.readUInt16BE(6);
+    const handle = head.readUInt32BE(12);
+    const length = (await this.reader.read(4)).readUInt32BE(0);
+    const p = this.pending.get(handle);
+    if (!p) throw new TerminalError('invalid-state', `NBD structured reply for unknown handle ${handle}`);
+    const payload = await this.reader.read(length);
+    if (type === REPLY_TYPE.OFFSET_DATA && p.type === CMD.READ) {
+      const at = Number(payload.readBigUInt64BE(0)) - p.offset;
+      if (at < 0 || at + length - 8 > p.readLength) throw new TerminalError('invalid-state', `NBD read data chunk outside ${p.what()}`);
+      p.data ??= Buffer.alloc(p.readLength);
+      payload.copy(p.data, at, 8);
+    } else if (type === REPLY_TYPE.OFFSET_HOLE && p.type === CMD.READ) {
+      p.data ??= Buffer.alloc(p.readLength); // zero-filled: a hole needs nothing written
+    } else if (type === REPLY_TYPE.BLOCK_STATUS && p.type === CMD.BLOCK_STATUS) {
+      const { contextId, extents } = decodeBlockStatus(payload, p.offset);
+      if (!this.contexts.has(contextId)) throw new TerminalError('invalid-state', `NBD block status for unknown context id ${contextId}`);
+      (p.status ??= new Map()).set(contextId, extents);
+    } else if (type & 0x8000) {
+      const { errno, message } = decodeErrorChunk(payload);
+      p.error ??= replyError(errno, `${p.what()}${message ? ` (${message})` : ''}`);
+    } else if (type !== REPLY_TYPE.NONE) {
+      throw new TerminalError('invalid-state', `NBD structured reply of unexpected type ${type} to ${p.what()}`);
+    }
+    if (!(flags & REPLY_FLAG_DONE)) return;
+    this.pending.delete(handle);
+    if (p.error) p.reject(p.error);
+    else if (p.type === CMD.BLOCK_STATUS) {
+      if (!p.status || p.status.size !== this.contexts.size) {
+        p.reject(new TerminalError('invalid-state', `NBD ${p.what()}: not one block status chunk per selected context`));
+      } else p.resolve(p.status);
+    } else p.resolve(p.data ?? Buffer.alloc(p.readLength));
+    if (this.pending.size === 0) this.settle();
   }
 
   private settle(): void {
@@ -284,6 +385,28 @@ async function readOptionReply(reader: FrameReader, option: number): Promise<{ t
   const type = head.readUInt32BE(12);
   const data = await reader.read(head.readUInt32BE(16));
   return { type, data };
+}
+
+/** NBD_OPT_STRUCTURED_REPLY, then NBD_OPT_SET_META_CONTEXT: every asked context must be selected. */
+async function selectContexts(socket: net.Socket, reader: FrameReader, name: string, queries: readonly string[]): Promise<Map<number, string>> {
+  socket.write(encodeOption(OPT.STRUCTURED_REPLY));
+  const sr = await readOptionReply(reader, OPT.STRUCTURED_REPLY);
+  if (sr.type !== REP.ACK) throw new TerminalError('invalid-state', `NBD server refused structured replies (reply 0x${sr.type.toString(16)}), needed for ${queries.join(', ')}`);
+  socket.write(encodeOption(OPT.SET_META_CONTEXT, encodeMetaContextQuery(name, queries)));
+  const contexts = new Map<number, string>();
+  for (;;) {
+    const { type, data } = await readOptionReply(reader, OPT.SET_META_CONTEXT);
+    if (type === REP.ACK) break;
+    if (type === REP.META_CONTEXT) {
+      const c = decodeMetaContext(data);
+      contexts.set(c.id, c.name);
+    } else {
+      throw new TerminalError('invalid-state', `NBD export "${name}": selecting ${queries.join(', ')} refused (reply 0x${type.toString(16)}): ${data.toString('utf8')}`);
+    }
+  }
+  const missing = queries.filter((q) => ![...contexts.values()].includes(q));
+  if (missing.length) throw new TerminalError('not-found', `NBD export "${name}" offers no metadata context ${missing.join(', ')}`);
+  return contexts;
 }
 
 async function go(socket: net.Socket, reader: FrameReader, name: string, noZeroes: boolean): Promise<NbdExportInfo> {

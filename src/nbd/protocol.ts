@@ -34,10 +34,9 @@ export const OPT = {
   INFO: 6,
   GO: 7,
   STRUCTURED_REPLY: 8,
-  BLOCK_SIZE: 9,
-  LIST_META_CONTEXT: 10,
-  SET_META_CONTEXT: 11,
-  EXTENDED_HEADERS: 12,
+  LIST_META_CONTEXT: 9,
+  SET_META_CONTEXT: 10,
+  EXTENDED_HEADERS: 11,
 } as const;
 
 const ERR = 0x80000000;
@@ -45,6 +44,7 @@ export const REP = {
   ACK: 1,
   SERVER: 2,
   INFO: 3,
+  META_CONTEXT: 4,
   ERR_UNSUP: ERR + 1,
   ERR_POLICY: ERR + 2,
   ERR_INVALID: ERR + 3,
