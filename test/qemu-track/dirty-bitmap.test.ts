@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { QemuDirtyBitmapSource } from '../../src/agent/hypervisor/qemu/dirty-bitmap-tracker.ts';
-import type { FrozenSource } from '../../src/agent/primary.ts';
+import type { FrozenSource } from '../../src/core/replication/ports.ts';
 import type { Extent } from '../../src/core/types.ts';
 import { startVm, type TestVm } from './qemu-vm.ts';
 

@@ -10,12 +10,14 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { QemuDirtyBitmapSource } from '../../src/agent/hypervisor/qemu/dirty-bitmap-tracker.ts';
 import { HttpReplicaLink } from '../../src/agent/links/https.ts';
-import { newPrimaryRecord, PrimaryReplication, retentionOf } from '../../src/agent/primary.ts';
+import { PrimaryReplication } from '../../src/core/replication/primary.ts';
+import { newPrimaryRecord, retentionOf } from '../../src/core/replication/primary-record.ts';
 import { systemClock } from '../../src/model/clock.ts';
 import { loadCertBundle } from '../../src/transport/certs.ts';
 import { silentLogger } from '../../src/transport/logger.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
-import { Cluster } from '../agent/cluster.ts';
+import { Cluster, policy30s } from '../agent/cluster.ts';
+import type { ResolvedPolicySpec } from '../../src/model/desired.ts';
 import { startVm, type TestVm } from './qemu-vm.ts';
 
 const MiB = 1 << 20;
@@ -53,7 +55,9 @@ beforeAll(async () => {
     onContinuityLost: (why) => primary.markContinuityLost(why),
   });
   const link = new HttpReplicaLink(cluster.host('host-b').url, await loadCertBundle(cluster.certs, 'host-a'));
-  const policy = { frequency: '30s', resync: { automatic: false } } as const;
+  // The defaults step's 30 s policy (resolved), without automatic resync: the test drives it.
+  const resolved = policy30s as ResolvedPolicySpec;
+  const policy: ResolvedPolicySpec = { ...resolved, recoveryPoints: { additional: 0 }, resync: { ...resolved.resync, automatic: false } };
   const keys = { encryptionKey: randomBytes(32), macKey: randomBytes(32) };
   const diskInfo = source.disks.map((d) => ({ id: d.id, size: d.size }));
   await link.createReplica({

@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import type { CutSource, FrozenSource } from '../../primary.ts';
+import type { CutSource, FrozenSource } from '../../../core/replication/ports.ts';
 import type { Extent } from '../../../core/types.ts';
 import { BLOCK_SIZE } from '../../../core/types.ts';
 import { RetryableError, TerminalError } from '../../../model/errors.ts';
