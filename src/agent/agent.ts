@@ -11,7 +11,7 @@ import type { RelationshipKeys } from '../core/types.ts';
 import { systemClock, type Clock } from '../model/clock.ts';
 import { TerminalError, isRecoverable } from '../model/errors.ts';
 import type { Site } from '../model/types.generated.ts';
-import type { CreateVmRequest, RelationshipView } from '../transport/agent-api.ts';
+import type { RelationshipView } from '../transport/agent-api.ts';
 import { loadCertBundle, type CertBundle } from '../transport/certs.ts';
 import { sendError } from '../transport/http-errors.ts';
 import { stderrLogger, type Logger } from '../transport/logger.ts';
@@ -20,8 +20,9 @@ import type { PeerIdentity } from '../transport/peer.ts';
 import { authorizeOperator, authorizePrimary } from './authorization.ts';
 import type { AgentConfig } from './config.ts';
 import type { AgentContext } from './context.ts';
-import { FilesHypervisor } from './hypervisor/files.ts';
-import { VmRuntime } from './hypervisor/vm-runtime.ts';
+import type { Hypervisor } from '../model/hypervisor.ts';
+import { hypervisorFor } from './hypervisor/index.ts';
+import type { VmRuntime } from './hypervisor/vm-runtime.ts';
 import { readKeys } from './keys.ts';
 import { AzureBlobLink, azureLinkFromSite } from './links/azure/blob-link.ts';
 import { HttpReplicaLink } from './links/https.ts';
@@ -32,6 +33,7 @@ import { ReplicaReplication, type ReplicaRecord } from '../core/replication/repl
 import { agentRoutes } from './routes.ts';
 import type { Router } from './router.ts';
 import { Scheduler } from './scheduler.ts';
+import { serveOverlays, serveVm } from './vms.ts';
 
 export interface AgentOptions {
   clock?: Clock;
@@ -44,7 +46,7 @@ export interface AgentOptions {
 
 export class Agent implements AgentContext {
   readonly config: AgentConfig;
-  readonly hv: FilesHypervisor;
+  readonly hv: Hypervisor;
   readonly clock: Clock;
   readonly log: Logger;
   readonly runtimes = new Map<string, VmRuntime>();
@@ -60,9 +62,13 @@ export class Agent implements AgentContext {
 
   private constructor(config: AgentConfig, tls: CertBundle, opts: AgentOptions) {
     this.config = config;
-    this.hv = new FilesHypervisor(join(config.dataDir, 'vms'));
     this.clock = opts.clock ?? systemClock;
     this.log = opts.log ?? stderrLogger;
+    const log = this.log;
+    this.hv = hypervisorFor(config.hypervisor, join(config.dataDir, 'vms'), config.qemu, {
+      log,
+      onStopped: (vm, s) => (s.crashed ? log.warn('guest stopped without being asked', { vm, message: s.crashed.message }) : log.info('guest powered off', { vm })),
+    });
     this.#tls = tls;
     this.#scheduler = opts.schedule ?? true ? new Scheduler(this, this.#abort.signal) : undefined;
   }
@@ -93,7 +99,7 @@ export class Agent implements AgentContext {
     for (const vm of await this.hv.list()) {
       // VMs running on overlays of a recovery point are served below, with their replica.
       if (vm.disks.some((d) => d.file.endsWith('.overlay'))) continue;
-      this.runtimes.set(vm.name, await VmRuntime.start(this.hv, vm, this.nbdDir, this.log));
+      await serveVm(this, vm);
     }
     // Control records of replicas; their data lives under the storage paths (by default <dataDir>/replicas).
     const repDir = join(this.config.dataDir, 'replica-records');
@@ -107,9 +113,11 @@ export class Agent implements AgentContext {
       for (const active of [record.testFailover, record.failover]) {
         if (!active || record.committed) continue;
         const vm = await this.hv.find(active.vm);
-        if (vm) this.runtimes.set(vm.name, await VmRuntime.serve(vm, await rep.openOverlays(active.sequence, this.hv.vmDir(vm.name)), this.nbdDir, this.log));
+        if (vm) await serveOverlays(this, vm, await rep.openOverlays(active.sequence, this.hv.vmDir(vm.name)));
       }
     }
+    // Real guests that kept running while the agent was down reconnect to the exports served above.
+    await this.hv.adopt?.();
     const relDir = join(this.config.dataDir, 'relationships');
     for (const id of await readdir(relDir).catch(() => [] as string[])) {
       const record = await readJsonIfExists<PrimaryRecord>(join(relDir, id, 'state.json'));
@@ -141,6 +149,8 @@ export class Agent implements AgentContext {
     await this.#scheduler?.stopped();
     for (const l of this.#links.values()) l.close();
     for (const r of this.replicas.values()) await r.close();
+    // Real guests keep running: their disk I/O waits for the next agent's exports (NBD reconnect).
+    await this.hv.close?.();
     for (const rt of this.runtimes.values()) await rt.stop();
   }
 
@@ -195,14 +205,6 @@ export class Agent implements AgentContext {
     return [...[...this.primaries.values()].map((p) => p.view()), ...[...this.replicas.values()].map((r) => r.view(now))].sort((a, b) =>
       a.id < b.id ? -1 : a.id > b.id ? 1 : a.role < b.role ? -1 : 1,
     );
-  }
-
-  // ------------------------------------------------------------------------------------------ VMs
-
-  async createVm(req: CreateVmRequest): Promise<unknown> {
-    const vm = await this.hv.create({ name: req.name, disks: req.disks, adapters: req.adapters ?? [], power: req.power ?? 'Running' });
-    this.runtimes.set(vm.name, await VmRuntime.start(this.hv, vm, this.nbdDir, this.log));
-    return vm;
   }
 
   // --------------------------------------------------------------------------------------- routes

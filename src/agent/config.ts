@@ -1,11 +1,14 @@
 // The agent's own configuration file (`drsite agent --config <file>`): who this host is, where it
 // listens, its certificates and, when it is a Replica server, which primaries it accepts.
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { dirname, isAbsolute, resolve } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { parse } from 'yaml';
 import { TerminalError } from '../model/errors.ts';
-import type { AllowedPrimary } from '../model/types.generated.ts';
+import type { AllowedPrimary, QemuSiteSettings } from '../model/types.generated.ts';
+import { parseDuration } from '../model/units.ts';
+import type { QemuSettings } from './hypervisor/index.ts';
 
 export interface AgentConfig {
   /** This host's name: the CN of its certificate, matched by peers' allowedPrimaries. */
@@ -22,7 +25,23 @@ export interface AgentConfig {
     defaultStoragePath: string;
     allowedPrimaries: AllowedPrimary[];
   };
+  /** How VMs are kept and run: `files` (folders, nothing boots) or `qemu` (real guests). @default files */
+  hypervisor: 'files' | 'qemu';
+  /** Settings of the qemu driver (the Site's `qemu` block). */
+  qemu: QemuSettings;
 }
+
+/** The qemu driver's settings from the Site's `qemu` block (the same block in an agent's configuration file). */
+export function qemuSettingsOf(block: QemuSiteSettings | undefined): QemuSettings {
+  if (!block) return {};
+  const { shutdownTimeout, networks, ...rest } = block;
+  const ms = shutdownTimeout === undefined ? undefined : parseDuration(shutdownTimeout);
+  const nets = networks && Object.fromEntries(Object.entries(networks).filter((e): e is [string, string] => e[1] !== undefined));
+  return { ...rest, ...(nets && { networks: nets }), ...(ms !== undefined && { shutdownTimeoutMs: ms }) };
+}
+
+const SCHEMA_DIR = join(import.meta.dirname, '..', '..', 'schemas');
+const QEMU_BLOCK = 'https://drsite.dev/schemas/site.schema.json#/properties/spec/properties/qemu';
 
 const schema = {
   type: 'object',
@@ -37,6 +56,9 @@ const schema = {
       properties: { host: { type: 'string', minLength: 1 }, port: { type: 'integer', minimum: 0, maximum: 65535 } },
     },
     tlsDir: { type: 'string', minLength: 1 },
+    hypervisor: { enum: ['files', 'qemu'] },
+    // The Site's own `qemu` block, so the two places say it the same way.
+    qemu: { $ref: QEMU_BLOCK },
     operators: { type: 'array', items: { type: 'string', minLength: 1 } },
     replicaServer: {
       type: 'object',
@@ -73,12 +95,16 @@ export function parseAgentConfig(text: string, file: string): AgentConfig {
   } catch (e) {
     throw new TerminalError('invalid-argument', `${file}: not valid YAML: ${(e as Error).message}`);
   }
-  validate ??= new Ajv2020({ strict: true, allErrors: true }).compile(schema);
+  if (!validate) {
+    const ajv = new Ajv2020({ strict: true, strictRequired: false, allErrors: true });
+    for (const f of ['common.schema.json', 'site.schema.json']) ajv.addSchema(JSON.parse(readFileSync(join(SCHEMA_DIR, f), 'utf8')) as object);
+    validate = ajv.compile(schema);
+  }
   if (!validate(doc)) {
     const problems = (validate.errors ?? []).map((e) => `${e.instancePath || '(top)'} ${e.message}`).join('; ');
     throw new TerminalError('invalid-argument', `${file}: invalid agent configuration: ${problems}`);
   }
-  const c = doc as Partial<AgentConfig> & { name: string; dataDir: string };
+  const c = doc as Partial<Omit<AgentConfig, 'qemu'>> & { name: string; dataDir: string; qemu?: QemuSiteSettings };
   const base = dirname(resolve(file));
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
   const dataDir = abs(c.dataDir);
@@ -96,6 +122,8 @@ export function parseAgentConfig(text: string, file: string): AgentConfig {
         ...(p.storagePath && { storagePath: abs(p.storagePath) }),
       })),
     },
+    hypervisor: c.hypervisor ?? 'files',
+    qemu: qemuSettingsOf(c.qemu),
   };
 }
 

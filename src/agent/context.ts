@@ -6,7 +6,7 @@ import type { Clock } from '../model/clock.ts';
 import { TerminalError } from '../model/errors.ts';
 import type { Logger } from '../transport/logger.ts';
 import type { AgentConfig } from './config.ts';
-import type { FilesHypervisor } from './hypervisor/files.ts';
+import type { Hypervisor } from '../model/hypervisor.ts';
 import type { VmRuntime } from './hypervisor/vm-runtime.ts';
 import type { CutSource, ReplicaLink } from '../core/replication/ports.ts';
 import type { PrimaryReplication } from '../core/replication/primary.ts';
@@ -15,7 +15,7 @@ import type { ReplicaReplication } from '../core/replication/replica.ts';
 
 export interface AgentContext {
   readonly config: AgentConfig;
-  readonly hv: FilesHypervisor;
+  readonly hv: Hypervisor;
   readonly clock: Clock;
   readonly log: Logger;
   /** Folder of the VMs' NBD sockets. */

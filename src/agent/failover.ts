@@ -18,11 +18,12 @@ import type {
   TestFailoverResult,
 } from '../transport/agent-api.ts';
 import { primaryOf, replicaOf, type AgentContext } from './context.ts';
-import { VmRuntime, type ClosableDevice } from './hypervisor/vm-runtime.ts';
+import type { VmRuntime, ClosableDevice } from './hypervisor/vm-runtime.ts';
 import { AzureBlobLink } from './links/azure/blob-link.ts';
 import { failbackFromAzure as downloadFromAzure } from './links/azure/failback.ts';
 import type { ReplicaReplication } from '../core/replication/replica.ts';
 import { createRelationship } from './relationships.ts';
+import { dropVm, serveOverlays, serveVm, setPower } from './vms.ts';
 
 function adaptersOf(req: { adapters?: FailoverAdapterSettings[]; network?: string | null }): VmAdapter[] {
   const list = req.adapters?.length ? req.adapters : [{ name: 'eth0' }];
@@ -32,36 +33,36 @@ function adaptersOf(req: { adapters?: FailoverAdapterSettings[]; network?: strin
   });
 }
 
-/** Creates `name` on this host running on overlays of the replica's point `sequence`. */
+/** Creates `name` on this host running on overlays of the replica's point `sequence`, the same machine as the primary's. */
 async function overlayVm(ctx: AgentContext, rep: ReplicaReplication, name: string, sequence: number, kind: 'test' | 'failover', adapters: VmAdapter[], power: 'Running' | 'Off'): Promise<VmRuntime> {
   if (await ctx.hv.find(name)) throw new TerminalError('invalid-state', `a VM named ${name} already exists on ${ctx.config.name}`);
   const dir = ctx.hv.vmDir(name);
   await mkdir(dir, { recursive: true });
+  const { cpus, memoryMiB, boot, macs } = rep.record.vmConfig ?? {};
   let devices: Map<string, ClosableDevice> | undefined;
+  let rt: VmRuntime | undefined;
   try {
     devices = await rep.openOverlays(sequence, dir);
     const vm: VmDefinition = {
       name,
       disks: rep.record.disks.map((d) => ({ name: d.id, file: `${d.id}.overlay`, size: d.size })),
-      adapters,
-      power,
+      adapters: adapters.map((a) => (macs?.[a.name] ? { ...a, mac: macs[a.name] } : a)),
+      power: 'Off',
+      ...(cpus !== undefined && { cpus }),
+      ...(memoryMiB !== undefined && { memoryMiB }),
+      ...(boot && { boot }),
       origin: { relationshipId: rep.id, recoveryPoint: sequence, kind },
     };
     await ctx.hv.save(vm);
-    const rt = await VmRuntime.serve(vm, devices, ctx.nbdDir, ctx.log);
-    ctx.runtimes.set(name, rt);
+    rt = await serveOverlays(ctx, vm, devices);
+    if (power === 'Running') await setPower(ctx, name, { power });
     return rt;
   } catch (e) {
-    if (devices) for (const d of devices.values()) await d.close().catch(() => {});
+    if (rt) await dropVm(ctx, name).catch(() => {});
+    else if (devices) for (const d of devices.values()) await d.close().catch(() => {});
     await rm(dir, { recursive: true, force: true });
     throw e;
   }
-}
-
-async function dropVm(ctx: AgentContext, name: string): Promise<void> {
-  await ctx.runtimes.get(name)?.stop();
-  ctx.runtimes.delete(name);
-  await ctx.hv.remove(name);
 }
 
 /** Test failover: `<vm>-Test` from a chosen point on a throw-away overlay; replication keeps running. */
@@ -124,10 +125,18 @@ export async function commit(ctx: AgentContext, id: string): Promise<Relationshi
   const rt = ctx.runtimes.get(active.vm);
   const vm = await ctx.hv.get(active.vm);
   const dir = ctx.hv.vmDir(active.vm);
-  for (const d of vm.disks) {
-    const dev = rt?.devices.get(d.name);
-    if (!dev) throw new TerminalError('invalid-state', `failed-over VM ${active.vm} has no running disk ${d.name}`);
-    await materialize(dev, join(dir, `${d.name}.img.tmp`));
+  // A running guest is paused (its I/O drained) while its disks move from overlays to images, and
+  // goes on where it was: its NBD client reconnects to the same exports, now tracked.
+  const paused = rt && vm.power === 'Running' && ctx.hv.pause ? (await ctx.hv.pause(vm.name), true) : false;
+  try {
+    for (const d of vm.disks) {
+      const dev = rt?.devices.get(d.name);
+      if (!dev) throw new TerminalError('invalid-state', `failed-over VM ${active.vm} has no running disk ${d.name}`);
+      await materialize(dev, join(dir, `${d.name}.img.tmp`));
+    }
+  } catch (e) {
+    if (paused) await ctx.hv.resume!(vm.name).catch(() => {});
+    throw e;
   }
   await rt?.stop();
   for (const d of vm.disks) {
@@ -138,7 +147,8 @@ export async function commit(ctx: AgentContext, id: string): Promise<Relationshi
   const committed: VmDefinition = { ...vm, disks: vm.disks.map((d) => ({ ...d, file: `${d.name}.img` })) };
   await ctx.hv.save(committed);
   await rep.discardChain(next);
-  ctx.runtimes.set(committed.name, await VmRuntime.start(ctx.hv, committed, ctx.nbdDir, ctx.log));
+  await serveVm(ctx, committed);
+  if (paused) await ctx.hv.resume!(committed.name);
   return rep.view(ctx.clock.now());
 }
 

@@ -4,13 +4,16 @@
 import { copyFile, mkdir, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RetryableError, TerminalError } from '../model/errors.ts';
-import type { CreateRelationshipRequest, CreateReplicaRequest, RelationshipView, ReverseRequest } from '../transport/agent-api.ts';
+import type { VmDefinition } from '../model/hypervisor.ts';
+import type { CreateRelationshipRequest, CreateReplicaRequest, RelationshipView, ReverseRequest, VmConfig } from '../transport/agent-api.ts';
 import type { PeerIdentity } from '../transport/peer.ts';
 import { authorizePrimary } from './authorization.ts';
 import { RELATIONSHIP_ID, replicaOf, type AgentContext } from './context.ts';
+import { macFor } from './hypervisor/qemu/qemu-args.ts';
 import { keysFromWire, keysToWire, newRelationshipKeys, writeKeys } from './keys.ts';
 import { newPrimaryRecord, retentionOf } from '../core/replication/primary-record.ts';
 import { ReplicaReplication, type ReplicaRecord } from '../core/replication/replica.ts';
+import { stopVm } from './vms.ts';
 
 export type CreateRelationship = CreateRelationshipRequest & { seedFromVm?: string; discardSeed?: boolean };
 
@@ -62,6 +65,7 @@ async function openNewPrimary(
 ) {
   const keys = newRelationshipKeys();
   ctx.keys.set(record.id, keys);
+  const vmConfig = forward ? forward.record.vmConfig : vmConfigOf(await ctx.hv.find(record.vm));
   await ctx.linkTo(record.replica).createReplica({
     id: record.id,
     vm: record.vm,
@@ -69,6 +73,7 @@ async function openNewPrimary(
     keys: keysToWire(keys),
     retention: retentionOf(record.policy),
     ...replicaExtras,
+    ...(vmConfig && { vmConfig }),
   });
   const dir = join(ctx.config.dataDir, 'relationships', record.id);
   await mkdir(dir, { recursive: true });
@@ -76,6 +81,18 @@ async function openNewPrimary(
   const p = ctx.addPrimary(record, keys, forward && (await forward.openForward()));
   await p.save();
   return p;
+}
+
+/** What of a VM's definition a replica keeps: the machine, and the MACs the guest's network config matches. */
+export function vmConfigOf(vm: VmDefinition | undefined): VmConfig | undefined {
+  if (!vm) return undefined;
+  const macs = Object.fromEntries(vm.adapters.map((a) => [a.name, macFor(vm.name, a)]));
+  return {
+    ...(vm.cpus !== undefined && { cpus: vm.cpus }),
+    ...(vm.memoryMiB !== undefined && { memoryMiB: vm.memoryMiB }),
+    ...(vm.boot && { boot: vm.boot }),
+    ...(vm.adapters.length > 0 && { macs }),
+  };
 }
 
 export async function removeRelationship(ctx: AgentContext, id: string): Promise<void> {
@@ -116,6 +133,7 @@ export async function createReplica(ctx: AgentContext, req: CreateReplicaRequest
     ...(decision.trustGroup && { trustGroup: decision.trustGroup }),
     disks: req.disks,
     retention: req.retention,
+    ...(req.vmConfig && { vmConfig: req.vmConfig }),
     state: 'ReadyForInitialReplication',
     integrityErrors: 0,
   };
@@ -143,8 +161,7 @@ async function seedReplica(ctx: AgentContext, vmName: string, storageDir: string
     ctx.replicas.delete(r.id);
     await r.remove();
   }
-  await ctx.runtimes.get(vmName)?.stop();
-  ctx.runtimes.delete(vmName);
+  await stopVm(ctx, vmName);
   await mkdir(storageDir, { recursive: true });
   for (const d of useDisks ? disks : []) {
     const disk = vm.disks.find((x) => x.name === d.id);

@@ -11,6 +11,7 @@ import type {
   FailbackFromAzureRequest,
   FailoverRequest,
   ReverseRequest,
+  SetPowerRequest,
   TestFailoverRequest,
 } from '../transport/agent-api.ts';
 import { handleUpload } from '../transport/upload.ts';
@@ -22,6 +23,7 @@ import { createRelationship, createReplica, extend, removeRelationship } from '.
 import type { ReplicaRecord } from '../core/replication/replica.ts';
 import { Router, type RouteContext } from './router.ts';
 import { cycleGroup } from './scheduler.ts';
+import * as vms from './vms.ts';
 
 const seq = (ctx: RouteContext): number => {
   const n = Number(ctx.params.seq);
@@ -54,20 +56,14 @@ export function agentRoutes(a: Agent): Router {
       vms: a.runtimes.size,
       relationships: a.primaries.size + a.replicas.size,
     }),
-    listVms: async () => [...a.runtimes.values()].map((rt) => ({ ...rt.vm, nbdSocket: rt.socketPath })),
-    createVm: async (ctx) => a.createVm(body<CreateVmRequest>(ctx)),
+    listVms: async () => vms.listVms(a),
+    createVm: async (ctx) => vms.createVm(a, body<CreateVmRequest>(ctx)),
     getVm: async (ctx) => {
       const rt = a.runtimes.get(ctx.params.name);
       if (!rt) throw new TerminalError('not-found', `VM ${ctx.params.name} not found on ${a.config.name}`);
-      return { ...(await a.hv.get(ctx.params.name)), nbdSocket: rt.socketPath };
+      return { ...(await a.hv.get(ctx.params.name)), ...(await vms.vmView(a, rt)) };
     },
-    setVmPower: async (ctx) => {
-      const { power } = body<{ power: 'Running' | 'Off' }>(ctx);
-      const rt = a.runtimes.get(ctx.params.name);
-      const vm = await a.hv.setPower(ctx.params.name, power, { nbdSocket: rt?.socketPath ?? '' });
-      if (rt) Object.assign(rt.vm, { power });
-      return vm;
-    },
+    setVmPower: async (ctx) => vms.setPower(a, ctx.params.name, body<SetPowerRequest>(ctx)),
     // The replication service (primary side, and views of both sides)
     listRelationships: async () => a.relationships(),
     createRelationship: async (ctx) => createRelationship(a, body<CreateRelationshipRequest>(ctx)),

@@ -80,6 +80,10 @@ export interface Hypervisor {
    */
   setPower(name: string, power: PowerState, opts: PowerOptions): Promise<VmDefinition>;
   status(name: string): Promise<VmRuntimeStatus>;
+  /** A real guest: stops its vCPUs with its I/O drained (QMP `stop`), so its disks can be swapped under it. */
+  pause?(name: string): Promise<void>;
+  /** Lets a paused guest run on. */
+  resume?(name: string): Promise<void>;
   /** Re-attaches to guests that kept running while the agent was down; called once at start. */
   adopt?(): Promise<void>;
   /** Releases the driver's handles; running guests keep running. */

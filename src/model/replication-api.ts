@@ -2,6 +2,7 @@
 // points and the requests of the failover family. Plain types, shared by the engine (core), the
 // agent API (transport), the agents and the site drivers; the paths and routes are transport's.
 import type { ResolvedPolicySpec } from './desired.ts';
+import type { VmBoot } from './hypervisor.ts';
 import type { SiteSpec } from './types.generated.ts';
 
 export interface DiskInfo {
@@ -45,6 +46,8 @@ export interface CreateReplicaRequest {
   seedFromVm?: string;
   /** With seedFromVm: discard that VM's disks instead of seeding from them (a full download). */
   discardSeed?: boolean;
+  /** The VM's machine definition, kept with the replica for failover. */
+  vmConfig?: VmConfig;
 }
 
 /** What a Replica server says about its side of a relationship. */
@@ -124,8 +127,32 @@ export interface RelationshipView {
 export interface CreateVmRequest {
   name: string;
   disks: { name: string; size: number }[];
-  adapters?: { name: string; network?: string }[];
+  adapters?: { name: string; network?: string; mac?: string }[];
   power?: 'Running' | 'Off';
+  /** A real guest's vCPUs, memory and boot (the qemu hypervisor); absent = the site's defaults. */
+  cpus?: number;
+  memoryMiB?: number;
+  boot?: VmBootConfig;
+}
+
+export type VmBootConfig = VmBoot;
+
+/** What of a VM's definition travels with its replica, so a failover starts the same machine. */
+export interface VmConfig {
+  cpus?: number;
+  memoryMiB?: number;
+  boot?: VmBootConfig;
+  /** The primary's adapters' fixed MACs, by adapter name (the guest's network config matches on them). */
+  macs?: Record<string, string>;
+}
+
+/** POST /v1/vms/:name/power. Off is a graceful shutdown (ACPI power button on a real guest). */
+export interface SetPowerRequest {
+  power: 'Running' | 'Off';
+  /** How long the guest may take to power off; absent = the site's default. */
+  timeoutMs?: number;
+  /** Off: stop the guest hard when it does not power off in time, instead of refusing. */
+  force?: boolean;
 }
 
 /** POST failback-from-azure (primary host, VM off): bring every disk home from its page blob. */

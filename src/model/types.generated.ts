@@ -21,6 +21,7 @@ export type SiteSpec = {
    * How VMs are found and started. @default files
    */
   hypervisor?: 'files' | 'qemu';
+  qemu?: QemuSiteSettings;
   /**
    * Where the embedded agent keeps VMs and replicas. @default .drsite/sites/<name>
    */
@@ -57,6 +58,46 @@ export interface ObjectMeta {
   annotations?: {
     [k: string]: string | undefined;
   };
+}
+
+/**
+ * Settings of the qemu hypervisor (hypervisor: qemu): the emulator, defaults for VMs that declare none, and how the site's networks map to QEMU netdevs.
+ */
+export interface QemuSiteSettings {
+  /**
+   * Path or command name of the emulator. @default qemu-system-x86_64
+   */
+  emulator?: string;
+  /**
+   * auto: KVM when a probe guest runs under it, else TCG. @default auto
+   */
+  accel?: 'kvm' | 'tcg' | 'auto';
+  /**
+   * vCPUs of a VM that declares none. @default 1
+   */
+  cpus?: number;
+  /**
+   * Memory of a VM that declares none. @default 256
+   */
+  memoryMiB?: number;
+  /**
+   * QEMU machine type. @default q35
+   */
+  machine?: string;
+  /**
+   * Network name -> QEMU -netdev options without id, e.g. user or socket,listen=127.0.0.1:5000. A failed-over adapter on a network missing here is refused.
+   */
+  networks?: {
+    [k: string]: string | undefined;
+  };
+  /**
+   * How long a guest may take to power off after the ACPI power button (planned failover, power off). @default 60s
+   */
+  shutdownTimeout?: string;
+  /**
+   * UEFI firmware for VMs that boot with firmware uefi. @default /usr/share/ovmf/OVMF.fd
+   */
+  uefiFirmware?: string;
 }
 
 /**

@@ -86,6 +86,15 @@ const pointSelector = { type: ['string', 'integer'] } as const;
 // schemas/replicationpolicy.schema.json; here only what the agent reads first is required.
 const policy = { type: 'object', required: ['frequency'], properties: { frequency: str } } as const;
 // An azure replica has no endpoint (empty): its container is named by `azure`.
+const boot = {
+  oneOf: [obj({ kernel: str, initrd: str, append: { type: 'string' } }, ['kernel']), obj({ firmware: { enum: ['bios', 'uefi'] } }, ['firmware'])],
+} as const;
+const vmConfig = obj({
+  cpus: { type: 'integer', minimum: 1, maximum: 255 },
+  memoryMiB: { type: 'integer', minimum: 16 },
+  boot,
+  macs: { type: 'object', additionalProperties: { type: 'string', pattern: '^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$' } },
+});
 const replicaRef = obj({ name: str, endpoint: { type: 'string' }, azure: { type: 'object' } }, ['name', 'endpoint']);
 const retention = obj({ additional: int, appConsistentEvery: int }, ['additional']);
 const reverseBody = obj({ id: str, replica: replicaRef, policy, start: { type: 'boolean' }, method: { enum: ['minimize-downtime', 'full-download'] } }, ['id', 'replica', 'policy']);
@@ -99,12 +108,17 @@ export const ROUTES = {
     body: obj({
       name: str,
       disks: { type: 'array', minItems: 1, items: obj({ name: str, size: { type: 'integer', minimum: 512 } }, ['name', 'size']) },
-      adapters: { type: 'array', items: obj({ name: str, network: str }, ['name']) },
+      adapters: { type: 'array', items: obj({ name: str, network: str, mac: { type: 'string', pattern: '^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$' } }, ['name']) },
       power: { enum: ['Running', 'Off'] },
+      cpus: { type: 'integer', minimum: 1, maximum: 255 },
+      memoryMiB: { type: 'integer', minimum: 16 },
+      boot,
     }, ['name', 'disks']),
   }),
   getVm: R('GET', '/v1/vms/:name', 'operator'),
-  setVmPower: R('POST', '/v1/vms/:name/power', 'operator', { body: obj({ power: { enum: ['Running', 'Off'] } }, ['power']) }),
+  setVmPower: R('POST', '/v1/vms/:name/power', 'operator', {
+    body: obj({ power: { enum: ['Running', 'Off'] }, timeoutMs: { type: 'integer', minimum: 0 }, force: { type: 'boolean' } }, ['power']),
+  }),
   listRelationships: R('GET', '/v1/relationships', 'operator'),
   createRelationship: R('POST', '/v1/relationships', 'operator', {
     status: 201,
@@ -151,6 +165,7 @@ export const ROUTES = {
       storagePath: str,
       seedFromVm: str,
       discardSeed: { type: 'boolean' },
+      vmConfig,
     }, ['id', 'vm', 'disks', 'keys', 'retention']),
   }),
   replicaStatus: R('GET', '/v1/replica/relationships/:id', 'primary'),

@@ -32,8 +32,8 @@ describe('qemuArgs', () => {
     expect(values(args, '-m')).toEqual(['512']);
     expect(args).toContain('-no-shutdown');
     expect(values(args, '-blockdev').map((b) => JSON.parse(b))).toEqual([
-      { driver: 'nbd', 'node-name': 'disk0', server: { type: 'unix', path: '/d/nbd/web.sock' }, export: 'os' },
-      { driver: 'nbd', 'node-name': 'disk1', server: { type: 'unix', path: '/d/nbd/web.sock' }, export: 'data' },
+      { driver: 'nbd', 'node-name': 'disk0', server: { type: 'unix', path: '/d/nbd/web.sock' }, export: 'os', 'reconnect-delay': 60 },
+      { driver: 'nbd', 'node-name': 'disk1', server: { type: 'unix', path: '/d/nbd/web.sock' }, export: 'data', 'reconnect-delay': 60 },
       { driver: 'file', 'node-name': 'seed-file', filename: '/v/web/seed.img', 'read-only': true },
       { driver: 'raw', 'node-name': 'seed', file: 'seed-file', 'read-only': true },
     ]);

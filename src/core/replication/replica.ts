@@ -12,7 +12,7 @@ import { ReplicaStore } from '../replica-store.ts';
 import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../types.ts';
 import type { Clock } from '../../model/clock.ts';
 import { RetryableError, TerminalError } from '../../model/errors.ts';
-import type { DiskInfo, RecoveryPointInfo, RecoveryPointSelector, RelationshipView, ReplicaStatus } from '../../model/replication-api.ts';
+import type { DiskInfo, RecoveryPointInfo, RecoveryPointSelector, RelationshipView, ReplicaStatus, VmConfig } from '../../model/replication-api.ts';
 import { OverlayDevice } from '../overlay-device.ts';
 import { transition, type ReplicationEvent } from '../replication-state.ts';
 import { ForwardSource } from './forward-source.ts';
@@ -45,6 +45,8 @@ export interface ReplicaRecord {
   trustGroup?: string;
   disks: DiskInfo[];
   retention: { additional: number; appConsistentEvery?: number };
+  /** The primary's machine definition (vCPUs, memory, boot, MACs): a failover starts the same machine. */
+  vmConfig?: VmConfig;
   state: ReplicaState;
   integrityErrors: number;
   /** A `<vm>-Test` VM running on overlays of `sequence` (replication continues). */

@@ -40,6 +40,9 @@ export const QEMU_DEFAULTS = {
   uefiFirmware: '/usr/share/ovmf/OVMF.fd',
 } as const;
 
+/** Seconds a guest's disk I/O waits for the agent's NBD export to come back before it fails. */
+export const NBD_RECONNECT_DELAY_S = 60;
+
 /** Files of one running guest, all inside its VM folder. */
 export interface GuestPaths {
   readonly qmp: string;
@@ -104,7 +107,9 @@ export function qemuArgs(input: LaunchInput): string[] {
     '-chardev', `file,id=serial0,path=${v(paths.serial)}`, '-serial', 'chardev:serial0',
   ];
   vm.disks.forEach((d, i) => {
-    args.push('-blockdev', JSON.stringify({ driver: 'nbd', 'node-name': `disk${i}`, server: { type: 'unix', path: input.nbdSocket }, export: d.name }));
+    // reconnect-delay: when the agent's export goes away (an agent restart, a failover's commit
+    // swapping overlays for images), the guest's I/O waits for it to come back instead of failing.
+    args.push('-blockdev', JSON.stringify({ driver: 'nbd', 'node-name': `disk${i}`, server: { type: 'unix', path: input.nbdSocket }, export: d.name, 'reconnect-delay': NBD_RECONNECT_DELAY_S }));
     const boot = vm.boot && 'firmware' in vm.boot ? `,bootindex=${i + 1}` : '';
     args.push('-device', `virtio-blk-pci,drive=disk${i},serial=${v(d.name.slice(0, 20))}${boot}`);
   });

@@ -137,6 +137,22 @@ export class QemuHypervisor implements Hypervisor {
     });
   }
 
+  async pause(name: string): Promise<void> {
+    await this.#serial(name, async () => {
+      const g = await this.#attached(name);
+      if (!g) throw new TerminalError('invalid-state', `VM "${name}" is not running: nothing to pause`);
+      await g.qmp.execute('stop');
+    });
+  }
+
+  async resume(name: string): Promise<void> {
+    await this.#serial(name, async () => {
+      const g = await this.#attached(name);
+      if (!g) throw new TerminalError('invalid-state', `VM "${name}" is not running: nothing to resume`);
+      await g.qmp.execute('cont');
+    });
+  }
+
   async status(name: string): Promise<VmRuntimeStatus> {
     await this.get(name);
     // A guest being shut down answers status while setPower waits on it; only attaching is serialized.

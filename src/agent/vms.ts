@@ -1,0 +1,104 @@
+// The VMs of this host as the agent runs them: each VM's disks served over NBD (through the
+// change tracker, or a failover's overlays), and its guest started and stopped by the hypervisor
+// on those exports. The order matters for a real guest: its exports come up before it starts, and
+// it stops before its exports go away, so a guest never sees its disks vanish.
+import { join } from 'node:path';
+import { TerminalError } from '../model/errors.ts';
+import type { PowerState, VmDefinition } from '../model/hypervisor.ts';
+import type { SiteVm } from '../model/site.ts';
+import type { CreateVmRequest, SetPowerRequest } from '../transport/agent-api.ts';
+import type { AgentContext } from './context.ts';
+import { buildSeedImage } from './hypervisor/qemu/seed.ts';
+import { VmRuntime, type ClosableDevice } from './hypervisor/vm-runtime.ts';
+
+/** Defines a VM (sparse disks of the given sizes), serves its disks and starts it when asked. */
+export async function createVm(ctx: AgentContext, req: CreateVmRequest): Promise<VmDefinition> {
+  const vm = await ctx.hv.create({
+    name: req.name,
+    disks: req.disks,
+    adapters: req.adapters ?? [],
+    power: 'Off',
+    ...(req.cpus !== undefined && { cpus: req.cpus }),
+    ...(req.memoryMiB !== undefined && { memoryMiB: req.memoryMiB }),
+    ...(req.boot && { boot: req.boot }),
+  });
+  const rt = await VmRuntime.start(ctx.hv, vm, ctx.nbdDir, ctx.log);
+  ctx.runtimes.set(vm.name, rt);
+  return (req.power ?? 'Running') === 'Running' ? setPower(ctx, vm.name, { power: 'Running' }) : vm;
+}
+
+/** Serves a VM's tracked disks; a VM recorded as running is started (or, for a real guest still running, kept). */
+export async function serveVm(ctx: AgentContext, vm: VmDefinition): Promise<VmRuntime> {
+  const rt = await VmRuntime.start(ctx.hv, vm, ctx.nbdDir, ctx.log);
+  ctx.runtimes.set(vm.name, rt);
+  return rt;
+}
+
+/** Serves devices that are not tracked (a failover's overlays of a recovery point). */
+export async function serveOverlays(ctx: AgentContext, vm: VmDefinition, devices: Map<string, ClosableDevice>): Promise<VmRuntime> {
+  const rt = await VmRuntime.serve(vm, devices, ctx.nbdDir, ctx.log);
+  ctx.runtimes.set(vm.name, rt);
+  return rt;
+}
+
+/**
+ * Brings a VM to a power state. Off asks the guest to shut down and waits (a real guest: the ACPI
+ * power button, then `timeoutMs`); a guest that does not stop is refused with a clear error
+ * unless `force`. Running starts it on its exports, with the failover TCP/IP seed when it has one.
+ */
+export async function setPower(ctx: AgentContext, name: string, req: SetPowerRequest): Promise<VmDefinition> {
+  const rt = ctx.runtimes.get(name);
+  if (!rt) throw new TerminalError('not-found', `VM ${name} not found on ${ctx.config.name}`);
+  const seedImage = req.power === 'Running' ? await seedFor(ctx, rt.vm) : undefined;
+  const vm = await ctx.hv.setPower(name, req.power, {
+    nbdSocket: rt.socketPath,
+    ...(req.timeoutMs !== undefined && { timeoutMs: req.timeoutMs }),
+    ...(req.force !== undefined && { force: req.force }),
+    ...(seedImage && { seedImage }),
+  });
+  Object.assign(rt.vm, { power: vm.power });
+  return vm;
+}
+
+/** Stops a VM's guest hard (if it runs) and its exports, and forgets its runtime; the definition stays. */
+export async function stopVm(ctx: AgentContext, name: string): Promise<void> {
+  const rt = ctx.runtimes.get(name);
+  if (!rt) return;
+  if (ctx.hv.kind !== 'files') await ctx.hv.setPower(name, 'Off', { nbdSocket: rt.socketPath, force: true, timeoutMs: 0 });
+  await rt.stop();
+  ctx.runtimes.delete(name);
+}
+
+/** Stops a VM and removes it with its folder (a test failover's VM, a discarded failover). */
+export async function dropVm(ctx: AgentContext, name: string): Promise<void> {
+  await stopVm(ctx, name);
+  if (await ctx.hv.find(name)) await ctx.hv.remove(name);
+}
+
+/** The VMs as the hypervisor sees them now: a real guest that powered off or crashed shows so. */
+export async function listVms(ctx: AgentContext): Promise<SiteVm[]> {
+  const out: SiteVm[] = [];
+  for (const rt of ctx.runtimes.values()) out.push(await vmView(ctx, rt));
+  return out;
+}
+
+export async function vmView(ctx: AgentContext, rt: VmRuntime): Promise<SiteVm & { detail?: string; crashed?: { at: number; message: string } }> {
+  const { name, disks, adapters, power, origin } = rt.vm;
+  const view = { name, disks: disks.map((d) => ({ name: d.name, size: d.size })), adapters, power, ...(origin && { origin }), nbdSocket: rt.socketPath };
+  if (ctx.hv.kind === 'files') return view;
+  const s = await ctx.hv.status(name).catch((e: unknown) => ({ power, detail: `unknown (${(e as Error).message})` }) as const);
+  if (s.power !== power) Object.assign(rt.vm, { power: s.power as PowerState });
+  return { ...view, power: s.power, ...(s.detail && { detail: s.detail }), ...('crashed' in s && s.crashed && { crashed: s.crashed }) };
+}
+
+/**
+ * The cloud-init NoCloud seed a real guest created by a failover boots with: its hostname and the
+ * addresses declared for the site it now runs on. Rebuilt at each start, so it always says what
+ * the VM's adapters say; a VM that is not a failover's gets none.
+ */
+async function seedFor(ctx: AgentContext, vm: VmDefinition): Promise<string | undefined> {
+  if (ctx.hv.kind !== 'qemu' || !vm.origin) return undefined;
+  const path = join(ctx.hv.vmDir(vm.name), 'seed.img');
+  await buildSeedImage(path, vm, { instanceId: `${vm.name}-${vm.origin.kind}-${vm.origin.recoveryPoint}` });
+  return path;
+}
