@@ -35,6 +35,8 @@ export interface HostSpec {
   name: string;
   replicaServer?: boolean;
   allowedPrimaries?: string[];
+  /** Further lines of the agent's configuration file (e.g. `hypervisor: qemu`). */
+  config?: string[];
 }
 
 export interface Host {
@@ -82,6 +84,7 @@ export class Cluster {
           '  allowedPrimaries:',
           ...primaries.map((p) => `    - { server: "${p}", storagePath: ${join(dataDir, 'from-' + p.replace(/\*/g, 'any'))}, trustGroup: test }`),
           ...(primaries.length ? [] : ['    []']),
+          ...(s.config ?? []),
         ].join('\n'),
       );
       c.hosts.set(s.name, { name: s.name, config, dataDir, url: `https://127.0.0.1:${port}`, port });
