@@ -1,9 +1,11 @@
 // Sample VMs for a demo or a quickstart: a `sample-vms.json` beside the declarations names VMs to
 // create on an embedded site when missing, and a modest write workload to run on their disks, so
 // replication has something real to copy. Not a resource kind: production VMs already exist.
-import { readFile } from 'node:fs/promises';
-import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { NbdClient } from '../nbd/client.ts';
+import { buildTestGuest, makeGuestDisk } from './test-guest.ts';
 import { runWorkload } from './workload.ts';
 import { TerminalError } from '../model/errors.ts';
 import { parseSize } from '../model/units.ts';
@@ -12,11 +14,19 @@ import type { Site } from '../sites/site.ts';
 
 export const SAMPLE_VMS_FILE = 'sample-vms.json';
 
+/** A sample VM that runs drsite's test guest (a qemu site): its disk becomes ext4 holding `script` as /drsite/run.sh. */
+export interface SampleGuest {
+  /** Actions of the guest's init (src/demo/guest/init.sh), e.g. `seed,script,wait`. */
+  run: string;
+  /** The guest's /drsite/run.sh, read from this file (relative to the sample file). */
+  script?: string;
+}
+
 export interface SampleVms {
   file: string;
   /** The (embedded) site the VMs are created on. */
   site: string;
-  vms: CreateVmRequest[];
+  vms: (CreateVmRequest & { guest?: SampleGuest })[];
   /** Bytes per second written to each VM (spread over its disks); 0 = no workload. */
   workloadRate: number;
   pattern: 'random' | 'sequential' | 'mixed';
@@ -24,7 +34,7 @@ export interface SampleVms {
 
 interface SampleFile {
   site: string;
-  vms: { name: string; disks: { name: string; size: string | number }[]; adapters?: { name: string; network?: string }[] }[];
+  vms: { name: string; disks: { name: string; size: string | number }[]; adapters?: { name: string; network?: string }[]; cpus?: number; memoryMiB?: number; guest?: SampleGuest }[];
   workload?: { rate?: string | number; pattern?: 'random' | 'sequential' | 'mixed' };
 }
 
@@ -60,7 +70,10 @@ export async function findSampleVms(paths: readonly string[]): Promise<SampleVms
         name: vm.name,
         disks: vm.disks.map((d, j) => ({ name: d.name, size: size(d.size, `${file} vms[${i}].disks[${j}].size`) })),
         adapters: vm.adapters ?? [],
-        power: 'Running',
+        power: 'Running' as const,
+        ...(vm.cpus !== undefined && { cpus: vm.cpus }),
+        ...(vm.memoryMiB !== undefined && { memoryMiB: vm.memoryMiB }),
+        ...(vm.guest && { guest: { run: vm.guest.run, ...(vm.guest.script && { script: resolve(p, vm.guest.script) }) } }),
       })),
       workloadRate: doc.workload?.rate === undefined ? 0 : size(doc.workload.rate, `${file} workload.rate`),
       pattern: doc.workload?.pattern ?? 'random',
@@ -74,12 +87,42 @@ export async function ensureSampleVms(site: Site, sample: SampleVms): Promise<st
   if (!site.embedded) return [];
   const have = new Set((await site.vms()).map((v) => v.name));
   const created: string[] = [];
-  for (const vm of sample.vms) {
+  for (const { guest, ...vm } of sample.vms) {
     if (have.has(vm.name)) continue;
-    await site.createVm(vm);
+    if (guest) await createGuestVm(site, vm, guest);
+    else await site.createVm(vm);
     created.push(vm.name);
   }
   return created;
+}
+
+/**
+ * A VM that boots the test guest: defined off with the guest's kernel, its first disk made an ext4
+ * filesystem (with the sample's run.sh) and written through the agent's export, then started.
+ */
+async function createGuestVm(site: Site, vm: CreateVmRequest, guest: SampleGuest): Promise<void> {
+  const g = await buildTestGuest();
+  const append = ['console=ttyS0', 'quiet', `drsite.run=${guest.run}`, 'drsite.off=0'].join(' ');
+  await site.createVm({ ...vm, power: 'Off', boot: { kernel: g.kernel, initrd: g.initrd, append } });
+  const disk = vm.disks[0]!;
+  const staging = await mkdtemp(join(tmpdir(), 'drsite-sample-'));
+  try {
+    const image = join(staging, 'disk.img');
+    await writeFile(image, '');
+    await truncate(image, disk.size);
+    await makeGuestDisk(image, guest.script ? { '/drsite/run.sh': await readFile(guest.script) } : {});
+    const c = await NbdClient.connect(join(site.dataDir!, 'nbd', `${vm.name}.sock`), disk.name);
+    try {
+      const data = await readFile(image);
+      for (let at = 0; at < data.length; at += 4 << 20) await c.write(at, data.subarray(at, Math.min(data.length, at + (4 << 20))));
+      await c.flush();
+    } finally {
+      await c.close();
+    }
+  } finally {
+    await rm(staging, { recursive: true, force: true });
+  }
+  await site.setVmPower(vm.name, 'Running');
 }
 
 /**
@@ -90,7 +133,7 @@ export function startSampleWorkload(site: Site, sample: SampleVms, signal: Abort
   if (!site.dataDir || sample.workloadRate <= 0) return Promise.resolve();
   const runs: Promise<unknown>[] = [];
   let seed = 1;
-  for (const vm of sample.vms) {
+  for (const vm of sample.vms.filter((v) => !v.guest)) { // a guest writes by itself
     const rate = Math.max(4096, Math.floor(sample.workloadRate / vm.disks.length));
     for (const d of vm.disks) {
       runs.push(

@@ -82,7 +82,8 @@ export interface Site {
   pointDigest(id: string, sequence: number, disk: string): Promise<{ sha256: string }>;
 
   createVm(req: CreateVmRequest): Promise<SiteVm>;
-  setVmPower(vm: string, power: PowerState): Promise<SiteVm>;
+  /** Off: a graceful shutdown; refused when the guest does not stop within the timeout, unless `force`. */
+  setVmPower(vm: string, power: PowerState, opts?: { timeoutMs?: number; force?: boolean }): Promise<SiteVm>;
   /** CreateReplicationRelationship on the primary host; idempotent for the same id. */
   createRelationship(req: CreateRelationshipRequest): Promise<RelationshipView>;
   removeRelationship(id: string): Promise<{ removed: string }>;

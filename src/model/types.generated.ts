@@ -422,4 +422,8 @@ export interface FailoverRequest {
    * @default minimize-downtime
    */
   failbackMethod?: 'minimize-downtime' | 'full-download';
+  /**
+   * Planned failover and failback: stop a guest hard when it does not power off within its site's shutdown timeout, instead of failing the step. @default false
+   */
+  forceShutdown?: boolean;
 }

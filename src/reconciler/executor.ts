@@ -227,6 +227,8 @@ export interface VmStep {
   adapters?: FailoverAdapterSettings[];
   /** reverse-replication: the policy the new relationship runs with. */
   policy?: ResolvedPolicySpec;
+  /** Planned failover and failback: stop the guest hard when it ignores the power button past its site's timeout. */
+  forceShutdown?: boolean;
   /** How the data gets home: on the reverse-replication before a host failback, or on a failback from Azure. @default minimize-downtime */
   method?: 'minimize-downtime' | 'full-download';
 }
@@ -243,7 +245,7 @@ export function failoverCalls(sites: SiteSet, s: VmStep, jobId?: string): SiteCa
   const powerOff = (site: Site): SiteCall => ({
     name: 'power-off',
     site,
-    run: (x) => x.setVmPower(s.vm, 'Off'),
+    run: (x) => x.setVmPower(s.vm, 'Off', s.forceShutdown ? { force: true } : {}),
     done: async () => (await vms(site)).find((v) => v.name === s.vm)?.power === 'Off',
   });
   const prepare = (site: Site): SiteCall => ({

@@ -169,7 +169,7 @@ function stepsFor(env: Env, f: FailoverRequest, rel: ObservedRelationship): Step
       if (rel.state !== 'Replicating') return `${rel.name} is ${rel.state}: planned failover needs Replicating`;
       const toAzure = env.azure.has(dst);
       const start = toAzure ? `write the Terraform that starts it in Azure (${dst})` : `start it on ${dst}`;
-      const steps: Step[] = [{ type: 'planned-failover', reason: `shut down ${rel.vm} on ${src}, ship the final delta, ${start} (no data loss)`, details: { from: src, to: dst, recoveryPoint: 'latest' } }];
+      const steps: Step[] = [{ type: 'planned-failover', reason: `shut down ${rel.vm} on ${src}, ship the final delta, ${start} (no data loss)`, details: { from: src, to: dst, recoveryPoint: 'latest', ...(f.forceShutdown && { forceShutdown: true }) } }];
       if (f.commit) steps.push({ type: 'commit-failover', reason: `commit on ${dst} (commit: true)`, details: { site: dst } });
       // Nothing replicates back from Azure: failback downloads what changed there instead.
       if (f.commit && !toAzure) steps.push({ type: 'reverse-replication', reason: `replicate back ${dst} -> ${src}`, details: { from: dst, to: src } });
@@ -209,7 +209,7 @@ function stepsFor(env: Env, f: FailoverRequest, rel: ObservedRelationship): Step
         return `${rel.name} is ${rel.state}: failback needs FailedOver or reverse Replicating`;
       }
       steps.push(
-        { type: 'failback', reason: `planned failover back from ${src} to ${home} (${method})`, details: { from: src, to: home, method } },
+        { type: 'failback', reason: `planned failover back from ${src} to ${home} (${method})`, details: { from: src, to: home, method, ...(f.forceShutdown && { forceShutdown: true }) } },
         { type: 'reverse-replication', reason: `restore the declared direction ${home} -> ${src}`, details: { from: home, to: src } },
       );
       return needUp(src, home) ?? steps;

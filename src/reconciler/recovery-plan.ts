@@ -68,12 +68,13 @@ export function planJobInput(ctx: ExecContext, rp: RecoveryPlan, actions: readon
       };
       const mine: VmStep[] = list.map((a, n) => {
         const type = a.type as FailoverActionType;
-        const d = a.details as { site?: string; from?: string; to?: string; recoveryPoint?: string; testNetwork?: string | null; method?: VmStep['method'] };
+        const d = a.details as { site?: string; from?: string; to?: string; recoveryPoint?: string; testNetwork?: string | null; method?: VmStep['method']; forceShutdown?: boolean };
         const s: VmStep = { key: `group-${index + 1}/${name}/${n + 1}-${type}`, type, protectedVm: name, vm: rel.vm, relationshipId: relationshipId(name, k) };
         if (d.site !== undefined) s.site = d.site;
         if (d.from !== undefined) s.from = d.from;
         if (d.to !== undefined) s.to = d.to;
         if (d.recoveryPoint !== undefined) s.recoveryPoint = d.recoveryPoint;
+        if (d.forceShutdown) s.forceShutdown = true;
         // A failback from Azure downloads by its own method (a host failback's reverse step carries it).
         if (type === 'failback' && d.method !== undefined) s.method = d.method;
         if (type === 'test-failover') {

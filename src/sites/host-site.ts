@@ -71,7 +71,8 @@ export class HostSite implements Site {
   recoveryPoints = (id: string): Promise<RecoveryPointInfo[]> => this.#call(ROUTES.recoveryPoints, { id });
   pointDigest = (id: string, seq: number, disk: string): Promise<{ sha256: string }> => this.#call(ROUTES.pointDigest, { id, seq, disk });
   createVm = (req: CreateVmRequest): Promise<SiteVm> => this.#call(ROUTES.createVm, {}, req);
-  setVmPower = (vm: string, power: PowerState): Promise<SiteVm> => this.#call(ROUTES.setVmPower, { name: vm }, { power });
+  setVmPower = (vm: string, power: PowerState, opts: { timeoutMs?: number; force?: boolean } = {}): Promise<SiteVm> =>
+    this.#call(ROUTES.setVmPower, { name: vm }, { power, ...opts });
   createRelationship = (req: CreateRelationshipRequest): Promise<RelationshipView> => this.#call(ROUTES.createRelationship, {}, req);
   removeRelationship = (id: string): Promise<{ removed: string }> => this.#call(ROUTES.removeRelationship, { id });
   startReplication = (id: string): Promise<RelationshipView> => this.#call(ROUTES.startReplication, { id });

@@ -3,7 +3,7 @@
 // an operator client.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -154,6 +154,21 @@ export class Cluster {
     for (const c of this.#clients) c.close();
     for (const name of [...this.#procs.keys()]) await this.kill(name, 'SIGKILL');
     for (const name of [...this.#agents.keys()]) await this.stopInProcess(name);
+    // Real guests outlive their agent (the next one adopts them): the test's are stopped here.
+    for (const h of this.hosts.values()) {
+      for (const vm of existsSync(join(h.dataDir, 'vms')) ? readdirSync(join(h.dataDir, 'vms')) : []) {
+        const pid = Number.parseInt(existsSync(join(h.dataDir, 'vms', vm, 'qemu.pid')) ? readFileSync(join(h.dataDir, 'vms', vm, 'qemu.pid'), 'utf8') : '', 10);
+        // Only a QEMU of this cluster: a stale pidfile's number may belong to another process by now.
+        const cmd = pid > 0 && existsSync(`/proc/${pid}/cmdline`) ? readFileSync(`/proc/${pid}/cmdline`, 'utf8') : '';
+        if (cmd.includes(this.root)) {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            // already gone
+          }
+        }
+      }
+    }
     rmSync(this.root, { recursive: true, force: true });
   }
 }

@@ -5,7 +5,7 @@
 import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { makeGuestDisk } from '../../scripts/build-test-guest.ts';
+import { makeGuestDisk } from '../../src/demo/test-guest.ts';
 import { NbdClient } from '../../src/nbd/client.ts';
 import type { RelationshipView } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';

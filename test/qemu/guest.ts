@@ -6,7 +6,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { buildTestGuest, makeGuestDisk, type TestGuest } from '../../scripts/build-test-guest.ts';
+import { buildTestGuest, makeGuestDisk, type TestGuest } from '../../src/demo/test-guest.ts';
 import { VmRuntime } from '../../src/agent/hypervisor/vm-runtime.ts';
 import type { QemuHypervisor } from '../../src/agent/hypervisor/qemu/qemu-hypervisor.ts';
 import type { VmAdapter, VmDefinition } from '../../src/model/hypervisor.ts';
@@ -35,7 +35,7 @@ export function testGuest(): Promise<TestGuest> {
 }
 
 export interface GuestRun {
-  /** Comma-separated actions of test/guest/init.sh. */
+  /** Comma-separated actions of src/demo/guest/init.sh. */
   run: string;
   path?: string;
   data?: string;

@@ -37,7 +37,7 @@ function ethernet(vm: string, a: VmAdapter): string[] {
   return lines;
 }
 
-/** network-config v2 for the adapters; the block style test/guest/init.sh reads. */
+/** network-config v2 for the adapters; the block style src/demo/guest/init.sh reads. */
 export function networkConfig(vm: VmDefinition): string {
   const names = new Set<string>();
   for (const a of vm.adapters) {
