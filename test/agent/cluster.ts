@@ -154,22 +154,28 @@ export class Cluster {
     for (const c of this.#clients) c.close();
     for (const name of [...this.#procs.keys()]) await this.kill(name, 'SIGKILL');
     for (const name of [...this.#agents.keys()]) await this.stopInProcess(name);
-    // Real guests outlive their agent (the next one adopts them): the test's are stopped here.
-    for (const h of this.hosts.values()) {
-      for (const vm of existsSync(join(h.dataDir, 'vms')) ? readdirSync(join(h.dataDir, 'vms')) : []) {
-        const pid = Number.parseInt(existsSync(join(h.dataDir, 'vms', vm, 'qemu.pid')) ? readFileSync(join(h.dataDir, 'vms', vm, 'qemu.pid'), 'utf8') : '', 10);
-        // Only a QEMU of this cluster: a stale pidfile's number may belong to another process by now.
-        const cmd = pid > 0 && existsSync(`/proc/${pid}/cmdline`) ? readFileSync(`/proc/${pid}/cmdline`, 'utf8') : '';
-        if (cmd.includes(this.root)) {
-          try {
-            process.kill(pid, 'SIGKILL');
-          } catch {
-            // already gone
-          }
-        }
-      }
-    }
+    killGuestsUnder(this.root);
     rmSync(this.root, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Real guests outlive their agent (the next one adopts them): a test stops the QEMUs it left under
+ * `root`, found by their pidfiles (`<site>/vms/<vm>/qemu.pid`, any depth).
+ */
+export function killGuestsUnder(root: string): void {
+  if (!existsSync(root)) return;
+  for (const rel of readdirSync(root, { recursive: true, encoding: 'utf8' })) {
+    if (!rel.endsWith('qemu.pid')) continue;
+    const pid = Number.parseInt(readFileSync(join(root, rel), 'utf8'), 10);
+    // Only a QEMU started for this root: a stale pidfile's number may belong to another process by now.
+    const cmd = pid > 0 && existsSync(`/proc/${pid}/cmdline`) ? readFileSync(`/proc/${pid}/cmdline`, 'utf8') : '';
+    if (!cmd.includes(root)) continue;
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // already gone
+    }
   }
 }
 

@@ -5,7 +5,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Vault } from '../../src/vault/vault.ts';
-import { freePort } from '../agent/cluster.ts';
+import { freePort, killGuestsUnder } from '../agent/cluster.ts';
 import { DRSITE, ROOT, drsite, type CliResult } from '../cli/run-cli.ts';
 
 export interface Quickstart {
@@ -23,12 +23,13 @@ export interface Quickstart {
   cleanup(): void;
 }
 
-export async function quickstart(): Promise<Quickstart> {
+/** A copy of `examples/<example>` (default: the quickstart) whose Replica servers listen on free ports. */
+export async function quickstart(example = 'quickstart'): Promise<Quickstart> {
   const root = mkdtempSync(join(tmpdir(), 'drsite-e2e-'));
   const qs = join(root, 'qs');
-  cpSync(join(ROOT, 'examples', 'quickstart'), qs, { recursive: true });
-  const [pa, pb] = [await freePort(), await freePort()];
-  const sites = readFileSync(join(qs, 'sites.yaml'), 'utf8').replace('port: 8444', `port: ${pa}`).replace('port: 8443', `port: ${pb}`);
+  cpSync(join(ROOT, 'examples', example), qs, { recursive: true });
+  let sites = readFileSync(join(qs, 'sites.yaml'), 'utf8');
+  for (const port of sites.match(/port: \d+/g) ?? []) sites = sites.replace(port, `port: ${await freePort()}`);
   writeFileSync(join(qs, 'sites.yaml'), sites);
   const state = join(root, 'state');
   const vault = join(state, 'vault.db');
@@ -56,7 +57,10 @@ export async function quickstart(): Promise<Quickstart> {
         return [];
       }
     },
-    cleanup: () => rmSync(root, { recursive: true, force: true }),
+    cleanup() {
+      killGuestsUnder(root);
+      rmSync(root, { recursive: true, force: true });
+    },
   };
 }
 
