@@ -9,6 +9,7 @@ import { createHash, type Hash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
 import { fsyncDir, readJsonIfExists, writeJsonAtomic } from '../core/atomic-file.ts';
 import { systemClock, type Clock } from '../model/clock.ts';
 import { RetryableError, TerminalError } from '../model/errors.ts';
@@ -333,6 +334,30 @@ export interface UploadFileOptions {
   readonly retryDelayMs?: number;
   /** @default systemClock */
   readonly clock?: Clock;
+  /**
+   * Called before each slice of a chunk (PACE_SLICE bytes at most) goes out, with its size; the
+   * slice waits until it resolves (a bandwidth cap pacing the body). @default none: sent at once
+   */
+  readonly pace?: (bytes: number) => Promise<void>;
+}
+
+/**
+ * Slices a paced chunk is sent in: small enough that at a low cap a slice still arrives well
+ * inside the request's no-progress timeout (64 KiB in 60 s is about 1.1 KiB/s).
+ */
+export const PACE_SLICE = 64 << 10;
+
+function pacedBody(buf: Buffer, pace: (bytes: number) => Promise<void>): Readable {
+  return Readable.from(
+    (async function* () {
+      for (let at = 0; at < buf.length; at += PACE_SLICE) {
+        const slice = buf.subarray(at, Math.min(at + PACE_SLICE, buf.length));
+        await pace(slice.length);
+        yield slice;
+      }
+    })(),
+    { objectMode: false },
+  );
 }
 
 export interface UploadResult {
@@ -440,7 +465,9 @@ export async function uploadFile(client: MtlsClient, path: string, url: string, 
             'content-type': CONTENT_TYPE_OCTETS,
           };
           if (final) headers[UPLOAD_CHECKSUM] = `sha256=${await hash.digest(size)}`;
-          const r = await client.request('PUT', url, buf, headers);
+          const paced = opts.pace && buf.length > 0;
+          if (paced) headers['content-length'] = String(buf.length);
+          const r = await client.request('PUT', url, paced ? pacedBody(buf, opts.pace!) : buf, headers);
           if (final) {
             const c = r.json<UploadCompletion>();
             const ours = await hash.digest(size);

@@ -6,7 +6,7 @@ import { API, type CreateReplicaRequest, type ReplicaStatus } from '../../transp
 import type { CertBundle } from '../../transport/certs.ts';
 import { createMtlsClient, type MtlsClient } from '../../transport/mtls.ts';
 import { TransferCounters, uploadFile } from '../../transport/upload.ts';
-import type { ReplicaLink } from '../../core/replication/ports.ts';
+import type { ReplicaLink, UploadOptions } from '../../core/replication/ports.ts';
 
 export class HttpReplicaLink implements ReplicaLink {
   readonly counters = new TransferCounters();
@@ -24,10 +24,11 @@ export class HttpReplicaLink implements ReplicaLink {
     return (await this.#client.request('GET', API.replicaRelationship(id))).json<ReplicaStatus>();
   }
 
-  async upload(id: string, sequence: number, diskId: string, path: string, onProgress?: (done: number, total: number) => void): Promise<void> {
+  async upload(id: string, sequence: number, diskId: string, path: string, onProgress?: (done: number, total: number) => void, opts?: UploadOptions): Promise<void> {
     // A short in-place retry rides over a dropped connection; longer outages belong to the
     // relationship's retry schedule (1, 2, 4, 8, 10, then 30 minutes), not to this call.
-    await uploadFile(this.#client, path, API.replicaLog(id, sequence, diskId), { retries: 2, retryDelayMs: 100, ...(onProgress && { onProgress }) });
+    // `pace` (a bandwidth cap) paces the body slice by slice inside each PUT.
+    await uploadFile(this.#client, path, API.replicaLog(id, sequence, diskId), { retries: 2, retryDelayMs: 100, ...(onProgress && { onProgress }), ...(opts?.pace && { pace: opts.pace }) });
   }
 
   async apply(id: string): Promise<ReplicaStatus> {

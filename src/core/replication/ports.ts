@@ -13,7 +13,7 @@ export interface ReplicaLink {
   createReplica(req: CreateReplicaRequest): Promise<ReplicaStatus>;
   status(id: string): Promise<ReplicaStatus>;
   /** Resolves once the Replica server holds the log durably (its acknowledgement). */
-  upload(id: string, sequence: number, diskId: string, path: string, onProgress?: (done: number, total: number) => void): Promise<void>;
+  upload(id: string, sequence: number, diskId: string, path: string, onProgress?: (done: number, total: number) => void, opts?: UploadOptions): Promise<void>;
   apply(id: string): Promise<ReplicaStatus>;
   /** Drops logs received but not applied: a resync restarts the chain from the applied point. */
   discardPending(id: string): Promise<ReplicaStatus>;
@@ -26,6 +26,15 @@ export interface ReplicaLink {
   checksums(id: string, diskId: string, compare?: CompareRequest): Promise<BlockDigests>;
   settings(id: string, retention: CreateReplicaRequest['retention']): Promise<void>;
   remove(id: string): Promise<void>;
+}
+
+export interface UploadOptions {
+  /**
+   * Called with the size of each slice of the file before it is sent; the slice waits for it (a
+   * bandwidth cap). A link that cannot pace its stream ignores it (throttle.ts then charges the
+   * whole file afterwards).
+   */
+  readonly pace?: (bytes: number) => Promise<void>;
 }
 
 /** One disk's point-in-time content at a cut, read once. */
