@@ -23,6 +23,8 @@ import type { CutSource, ReplicaLink } from './ports.ts';
 import { differenceFilter, type DifferenceFilter } from './difference-filter.ts';
 import { frequencyMs, inWindow, retentionOf, type CycleResult, type PrimaryRecord } from './primary-record.ts';
 import { primaryView } from './primary-view.ts';
+import { outboxSequences } from './outbox.ts';
+import { BandwidthCap, throttledLink } from './throttle.ts';
 
 export class PrimaryReplication {
   readonly dir: string;
@@ -35,6 +37,8 @@ export class PrimaryReplication {
   readonly #stats: ReplicationStatistics;
   readonly #retry: RetryState;
   readonly #busy = new AsyncMutex();
+  /** The policy's bandwidth cap on what this relationship sends (its link may be shared). */
+  readonly bandwidth: BandwidthCap;
 
   constructor(opts: {
     dir: string;
@@ -49,7 +53,8 @@ export class PrimaryReplication {
     this.record = opts.record;
     this.#keys = opts.keys;
     this.source = opts.source;
-    this.#link = opts.link;
+    this.bandwidth = new BandwidthCap(opts.record.policy.bandwidth, opts.clock);
+    this.#link = throttledLink(opts.link, () => this.bandwidth.bucket());
     this.#clock = opts.clock;
     this.#log = opts.log;
     this.#stats = new ReplicationStatistics(opts.clock, opts.record.statistics);
@@ -200,15 +205,6 @@ export class PrimaryReplication {
     return seq === undefined ? join(this.dir, 'outbox') : join(this.dir, 'outbox', String(seq).padStart(12, '0'));
   }
 
-  async #outboxSequences(): Promise<number[]> {
-    try {
-      return (await readdir(this.#outbox())).filter((n) => /^\d{12}$/.test(n)).map(Number).sort((a, b) => a - b);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
-      throw e;
-    }
-  }
-
   /**
    * Seals one cut of every disk into the outbox as sequence `seq`. `filter` drops blocks the
    * replica already holds (resync, existing replica). The cut is released once the logs exist: a
@@ -264,7 +260,7 @@ export class PrimaryReplication {
    */
   async #ship(onProgress?: (done: number, total: number) => void): Promise<ReplicaStatus> {
     let status = await this.#link.status(this.id);
-    const outbox = await this.#outboxSequences();
+    const outbox = await outboxSequences(this.#outbox());
     const received = new Set(Object.values(status.received).flat());
     for (let missing = status.applied + 1; missing < (outbox[0] ?? 0); missing++) {
       if (!received.has(missing)) {
@@ -326,7 +322,7 @@ export class PrimaryReplication {
     const method = r.initial?.method ?? 'network';
     const total = this.#totalBytes();
     r.initial = { ...(r.initial ?? { method, bytesDone: 0 }), method, bytesTotal: total };
-    const existing = await this.#outboxSequences();
+    const existing = await outboxSequences(this.#outbox());
     let bytes = 0;
     if (!existing.includes(1) && r.applied < 1) {
       const filter = method === 'existing-replica' ? await this.#differenceFilter() : undefined;
@@ -382,7 +378,7 @@ export class PrimaryReplication {
     const total = this.#totalBytes();
     const current = await this.#link.status(this.id);
     const seq = current.applied + 1;
-    const outbox = await this.#outboxSequences();
+    const outbox = await outboxSequences(this.#outbox());
     let bytes = 0;
     if (r.resync?.sealed === seq && outbox.length === 1 && outbox[0] === seq) {
       // Resumable: the compare already ran and its log is sealed; only the transfer is left (and
@@ -466,8 +462,9 @@ export class PrimaryReplication {
     });
   }
 
-  /** ModifyReplicationSettings: a new policy applies from the next cycle; retention changes on the replica at once. */
+  /** ModifyReplicationSettings: a new policy applies from the next cycle; retention and the bandwidth cap change at once. */
   modify(policy: ResolvedPolicySpec): Promise<void> {
+    this.bandwidth.set(policy.bandwidth); // a transfer under way follows the new cap, not only the next one
     return this.#serial(async () => {
       this.record.policy = policy;
       await this.#link.settings(this.id, retentionOf(policy));
