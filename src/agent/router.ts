@@ -2,6 +2,7 @@
 // `:name` segments, one handler per route, who may call it, and the route's body schema, checked
 // (400 naming the field) before the handler runs.
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { TerminalError } from '../model/errors.ts';
 import { NO_FIELDS, ROUTES, type Caller, type RouteName, type RouteSpec } from '../transport/agent-api.ts';
 import { checkBody } from '../transport/body-validation.ts';
 import type { PeerIdentity } from '../transport/peer.ts';
@@ -64,9 +65,13 @@ export class Router {
     }
   }
 
-  /** The route for a request, or why there is none (404 path, 405 method). */
+  /**
+   * The route for a request, or why there is none (404 path, 405 method). Throws TerminalError
+   * 'invalid-argument' (400) for a segment that is not valid percent-encoding and for a `:seq`
+   * that is not a canonical decimal (`1e3`, `0x10`, ` 1` would otherwise name other sequences).
+   */
   match(method: string, path: string): { route: Route; params: Record<string, string> } | { error: 404 | 405 } {
-    const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
+    const parts = path.split('/').filter(Boolean).map(decodeSegment);
     let pathMatched = false;
     for (const route of this.#routes) {
       if (route.parts.length !== parts.length) continue;
@@ -74,8 +79,20 @@ export class Router {
       const ok = route.parts.every((p, i) => (p.startsWith(':') ? ((params[p.slice(1)] = parts[i]), true) : p === parts[i]));
       if (!ok) continue;
       pathMatched = true;
-      if (route.method === method) return { route, params };
+      if (route.method !== method) continue;
+      if (params.seq !== undefined && !/^[1-9][0-9]{0,15}$/.test(params.seq)) {
+        throw new TerminalError('invalid-argument', `sequence number ${JSON.stringify(params.seq.slice(0, 64))} is not a positive decimal integer`);
+      }
+      return { route, params };
     }
     return { error: pathMatched ? 405 : 404 };
+  }
+}
+
+function decodeSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new TerminalError('invalid-argument', `path segment ${JSON.stringify(segment.slice(0, 64))} is not valid percent-encoded UTF-8`);
   }
 }

@@ -78,6 +78,12 @@ export interface RouteSpec {
 
 const str = { type: 'string', minLength: 1 } as const;
 const int = { type: 'integer', minimum: 0 } as const;
+// A VM name as the hypervisors accept it: one plain path component (no `/`, no leading dot, no
+// NUL). A primary names the replica's VM, which a failover later creates on this host.
+const vmName = { type: 'string', pattern: '^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$' } as const;
+// A replica disk id names its image file (`<id>.img`): the replica store's rule, checked before
+// the handler so a refused request leaves no record behind.
+const diskId = { type: 'string', pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$' } as const;
 const obj = (properties: Record<string, object>, required: string[] = []) => ({ type: 'object', additionalProperties: false, properties, required });
 const addr = obj({ address: str, gateway: str, dns: { type: 'array', items: str } }, ['address']);
 const adapterSettings = obj({ name: str, network: { type: ['string', 'null'] }, ipv4: addr, ipv6: addr }, ['name']);
@@ -158,12 +164,12 @@ export const ROUTES = {
     status: 201,
     body: obj({
       id: str,
-      vm: str,
-      disks: { type: 'array', minItems: 1, items: obj({ id: str, size: int }, ['id', 'size']) },
+      vm: vmName,
+      disks: { type: 'array', minItems: 1, items: obj({ id: diskId, size: int }, ['id', 'size']) },
       keys: obj({ encryptionKey: str, macKey: str }, ['encryptionKey', 'macKey']),
       retention,
       storagePath: str,
-      seedFromVm: str,
+      seedFromVm: vmName,
       discardSeed: { type: 'boolean' },
       vmConfig,
     }, ['id', 'vm', 'disks', 'keys', 'retention']),
