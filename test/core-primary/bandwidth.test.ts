@@ -10,7 +10,7 @@ import { HttpReplicaLink } from '../../src/agent/links/https.ts';
 import { vmSource, type ReplicaLink } from '../../src/core/replication/ports.ts';
 import { PrimaryReplication } from '../../src/core/replication/primary.ts';
 import { newPrimaryRecord, retentionOf } from '../../src/core/replication/primary-record.ts';
-import { BandwidthCap, TokenBucket, burstFor, throttledLink } from '../../src/core/replication/throttle.ts';
+import { BandwidthCap, TokenBucket, burstFor, pacedChunkSize, throttledLink } from '../../src/core/replication/throttle.ts';
 import { TrackedDisk } from '../../src/core/tracker.ts';
 import { ManualClock } from '../../src/model/clock.ts';
 import type { ResolvedPolicySpec } from '../../src/model/desired.ts';
@@ -139,6 +139,34 @@ describe('TokenBucket', () => {
 });
 
 describe('throttledLink', () => {
+  test('a paced upload asks for requests of a minute of traffic at the cap (64 KiB to 32 MiB), inside the server\'s 5-minute request timeout', async () => {
+    expect(pacedChunkSize(100 * KiB)).toBe(6000 * KiB);
+    expect(pacedChunkSize(4 * MiB)).toBe(32 * MiB);
+    expect(pacedChunkSize(100)).toBe(64 * KiB);
+    const { dir, cleanup } = await tempDir('throttle-chunk');
+    try {
+      const file = join(dir, 'log.hrl');
+      await writeFile(file, Buffer.alloc(100));
+      const seen: { chunkSize?: number; paced: boolean }[] = [];
+      const inner = {
+        upload: async (_id: string, _seq: number, _d: string, _p: string, _on: unknown, opts?: { chunkSize?: number; pace?: (n: number) => Promise<void> }) => {
+          await opts?.pace?.(100);
+          seen.push({ ...(opts?.chunkSize !== undefined && { chunkSize: opts.chunkSize }), paced: !!opts?.pace });
+        },
+      } as unknown as ReplicaLink;
+      const bucket = new TokenBucket({ rate: 100 * KiB, clock: new ManualClock() });
+      let capped = true;
+      const link = throttledLink(inner, () => (capped ? bucket : undefined));
+      await link.upload('r', 1, 'd', file);
+      capped = false;
+      await link.upload('r', 2, 'd', file);
+      expect(seen).toEqual([{ chunkSize: 6000 * KiB, paced: true }, { paced: false }]);
+      expect(bucket.stats).toMatchObject({ granted: 100, charged: 0 });
+    } finally {
+      await cleanup();
+    }
+  });
+
   test('a link that ignores `pace` has each file charged after it is sent, and the next upload waits for the debt', async () => {
     const { dir, cleanup } = await tempDir('throttle-link');
     try {

@@ -27,8 +27,14 @@ export class HttpReplicaLink implements ReplicaLink {
   async upload(id: string, sequence: number, diskId: string, path: string, onProgress?: (done: number, total: number) => void, opts?: UploadOptions): Promise<void> {
     // A short in-place retry rides over a dropped connection; longer outages belong to the
     // relationship's retry schedule (1, 2, 4, 8, 10, then 30 minutes), not to this call.
-    // `pace` (a bandwidth cap) paces the body slice by slice inside each PUT.
-    await uploadFile(this.#client, path, API.replicaLog(id, sequence, diskId), { retries: 2, retryDelayMs: 100, ...(onProgress && { onProgress }), ...(opts?.pace && { pace: opts.pace }) });
+    // `pace` (a bandwidth cap) paces the body slice by slice inside each PUT, of `chunkSize` bytes.
+    await uploadFile(this.#client, path, API.replicaLog(id, sequence, diskId), {
+      retries: 2,
+      retryDelayMs: 100,
+      ...(onProgress && { onProgress }),
+      ...(opts?.pace && { pace: opts.pace }),
+      ...(opts?.chunkSize && { chunkSize: opts.chunkSize }),
+    });
   }
 
   async apply(id: string): Promise<ReplicaStatus> {

@@ -35,6 +35,11 @@ export interface UploadOptions {
    * whole file afterwards).
    */
   readonly pace?: (bytes: number) => Promise<void>;
+  /**
+   * Bytes per request, for a paced transfer: small enough that one request at the cap ends well
+   * inside the server's request timeout (Node's is 5 minutes). @default the link's own
+   */
+  readonly chunkSize?: number;
 }
 
 /** One disk's point-in-time content at a cut, read once. */

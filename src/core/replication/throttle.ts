@@ -19,6 +19,15 @@ export function burstFor(rate: number): number {
   return Math.max(1, Math.min(1 << 20, Math.floor(rate / 8)));
 }
 
+/**
+ * Bytes per request of a paced upload: a minute of traffic at the cap (64 KiB to 32 MiB), so that
+ * a request never runs into the Replica server's request timeout (5 minutes) at a low cap; at
+ * 100 KiB/s a 32 MiB request would take 5.5 minutes.
+ */
+export function pacedChunkSize(rate: number): number {
+  return Math.max(64 << 10, Math.min(32 << 20, Math.floor(rate * 60)));
+}
+
 export interface TokenBucketStats {
   /** Bytes taken by `acquire` (each once its tokens were there). */
   granted: number;
@@ -188,7 +197,7 @@ export function throttledLink(link: ReplicaLink, bucketFor: () => TokenBucket | 
         await bucketFor()?.acquire(bytes);
         paced += bytes;
       };
-      await link.upload(id, sequence, diskId, path, onProgress, { ...opts, pace });
+      await link.upload(id, sequence, diskId, path, onProgress, { chunkSize: pacedChunkSize(bucket.rate), ...opts, pace });
       // Not paced in the stream: charged whole. (A resumed upload whose bytes the replica already
       // held is charged too: a rare overcharge, which only delays.)
       if (paced === 0) bucketFor()?.charge((await stat(path)).size);
