@@ -26,7 +26,8 @@ import type { VmRuntime } from './hypervisor/vm-runtime.ts';
 import { readKeys } from './keys.ts';
 import { AzureBlobLink, azureLinkFromSite } from './links/azure/blob-link.ts';
 import { HttpReplicaLink } from './links/https.ts';
-import { groupMemberSource, vmSource, type CutSource, type ReplicaLink } from '../core/replication/ports.ts';
+import { groupMemberSource, quiescedSource, vmSource, type CutSource, type Quiescer, type ReplicaLink } from '../core/replication/ports.ts';
+import { guestAgentQuiescer } from './hypervisor/qemu/guest-agent.ts';
 import { PrimaryReplication } from '../core/replication/primary.ts';
 import type { PrimaryRecord } from '../core/replication/primary-record.ts';
 import { ReplicaReplication, type ReplicaRecord } from '../core/replication/replica.ts';
@@ -190,7 +191,7 @@ export class Agent implements AgentContext {
       dir: join(this.config.dataDir, 'relationships', record.id),
       record,
       keys,
-      source: source ?? (record.replicationGroup ? groupMemberSource(disks) : vmSource(disks)),
+      source: source ?? (record.replicationGroup ? groupMemberSource(disks) : quiescedSource(vmSource(disks), this.#quiescer(record.vm))),
       link: this.linkTo(record.replica),
       clock: this.clock,
       log: this.log,
@@ -198,6 +199,14 @@ export class Agent implements AgentContext {
     this.primaries.set(record.id, p);
     this.#scheduler?.watch(p);
     return p;
+  }
+
+  /** How a VM's filesystems are frozen for application-consistent points: its guest agent, if it has a guest. */
+  #quiescer(vm: string): Quiescer {
+    const hv = this.hv;
+    if (hv.guestAgentSocket) return guestAgentQuiescer(() => hv.guestAgentSocket!(vm), vm);
+    const why = `VM "${vm}" runs on the ${hv.kind} hypervisor: there is no guest to quiesce`;
+    return { freeze: () => Promise.reject(new Error(why)), thaw: () => Promise.resolve() };
   }
 
   relationships(): RelationshipView[] {

@@ -14,7 +14,8 @@ export type HealthReasonCode =
   | 'resync-required'
   | 'resynchronizing'
   | 'threshold-exceeded'
-  | 'suspended';
+  | 'suspended'
+  | 'app-consistency';
 
 export interface HealthReason {
   readonly code: HealthReasonCode;
@@ -40,6 +41,8 @@ export interface HealthFacts {
   readonly terminalError?: { readonly code: string; readonly message: string };
   readonly pendingBytes?: number;
   readonly diskBytes?: number;
+  /** Why the last application-consistent cut the policy asked for did not happen (its points are crash-consistent). */
+  readonly appConsistencyError?: string;
   /** Resync threshold (percent of the disk): the policy's, as resolved by the defaults step; absent = no threshold check. */
   readonly thresholdPercent?: number;
 }
@@ -89,6 +92,9 @@ export function assessHealth(f: HealthFacts): { health: Health; reasons: HealthR
     if (pct !== undefined && f.pendingBytes !== undefined && f.diskBytes && f.pendingBytes > (f.diskBytes * pct) / 100) {
       warn('threshold-exceeded', `${f.pendingBytes} bytes pending, over ${pct}% of the ${f.diskBytes}-byte disk`);
     }
+  }
+  if (f.appConsistencyError && f.state === 'Replicating') {
+    warn('app-consistency', `no application-consistent point: ${f.appConsistencyError}; recovery points are crash-consistent until the guest can be quiesced`);
   }
   if (f.retrying && !f.terminalError && f.state !== 'Critical') {
     warn('retrying', `retrying after ${f.retrying.attempts} failed attempt(s)${f.retrying.lastError ? `: ${f.retrying.lastError}` : ''}`);

@@ -1,5 +1,6 @@
 // Builds drsite's test guest from Debian packages only: the cloud kernel (apt-get download, then
-// dpkg-deb -x), an initramfs of busybox-static, the kernel modules it needs and guest/init.sh,
+// dpkg-deb -x), an initramfs of busybox-static, the kernel modules it needs, qemu-guest-agent (the
+// package's qemu-ga and the host's copies of the libraries it links) and guest/init.sh,
 // and ext4 disk images for it (mkfs.ext4 -d). Cached under .cache/test-guest/<key>/, keyed by the
 // kernel package, busybox and the init script, so CI builds it once per run. The tests boot it,
 // and so does examples/qemu (its sample VMs run it).
@@ -7,7 +8,7 @@
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile, chmod } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
@@ -16,6 +17,7 @@ const run = promisify(execFile);
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const INIT = join(REPO, 'src', 'demo', 'guest', 'init.sh');
 const KERNEL_META = 'linux-image-cloud-amd64';
+const QGA_PACKAGE = 'qemu-guest-agent';
 
 /**
  * The modules the guest loads, in the order the virtio stack needs them; their dependencies (read
@@ -46,15 +48,51 @@ async function out(cmd: string, args: string[], opts: { cwd?: string } = {}): Pr
   }
 }
 
+/** A package's candidate version in the archive. */
+async function candidate(name: string): Promise<string> {
+  const version = /Candidate: (\S+)/.exec(await out('apt-cache', ['policy', name]))?.[1];
+  if (!version || version === '(none)') throw new Error(`apt-cache policy ${name} has no candidate version (is the Debian archive in sources.list?)`);
+  return version;
+}
+
+/** A package's .deb: from drsite's cache, apt's, or downloaded from the archive (no install). */
+async function debOf(debs: string, pkg: { name: string; version: string }): Promise<string> {
+  const debName = `${pkg.name}_${pkg.version.replace(/:/g, '%3a')}_amd64.deb`;
+  for (const d of [join(debs, debName), join('/var/cache/apt/archives', debName)]) if (await exists(d)) return d;
+  await out('apt-get', ['download', '-q', `${pkg.name}=${pkg.version}`], { cwd: debs });
+  return join(debs, debName);
+}
+
+/**
+ * qemu-guest-agent (Debian's qemu-ga) in the initramfs: the binary from its package, and the
+ * shared libraries and loader it links against as `ldd` finds them on this (Debian) host.
+ */
+async function addGuestAgent(debs: string, work: string, root: string): Promise<void> {
+  const x = join(work, 'qga');
+  await out('dpkg-deb', ['-x', await debOf(debs, { name: QGA_PACKAGE, version: await candidate(QGA_PACKAGE) }), x]);
+  const bin = join(x, 'usr', 'sbin', 'qemu-ga');
+  await mkdir(join(root, 'usr', 'sbin'), { recursive: true });
+  await copyFile(bin, join(root, 'usr', 'sbin', 'qemu-ga'));
+  await chmod(join(root, 'usr', 'sbin', 'qemu-ga'), 0o755);
+  const libs = (await out('ldd', [bin])).split('\n').flatMap((l) => {
+    const m = /=>\s+(\/\S+)/.exec(l) ?? /^\s*(\/\S+)\s+\(/.exec(l);
+    return m ? [m[1]!] : [];
+  });
+  if (/not found/.test(await out('ldd', [bin]))) throw new Error(`ldd ${bin}: a library qemu-ga needs is not installed on this host`);
+  for (const lib of libs) {
+    // The loader keeps its absolute path (/lib64/ld-linux-x86-64.so.2); libraries go where it looks.
+    const target = lib.startsWith('/lib64/') ? join(root, lib) : join(root, 'lib', 'x86_64-linux-gnu', basename(lib));
+    await mkdir(dirname(target), { recursive: true });
+    await copyFile(lib, target);
+  }
+}
+
 /** The versioned kernel package the cloud metapackage points at, and its candidate version. */
 async function kernelPackage(): Promise<{ name: string; version: string }> {
   const deps = await out('apt-cache', ['depends', KERNEL_META]);
   const name = /Depends: (linux-image-[^\s]+-cloud-amd64)/.exec(deps)?.[1];
   if (!name) throw new Error(`apt-cache depends ${KERNEL_META} names no kernel package (is the Debian archive in sources.list?)`);
-  const policy = await out('apt-cache', ['policy', name]);
-  const version = /Candidate: (\S+)/.exec(policy)?.[1];
-  if (!version || version === '(none)') throw new Error(`apt-cache policy ${name} has no candidate version`);
-  return { name, version };
+  return { name, version: await candidate(name) };
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -113,7 +151,8 @@ function guestIn(dir: string, release: string): TestGuest {
 
 async function cacheKey(pkg: { name: string; version: string }): Promise<string> {
   const busybox = (await out('dpkg-query', ['-W', '-f', '${Version}', 'busybox-static'])).trim();
-  const h = createHash('sha256').update(`${pkg.name}=${pkg.version}\nbusybox=${busybox}\n`).update(await readFile(INIT)).update(MODULES.join(','));
+  const qga = await candidate(QGA_PACKAGE);
+  const h = createHash('sha256').update(`${pkg.name}=${pkg.version}\nbusybox=${busybox}\n${QGA_PACKAGE}=${qga}\n`).update(await readFile(INIT)).update(MODULES.join(','));
   return `${pkg.name}_${pkg.version}_${h.digest('hex').slice(0, 12)}`;
 }
 
@@ -130,13 +169,7 @@ export async function buildTestGuest(cacheRoot = join(REPO, '.cache', 'test-gues
   try {
     const debs = join(cacheRoot, 'debs');
     await mkdir(debs, { recursive: true });
-    const debName = `${pkg.name}_${pkg.version.replace(/:/g, '%3a')}_amd64.deb`;
-    let deb = join(debs, debName);
-    if (!(await exists(deb))) {
-      const archived = join('/var/cache/apt/archives', debName);
-      if (await exists(archived)) deb = archived;
-      else await out('apt-get', ['download', '-q', `${pkg.name}=${pkg.version}`], { cwd: debs });
-    }
+    const deb = await debOf(debs, pkg);
     const x = join(work, 'deb');
     await out('dpkg-deb', ['-x', deb, x]);
     const release = (await readdir(join(x, 'lib', 'modules')))[0];
@@ -149,6 +182,7 @@ export async function buildTestGuest(cacheRoot = join(REPO, '.cache', 'test-gues
     await copyFile('/bin/busybox', join(root, 'bin', 'busybox'));
     for (const m of modules) await copyFile(m.path, join(root, 'lib', 'modules', `${m.name}.ko`));
     await writeFile(join(root, 'lib', 'modules', 'order'), `${modules.map((m) => m.name).join('\n')}\n`);
+    await addGuestAgent(debs, work, root);
     await copyFile(INIT, join(root, 'init'));
     await chmod(join(root, 'init'), 0o755);
 

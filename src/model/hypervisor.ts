@@ -80,6 +80,8 @@ export interface Hypervisor {
    */
   setPower(name: string, power: PowerState, opts: PowerOptions): Promise<VmDefinition>;
   status(name: string): Promise<VmRuntimeStatus>;
+  /** A real guest's qemu-guest-agent channel (a unix socket): how its filesystems are frozen for an application-consistent point. */
+  guestAgentSocket?(name: string): string;
   /** A real guest: stops its vCPUs with its I/O drained (QMP `stop`), so its disks can be swapped under it. */
   pause?(name: string): Promise<void>;
   /** Lets a paused guest run on. */

@@ -4,7 +4,7 @@
 import type { BlockDigests, CompareRequest } from '../block-checksums.ts';
 import { cutVm, type FrozenCut } from '../cut.ts';
 import type { TrackedDisk } from '../tracker.ts';
-import type { Extent } from '../types.ts';
+import type { Consistency, Extent } from '../types.ts';
 import { TerminalError } from '../../model/errors.ts';
 import type { CreateReplicaRequest, ReplicaStatus } from '../../model/replication-api.ts';
 
@@ -55,16 +55,61 @@ export interface FrozenSource {
  */
 export interface CutSource {
   readonly disks: readonly { readonly id: string; readonly size: number; pendingBytes(): number }[];
-  cut(opts: { cutId: string; time: number; full?: boolean }): Promise<{
+  cut(opts: { cutId: string; time: number; full?: boolean; /** Ask for an application-consistent cut (the guest quiesced). */ quiesce?: boolean }): Promise<{
     /** The cut's id when the source chose it (a group cut, a forwarded point). */
     readonly cutId?: string;
     readonly time: number;
+    /** `app` when the guest was quiesced for the cut; absent = crash-consistent. */
+    readonly consistency?: Consistency;
+    /** Why a requested quiesce did not happen (the cut is crash-consistent then). */
+    readonly quiesceError?: string;
     readonly disks: readonly FrozenSource[];
     release(): Promise<void>;
     abandon(): Promise<void>;
   }>;
   /** The VM's tracked disks, for an external-media export; absent for a forwarding replica. */
   readonly tracked?: readonly TrackedDisk[];
+}
+
+/** A guest's filesystems frozen around a cut (qemu-guest-agent's fsfreeze, Hyper-V's VSS). */
+export interface Quiescer {
+  /** Resolves once the guest's filesystems are frozen; rejects within `timeoutMs` when they cannot be. */
+  freeze(timeoutMs: number): Promise<void>;
+  /** Thaws them; safe to call after a failed or timed-out freeze. */
+  thaw(timeoutMs: number): Promise<void>;
+}
+
+/** How long a guest may take to freeze, and to thaw, before the cut goes on crash-consistent. */
+export const QUIESCE_TIMEOUT_MS = 10_000;
+
+/**
+ * A source whose cuts, when asked, are application-consistent: freeze → cut → thaw, with the thaw
+ * always run (also when the freeze failed or timed out, since it may have half happened). A guest
+ * that cannot be frozen gets a crash-consistent cut and the reason; it never holds the cut up
+ * past the timeout.
+ */
+export function quiescedSource(inner: CutSource, quiescer: Quiescer, timeoutMs = QUIESCE_TIMEOUT_MS): CutSource {
+  return {
+    disks: inner.disks,
+    ...(inner.tracked && { tracked: inner.tracked }),
+    async cut(opts) {
+      if (!opts.quiesce) return inner.cut(opts);
+      let frozen = false;
+      let quiesceError: string | undefined;
+      try {
+        await quiescer.freeze(timeoutMs);
+        frozen = true;
+      } catch (e) {
+        quiesceError = (e as Error).message;
+      }
+      try {
+        const cut = await inner.cut(opts);
+        return { ...cut, ...(frozen ? { consistency: 'app' as const } : { quiesceError: quiesceError ?? 'the guest could not be quiesced' }) };
+      } finally {
+        await quiescer.thaw(timeoutMs).catch(() => {});
+      }
+    },
+  };
 }
 
 /** The cut source of a VM: its tracked disks, cut atomically. */

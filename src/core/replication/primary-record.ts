@@ -38,6 +38,8 @@ export interface PrimaryRecord {
   statistics?: ReplicationStatisticsJSON;
   retry?: RetryStateJSON;
   bytesShipped: number;
+  /** Application-consistent points (appConsistentEvery): the last attempt, and why it failed if it did. */
+  appConsistency?: { attemptedAt: number; error?: string };
 }
 
 export interface CycleResult {
@@ -55,6 +57,17 @@ export function frequencyMs(policy: ResolvedPolicySpec): number {
 export function retentionOf(policy: ResolvedPolicySpec): CreateReplicaRequest['retention'] {
   const app = parseDuration(policy.appConsistentEvery ?? '0') ?? 0;
   return { additional: policy.recoveryPoints?.additional ?? 0, ...(app > 0 && { appConsistentEvery: app }) };
+}
+
+/** An application-consistent cut is due: the policy asks for one every N hours and the last attempt is that old. */
+export function appCutDue(record: PrimaryRecord, time: number): boolean {
+  const every = parseDuration(record.policy.appConsistentEvery ?? '0') ?? 0;
+  return every > 0 && time - (record.appConsistency?.attemptedAt ?? Number.NEGATIVE_INFINITY) >= every;
+}
+
+/** Records how an asked-for application-consistent cut went (its error shows as health Warning until one succeeds). */
+export function noteAppCut(record: PrimaryRecord, time: number, cut: { consistency?: string; quiesceError?: string }): void {
+  record.appConsistency = cut.consistency === 'app' ? { attemptedAt: time } : { attemptedAt: time, error: cut.quiesceError ?? 'the guest could not be quiesced' };
 }
 
 /** Is `now` inside "HH:MM-HH:MM" (local time; the window may cross midnight)? */

@@ -34,6 +34,7 @@ const { record: r, now, pending, stats: statistics, retry } = v;
     pendingBytes: pending,
     diskBytes: v.diskBytes,
     thresholdPercent: r.policy.resync.thresholdPercent,
+    ...(r.appConsistency?.error && { appConsistencyError: r.appConsistency.error }),
   });
   statistics.setHealth(health);
   const last = retry.lastError;

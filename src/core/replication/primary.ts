@@ -21,7 +21,7 @@ import type { Logger } from '../../model/logger.ts';
 import { writeJsonAtomic } from '../atomic-file.ts';
 import type { CutSource, ReplicaLink } from './ports.ts';
 import { differenceFilter, type DifferenceFilter } from './difference-filter.ts';
-import { frequencyMs, inWindow, retentionOf, type CycleResult, type PrimaryRecord } from './primary-record.ts';
+import { appCutDue, frequencyMs, inWindow, noteAppCut, retentionOf, type CycleResult, type PrimaryRecord } from './primary-record.ts';
 import { primaryView } from './primary-view.ts';
 import { outboxSequences } from './outbox.ts';
 import { BandwidthCap, throttledLink } from './throttle.ts';
@@ -214,7 +214,9 @@ export class PrimaryReplication {
     filter?: (diskId: string, extents: AsyncIterable<Extent>) => AsyncIterable<Extent>): Promise<number> {
     const cutId = randomUUID();
     const time = this.#clock.now();
-    const cut = await this.source.cut({ cutId, time, full });
+    const quiesce = kind === 'delta' && appCutDue(this.record, time);
+    const cut = await this.source.cut({ cutId, time, full, ...(quiesce && { quiesce }) });
+    if (quiesce) noteAppCut(this.record, time, cut);
     const dir = this.#outbox(seq);
     let bytes = 0;
     let before = 0;
@@ -224,18 +226,8 @@ export class PrimaryReplication {
       for (const frozen of cut.disks) {
         const extents = frozen.extents((done) => onProgress?.(before + done));
         const summary = await writeLog(
-          {
-            relationshipId: this.id,
-            diskId: frozen.diskId,
-            diskSize: frozen.size,
-            sequence: seq,
-            basePoint: seq - 1,
-            blockSize: BLOCK_SIZE,
-            cutTime: cut.time,
-            consistency: 'crash',
-            kind,
-            cutId: cut.cutId ?? cutId,
-          },
+          { relationshipId: this.id, diskId: frozen.diskId, diskSize: frozen.size, sequence: seq, basePoint: seq - 1, blockSize: BLOCK_SIZE,
+            cutTime: cut.time, consistency: cut.consistency ?? 'crash', kind, cutId: cut.cutId ?? cutId },
           filter ? filter(frozen.diskId, extents) : extents,
           this.#keys,
           join(dir, `${frozen.diskId}.hrl`),

@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # /init of drsite's test guest (an initramfs with busybox and the cloud kernel's modules). What it
 # does comes from the kernel command line, so one image serves every test:
-#   drsite.run=a,b,...   actions in order: write read churn seed script wait hang (then poweroff)
+#   drsite.run=a,b,...   actions in order: qga write read churn seed script wait hang (then poweroff)
 #   drsite.path=/f       file on the VM's disk (ext4 on the first virtio disk) for write/read
 #   drsite.data=BASE64   content that `write` puts there
 #   drsite.off=0         stay up after the actions instead of powering off
@@ -161,6 +161,29 @@ do_seed() {
   done < /tmp/net
 }
 
+# qemu-guest-agent on its virtio-serial port (org.qemu.guest_agent.0), in the background: the host
+# freezes and thaws the filesystems through it for application-consistent recovery points.
+do_qga() {
+  port=
+  i=0
+  while [ -z "$port" ]; do
+    for p in /sys/class/virtio-ports/*; do
+      [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port=/dev/${p##*/}
+    done
+    [ -n "$port" ] && break
+    i=$((i + 1)); [ $i -gt 50 ] && { say "qga no port"; return; }
+    sleep 0.1
+  done
+  i=0
+  while [ ! -c "$port" ]; do
+    i=$((i + 1)); [ $i -gt 50 ] && { say "qga $port did not appear"; return; }
+    sleep 0.1
+  done
+  mkdir -p /var/run /tmp/qga
+  LD_LIBRARY_PATH=/lib/x86_64-linux-gnu /usr/sbin/qemu-ga -m virtio-serial -p "$port" -t /tmp/qga -f /tmp/qga.pid -d || { say "qga failed"; return; }
+  say "qga started on $port"
+}
+
 do_script() {
   mount_root
   if [ -f /mnt/drsite/run.sh ]; then sh /mnt/drsite/run.sh; say "script exit $?"; else say "script missing"; fi
@@ -174,6 +197,7 @@ for a in $(echo "$ARG_run" | tr ',' ' '); do
     read) do_read ;;
     churn) do_churn ;;
     seed) do_seed ;;
+    qga) do_qga ;;
     script) do_script ;;
     wait) say "waiting"; while :; do sleep 1; done ;;
     hang) say "hanging"; trap '' TERM INT; while :; do sleep 1; done ;;
