@@ -1,8 +1,8 @@
 // Creating and removing replication relationships on this host: the primary side
 // (CreateReplicationRelationship), the Replica server side a primary asks for, reverse
 // replication's seeding from the former primary's disks, and extended replication.
-import { copyFile, mkdir, rename } from 'node:fs/promises';
-import { join } from 'node:path';
+import { copyFile, mkdir, rename, rm } from 'node:fs/promises';
+import { join, resolve, sep } from 'node:path';
 import { RetryableError, TerminalError } from '../model/errors.ts';
 import type { VmDefinition } from '../model/hypervisor.ts';
 import type { CreateRelationshipRequest, CreateReplicaRequest, RelationshipView, ReverseRequest, VmConfig } from '../transport/agent-api.ts';
@@ -119,8 +119,21 @@ export async function createReplica(ctx: AgentContext, req: CreateReplicaRequest
     return existing;
   }
   const keys = keysFromWire(req.keys);
-  const storageRoot = req.storagePath ?? decision.storagePath ?? rs.defaultStoragePath;
-  if (req.seedFromVm) await seedReplica(ctx, req.seedFromVm, join(storageRoot, req.id), req.disks, req.discardSeed !== true);
+  // The storage path is the Replica server's to choose (its allowedPrimaries entry): a primary may
+  // name a folder inside it, never one outside (another trust group's, the agent's own data).
+  const allowedRoot = resolve(decision.storagePath ?? rs.defaultStoragePath);
+  const storageRoot = req.storagePath === undefined ? allowedRoot : resolve(allowedRoot, req.storagePath);
+  if (storageRoot !== allowedRoot && !storageRoot.startsWith(`${allowedRoot}${sep}`)) {
+    throw new TerminalError('authorization', `${peer.commonName} may not place replicas in ${req.storagePath}: outside its storage path ${allowedRoot} on ${ctx.config.name}`);
+  }
+  if (req.seedFromVm) {
+    // Reverse replication only: the VM must be one this host replicates to the caller.
+    const own = [...ctx.primaries.values()].some((p) => p.record.vm === req.seedFromVm && p.record.replica.name === peer.commonName);
+    if (!own && (await ctx.hv.find(req.seedFromVm))) {
+      throw new TerminalError('authorization', `${peer.commonName} may not seed from VM ${req.seedFromVm} on ${ctx.config.name}: it is not replicated to ${peer.commonName}`);
+    }
+    await seedReplica(ctx, req.seedFromVm, join(storageRoot, req.id), req.disks, req.discardSeed !== true);
+  }
   const dir = join(ctx.config.dataDir, 'replica-records', req.id);
   await mkdir(dir, { recursive: true });
   await writeKeys(dir, keys);
@@ -137,8 +150,15 @@ export async function createReplica(ctx: AgentContext, req: CreateReplicaRequest
     state: 'ReadyForInitialReplication',
     integrityErrors: 0,
   };
-  const r = await ReplicaReplication.open(dir, record, keys, ctx.clock, ctx.log);
-  await r.save();
+  let r: ReplicaReplication;
+  try {
+    r = await ReplicaReplication.open(dir, record, keys, ctx.clock, ctx.log);
+    await r.save();
+  } catch (e) {
+    // Nothing half-made stays behind: no keys or record of a replica that does not exist.
+    await rm(dir, { recursive: true, force: true });
+    throw e;
+  }
   ctx.replicas.set(req.id, r);
   ctx.log.info('replica created', { relationship: req.id, vm: req.vm, primary: peer.commonName, storagePath: record.storagePath });
   return r;

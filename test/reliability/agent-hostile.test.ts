@@ -259,6 +259,28 @@ describe('names and ids', () => {
     expect(changes(before, snapshot(cluster.root))).toEqual([]);
     expect(readdirSync(canary)).toEqual([]);
   });
+
+  test("a primary cannot place its replica outside its entry's storage path, nor seed from a VM the host does not replicate to it: 403, nothing created or moved", async () => {
+    await b.request('POST', '/v1/vms', { name: 'vm-b', disks: [{ name: 'os', size: MiB }], power: 'Off' });
+    const before = snapshot(cluster.root);
+    const keys = { encryptionKey: randomBytes(32).toString('base64'), macKey: randomBytes(32).toString('base64') };
+    const base = { vm: 'vm-x', disks: [{ id: 'os', size: MiB }], keys, retention: { additional: 1 } };
+    const cases: (readonly [string, string, object])[] = [
+      ['host-c', 'outside its storage path', { id: 'rel-out1', storagePath: canary }],
+      ['host-c', 'outside its storage path', { id: 'rel-out2', storagePath: '../from-host-a' }],
+      ['host-a', 'outside its storage path', { id: 'rel-out3', storagePath: join(cluster.host('host-b').dataDir, 'replica-records') }],
+      ['host-c', 'may not seed from VM vm-b on host-b: it is not replicated to host-c', { id: 'rel-seed1', vm: 'vm-b', seedFromVm: 'vm-b' }],
+      ['host-a', 'may not seed from VM vm-b on host-b: it is not replicated to host-a', { id: 'rel-seed2', vm: 'vm-b', seedFromVm: 'vm-b', discardSeed: true }],
+    ];
+    for (const [as, says, over] of cases) {
+      const r = await raw('host-b', as, 'POST', '/v1/replica/relationships', JSON.stringify({ ...base, ...over }));
+      expect(r.status, `${says}: ${r.body}`).toBe(403);
+      expect((JSON.parse(r.body) as { error: { message: string } }).error.message).toContain(says);
+    }
+    expect(changes(before, snapshot(cluster.root))).toEqual([]);
+    expect(readdirSync(canary)).toEqual([]);
+    expect((await b.request('GET', '/v1/vms/vm-b')).json<{ name: string }>().name).toBe('vm-b');
+  });
 });
 
 /** The legitimate operator client is served (the agent's health, and host-a's relationship). */
