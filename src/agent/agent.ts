@@ -35,6 +35,7 @@ import { agentRoutes } from './routes.ts';
 import type { Router } from './router.ts';
 import { Scheduler } from './scheduler.ts';
 import { serveOverlays, serveVm } from './vms.ts';
+import { readoptAll, type AdoptedVm } from './adopted.ts';
 
 export interface AgentOptions {
   clock?: Clock;
@@ -51,6 +52,7 @@ export class Agent implements AgentContext {
   readonly clock: Clock;
   readonly log: Logger;
   readonly runtimes = new Map<string, VmRuntime>();
+  readonly adopted = new Map<string, AdoptedVm>();
   readonly primaries = new Map<string, PrimaryReplication>();
   readonly replicas = new Map<string, ReplicaReplication>();
   readonly keys = new Map<string, RelationshipKeys>();
@@ -119,6 +121,7 @@ export class Agent implements AgentContext {
     }
     // Real guests that kept running while the agent was down reconnect to the exports served above.
     await this.hv.adopt?.();
+    await readoptAll(this);
     const relDir = join(this.config.dataDir, 'relationships');
     for (const id of await readdir(relDir).catch(() => [] as string[])) {
       const record = await readJsonIfExists<PrimaryRecord>(join(relDir, id, 'state.json'));
@@ -129,9 +132,15 @@ export class Agent implements AgentContext {
         this.log.warn('extended relationship without its replica: skipped', { relationship: id, replica: record.forwardOf });
         continue;
       }
-      const p = this.addPrimary(record, keys, forwarded && (await forwarded.openForward()));
+      const adopted = this.adopted.get(record.vm);
+      if (!forwarded && !adopted && !this.runtimes.has(record.vm) && (await readJsonIfExists(join(this.config.dataDir, 'adopted', `${record.vm}.json`)))) {
+        this.log.warn('relationship of an adopted VM whose QEMU is gone: skipped until it answers again', { relationship: id, vm: record.vm });
+        continue;
+      }
+      const p = this.addPrimary(record, keys, forwarded ? await forwarded.openForward() : adopted?.source);
       const lost = this.runtimes.get(record.vm)?.lostContinuity() ?? [];
       if (lost.length) await p.markContinuityLost(`disks ${lost.join(', ')} were not closed cleanly (agent stopped without a clean cut)`);
+      if (adopted) await p.markContinuityLost('the agent restarted: the adopted VM\'s dirty bitmaps were added anew, so writes made meanwhile are unknown');
     }
   }
 
@@ -153,6 +162,7 @@ export class Agent implements AgentContext {
     // Real guests keep running: their disk I/O waits for the next agent's exports (NBD reconnect).
     await this.hv.close?.();
     for (const rt of this.runtimes.values()) await rt.stop();
+    for (const vm of this.adopted.values()) await vm.source.close().catch(() => {});
   }
 
   // --------------------------------------------------------------------------------- relationships

@@ -8,6 +8,7 @@ import type { Logger } from '../transport/logger.ts';
 import type { AgentConfig } from './config.ts';
 import type { Hypervisor } from '../model/hypervisor.ts';
 import type { VmRuntime } from './hypervisor/vm-runtime.ts';
+import type { AdoptedVm } from './adopted.ts';
 import type { CutSource, ReplicaLink } from '../core/replication/ports.ts';
 import type { PrimaryReplication } from '../core/replication/primary.ts';
 import type { PrimaryRecord } from '../core/replication/primary-record.ts';
@@ -21,6 +22,8 @@ export interface AgentContext {
   /** Folder of the VMs' NBD sockets. */
   readonly nbdDir: string;
   readonly runtimes: Map<string, VmRuntime>;
+  /** Running QEMU VMs this agent did not start, tracked through QEMU's dirty bitmaps (adopted.ts). */
+  readonly adopted: Map<string, AdoptedVm>;
   readonly primaries: Map<string, PrimaryReplication>;
   readonly replicas: Map<string, ReplicaReplication>;
   readonly keys: Map<string, RelationshipKeys>;

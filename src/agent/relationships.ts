@@ -30,9 +30,12 @@ export async function createRelationship(ctx: AgentContext, req: CreateRelations
     if (p.record.vm === req.vm) throw new TerminalError('invalid-state', `VM ${req.vm} is already protected by relationship ${p.id}`);
   }
   const rt = ctx.runtimes.get(req.vm);
-  if (!rt) throw new TerminalError('not-found', `VM ${req.vm} not found on ${ctx.config.name}`);
+  const adopted = ctx.adopted.get(req.vm);
+  if (!rt && !adopted) throw new TerminalError('not-found', `VM ${req.vm} not found on ${ctx.config.name}`);
   const exclude = new Set(req.excludeDisks ?? []);
-  const disks = rt.vm.disks.filter((d) => !exclude.has(d.name)).map((d) => ({ id: d.name, size: d.size }));
+  if (adopted && exclude.size) throw new TerminalError('invalid-argument', `VM ${req.vm} is adopted: every disk it was adopted with replicates (adopt it with fewer disks instead of excludeDisks)`);
+  const all = rt ? rt.vm.disks : adopted!.source.disks.map((d) => ({ name: d.id, size: d.size }));
+  const disks = all.filter((d) => !exclude.has(d.name)).map((d) => ({ id: d.name, size: d.size }));
   if (!disks.length) throw new TerminalError('invalid-argument', `VM ${req.vm}: every disk is excluded`);
   const record = newPrimaryRecord({
     id: req.id,
@@ -78,7 +81,7 @@ async function openNewPrimary(
   const dir = join(ctx.config.dataDir, 'relationships', record.id);
   await mkdir(dir, { recursive: true });
   await writeKeys(dir, keys);
-  const p = ctx.addPrimary(record, keys, forward && (await forward.openForward()));
+  const p = ctx.addPrimary(record, keys, forward ? await forward.openForward() : ctx.adopted.get(record.vm)?.source);
   await p.save();
   return p;
 }

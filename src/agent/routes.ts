@@ -7,6 +7,7 @@ import type { ResolvedPolicySpec } from '../model/desired.ts';
 import type {
   CreateRelationshipRequest,
   CreateReplicaRequest,
+  AdoptVmRequest,
   CreateVmRequest,
   FailbackFromAzureRequest,
   FailoverRequest,
@@ -24,6 +25,7 @@ import type { ReplicaRecord } from '../core/replication/replica.ts';
 import { Router, type RouteContext } from './router.ts';
 import { cycleGroup } from './scheduler.ts';
 import * as vms from './vms.ts';
+import { adoptVm, adoptedView } from './adopted.ts';
 
 const seq = (ctx: RouteContext): number => {
   const n = Number(ctx.params.seq);
@@ -58,7 +60,10 @@ export function agentRoutes(a: Agent): Router {
     }),
     listVms: async () => vms.listVms(a),
     createVm: async (ctx) => vms.createVm(a, body<CreateVmRequest>(ctx)),
+    adoptVm: async (ctx) => adoptVm(a, body<AdoptVmRequest>(ctx)),
     getVm: async (ctx) => {
+      const adopted = a.adopted.get(ctx.params.name);
+      if (adopted) return adoptedView(adopted);
       const rt = a.runtimes.get(ctx.params.name);
       if (!rt) throw new TerminalError('not-found', `VM ${ctx.params.name} not found on ${a.config.name}`);
       return { ...(await a.hv.get(ctx.params.name)), ...(await vms.vmView(a, rt)) };

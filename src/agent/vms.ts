@@ -9,6 +9,7 @@ import type { SiteVm } from '../model/site.ts';
 import type { CreateVmRequest, SetPowerRequest } from '../transport/agent-api.ts';
 import type { AgentContext } from './context.ts';
 import { buildSeedImage } from './hypervisor/qemu/seed.ts';
+import { adoptedView } from './adopted.ts';
 import { VmRuntime, type ClosableDevice } from './hypervisor/vm-runtime.ts';
 
 /** Defines a VM (sparse disks of the given sizes), serves its disks and starts it when asked. */
@@ -79,6 +80,7 @@ export async function dropVm(ctx: AgentContext, name: string): Promise<void> {
 export async function listVms(ctx: AgentContext): Promise<SiteVm[]> {
   const out: SiteVm[] = [];
   for (const rt of ctx.runtimes.values()) out.push(await vmView(ctx, rt));
+  for (const vm of ctx.adopted.values()) out.push(adoptedView(vm));
   return out;
 }
 

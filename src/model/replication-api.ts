@@ -137,6 +137,15 @@ export interface CreateVmRequest {
 
 export type VmBootConfig = VmBoot;
 
+/** POST /v1/vms/adopt: a running QEMU VM drsite did not start, tracked through QEMU's dirty bitmaps. */
+export interface AdoptVmRequest {
+  name: string;
+  /** A QMP monitor socket of the VM that drsite may use (QEMU serves one client per monitor). */
+  qmpSocket: string;
+  /** Each disk's name (the replicated disk id) and the block node its guest device writes through. */
+  disks: { name: string; node: string }[];
+}
+
 /** What of a VM's definition travels with its replica, so a failover starts the same machine. */
 export interface VmConfig {
   cpus?: number;

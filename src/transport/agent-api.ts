@@ -121,6 +121,10 @@ export const ROUTES = {
       boot,
     }, ['name', 'disks']),
   }),
+  adoptVm: R('POST', '/v1/vms/adopt', 'operator', {
+    status: 201,
+    body: obj({ name: str, qmpSocket: str, disks: { type: 'array', minItems: 1, items: obj({ name: { type: 'string', pattern: '^[A-Za-z0-9][-A-Za-z0-9_.]{0,63}$' }, node: str }, ['name', 'node']) } }, ['name', 'qmpSocket', 'disks']),
+  }),
   getVm: R('GET', '/v1/vms/:name', 'operator'),
   setVmPower: R('POST', '/v1/vms/:name/power', 'operator', {
     body: obj({ power: { enum: ['Running', 'Off'] }, timeoutMs: { type: 'integer', minimum: 0 }, force: { type: 'boolean' } }, ['power']),
