@@ -15,7 +15,7 @@ import type {
   SetPowerRequest,
   TestFailoverRequest,
 } from '../transport/agent-api.ts';
-import { handleUpload } from '../transport/upload.ts';
+import { discardUploads, handleUpload } from '../transport/upload.ts';
 import type { Agent } from './agent.ts';
 import { ownReplica } from './authorization.ts';
 import { primaryOf, replicaOf } from './context.ts';
@@ -151,7 +151,14 @@ export function agentRoutes(a: Agent): Router {
     uploadLog: upload,
     uploadOffset: upload,
     replicaApply: async (ctx) => ownReplica(a, ctx.params.id, ctx.peer).apply(),
-    replicaDiscardPending: async (ctx) => ownReplica(a, ctx.params.id, ctx.peer).discardPending(),
+    replicaDiscardPending: async (ctx) => {
+      const rep = ownReplica(a, ctx.params.id, ctx.peer);
+      const status = await rep.discardPending();
+      // The discarded logs' uploads go too: a resync's log of the same sequence carries other bytes,
+      // and an upload remembered as complete would refuse it as "a different complete upload".
+      await discardUploads(join(rep.dir, 'uploads'), (name) => Number.parseInt(name, 10) <= status.applied);
+      return status;
+    },
     replicaChecksums: async (ctx) => digestsToJSON(await ownReplica(a, ctx.params.id, ctx.peer).checksums(ctx.params.disk)),
     // The multi-level compare (64 KiB, then 4 KiB inside differing blocks) with short keyed digests.
     replicaCompare: async (ctx) => digestsToJSON(await ownReplica(a, ctx.params.id, ctx.peer).checksums(ctx.params.disk, compareRequestFromJSON(ctx.body))),

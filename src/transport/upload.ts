@@ -7,7 +7,7 @@
 //               200 {complete, size, sha256} only after `onComplete` resolved: that is the ack.
 import { createHash, type Hash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { fsyncDir, readJsonIfExists, writeJsonAtomic } from '../core/atomic-file.ts';
@@ -316,6 +316,17 @@ async function put(req: IncomingMessage, res: ServerResponse, o: HandleUploadOpt
   }
   const completion = await finishUpload(p, o, s, checksum);
   sendJson(res, 200, completion, { [UPLOAD_OFFSET]: String(completion.size) });
+}
+
+/**
+ * Removes every upload in `dir` whose name `keep` refuses, with every trace of it (partial data,
+ * received file, acknowledgement record), so the same name can carry a different file next.
+ */
+export async function discardUploads(dir: string, keep: (name: string) => boolean): Promise<string[]> {
+  const names = new Set((await readdir(dir).catch(() => [] as string[])).map((f) => f.replace(/\.(part|complete)$/, '')));
+  const dropped = [...names].filter((n) => !keep(n));
+  for (const n of dropped) await withLock(join(dir, n), () => discardUpload(dir, n));
+  return dropped;
 }
 
 /** Removes every trace of an upload (partial data, received file, acknowledgement record). */
