@@ -3,11 +3,10 @@
 // writing), the point is marked `app`, and `latest-app-consistent` selects it after later crash
 // points. A guest without a guest agent gets crash-consistent points within the quiesce timeout
 // and health Warning saying why.
-import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { policy30s } from '../agent/cluster.ts';
 import type { RecoveryPointInfo } from '../../src/transport/agent-api.ts';
-import { createGuest, cycle, line, qemuSites, view, type QemuSites } from './sites.ts';
+import { createGuest, lastRound, cycle, line, qemuSites, view, type QemuSites } from './sites.ts';
 
 let s: QemuSites;
 beforeAll(async () => {
@@ -35,11 +34,6 @@ async function protectWith(vm: string): Promise<string> {
 }
 
 const points = async (id: string) => (await s.b.request('GET', `/v1/relationships/${id}/recovery-points`)).json<RecoveryPointInfo[]>();
-async function lastRound(serial: string): Promise<number> {
-  const all = [...(await readFile(serial, 'utf8')).matchAll(/DRSITE round (\d+)/g)];
-  return all.length ? Number(all.at(-1)![1]) : 0;
-}
-
 describe('application-consistent points through qemu-guest-agent', () => {
   test('a guest with an agent: frozen for the cut, thawed after it, the point marked app and selected by latest-app-consistent', async () => {
     await createGuest(s, 'app-01', CHURN, { run: 'qga,script' });
@@ -49,7 +43,7 @@ describe('application-consistent points through qemu-guest-agent', () => {
     await line(serial, /DRSITE qga started on \/dev\/vport/);
     await line(serial, /DRSITE round 3\b/);
     const appSeq = await cycle(s.a, id); // the first cycle: the policy's hourly app-consistent point is due
-    const after = await lastRound(serial);
+    const after = await lastRound(serial, 'round');
     await line(serial, new RegExp(`DRSITE round ${after + 3}\\b`)); // thawed: it writes on
     const crashSeq = await cycle(s.a, id); // within the hour: crash-consistent
     const pts = await points(id);

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { TerminalError } from '../../src/model/errors.ts';
 import { Cluster } from '../agent/cluster.ts';
 import { testGuest, append } from '../qemu/guest.ts';
-import { createGuest, cycle, line, powerState, protect, QEMU_SITE, view, type QemuSites } from './sites.ts';
+import { createGuest, lastRound, cycle, line, powerState, protect, QEMU_SITE, view, type QemuSites } from './sites.ts';
 import { readFile } from 'node:fs/promises';
 
 let s: QemuSites;
@@ -50,11 +50,6 @@ while :; do
   sleep 0.2
 done
 `;
-
-async function lastRound(serial: string): Promise<number> {
-  const all = [...(await readFile(serial, 'utf8')).matchAll(/DRSITE churn (\d+)/g)];
-  return all.length ? Number(all.at(-1)![1]) : 0;
-}
 
 describe('real guests: bad input and faults', () => {
   test('a running, protected guest is not disturbed by the refusals below', async () => {

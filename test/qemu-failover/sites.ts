@@ -102,6 +102,12 @@ export async function powerState(c: MtlsClient, vm: string): Promise<{ power: st
   return (await c.request('GET', `/v1/vms/${vm}`)).json();
 }
 
+/** The last round a writing guest reported (serial lines `DRSITE <word> <n>`), 0 before the first. */
+export async function lastRound(serial: string, word = 'churn'): Promise<number> {
+  const all = [...(await readFile(serial, 'utf8')).matchAll(new RegExp(`DRSITE ${word} (\\d+)`, 'g'))];
+  return all.length ? Number(all.at(-1)![1]) : 0;
+}
+
 /** Waits for the serial console line matching `re` (QEMU truncates the log at each start). */
 export function line(path: string, re: RegExp, timeoutMs = 90_000): Promise<RegExpMatchArray> {
   return waitForLine(path, re, timeoutMs);

@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { createGuest, cycle, line, powerState, protect, qemuSites, view, type QemuSites } from './sites.ts';
+import { createGuest, lastRound, cycle, line, powerState, protect, qemuSites, view, type QemuSites } from './sites.ts';
 
 let s: QemuSites;
 beforeAll(async () => {
@@ -33,12 +33,6 @@ while :; do
   echo "DRSITE churn $n"
 done
 `;
-
-/** The last round the guest reported done (synced) on its serial console. */
-async function lastRound(serial: string): Promise<number> {
-  const all = [...(await readFile(serial, 'utf8')).matchAll(/DRSITE churn (\d+)/g)];
-  return all.length ? Number(all.at(-1)![1]) : 0;
-}
 
 /** Running, not a zombie (a daemonized QEMU's parent here may be a PID 1 that does not reap). */
 async function alive(pid: number): Promise<boolean> {
