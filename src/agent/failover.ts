@@ -155,6 +155,7 @@ export async function commit(ctx: AgentContext, id: string): Promise<Relationshi
 /** Cancel: on the replica, the failed-over VM is discarded and replication resumes; on the primary, a prepared planned failover is undone. */
 export async function cancel(ctx: AgentContext, id: string): Promise<RelationshipView> {
   const rep = ctx.replicas.get(id);
+  if (!rep && !ctx.primaries.has(id)) throw new TerminalError('not-found', `no relationship ${id} on ${ctx.config.name}`);
   if (rep?.record.state === 'FailoverWaitingCompletion' && rep.record.failover) {
     const next = rep.next('cancel');
     await dropVm(ctx, rep.record.failover.vm);

@@ -95,8 +95,12 @@ export function agentRoutes(a: Agent): Router {
       if (mine && 'error' in mine) throw mine.error;
       return mine;
     },
-    replicateGroupNow: async (ctx) =>
-      Object.fromEntries(Object.entries(await cycleGroup(a, ctx.params.group)).map(([id, r]) => [id, 'error' in r ? { error: (r.error as Error).message } : r])),
+    replicateGroupNow: async (ctx) => {
+      if (![...a.primaries.values()].some((p) => p.record.replicationGroup === ctx.params.group)) {
+        throw new TerminalError('not-found', `no relationship of replication group ${ctx.params.group} has ${a.config.name} as primary`);
+      }
+      return Object.fromEntries(Object.entries(await cycleGroup(a, ctx.params.group)).map(([id, r]) => [id, 'error' in r ? { error: (r.error as Error).message } : r]));
+    },
     resync: async (ctx) => primaryOf(a, ctx.params.id).requestResync(),
     modifySettings: async (ctx) => {
       const p = primaryOf(a, ctx.params.id);
