@@ -9,6 +9,7 @@ import { startSampleCompanion } from '../demo/sample-vms.ts';
 import type { Job } from '../vault/vault.ts';
 import type { GlobalOptions } from './main.ts';
 import { printJson, renderTable, type Io } from './output.ts';
+import { waitLockMs } from './wait-lock.ts';
 
 export function jobRows(jobs: readonly Job[]): string {
   return renderTable(
@@ -23,7 +24,7 @@ export async function applyCommand(paths: string[], g: GlobalOptions, io: Io): P
   if (!loaded.ok) return 1;
   const json = g.output === 'json';
   const session = await openSession({
-    desired: loaded.state, vaultPath: g.vault!, stateDir: g.stateDir,
+    desired: loaded.state, vaultPath: g.vault!, stateDir: g.stateDir, command: 'drsite apply', waitLockMs: waitLockMs(g),
     companion: (sites) => startSampleCompanion(paths, sites, (l) => !json && io.out(l)),
     report: (l) => !json && io.out(l),
   });

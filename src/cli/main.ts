@@ -9,6 +9,8 @@ export interface GlobalOptions {
   vault?: string;
   /** drsite's state directory: embedded sites, certificates, journals (and the vault unless --vault). */
   stateDir: string;
+  /** apply, run and the verbs: how long to wait for another drsite reconciling the same vault. */
+  waitLock?: string;
 }
 
 /** Exit codes shared by every command. */
@@ -22,6 +24,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     .option('--debug', 'print stack traces with errors', false)
     .option('--vault <path>', 'control-plane state (SQLite) (default: <state-dir>/vault.db)')
     .option('--state-dir <dir>', 'state directory: embedded sites, certificates, journals', '.drsite')
+    .option('--wait-lock <duration>', 'apply, run, verbs: wait this long for another drsite reconciling the same vault (default: refuse at once)')
     .exitOverride()
     .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) });
 

@@ -14,6 +14,7 @@ import { startSampleCompanion } from '../demo/sample-vms.ts';
 import type { GlobalOptions } from './main.ts';
 import { describeError, type Io } from './output.ts';
 import { readStatus, statusTable } from './status.ts';
+import { waitLockMs } from './wait-lock.ts';
 
 export interface RunFlags {
   until?: 'converged';
@@ -45,9 +46,10 @@ export async function runCommand(paths: string[], flags: RunFlags, g: GlobalOpti
   const bars = tty ? new MultiBar({ format: ' {name} [{bar}] {percentage}% {what}', hideCursor: true, clearOnComplete: false }, Presets.shades_classic) : undefined;
   const say = (line: string) => (bars ? bars.log(`${line}\n`) : io.out(line));
   const started = Date.now();
-  const session = await openSession({ desired: loaded.state, vaultPath: g.vault!, stateDir: g.stateDir, report: say,
-    ...(flags.samples && { companion: (sites) => startSampleCompanion(paths, sites, say) }) });
   const stop = new AbortController();
+  const session = await openSession({ desired: loaded.state, vaultPath: g.vault!, stateDir: g.stateDir, report: say,
+    command: 'drsite run', waitLockMs: waitLockMs(g), onLeaseLost: () => stop.abort(),
+    ...(flags.samples && { companion: (sites) => startSampleCompanion(paths, sites, say) }) });
   const onSignal = () => stop.abort();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);

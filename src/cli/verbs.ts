@@ -14,6 +14,7 @@ import { openSession } from '../reconciler/session.ts';
 import { jobRows } from './apply.ts';
 import type { GlobalOptions } from './main.ts';
 import { printJson, type Io } from './output.ts';
+import { waitLockMs } from './wait-lock.ts';
 
 export interface VerbFlags {
   unplanned: boolean;
@@ -59,7 +60,7 @@ export async function verbCommand(verb: string, target: string, paths: string[],
   const report = (l: string) => !json && io.out(l);
   const direct = ['reverse', 'resync', 'pause', 'resume'].includes(verb);
   const desired = direct ? loaded.state : withRequest(loaded.state, target, request(verb, flags));
-  const session = await openSession({ desired, vaultPath: g.vault!, stateDir: g.stateDir, report });
+  const session = await openSession({ desired, vaultPath: g.vault!, stateDir: g.stateDir, report, command: `drsite ${verb} ${target}`, waitLockMs: waitLockMs(g) });
   try {
     recoverInterrupted(session.vault);
     if (direct) {

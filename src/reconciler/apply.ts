@@ -12,6 +12,7 @@ import { observeSites, type Observation } from './observe-sites.ts';
 import { plan as makePlan } from './plan.ts';
 import { FAILOVER_ACTIONS, type Plan, type PlannedAction } from './plan-types.ts';
 import { planJobInput, runPlanJob, runnablePlanJobs, startPlanJob } from './recovery-plan.ts';
+import { adoptRebuiltVault } from './rebuilt-vault.ts';
 import { recordObservation } from './record-status.ts';
 
 export interface PassOptions {
@@ -88,7 +89,10 @@ export async function reconcileOnce(opts: PassOptions): Promise<PassResult> {
   const jobs = new Map<string, string>();
   let terminalFailures = 0;
   let observation = await observeSites(desired, sites, vault, new Date(clock.now()));
-  if (!opts.dryRun) recordObservation(vault, desired, observation);
+  if (!opts.dryRun) {
+    recordObservation(vault, desired, observation);
+    if (adoptRebuiltVault(vault, desired, observation, report).length > 0) observation = await observeSites(desired, sites, vault, new Date(clock.now()));
+  }
   const ctx = (): ExecContext => ({ desired, sites, vault, observation, stateDir: opts.stateDir, report, clock });
 
   if (!opts.dryRun) {

@@ -42,7 +42,16 @@ export interface PlanJobInput {
   groups: PlanGroupInput[];
 }
 
-export type PlanOutcome = 'Succeeded' | 'Failed' | 'Waiting';
+/** Deferred: the plan stays Running and a later pass resumes it (a VM must resynchronize first). */
+export type PlanOutcome = 'Succeeded' | 'Failed' | 'Waiting' | 'Deferred';
+
+// A host that crashed (an embedded agent killed with its reconciler) loses change tracking, so its
+// relationships need a resync before a final delta can be shipped. A planned failover waits for
+// it rather than fail: the same pass's protection actions run the resync, a later pass goes on.
+const RESYNCING: ReadonlySet<string> = new Set(['ResynchronizationRequired', 'Resynchronizing']);
+
+class StepDeferred extends Error {}
+const lastDeferral = new Map<string, string>();
 
 const target = (plan: string) => `RecoveryPlan/${plan}`;
 
@@ -154,8 +163,16 @@ export async function runPlanJob(ctx: ExecContext, jobId: string): Promise<PlanO
           const settled = await Promise.allSettled(g.steps.map(async (vmSteps) => {
             for (const s of vmSteps) await runVmStep(ctx, job, s);
           }));
-          const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+          const rejected = settled.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+          const failed = rejected.find((r) => !(r.reason instanceof StepDeferred));
           if (failed) throw failed.reason;
+          if (rejected.length > 0) {
+            const why = `RecoveryPlan ${input.plan}: ${label} waits: ${rejected.map((r) => (r.reason as Error).message).join('; ')}`;
+            // Said once, not on every pass of the loop while the resync runs.
+            if (lastDeferral.get(jobId) !== why) ctx.report(why);
+            lastDeferral.set(jobId, why);
+            return 'Deferred';
+          }
         }
         for (const [i, a] of list.entries()) {
           if (!applies(a, input)) continue;
@@ -199,6 +216,10 @@ async function runVmStep(ctx: ExecContext, plan: Job, s: VmStep): Promise<void> 
   const { vault } = ctx;
   const prior = vault.getJob(plan.id)?.steps.find((x) => x.name === s.key);
   if (prior?.state === 'Succeeded') return;
+  const state = lookup(ctx.observation.observed.relationships, s.protectedVm)?.state;
+  if (s.type === 'planned-failover' && state !== undefined && RESYNCING.has(state)) {
+    throw new StepDeferred(`${s.protectedVm} is ${state} (its host restarted); its planned failover starts once it replicates again`);
+  }
   vault.startStep(plan.id, s.key);
   let child = vault.listJobs({ parentId: plan.id, state: 'Running', limit: 500 }).find((j) => (j.input as { key?: string } | undefined)?.key === s.key);
   child ??= vault.createJob({ type: JOB_TYPE[s.type], target: `ProtectedVM/${s.protectedVm}`, parentId: plan.id, input: { key: s.key, step: s } });

@@ -6,6 +6,7 @@ import type { DesiredState } from '../model/desired.ts';
 import { openSites, type SiteSet } from '../sites/open-sites.ts';
 import { Vault } from '../vault/vault.ts';
 import { observeSites } from './observe-sites.ts';
+import { holdReconcileLease, type HeldLease } from './reconcile-lease.ts';
 import { recordObservation } from './record-status.ts';
 
 export interface SessionOptions {
@@ -19,6 +20,12 @@ export interface SessionOptions {
    */
   companion?: (sites: SiteSet) => Promise<Companion | undefined>;
   report?: (line: string) => void;
+  /** What this process runs, shown to a second one that finds the reconcile lease taken. */
+  command: string;
+  /** How long to wait for another drsite reconciling the same vault. @default 0 (refuse) */
+  waitLockMs?: number;
+  /** The reconcile lease was taken over while this session ran (it must stop acting). */
+  onLeaseLost?: () => void;
 }
 
 /** Something that runs beside the reconciler for the session's lifetime. */
@@ -39,10 +46,22 @@ export interface Session {
 export async function openSession(opts: SessionOptions): Promise<Session> {
   const stateDir = resolve(opts.stateDir);
   const vault = Vault.open(opts.vaultPath);
+  // The lease comes before the sites: a second reconciler must not even start embedded agents.
+  let lease: HeldLease;
+  try {
+    lease = await holdReconcileLease({
+      vault, command: opts.command, ...(opts.waitLockMs !== undefined && { waitMs: opts.waitLockMs }),
+      ...(opts.report && { report: opts.report }), ...(opts.onLeaseLost && { onLost: opts.onLeaseLost }),
+    });
+  } catch (e) {
+    vault.close();
+    throw e;
+  }
   let sites: SiteSet;
   try {
     sites = await openSites(opts.desired, { stateDir, ...(opts.certsDir && { certsDir: opts.certsDir }) });
   } catch (e) {
+    lease.release();
     vault.close();
     throw e;
   }
@@ -51,6 +70,7 @@ export async function openSession(opts: SessionOptions): Promise<Session> {
     companion = await opts.companion?.(sites);
   } catch (e) {
     await sites.close();
+    lease.release();
     vault.close();
     throw e;
   }
@@ -71,6 +91,7 @@ export async function openSession(opts: SessionOptions): Promise<Session> {
     async close() {
       await companion?.stop();
       await sites.close();
+      lease.release();
       vault.close();
     },
   };

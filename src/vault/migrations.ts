@@ -111,6 +111,26 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE events RENAME COLUMN at TO last_at;
     `,
   },
+  {
+    version: 4,
+    name: 'reconcile lease and vault facts',
+    // One process at a time acts on the sites for a vault (leases.ts); vault_info keeps facts
+    // about the file itself, such as "created empty, not yet compared with the sites" (meta.ts).
+    up: `
+      CREATE TABLE leases (
+        name        TEXT    PRIMARY KEY,
+        holder_pid  INTEGER NOT NULL,
+        holder_host TEXT    NOT NULL,
+        command     TEXT    NOT NULL,
+        acquired_at INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL
+      ) STRICT;
+      CREATE TABLE vault_info (
+        key         TEXT    PRIMARY KEY,
+        value       TEXT    NOT NULL
+      ) STRICT;
+    `,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;

@@ -49,6 +49,13 @@ export class Connection {
       this.db.exec('PRAGMA journal_mode = WAL');
       this.db.exec('PRAGMA synchronous = FULL');
       this.db.exec('PRAGMA foreign_keys = ON');
+      // A file cut short or overwritten in the middle still opens: SQLite only notices a bad page
+      // when a query reaches it, which could be halfway through a pass. quick_check reads every
+      // page once (milliseconds for a vault) so damage is refused here, before anything acts.
+      if (path !== ':memory:') {
+        const problems = this.db.prepare('PRAGMA quick_check(3)').all().map((r) => String(Object.values(r)[0]));
+        if (problems.length !== 1 || problems[0] !== 'ok') throw damaged(path, problems.join('; '));
+      }
     } catch (e) {
       this.db.close();
       throw translate(e, path, 'open');
@@ -172,10 +179,25 @@ export function translate(e: unknown, path: string, where: string): unknown {
       return new RetryableError('low-memory', what, { cause: e });
     case SQLITE_CORRUPT:
     case SQLITE_NOTADB:
-      return new TerminalError('invalid-state', `vault ${path} is not a readable drsite vault: ${(e as Error).message}`, { cause: e });
+      return damaged(path, (e as Error).message, e);
     case SQLITE_CANTOPEN:
       return new TerminalError('not-found', what, { cause: e });
     default:
       return new TerminalError('invalid-state', what, { cause: e });
   }
+}
+
+/**
+ * A vault SQLite cannot read. What the sites hold (relationships, replicas, recovery points) is
+ * the truth the reconciler observes every pass, so a new, empty vault loses only history (jobs,
+ * events) and the record of past failover ids, which a rebuilt vault adopts as done
+ * (reconciler/rebuilt-vault.ts) instead of running them again.
+ */
+export function damaged(path: string, detail: string, cause?: unknown): TerminalError {
+  const oneLine = detail.replace(/\s+/g, ' ').trim();
+  return new TerminalError(
+    'invalid-state',
+    `vault ${path} is damaged (${oneLine}): move it aside, with its -wal and -shm files if any (e.g. mv ${path} ${path}.damaged); the next drsite apply rebuilds protection state from the sites (job and event history are lost)`,
+    { cause },
+  );
 }

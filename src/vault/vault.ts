@@ -8,6 +8,8 @@ import * as actions from './actions.ts';
 import type { Condition, ConditionInput, ResourceStatus } from './conditions.ts';
 import * as events from './events.ts';
 import * as jobs from './jobs.ts';
+import * as leases from './leases.ts';
+import * as meta from './meta.ts';
 import { migrate, schemaVersion } from './migrations.ts';
 import * as pending from './pending.ts';
 import * as resources from './resources.ts';
@@ -21,6 +23,7 @@ export type { JobType, JobState, FinalJobState, StepState, FinalStepState, Job, 
 export type { EventType, NewEvent, VaultEvent, EventQuery } from './events.ts';
 export type { ActionRecord, LastAction } from './actions.ts';
 export type { PendingMark } from './pending.ts';
+export type { Lease, LeaseHolder, TakeResult } from './leases.ts';
 export { MIGRATIONS, SCHEMA_VERSION } from './migrations.ts';
 export type { Migration } from './migrations.ts';
 
@@ -55,13 +58,16 @@ export class Vault {
     const maxEvents = options.maxEvents ?? 10_000;
     if (!Number.isSafeInteger(maxEvents) || maxEvents < 1) throw new TerminalError('invalid-argument', `vault ${path}: maxEvents must be a positive integer, got ${maxEvents}`);
     const conn = new Connection(path, { busyTimeoutMs: options.busyTimeoutMs ?? 5000 });
+    const clock = options.clock ?? systemClock;
     try {
-      migrate(conn.db, path);
+      // Created from nothing (every migration applied here): remember it until a pass has
+      // compared the vault with the sites, which may already replicate (a rebuilt vault).
+      if (migrate(conn.db, path)[0] === 1) meta.markCreatedEmpty(conn, clock.now());
     } catch (e) {
       conn.close();
       throw e;
     }
-    return new Vault(conn, options.clock ?? systemClock, maxEvents);
+    return new Vault(conn, clock, maxEvents);
   }
 
   get path(): string {
@@ -79,6 +85,10 @@ export class Vault {
    */
   transaction<T>(fn: () => T): T {
     return this.conn.transaction(fn);
+  }
+
+  get isOpen(): boolean {
+    return this.conn.isOpen;
   }
 
   close(): void {
@@ -169,6 +179,33 @@ export class Vault {
   }
   getLastAction(kind: string, name: string): actions.LastAction | undefined {
     return actions.getLastAction(this.conn, kind, name);
+  }
+
+  // Leases
+
+  /** Takes (or renews) `name` for holder unless another live holder has it; see leases.ts. */
+  takeLease(name: string, holder: leases.LeaseHolder, ttlMs: number, isGone: (h: leases.Lease) => boolean): leases.TakeResult {
+    return leases.takeLease(this.conn, name, holder, this.clock.now(), ttlMs, isGone);
+  }
+  /** False when the holder lost the lease (it expired and another process took it over). */
+  renewLease(name: string, holder: leases.LeaseHolder, ttlMs: number): boolean {
+    return leases.renewLease(this.conn, name, holder, this.clock.now(), ttlMs);
+  }
+  releaseLease(name: string, holder: leases.LeaseHolder): boolean {
+    return leases.releaseLease(this.conn, name, holder);
+  }
+  getLease(name: string): leases.Lease | undefined {
+    return leases.getLease(this.conn, name);
+  }
+
+  // Facts about the file
+
+  /** Created empty by this drsite and not yet compared with the sites by a reconcile pass. */
+  get createdEmpty(): boolean {
+    return meta.isCreatedEmpty(this.conn);
+  }
+  clearCreatedEmpty(): void {
+    meta.clearCreatedEmpty(this.conn);
   }
 
   // Pending marks
