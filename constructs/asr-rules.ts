@@ -58,7 +58,7 @@ export function asrDiagnostics(desired: DesiredState): Diagnostic[] {
     const name = p.metadata.name;
     const frequency = p.spec.frequency ?? '5m';
     if (ASR_INTERVALS[frequency] === undefined) {
-      at('ReplicationPolicy', name, 'spec.frequency', `policy "${name}" replicates every ${frequency}, which Site Recovery does not support`,
+      at('ReplicationPolicy', name, 'spec.frequency', `policy "${name}" replicates ${frequency === 'continuous' ? 'continuously' : `every ${frequency}`}, which Site Recovery does not support`,
         'Azure Site Recovery for Hyper-V replicates every 30 s or every 5 min (replication_interval_in_seconds 30 or 300): set frequency to 30s or 5m');
     }
     const retention = retentionHours(p);

@@ -10,7 +10,7 @@ export interface ReplicationPolicyProps extends ResourceMetaProps {
    * Replication frequency, as Hyper-V Replica offers it (Site Recovery accepts 30s and 5m only).
    * @default '5m'
    */
-  readonly frequency?: '30s' | '5m' | '15m';
+  readonly frequency?: '30s' | '5m' | '15m' | 'continuous';
   /**
    * Hourly recovery points kept besides the latest (`additional`, 0-24), or a retention (`1h`-`24h`).
    * @default { additional: 0 }

@@ -206,7 +206,7 @@ async function seedReplica(ctx: AgentContext, vmName: string, storageDir: string
  */
 export async function extend(ctx: AgentContext, id: string, req: ReverseRequest): Promise<RelationshipView> {
   const rep = replicaOf(ctx, id);
-  if (req.policy.frequency === '30s') throw new TerminalError('invalid-argument', 'extended replication runs every 5m or 15m, not 30s');
+  if (req.policy.frequency === '30s' || req.policy.frequency === 'continuous') throw new TerminalError('invalid-argument', `extended replication runs every 5m or 15m, not ${req.policy.frequency}`);
   if (rep.store.applied === 0) throw new RetryableError('busy', `replica ${id} has no complete point yet: extended replication starts after the initial replication`);
   if (rep.record.extendedBy && rep.record.extendedBy !== req.id) throw new TerminalError('invalid-state', `replica ${id} is already extended by ${rep.record.extendedBy}`);
   const existing = ctx.primaries.get(req.id);

@@ -49,7 +49,7 @@ const byName = <R extends Resource>(list: Declared<R>[]): Map<string, Declared<R
   return m;
 };
 
-const FREQUENCY_SECONDS: Record<string, number> = { '30s': 30, '5m': 300, '15m': 900 };
+const FREQUENCY_SECONDS: Record<string, number> = { continuous: 1, '30s': 30, '5m': 300, '15m': 900 };
 
 // --- names and references -------------------------------------------------------------------
 
@@ -205,9 +205,10 @@ export const extendedReplicaFrequency: Rule = (input) => {
     const firstPolicy = policies.get(d.resource.spec.policy)?.resource;
     if (!ext || !extPolicy) continue;
     const extFreq = extPolicy.spec.frequency ?? '5m';
-    if (extFreq === '30s') {
-      out.push(diag(d, ['spec', 'extendedReplica', 'policy'], `extended replication cannot run every 30s`,
-        `policy "${ext.policy}" replicates every 30s; extended replication needs a policy with frequency 5m or 15m`));
+    if (extFreq === '30s' || extFreq === 'continuous') {
+      const every = extFreq === '30s' ? 'every 30s' : 'continuously';
+      out.push(diag(d, ['spec', 'extendedReplica', 'policy'], `extended replication cannot run ${every}`,
+        `policy "${ext.policy}" replicates ${every}; extended replication needs a policy with frequency 5m or 15m`));
     } else if (firstPolicy && FREQUENCY_SECONDS[extFreq] < FREQUENCY_SECONDS[firstPolicy.spec.frequency ?? '5m']) {
       out.push(diag(d, ['spec', 'extendedReplica', 'policy'], `extended replication (every ${extFreq}) is faster than the first hop (every ${firstPolicy.spec.frequency})`,
         `policy "${d.resource.spec.policy}" replicates every ${firstPolicy.spec.frequency}; the extended policy must replicate every ${firstPolicy.spec.frequency} or less often`));

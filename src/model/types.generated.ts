@@ -158,9 +158,9 @@ export interface ReplicationPolicy {
 
 export interface ReplicationPolicySpec {
   /**
-   * Replication frequency, as Hyper-V Replica offers it. @default 5m
+   * Replication frequency, as Hyper-V Replica offers it (30s, 5m, 15m), or continuous: a new point as soon as the previous one is acknowledged, at most one a second (and within the bandwidth cap), so the lag follows the write rate. @default 5m
    */
-  frequency?: '30s' | '5m' | '15m';
+  frequency?: '30s' | '5m' | '15m' | 'continuous';
   recoveryPoints?: RecoveryPointRetention;
   /**
    * Take an application-consistent point every 1h-12h; 0 = crash-consistent only. @default 0

@@ -77,6 +77,7 @@ const CASES: Record<string, Case[]> = {
     { reason: '30s first hop, 5m extended', yaml: BASE + SITE_C + policy('every-30s', '{frequency: 30s}') + vm('web-01', ', extendedReplica: {site: site-c, policy: every-5m}', 'web-01', 'site-a', 'site-b', 'every-30s'), want: [] },
     { reason: 'default frequency (5m) counts as 5m', yaml: BASE + SITE_C + policy('plain', '{}') + vm('web-01', ', extendedReplica: {site: site-c, policy: plain}'), want: [] },
     { reason: 'extended every 30s', yaml: BASE + SITE_C + policy('every-30s', '{frequency: 30s}') + vm('web-01', ', extendedReplica: {site: site-c, policy: every-30s}', 'web-01', 'site-a', 'site-b', 'every-30s'), want: ['spec.extendedReplica.policy extended replication cannot run every 30s'] },
+    { reason: 'extended continuously', yaml: BASE + SITE_C + policy('nonstop', '{frequency: continuous}') + vm('web-01', ', extendedReplica: {site: site-c, policy: nonstop}', 'web-01', 'site-a', 'site-b', 'nonstop'), want: ['spec.extendedReplica.policy extended replication cannot run continuously'] },
     { reason: '15m first hop, 5m extended', yaml: BASE + SITE_C + policy('every-15m', '{frequency: 15m}') + vm('web-01', ', extendedReplica: {site: site-c, policy: every-5m}', 'web-01', 'site-a', 'site-b', 'every-15m'), want: ['spec.extendedReplica.policy extended replication (every 5m) is faster than the first hop (every 15m)'] },
   ],
   replicationGroupNeedsConsistency: [

@@ -50,8 +50,20 @@ export interface CycleResult {
   applied: number;
 }
 
+/** Continuous replication: the shortest time between the starts of two cycles. */
+export const CONTINUOUS_MIN_INTERVAL_MS = 1000;
+/** Continuous replication is late, for health, as a 30 s relationship would be. */
+export const CONTINUOUS_HEALTH_PERIOD_MS = 30_000;
+
+/** Time between the starts of two cycles: the policy's period, or the minimum interval of continuous mode. */
 export function frequencyMs(policy: ResolvedPolicySpec): number {
+  if (policy.frequency === 'continuous') return CONTINUOUS_MIN_INTERVAL_MS;
   return parseDuration(policy.frequency) ?? 300_000;
+}
+
+/** The period health judges lag and missed cycles by. */
+export function healthPeriodMs(policy: ResolvedPolicySpec): number {
+  return policy.frequency === 'continuous' ? CONTINUOUS_HEALTH_PERIOD_MS : frequencyMs(policy);
 }
 
 export function retentionOf(policy: ResolvedPolicySpec): CreateReplicaRequest['retention'] {

@@ -21,7 +21,7 @@ import type { Logger } from '../../model/logger.ts';
 import { writeJsonAtomic } from '../atomic-file.ts';
 import type { CutSource, ReplicaLink } from './ports.ts';
 import { differenceFilter, type DifferenceFilter } from './difference-filter.ts';
-import { appCutDue, frequencyMs, inWindow, noteAppCut, retentionOf, type CycleResult, type PrimaryRecord } from './primary-record.ts';
+import { appCutDue, frequencyMs, healthPeriodMs, inWindow, noteAppCut, retentionOf, type CycleResult, type PrimaryRecord } from './primary-record.ts';
 import { primaryView } from './primary-view.ts';
 import { outboxSequences } from './outbox.ts';
 import { BandwidthCap, throttledLink } from './throttle.ts';
@@ -351,6 +351,11 @@ export class PrimaryReplication {
       await this.#apply('resync');
       return this.#resync();
     }
+    // Continuous mode cuts only when there is something to ship: an idle VM's replica is current.
+    if (r.policy.frequency === 'continuous' && r.applied === r.sequence && this.source.disks.every((d) => d.pendingBytes() === 0)) {
+      r.lastReplicationTime = this.#clock.now();
+      return { action: 'none', applied: r.applied };
+    }
     const seq = r.sequence + 1;
     const started = this.#clock.now();
     const bytes = await this.#seal(seq, 'delta', false);
@@ -470,7 +475,7 @@ export class PrimaryReplication {
 
   view(): RelationshipView {
     const pending = this.source.disks.reduce((n, d) => n + d.pendingBytes(), 0);
-    return primaryView({ record: this.record, now: this.#clock.now(), frequencyMs: this.frequencyMs, diskBytes: this.#totalBytes(), pending, stats: this.#stats, retry: this.#retry });
+    return primaryView({ record: this.record, now: this.#clock.now(), frequencyMs: healthPeriodMs(this.record.policy), diskBytes: this.#totalBytes(), pending, stats: this.#stats, retry: this.#retry });
   }
 
   /** RemoveReplicationRelationship on the primary: stop, drop the outbox; the replica is told when reachable. */
