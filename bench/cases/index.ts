@@ -8,6 +8,6 @@ import { planCase } from './plan.ts';
 import { primaryAmplification } from './primary-amplification.ts';
 import { replicaAmplification } from './replica-amplification.ts';
 import { resync } from './resync.ts';
-import { rpo } from './rpo.ts';
+import { rpo, rpoContinuous } from './rpo.ts';
 
-export const CASES: readonly BenchCase[] = [resync, initialReplication, deltaPipeline, rpo, replicaAmplification, failover, planCase, primaryAmplification, bandwidth];
+export const CASES: readonly BenchCase[] = [resync, initialReplication, deltaPipeline, rpo, replicaAmplification, failover, planCase, primaryAmplification, bandwidth, rpoContinuous];
