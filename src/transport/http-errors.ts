@@ -112,15 +112,24 @@ const CERT_FAILURES = new Set([
   'INVALID_CA', 'PATH_LENGTH_EXCEEDED', 'HOSTNAME_MISMATCH', 'ERR_TLS_CERT_ALTNAME_INVALID',
 ]);
 
+// A TLS record that failed its MAC or could not be decrypted (detected here, or reported by the
+// peer's alert), or one whose length field was damaged: bytes corrupted in transit on an
+// established connection, not a credential an operator must fix.
+const RECORD_CORRUPTED = /BAD_RECORD_MAC|DECRYPTION_FAILED|RECORD_OVERFLOW/;
+
 /**
  * The typed error for a failed request that got no HTTP answer: TLS and certificate failures
  * (including our own unusable certificate or key) are authentication problems an operator must fix; everything else on the socket (refused, reset,
- * timed out, DNS) is the network and is retried.
+ * timed out, DNS) is the network and is retried. A TLS record damaged in transit is an integrity
+ * failure, retried like a damaged log.
  */
 export function errorFromSocket(err: unknown, where: string): TerminalError | RetryableError {
   if (TerminalError.is(err) || RetryableError.is(err)) return err;
   const code = String((err as { code?: unknown } | null)?.code ?? '');
   const message = err instanceof Error ? err.message : String(err);
+  if (code.startsWith('ERR_SSL_') && RECORD_CORRUPTED.test(code)) {
+    return new RetryableError('integrity', `${where}: a TLS record was damaged in transit (${code}): ${message}`, { cause: err });
+  }
   if (CERT_FAILURES.has(code) || code.startsWith('ERR_SSL_') || code.startsWith('ERR_OSSL_') || code === 'EPROTO') {
     return new TerminalError('authentication', `${where}: TLS handshake failed (${code}): ${message}`, { cause: err });
   }

@@ -145,6 +145,12 @@ describe('socket failure -> typed error', () => {
     { code: 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED', kind: 'terminal', as: 'authentication' },
     { code: 'EPROTO', kind: 'terminal', as: 'authentication' },
     { code: 'ERR_OSSL_X509_KEY_VALUES_MISMATCH', kind: 'terminal', as: 'authentication' },
+    // A byte corrupted in transit on an established connection: the peer's alert, or our own check.
+    { code: 'ERR_SSL_SSL/TLS_ALERT_BAD_RECORD_MAC', kind: 'retryable', as: 'integrity' },
+    { code: 'ERR_SSL_SSLV3_ALERT_BAD_RECORD_MAC', kind: 'retryable', as: 'integrity' },
+    { code: 'ERR_SSL_DECRYPTION_FAILED_OR_BAD_RECORD_MAC', kind: 'retryable', as: 'integrity' },
+    { code: 'ERR_SSL_TLSV1_ALERT_RECORD_OVERFLOW', kind: 'retryable', as: 'integrity' },
+    { code: 'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE', kind: 'terminal', as: 'authentication' },
   ];
   it.each(cases)('$code -> $kind $as', ({ code, kind, as }) => {
     const e = errorFromSocket(Object.assign(new Error(code), { code }), 'GET https://x/');
