@@ -16,6 +16,7 @@
 // mac = HMAC-SHA-256(macKey) over every byte before it (preamble, header, frames, footer fields).
 import { open, stat } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import type { KeyObject } from 'node:crypto';
 import { constants as zc, zstdCompress, zstdCompressSync, zstdDecompress, zstdDecompressSync } from 'node:zlib';
 import { RetryableError, TerminalError } from '../model/errors.ts';
@@ -23,6 +24,7 @@ import type { Extent, LogHeader, RelationshipKeys } from './types.ts';
 import { MAX_RECORD_BYTES } from './log-coalesce.ts';
 import { SALT_BYTES, TAG_BYTES, aadPrefix, checkKeys, deriveLogKey, logMac, newSalt, openFrame, sealFrame } from './log-crypto.ts';
 import { ChunkReader, SealedFileWriter, readU64, writeU64 } from './log-io.ts';
+import { classifyDiskFull, isDiskFull } from './disk-full.ts';
 
 export { coalesce, MAX_RECORD_BYTES } from './log-coalesce.ts';
 
@@ -336,13 +338,26 @@ export async function writeLog(
   out: string,
 ): Promise<LogSummary> {
   const w = await SealedFileWriter.create(out);
+  // Once the file system is full the rest of the log is only counted: the error says how much room it needs.
+  let full: unknown;
+  let bytes = 0;
   try {
-    const s = await encode(header, extents, keys, (c) => w.append(c));
+    const s = await encode(header, extents, keys, async (c) => {
+      bytes += c.length;
+      if (full !== undefined) return;
+      try {
+        await w.append(c);
+      } catch (e) {
+        if (!isDiskFull(e)) throw e;
+        full = e;
+      }
+    });
+    if (full !== undefined) throw full;
     await w.seal();
     return { path: out, ...s };
   } catch (e) {
     await w.abort();
-    throw e;
+    throw await classifyDiskFull(e, dirname(out), bytes);
   }
 }
 

@@ -11,7 +11,7 @@
 import { AsyncMutex } from './async-mutex.ts';
 import { randomBytes, createHash } from 'node:crypto';
 import { readSync, writeSync } from 'node:fs';
-import { copyFile, mkdir, open, readdir, rename, rm } from 'node:fs/promises';
+import { copyFile, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -21,6 +21,7 @@ import { openLog, readLogHeader } from './log-format.ts';
 import type { VerifiedLog } from './log-format.ts';
 import { checkKeys } from './log-crypto.ts';
 import { fsyncDir, unlinkIfExists } from './log-io.ts';
+import { classifyDiskFull, ensureSpace, isDiskFull } from './disk-full.ts';
 import { checkRetention, selectRetained } from './recovery-points.ts';
 import type { RecoveryPoint, RetentionPolicy } from './recovery-points.ts';
 import { RangeSet } from './replica-ranges.ts';
@@ -213,14 +214,24 @@ export class ReplicaStore {
     const dest = this.checkReceive(diskId, sequence);
     if (!dest || (await exists(dest))) return false;
     const tmp = `${dest}.${randomBytes(6).toString('hex')}.tmp`;
-    if (opts.move) await rename(srcPath, tmp);
-    else await copyFile(srcPath, tmp);
-    const h = await open(tmp, 'r+');
     try {
-      await h.sync();
-      this.counters.bytesReceived += (await h.stat()).size;
-    } finally {
-      await h.close();
+      // A move across file systems (uploads kept apart from the storage path) is a copy.
+      const moved = opts.move && (await rename(srcPath, tmp).then(() => true, (e: NodeJS.ErrnoException) => {
+        if (e.code !== 'EXDEV') throw e;
+        return false;
+      }));
+      if (!moved) await copyFile(srcPath, tmp);
+      const h = await open(tmp, 'r+');
+      try {
+        await h.sync();
+        this.counters.bytesReceived += (await h.stat()).size;
+      } finally {
+        await h.close();
+      }
+      if (opts.move && !moved) await unlinkIfExists(srcPath);
+    } catch (e) {
+      await unlinkIfExists(tmp);
+      throw await classifyDiskFull(e, this.dir, (await stat(srcPath).catch(() => ({ size: 0 }))).size);
     }
     await rename(tmp, dest);
     await fsyncDir(join(this.dir, 'incoming'));
@@ -376,6 +387,11 @@ export class ReplicaStore {
     }
     // Undo is only worth writing when a point older than this one may stay readable.
     const needUndo = this.state.applied > 0 && (this.state.retention.additional > 0 || this.pins.size > 0);
+    // Images are created zeroed and nothing touched them before a first `full` point: skip writing
+    // zeroes. A first point of kind `resync` lands on an existing replica copy and must write them.
+    const fresh = this.state.applied === 0 && this.state.points.length === 0 && logs.every((l) => l.header.kind === 'full');
+    // Refused before anything is written: a point never stops half applied for want of room.
+    await ensureSpace(this.dir, await this.roomFor(logs, needUndo, fresh));
     let undo: Record<string, string[]> | null = null;
     let next = this.state.nextSegment;
     let points = this.state.points;
@@ -401,9 +417,6 @@ export class ReplicaStore {
       sizes: Object.fromEntries(this.state.disks.map((d) => [d.id, Math.max(d.size, logs.find((l) => l.header.diskId === d.id)!.header.diskSize)])),
       undo,
     };
-    // Images are created zeroed and nothing touched them before a first `full` point: skip writing
-    // zeroes. A first point of kind `resync` lands on an existing replica copy and must write them.
-    const fresh = this.state.applied === 0 && this.state.points.length === 0 && logs.every((l) => l.header.kind === 'full');
     await this.saveState({ ...this.state, points, applying: point, nextSegment: next });
     return this.rollForward(point, logs, fresh);
   }
@@ -453,6 +466,25 @@ export class ReplicaStore {
     this.counters.bytesApplied += bytes;
     const { sequence, time, consistency, cutId } = point;
     return { sequence, time, consistency, cutId, bytes, records };
+  }
+
+  /**
+   * At most the bytes applying `logs` adds to the file system: undo of every range they overwrite
+   * (with `undo`), and the image blocks they write, no more than the images' unallocated part.
+   */
+  private async roomFor(logs: readonly VerifiedLog[], undo: boolean, skipZeroes: boolean): Promise<number> {
+    let bytes = 0;
+    for (const log of logs) {
+      const size = this.diskSize(log.header.diskId);
+      let written = 0;
+      for (const r of log.index) {
+        if (undo) bytes += Math.max(0, Math.min(r.offset + r.length, size) - r.offset);
+        if (!r.zero || !skipZeroes) written += r.length;
+      }
+      const allocated = (await stat(this.diskPath(log.header.diskId))).blocks * 512;
+      bytes += Math.min(written, Math.max(0, log.header.diskSize - allocated));
+    }
+    return bytes;
   }
 
   /**
@@ -650,7 +682,13 @@ export class ReplicaStore {
           if (list.length <= COMPACT_SEGMENTS) continue;
           const name = `${p.sequence}.${diskId}.${next++}.undo`;
           const sources = await Promise.all(list.map((n) => this.undoFile(n)));
-          this.counters.undoBytesWritten += await mergeUndo(sources, join(this.dir, 'undo', name));
+          try {
+            this.counters.undoBytesWritten += await mergeUndo(sources, join(this.dir, 'undo', name));
+          } catch (e) {
+            // Merging only saves reads; without room for it the segments stay, and pruning still frees space.
+            if (isDiskFull(e)) continue;
+            throw e;
+          }
           undo = { ...undo, [diskId]: [name] };
         }
       }

@@ -9,6 +9,7 @@ import { blockChecksums, compareChecksums, compareKeys, type BlockDigests, type 
 import { importFromMedia } from '../initial-copy.ts';
 import { openLog, writeLog } from '../log-format.ts';
 import { ReplicaStore } from '../replica-store.ts';
+import { isDiskFull } from '../disk-full.ts';
 import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../types.ts';
 import type { Clock } from '../../model/clock.ts';
 import { RetryableError, TerminalError } from '../../model/errors.ts';
@@ -148,7 +149,8 @@ export class ReplicaReplication {
     try {
       await this.store.applyPending();
     } catch (e) {
-      if (TerminalError.is(e)) throw e;
+      // Not the log's fault: it stays received and applies once there is room (or an operator acts).
+      if (TerminalError.is(e) || isDiskFull(e)) throw e;
       this.record.integrityErrors++;
       this.record.lastIntegrityError = { message: (e as Error).message, at: this.#clock.now() };
       await this.save();
