@@ -21,7 +21,7 @@ import { openLog, readLogHeader } from './log-format.ts';
 import type { VerifiedLog } from './log-format.ts';
 import { checkKeys } from './log-crypto.ts';
 import { fsyncDir, unlinkIfExists } from './log-io.ts';
-import { classifyDiskFull, ensureSpace, isDiskFull } from './disk-full.ts';
+import { classifyDiskFull, ensureSpace } from './disk-full.ts';
 import { checkRetention, selectRetained } from './recovery-points.ts';
 import type { RecoveryPoint, RetentionPolicy } from './recovery-points.ts';
 import { RangeSet } from './replica-ranges.ts';
@@ -682,13 +682,7 @@ export class ReplicaStore {
           if (list.length <= COMPACT_SEGMENTS) continue;
           const name = `${p.sequence}.${diskId}.${next++}.undo`;
           const sources = await Promise.all(list.map((n) => this.undoFile(n)));
-          try {
-            this.counters.undoBytesWritten += await mergeUndo(sources, join(this.dir, 'undo', name));
-          } catch (e) {
-            // Merging only saves reads; without room for it the segments stay, and pruning still frees space.
-            if (isDiskFull(e)) continue;
-            throw e;
-          }
+          this.counters.undoBytesWritten += await mergeUndo(sources, join(this.dir, 'undo', name));
           undo = { ...undo, [diskId]: [name] };
         }
       }
