@@ -12,6 +12,7 @@ import type {
   FailoverAdapterSettings,
   FailoverRequest,
   FailoverResult,
+  RecoveryPointSelector,
   RelationshipView,
   ReverseRequest,
   TestFailoverRequest,
@@ -22,6 +23,7 @@ import type { VmRuntime, ClosableDevice } from './hypervisor/vm-runtime.ts';
 import { AzureBlobLink } from './links/azure/blob-link.ts';
 import { failbackFromAzure as downloadFromAzure } from './links/azure/failback.ts';
 import type { ReplicaReplication } from '../core/replication/replica.ts';
+import type { RecoveryPoint } from '../core/recovery-points.ts';
 import { createRelationship } from './relationships.ts';
 import { dropVm, serveOverlays, serveVm, setPower } from './vms.ts';
 
@@ -34,7 +36,7 @@ function adaptersOf(req: { adapters?: FailoverAdapterSettings[]; network?: strin
 }
 
 /** Creates `name` on this host running on overlays of the replica's point `sequence`, the same machine as the primary's. */
-async function overlayVm(ctx: AgentContext, rep: ReplicaReplication, name: string, sequence: number, kind: 'test' | 'failover', adapters: VmAdapter[], power: 'Running' | 'Off'): Promise<VmRuntime> {
+async function overlayVm(ctx: AgentContext, rep: ReplicaReplication, name: string, selector: RecoveryPointSelector | undefined, kind: 'test' | 'failover', adapters: VmAdapter[], power: 'Running' | 'Off'): Promise<{ rt: VmRuntime; point: RecoveryPoint }> {
   if (await ctx.hv.find(name)) throw new TerminalError('invalid-state', `a VM named ${name} already exists on ${ctx.config.name}`);
   const dir = ctx.hv.vmDir(name);
   await mkdir(dir, { recursive: true });
@@ -42,7 +44,9 @@ async function overlayVm(ctx: AgentContext, rep: ReplicaReplication, name: strin
   let devices: Map<string, ClosableDevice> | undefined;
   let rt: VmRuntime | undefined;
   try {
-    devices = await rep.openOverlays(sequence, dir);
+    const opened = await rep.openPointOverlays(selector ?? 'latest', dir);
+    devices = opened.devices;
+    const sequence = opened.point.sequence;
     const vm: VmDefinition = {
       name,
       disks: rep.record.disks.map((d) => ({ name: d.id, file: `${d.id}.overlay`, size: d.size })),
@@ -56,7 +60,7 @@ async function overlayVm(ctx: AgentContext, rep: ReplicaReplication, name: strin
     await ctx.hv.save(vm);
     rt = await serveOverlays(ctx, vm, devices);
     if (power === 'Running') await setPower(ctx, name, { power });
-    return rt;
+    return { rt, point: opened.point };
   } catch (e) {
     if (rt) await dropVm(ctx, name).catch(() => {});
     else if (devices) for (const d of devices.values()) await d.close().catch(() => {});
@@ -70,9 +74,9 @@ export async function testFailover(ctx: AgentContext, id: string, req: TestFailo
   const rep = replicaOf(ctx, id);
   if (rep.record.testFailover) throw new TerminalError('invalid-state', `a test failover of ${rep.record.vm} is already active (${rep.record.testFailover.vm}); clean it up first`);
   if (rep.record.committed) throw new TerminalError('invalid-state', `replica of ${rep.record.vm} was committed after a failover: no recovery points left to test`);
-  const point = rep.resolvePoint(req.recoveryPoint);
+  rep.resolvePoint(req.recoveryPoint); // refused here, before anything is created, when it names no point
   const name = `${rep.record.vm}-Test`;
-  const rt = await overlayVm(ctx, rep, name, point.sequence, 'test', adaptersOf({ ...req, network: req.network ?? null }), 'Running');
+  const { rt, point } = await overlayVm(ctx, rep, name, req.recoveryPoint, 'test', adaptersOf({ ...req, network: req.network ?? null }), 'Running');
   rep.record.testFailover = { vm: name, sequence: point.sequence };
   await rep.save();
   ctx.log.info('test failover', { relationship: id, vm: name, point: point.sequence });
@@ -106,9 +110,9 @@ export async function failover(ctx: AgentContext, id: string, req: FailoverReque
   const changePoint = state === 'FailoverWaitingCompletion';
   if (state === 'FailedOver') throw new TerminalError('invalid-state', `replica of ${rep.record.vm} is already failed over and committed`);
   const next = changePoint ? state : rep.next('failover');
-  const point = rep.resolvePoint(req.recoveryPoint);
+  rep.resolvePoint(req.recoveryPoint); // refused before the current failover VM is dropped
   if (rep.record.failover) await dropVm(ctx, rep.record.failover.vm); // change of point before commit
-  await overlayVm(ctx, rep, rep.record.vm, point.sequence, 'failover', adaptersOf(req), req.start === false ? 'Off' : 'Running');
+  const { point } = await overlayVm(ctx, rep, rep.record.vm, req.recoveryPoint, 'failover', adaptersOf(req), req.start === false ? 'Off' : 'Running');
   rep.record.failover = { vm: rep.record.vm, sequence: point.sequence };
   rep.record.state = next;
   await rep.save();

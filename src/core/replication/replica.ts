@@ -291,6 +291,22 @@ export class ReplicaReplication {
     return selectPoint(this.store.points(), selector, `replica of ${this.record.vm}`);
   }
 
+  /**
+   * Resolves `selector` and opens overlays on that point. A point retention drops between the two
+   * (a newer one applied meanwhile) is resolved again: `latest` or a time then names the newer one.
+   */
+  async openPointOverlays(selector: RecoveryPointSelector, dir: string): Promise<{ point: RecoveryPoint; devices: Map<string, OverlayDevice> }> {
+    for (let attempt = 1; ; attempt++) {
+      const point = this.resolvePoint(selector);
+      try {
+        return { point, devices: await this.openOverlays(point.sequence, dir) };
+      } catch (e) {
+        const dropped = TerminalError.is(e) && e.code === 'not-found' && !this.store.points().some((p) => p.sequence === point.sequence);
+        if (!dropped || typeof selector === 'number' || attempt >= 3) throw e;
+      }
+    }
+  }
+
   /** One overlay per disk on point `sequence`, files `<dir>/<disk>.overlay`; the point stays retained while open. */
   async openOverlays(sequence: number, dir: string): Promise<Map<string, OverlayDevice>> {
     const out = new Map<string, OverlayDevice>();
