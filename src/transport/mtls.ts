@@ -198,7 +198,10 @@ export interface MtlsClientOptions {
   readonly baseUrl: string;
   /** @default a new TransferCounters */
   readonly counters?: TransferCounters;
-  /** Socket inactivity that fails a request (RetryableError 'network'). @default 60000 */
+  /**
+   * Socket inactivity that fails a request (RetryableError 'network').
+   * @default DRSITE_HTTP_TIMEOUT_MS from the environment, else 60000
+   */
   readonly timeoutMs?: number;
   /** @default 8 */
   readonly maxSockets?: number;
@@ -232,12 +235,20 @@ function isReadable(b: unknown): b is Readable {
   return b instanceof Readable || (typeof b === 'object' && b !== null && typeof (b as Readable).pipe === 'function');
 }
 
+// The environment can shorten the default so a network-fault test sees a stalled link give up
+// within seconds (the agent's replica links take the default; they have no option of their own).
+function defaultTimeoutMs(): number {
+  const raw = process.env.DRSITE_HTTP_TIMEOUT_MS;
+  const n = raw !== undefined && /^\d{1,9}$/.test(raw) ? Number(raw) : 0;
+  return n > 0 ? n : 60_000;
+}
+
 export function createMtlsClient(opts: MtlsClientOptions): MtlsClient {
   const base = new URL(opts.baseUrl);
   if (base.protocol !== 'https:') {
     throw new TerminalError('invalid-argument', `baseUrl must be an https:// URL, got "${opts.baseUrl}"`);
   }
-  const timeoutMs = opts.timeoutMs ?? 60_000;
+  const timeoutMs = opts.timeoutMs ?? defaultTimeoutMs();
   const counters = opts.counters ?? new TransferCounters();
   // Certificates on the agent make every pooled connection present them; Node leaves SNI empty
   // for IP hosts and checks the IP against the certificate's IP SANs.
