@@ -85,8 +85,9 @@ export async function listVms(ctx: AgentContext): Promise<SiteVm[]> {
 }
 
 export async function vmView(ctx: AgentContext, rt: VmRuntime): Promise<SiteVm & { detail?: string; crashed?: { at: number; message: string } }> {
-  const { name, disks, adapters, power, origin } = rt.vm;
-  const view = { name, disks: disks.map((d) => ({ name: d.name, size: d.size })), adapters, power, ...(origin && { origin }), nbdSocket: rt.socketPath };
+  const { name, power } = rt.vm;
+  // The whole definition, disk image file names included (the files hypervisor's vm.json).
+  const view = { ...rt.vm, nbdSocket: rt.socketPath };
   if (ctx.hv.kind === 'files') return view;
   const s = await ctx.hv.status(name).catch((e: unknown) => ({ power, detail: `unknown (${(e as Error).message})` }) as const);
   if (s.power !== power) Object.assign(rt.vm, { power: s.power as PowerState });
