@@ -6,6 +6,7 @@
 import { hostname } from 'node:os';
 import { TerminalError } from '../model/errors.ts';
 import type { Lease, LeaseHolder, Vault } from '../vault/vault.ts';
+import { pidAlive } from '../sites/open-sites.ts';
 
 export const RECONCILE_LEASE = 'reconcile';
 
@@ -27,15 +28,6 @@ export interface HeldLease {
 }
 
 const RETRY_MS = 200;
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 const describe = (h: Lease) => `pid ${h.pid}${h.host === hostname() ? '' : ` on ${h.host}`}, \`${h.command}\`, since ${h.acquiredAt}`;
 

@@ -34,7 +34,8 @@ export interface SiteSet {
   close(): Promise<void>;
 }
 
-function pidAlive(pid: number): boolean {
+/** Is process `pid` alive on this host (EPERM: alive, someone else's)? */
+export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

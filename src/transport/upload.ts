@@ -121,9 +121,8 @@ async function writeAll(fh: FileHandle, chunk: Buffer): Promise<void> {
 /** Bytes gathered before one write: TLS hands the body over in records of at most 16 KiB. */
 const WRITE_BATCH = 4 << 20;
 
-// Appends the body to `fh` with back-pressure, in writes of up to WRITE_BATCH bytes (a write per
-// TLS record would be tens of thousands of thread-pool round trips per log). On a write failure the rest of the body is read and
-// discarded so the client can still be answered (closing with unread bytes would reset it).
+// Appends the body to `fh` with back-pressure, in writes of up to WRITE_BATCH bytes (not one per TLS
+// record). On a write failure the rest of the body is drained so the client can still be answered.
 function appendBody(
   req: IncomingMessage,
   fh: FileHandle,
@@ -318,21 +317,14 @@ async function put(req: IncomingMessage, res: ServerResponse, o: HandleUploadOpt
   sendJson(res, 200, completion, { [UPLOAD_OFFSET]: String(completion.size) });
 }
 
-/**
- * Removes every upload in `dir` whose name `keep` refuses, with every trace of it (partial data,
- * received file, acknowledgement record), so the same name can carry a different file next.
- */
+/** Removes every upload in `dir` that `keep` refuses, with every trace of it, so its name can carry another file next. */
 export async function discardUploads(dir: string, keep: (name: string) => boolean): Promise<string[]> {
   const names = new Set((await readdir(dir).catch(() => [] as string[])).map((f) => f.replace(/\.(part|complete)$/, '')));
   const dropped = [...names].filter((n) => !keep(n));
-  for (const n of dropped) await withLock(join(dir, n), () => discardUpload(dir, n));
+  for (const p of dropped.map((n) => paths(dir, n))) {
+    await withLock(p.final, () => Promise.all([rm(p.part, { force: true }), rm(p.final, { force: true }), rm(p.marker, { force: true })]).then(() => {}));
+  }
   return dropped;
-}
-
-/** Removes every trace of an upload (partial data, received file, acknowledgement record). */
-export async function discardUpload(dir: string, name: string): Promise<void> {
-  const p = paths(dir, name);
-  await Promise.all([rm(p.part, { force: true }), rm(p.final, { force: true }), rm(p.marker, { force: true })]);
 }
 
 export interface UploadFileOptions {
