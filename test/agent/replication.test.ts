@@ -36,7 +36,8 @@ describe('host-to-host replication between agent processes', () => {
       id: 'rel-app',
       vm: 'app',
       replica: { name: 'host-b', endpoint: cluster.host('host-b').url },
-      policy: policy30s,
+      // Cycles are the test's (replicate-now): a 5 m period keeps the agent's own schedule out of a slow run.
+      policy: { ...policy30s, frequency: '5m' },
     });
     // Initial replication while the workload keeps writing to both disks.
     const load = Promise.all([

@@ -341,7 +341,10 @@ export class PrimaryReplication {
 
   async #delta(): Promise<CycleResult> {
     const r = this.record;
-    await this.#ship();
+    // A log sealed just before a crash (its record not saved yet) ships here; the next number
+    // follows it, so no second, different log ever carries the same sequence.
+    const shipped = await this.#ship();
+    if (shipped.applied > r.sequence) r.sequence = shipped.applied;
     const threshold = r.policy.resync.thresholdPercent / 100;
     if (this.source.disks.some((d) => d.pendingBytes() > threshold * d.size)) {
       r.resync = { bytesDone: 0, bytesTotal: 0, reason: `pending changes exceed ${threshold * 100}% of a disk` };
