@@ -28,7 +28,7 @@ export async function createVm(ctx: AgentContext, req: CreateVmRequest): Promise
   return (req.power ?? 'Running') === 'Running' ? setPower(ctx, vm.name, { power: 'Running' }) : vm;
 }
 
-/** Serves a VM's tracked disks; a VM recorded as running is started (or, for a real guest still running, kept). */
+/** Serves a VM's tracked disks. Starts nothing: a real guest still running from before reconnects to them (adopt). */
 export async function serveVm(ctx: AgentContext, vm: VmDefinition): Promise<VmRuntime> {
   const rt = await VmRuntime.start(ctx.hv, vm, ctx.nbdDir, ctx.log);
   ctx.runtimes.set(vm.name, rt);
