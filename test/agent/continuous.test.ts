@@ -8,6 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { randomWrites } from '../../src/demo/workload.ts';
+import { TerminalError } from '../../src/model/errors.ts';
 import { NbdClient } from '../../src/nbd/client.ts';
 import type { RecoveryPointInfo, RelationshipView } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
@@ -60,7 +61,12 @@ describe('continuous replication', () => {
     const disk = createHash('sha256').update(await readFile(join(cluster.host('host-a').dataDir, 'vms', 'cont', 'os.img'))).digest('hex');
     await until('the replica equal to the disk', async () => {
       const pts = (await b.request('GET', '/v1/relationships/rel-cont/recovery-points')).json<RecoveryPointInfo[]>();
-      const sha = (await b.request('GET', `/v1/relationships/rel-cont/recovery-points/${pts.at(-1)!.sequence}/disks/os/sha256`)).json<{ sha256: string }>().sha256;
+      // A newer point may apply between the two requests and replace this one (same hour): ask again.
+      const sha = await b.request('GET', `/v1/relationships/rel-cont/recovery-points/${pts.at(-1)!.sequence}/disks/os/sha256`)
+        .then((r) => r.json<{ sha256: string }>().sha256, (e: unknown) => {
+          if (TerminalError.is(e) && e.code === 'not-found') return undefined;
+          throw e;
+        });
       return sha === disk ? true : undefined;
     });
     // Idle, it makes no empty points: the sequence stays while cycles keep running each second.
