@@ -23,7 +23,7 @@ import type { AgentContext } from './context.ts';
 import type { Hypervisor } from '../model/hypervisor.ts';
 import { hypervisorFor } from './hypervisor/index.ts';
 import type { VmRuntime } from './hypervisor/vm-runtime.ts';
-import { readKeys } from './keys.ts';
+import { readAtRestKey, readKeys } from './keys.ts';
 import { AzureBlobLink, azureLinkFromSite } from './links/azure/blob-link.ts';
 import { HttpReplicaLink } from './links/https.ts';
 import { groupMemberSource, quiescedSource, vmSource, type CutSource, type Quiescer, type ReplicaLink } from '../core/replication/ports.ts';
@@ -110,7 +110,7 @@ export class Agent implements AgentContext {
       const record = await readJsonIfExists<ReplicaRecord>(join(repDir, id, 'state.json'));
       const keys = await readKeys(join(repDir, id));
       if (!record || !keys) continue;
-      const rep = await ReplicaReplication.open(join(repDir, id), record, keys, this.clock, this.log);
+      const rep = await ReplicaReplication.open(join(repDir, id), record, keys, await readAtRestKey(join(repDir, id)), this.clock, this.log);
       this.replicas.set(id, rep);
       // VMs running on overlays of a recovery point come back on the same overlays.
       for (const active of [record.testFailover, record.failover]) {

@@ -10,7 +10,7 @@ import type { PeerIdentity } from '../transport/peer.ts';
 import { authorizePrimary } from './authorization.ts';
 import { RELATIONSHIP_ID, replicaOf, type AgentContext } from './context.ts';
 import { macFor } from './hypervisor/qemu/qemu-args.ts';
-import { keysFromWire, keysToWire, newRelationshipKeys, writeKeys } from './keys.ts';
+import { createAtRestKey, keysFromWire, keysToWire, newRelationshipKeys, writeKeys } from './keys.ts';
 import { newPrimaryRecord, retentionOf } from '../core/replication/primary-record.ts';
 import { ReplicaReplication, type ReplicaRecord } from '../core/replication/replica.ts';
 import { stopVm } from './vms.ts';
@@ -155,7 +155,7 @@ export async function createReplica(ctx: AgentContext, req: CreateReplicaRequest
   };
   let r: ReplicaReplication;
   try {
-    r = await ReplicaReplication.open(dir, record, keys, ctx.clock, ctx.log);
+    r = await ReplicaReplication.open(dir, record, keys, await createAtRestKey(dir), ctx.clock, ctx.log);
     await r.save();
   } catch (e) {
     // Nothing half-made stays behind: no keys or record of a replica that does not exist.

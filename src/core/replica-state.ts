@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { writeFileAtomic } from './atomic-file.ts';
 import { TerminalError } from '../model/errors.ts';
 import type { RecoveryPoint, RetentionPolicy } from './recovery-points.ts';
+import type { AtRestInfo } from './at-rest.ts';
 
 export const STATE_FILE = 'state.json';
 
@@ -34,6 +35,8 @@ export interface ReplicaState {
   readonly retention: RetentionPolicy;
   /** Counter making every undo segment name unique, so a crash never leaves two meanings for one name. */
   readonly nextSegment: number;
+  /** Set when images and undo are encrypted at rest (from creation, for the replica's life). */
+  readonly encryption?: AtRestInfo;
 }
 
 export async function readState(dir: string): Promise<ReplicaState | undefined> {

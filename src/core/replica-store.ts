@@ -10,7 +10,6 @@
 // so re-applying N after a crash is idempotent.
 import { AsyncMutex } from './async-mutex.ts';
 import { randomBytes, createHash } from 'node:crypto';
-import { readSync, writeSync } from 'node:fs';
 import { copyFile, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -29,6 +28,8 @@ import { readState, writeState, STATE_FILE } from './replica-state.ts';
 import type { ReplicaState, StoredPoint } from './replica-state.ts';
 import { UNDO_CHUNK, UndoFile, UndoWriter, isZero, mergeUndo } from './replica-undo.ts';
 import { readAtPoint } from './replica-view.ts';
+import { cipherFor, ImageCipher } from './at-rest.ts';
+import { encryptSeed, ImageFile, imageLength, seedPath, setSeedAside } from './image-file.ts';
 import type { BlockReader } from './replica-view.ts';
 
 export type { BlockReader } from './replica-view.ts';
@@ -39,13 +40,18 @@ const LOG_NAME = /^(\d+)\.(.+)\.hrl$/;
 /** A point whose undo spans more segments than this per disk gets them merged into one. */
 const COMPACT_SEGMENTS = 8;
 const EXPORT_CHUNK = 4 << 20;
-const ZERO_CHUNK = Buffer.alloc(UNDO_CHUNK);
 
 export interface ReplicaStoreOptions {
   readonly relationshipId: string;
   readonly disks: readonly { readonly id: string; readonly size: number }[];
   /** Applied when the replica is created; later changes go through `setRetention`. @default { additional: 0 } */
   readonly retention?: RetentionPolicy;
+  /**
+   * The replica site's key for encryption at rest (at-rest.ts). A replica created with one keeps
+   * its images and undo encrypted for life and needs the same key to open; one created without
+   * (before encryption at rest) stays plain.
+   */
+  readonly atRestKey?: Buffer;
 }
 
 export interface AppliedPoint extends RecoveryPoint {
@@ -82,39 +88,13 @@ async function writeAll(fh: FileHandle, data: Buffer, position: number): Promise
 
 /** Decoded log data kept in memory from verification to apply, over all disks of a point. */
 const APPLY_RETAIN_BYTES = 128 << 20;
-/** Bytes written synchronously before the event loop gets a turn. */
-const YIELD_EVERY = 32 << 20;
-
-/**
- * Positional writes onto an image, synchronous: a 4 KiB pwrite into the page cache costs a few
- * microseconds, a thread-pool round trip for it several times that, and a log of random 4 KiB
- * writes is tens of thousands of them. The event loop gets a turn every YIELD_EVERY bytes.
- */
-class ImageWriter {
-  private readonly fd: number;
-  private sinceYield = 0;
-
-  constructor(fh: FileHandle) {
-    this.fd = fh.fd;
-  }
-
-  async write(data: Buffer, position: number): Promise<void> {
-    let done = 0;
-    while (done < data.length) done += writeSync(this.fd, data, done, data.length - done, position + done);
-    this.sinceYield += data.length + 512;
-    if (this.sinceYield >= YIELD_EVERY) {
-      this.sinceYield = 0;
-      await new Promise<void>((resolve) => setImmediate(resolve));
-    }
-  }
-}
-
 export class ReplicaStore {
   readonly dir: string;
   private readonly keys: RelationshipKeys;
   private state: ReplicaState;
   private readonly undoFiles = new Map<string, UndoFile>();
-  private readonly readers = new Map<string, FileHandle>();
+  private readonly readers = new Map<string, ImageFile>();
+  private readonly cipher: ImageCipher | undefined;
   private readonly pins = new Map<number, number>();
   private readonly lock = new AsyncMutex();
   private readonly counters: Mutable<ReplicaStats> = {
@@ -122,10 +102,11 @@ export class ReplicaStore {
     imageBytesWritten: 0, undoBytesWritten: 0, journalBytesWritten: 0,
   };
 
-  private constructor(dir: string, keys: RelationshipKeys, state: ReplicaState) {
+  private constructor(dir: string, keys: RelationshipKeys, state: ReplicaState, cipher: ImageCipher | undefined) {
     this.dir = dir;
     this.keys = keys;
     this.state = state;
+    this.cipher = cipher;
   }
 
   /** Opens (creating if needed) the replica in `dir` and finishes any apply a crash interrupted. */
@@ -143,6 +124,10 @@ export class ReplicaStore {
       throw new TerminalError('invalid-state', `replica ${dir} belongs to relationship ${state.relationshipId}, not ${opts.relationshipId}`);
     }
     const fresh = !state;
+    const cipher = fresh ? opts.atRestKey && new ImageCipher(opts.atRestKey) : cipherFor(state!.encryption, opts.atRestKey, `replica ${dir}`);
+    // Images placed before the replica existed (an existing replica, a reverse replication's
+    // seed) are plain: set aside now, encrypted once the journal says the replica is encrypted.
+    if (fresh && cipher) for (const d of opts.disks) await setSeedAside(join(dir, `${d.id}.img`));
     const disks = new Map((state?.disks ?? []).map((d) => [d.id, d.size]));
     for (const d of opts.disks) disks.set(d.id, Math.max(d.size, disks.get(d.id) ?? 0));
     state = {
@@ -153,14 +138,21 @@ export class ReplicaStore {
       points: [],
       retention: opts.retention ?? { additional: 0 },
       nextSegment: 1,
+      ...(cipher && { encryption: cipher.info }),
       ...state,
       disks: [...disks].map(([id, size]) => ({ id, size })),
     };
-    const store = new ReplicaStore(dir, keys, state);
-    await store.createImages();
+    const store = new ReplicaStore(dir, keys, state, cipher);
     if (fresh) await store.saveState(state);
+    await store.encryptSeeds();
+    await store.createImages();
     await store.recover();
     return store;
+  }
+
+  /** How the replica's images and undo lie on disk. */
+  get atRest(): 'aes-256-xts' | 'none' {
+    return this.cipher ? 'aes-256-xts' : 'none';
   }
 
   /** Path of a disk's image at the latest point. */
@@ -426,29 +418,25 @@ export class ReplicaStore {
     let bytes = 0;
     let records = 0;
     for (const log of logs) {
-      const fh = await open(this.diskPath(log.header.diskId), 'r+');
-      const writes = new ImageWriter(fh);
+      const image = await ImageFile.open(this.diskPath(log.header.diskId), 'r+', this.cipher);
       try {
-        if ((await fh.stat()).size < log.header.diskSize) await fh.truncate(log.header.diskSize);
+        await image.grow(log.header.diskSize);
         for await (const e of log.records()) {
           records++;
           if ('data' in e) {
-            await writes.write(e.data, e.offset);
+            await image.write(e.offset, e.data);
             bytes += e.data.length;
             this.counters.imageBytesWritten += e.data.length;
             continue;
           }
           bytes += e.length;
           if (skipZeroes) continue;
-          for (let at = 0; at < e.length; at += ZERO_CHUNK.length) {
-            const n = Math.min(ZERO_CHUNK.length, e.length - at);
-            await writes.write(ZERO_CHUNK.subarray(0, n), e.offset + at);
-            this.counters.imageBytesWritten += n;
-          }
+          await image.writeZeroes(e.offset, e.length);
+          this.counters.imageBytesWritten += e.length;
         }
-        await fh.sync();
+        await image.sync();
       } finally {
-        await fh.close();
+        await image.close();
       }
     }
     const disks = this.state.disks.map((d) => ({ id: d.id, size: point.sizes[d.id] ?? d.size }));
@@ -521,27 +509,25 @@ export class ReplicaStore {
    * except ranges in `skip`, whose content at the previous kept point another segment holds.
    */
   private async captureUndo(log: VerifiedLog, name: string, skip?: RangeSet): Promise<void> {
-    const size = this.diskSize(log.header.diskId);
+    // An encrypted image's undo holds whole units of ciphertext (see image-file.ts).
+    const size = imageLength(this.diskSize(log.header.diskId), this.cipher);
+    const u = this.cipher?.unit ?? 1;
     const ranges = new RangeSet();
     for (const r of log.index) {
-      const end = Math.min(r.offset + r.length, size);
-      if (!skip) ranges.add(r.offset, end);
-      else for (const g of skip.gaps(r.offset, end)) ranges.add(g.start, g.end);
+      const start = r.offset - (r.offset % u);
+      const end = Math.min(Math.ceil((r.offset + r.length) / u) * u, size);
+      if (start >= end) continue;
+      if (!skip) ranges.add(start, end);
+      else for (const g of skip.gaps(start, end)) ranges.add(g.start, g.end);
     }
     const w = await UndoWriter.create(join(this.dir, 'undo', name));
-    const fh = await open(this.diskPath(log.header.diskId), 'r');
+    const image = await ImageFile.open(this.diskPath(log.header.diskId), 'r', this.cipher);
     try {
       for (const r of ranges.ranges()) {
         for (let at = r.start; at < r.end; at += UNDO_CHUNK) {
-          const n = Math.min(UNDO_CHUNK, r.end - at);
-          const buf = Buffer.alloc(n);
+          const buf = Buffer.alloc(Math.min(UNDO_CHUNK, r.end - at));
           // Synchronous: thousands of 4 KiB page-cache reads cost more in thread-pool round trips than in reading.
-          let got = 0;
-          while (got < n) {
-            const bytesRead = readSync(fh.fd, buf, got, n - got, at + got);
-            if (bytesRead === 0) break; // past the end of a sparse image: zeroes
-            got += bytesRead;
-          }
+          image.readRaw(buf, at);
           await w.add(at, buf);
         }
       }
@@ -550,7 +536,7 @@ export class ReplicaStore {
       await w.abort();
       throw e;
     } finally {
-      await fh.close();
+      await image.close();
     }
   }
 
@@ -563,18 +549,31 @@ export class ReplicaStore {
   private async createImages(): Promise<void> {
     let created = false;
     for (const d of this.state.disks) {
-      const fh = await open(this.diskPath(d.id), 'a+');
+      const image = await ImageFile.open(this.diskPath(d.id), 'a+', this.cipher);
       try {
-        if ((await fh.stat()).size < d.size) {
-          await fh.truncate(d.size);
-          await fh.sync();
+        if (await image.grow(d.size)) {
+          await image.sync();
           created = true;
         }
       } finally {
-        await fh.close();
+        await image.close();
       }
     }
     if (created) await fsyncDir(this.dir);
+  }
+
+  /** Encrypts the plain seeds `open` set aside (again from the start after a crash: the seed stays until its image is whole). */
+  private async encryptSeeds(): Promise<void> {
+    if (!this.cipher) return;
+    for (const d of this.state.disks) {
+      if (!(await exists(seedPath(this.diskPath(d.id))))) continue;
+      if (this.state.applied > 0) throw new TerminalError('invalid-state', `replica ${this.dir}: a plain seed ${seedPath(this.diskPath(d.id))} lies beside an image that has points applied`);
+      try {
+        await encryptSeed(this.diskPath(d.id), d.size, this.cipher);
+      } catch (e) {
+        throw await classifyDiskFull(e, this.dir, d.size);
+      }
+    }
   }
 
   /**
@@ -705,13 +704,31 @@ export class ReplicaStore {
     return f;
   }
 
-  private async imageReader(diskId: string): Promise<FileHandle> {
-    let fh = this.readers.get(diskId);
-    if (!fh) {
-      fh = await open(this.diskPath(diskId), 'r');
-      this.readers.set(diskId, fh);
+  private async imageReader(diskId: string): Promise<ImageFile> {
+    let image = this.readers.get(diskId);
+    if (!image) {
+      image = await ImageFile.open(this.diskPath(diskId), 'r', this.cipher);
+      this.readers.set(diskId, image);
     }
-    return fh;
+    return image;
+  }
+
+  /**
+   * The disk as its image holds it now, whatever point (none before the initial replication: the
+   * image as placed or zeroes). Not pinned to a point: for reading before any point exists.
+   */
+  async openImage(diskId: string): Promise<BlockReader> {
+    const size = this.diskSize(diskId);
+    if (!this.state.disks.some((d) => d.id === diskId)) throw new TerminalError('not-found', `replica ${this.dir} has no disk ${diskId}`);
+    const image = await ImageFile.open(this.diskPath(diskId), 'r', this.cipher);
+    return {
+      size,
+      read: async (offset, length) => {
+        if (offset < 0 || length < 0 || offset + length > size) throw new TerminalError('invalid-argument', `read ${offset}+${length} outside disk ${diskId} (${size} bytes)`);
+        return image.read(offset, length);
+      },
+      close: () => image.close(),
+    };
   }
 
   /** Undo segments a read of `diskId` at point `sequence` consults, oldest first. */
@@ -792,7 +809,7 @@ export class ReplicaStore {
     return this.exclusive(async () => {
       for (const f of this.undoFiles.values()) await f.close();
       this.undoFiles.clear();
-      for (const fh of this.readers.values()) await fh.close();
+      for (const image of this.readers.values()) await image.close();
       this.readers.clear();
     });
   }

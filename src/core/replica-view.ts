@@ -1,7 +1,7 @@
 // Reads a disk as it was at an older recovery point without copying it: a byte's content at point
 // k is in the oldest undo segment (of the points after k) that covers it, else in the latest image.
 
-import type { FileHandle } from 'node:fs/promises';
+import type { ImageFile } from './image-file.ts';
 import type { UndoFile } from './replica-undo.ts';
 import { RangeSet } from './replica-ranges.ts';
 
@@ -12,13 +12,27 @@ export interface BlockReader {
   close(): Promise<void>;
 }
 
-/** `segments` must be ordered oldest first (ascending point, then segment order within a point). */
+/**
+ * `segments` must be ordered oldest first (ascending point, then segment order within a point).
+ * An encrypted image's undo holds whole units of its ciphertext, so the stored bytes of the whole
+ * units around the read are gathered first and decrypted once.
+ */
 export async function readAtPoint(
   segments: readonly UndoFile[],
-  image: FileHandle,
+  image: ImageFile,
   offset: number,
   length: number,
 ): Promise<Buffer> {
+  const u = image.unit;
+  const a = offset - (offset % u);
+  const b = Math.ceil((offset + length) / u) * u;
+  const raw = await gather(segments, image, a, b - a);
+  if (!image.cipher) return raw;
+  image.cipher.decrypt(raw, a);
+  return a === offset && b - a === length ? raw : raw.subarray(offset - a, offset - a + length);
+}
+
+async function gather(segments: readonly UndoFile[], image: ImageFile, offset: number, length: number): Promise<Buffer> {
   const out = Buffer.alloc(length);
   const end = offset + length;
   const covered = new RangeSet();
@@ -33,14 +47,6 @@ export async function readAtPoint(
       covered.add(s, t);
     }
   }
-  for (const g of covered.gaps(offset, end)) {
-    let done = 0;
-    const n = g.end - g.start;
-    while (done < n) {
-      const { bytesRead } = await image.read(out, g.start - offset + done, n - done, g.start + done);
-      if (bytesRead === 0) break; // past the image's end: zeroes (Buffer.alloc)
-      done += bytesRead;
-    }
-  }
+  for (const g of covered.gaps(offset, end)) await image.readRawAsync(out, g.start, g.start - offset, g.end - g.start);
   return out;
 }

@@ -113,6 +113,8 @@ export interface RelationshipView {
   /** Bytes of sealed logs sent to the replica (primary side): what crossed the wire, before TLS. */
   bytesShipped?: number;
   storagePath?: string;
+  /** Replica side: how its images and undo lie on disk (`none` only for replicas made before encryption at rest). */
+  atRest?: 'aes-256-xts' | 'none';
   lastError?: { code: string; message: string; at: string };
   nextRetryAt?: string;
   /** Primary side, while Suspended: who paused it (an operator's pause is never undone by drsite). */

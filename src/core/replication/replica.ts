@@ -70,27 +70,33 @@ export class ReplicaReplication {
   /** Set while this replica forwards to an extended replica. */
   forward: ForwardSource | undefined;
   readonly #keys: RelationshipKeys;
+  readonly #atRestKey: Buffer | undefined;
   readonly #clock: Clock;
   readonly #log: Logger;
 
-  private constructor(dir: string, record: ReplicaRecord, store: ReplicaStore, keys: RelationshipKeys, clock: Clock, log: Logger) {
+  private constructor(dir: string, record: ReplicaRecord, store: ReplicaStore, keys: RelationshipKeys, atRestKey: Buffer | undefined, clock: Clock, log: Logger) {
     this.dir = dir;
     this.record = record;
     this.store = store;
     this.#keys = keys;
+    this.#atRestKey = atRestKey;
     this.#clock = clock;
     this.#log = log;
   }
 
-  /** Opens the store (finishing any apply a crash interrupted). */
-  static async open(dir: string, record: ReplicaRecord, keys: RelationshipKeys, clock: Clock, log: Logger): Promise<ReplicaReplication> {
+  /**
+   * Opens the store (finishing any apply a crash interrupted). `atRestKey` is the replica site's
+   * own key for the images and undo (never the primary's, never in a declaration).
+   */
+  static async open(dir: string, record: ReplicaRecord, keys: RelationshipKeys, atRestKey: Buffer | undefined, clock: Clock, log: Logger): Promise<ReplicaReplication> {
     await mkdir(record.storagePath, { recursive: true });
     const store = await ReplicaStore.open(record.storagePath, keys, {
       relationshipId: record.id,
       disks: record.disks,
       retention: record.retention,
+      ...(atRestKey && { atRestKey }),
     });
-    const r = new ReplicaReplication(dir, record, store, keys, clock, log);
+    const r = new ReplicaReplication(dir, record, store, keys, atRestKey, clock, log);
     if (store.applied >= 1 && (record.state === 'ReadyForInitialReplication' || record.state === 'WaitingForInitialReplicationImport')) {
       record.state = replicaTransition(record.state, initialDone(record.state));
       await r.save();
@@ -204,11 +210,11 @@ export class ReplicaReplication {
     const digest = (reader: BlockReader) =>
       compare ? compareChecksums(reader, compare.blockSize, this.#compareKeys(), compare.only) : blockChecksums(reader, BLOCK_SIZE, this.#keys.macKey);
     if (this.store.applied === 0) {
-      const fh = await open(this.store.diskPath(diskId), 'r');
+      const image = await this.store.openImage(diskId);
       try {
-        return await digest({ size: disk.size, read: (o, l) => readAt(fh, o, l) });
+        return await digest(image);
       } finally {
-        await fh.close();
+        await image.close();
       }
     }
     const view = await this.store.openView(this.store.applied, diskId);
@@ -345,7 +351,9 @@ export class ReplicaReplication {
       });
       const from = this.record.storagePath;
       this.record.storagePath = to;
-      this.store = await ReplicaStore.open(to, this.#keys, { relationshipId: this.id, disks: this.record.disks, retention: this.record.retention });
+      this.store = await ReplicaStore.open(to, this.#keys, {
+        relationshipId: this.id, disks: this.record.disks, retention: this.record.retention, ...(this.#atRestKey && { atRestKey: this.#atRestKey }),
+      });
       if (this.forward) this.forward = await ForwardSource.open(this.store, this.record.disks, this.dir);
       await this.save();
       this.#log.info('replica storage moved', { relationship: this.id, from, to });
@@ -393,6 +401,7 @@ export class ReplicaReplication {
       recoveryPoints: pts.length,
       appliedSequence: this.record.committed ? 0 : this.store.applied,
       storagePath: this.record.storagePath,
+      atRest: this.store.atRest,
       ...(this.record.testFailover && { testFailover: this.record.testFailover }),
       ...(this.record.failover && { failover: this.record.failover }),
       statistics: {

@@ -1,0 +1,193 @@
+// A replica image file, plain or encrypted at rest (at-rest.ts). Callers speak plaintext at any
+// offset; an encrypted image is read and written in whole 4 KiB units (a partial unit is read,
+// decrypted, patched and encrypted again), and its file is as long as its size rounded up to one.
+// Undo capture and point-in-time views take the stored bytes as they are (`readRaw`): each unit's
+// ciphertext stays valid wherever the same offset is, so they never decrypt to copy.
+import { readSync, writeSync } from 'node:fs';
+import { open, rename, stat } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import type { ImageCipher } from './at-rest.ts';
+import { dirname } from 'node:path';
+import { fsyncDir, unlinkIfExists } from './log-io.ts';
+import { isZero } from './replica-undo.ts';
+
+/** Bytes written synchronously before the event loop gets a turn. */
+const YIELD_EVERY = 32 << 20;
+const ZERO_CHUNK = Buffer.alloc(1 << 20);
+const COPY_CHUNK = 4 << 20;
+
+/** An image's file length for a disk of `size` bytes. */
+export function imageLength(size: number, cipher: ImageCipher | undefined): number {
+  return cipher ? Math.ceil(size / cipher.unit) * cipher.unit : size;
+}
+
+/**
+ * Positional I/O on an image, synchronous: a 4 KiB pwrite into the page cache costs a few
+ * microseconds, a thread-pool round trip for it several times that, and a log of random 4 KiB
+ * writes is tens of thousands of them. The event loop gets a turn every YIELD_EVERY bytes.
+ */
+export class ImageFile {
+  readonly path: string;
+  readonly cipher: ImageCipher | undefined;
+  /** Alignment of stored bytes: the cipher's unit, or 1 for a plain image. */
+  readonly unit: number;
+  readonly #fh: FileHandle;
+  #sinceYield = 0;
+  /** Reused for encrypting writes, so a log's records do not each allocate. */
+  #scratch = Buffer.alloc(0);
+
+  private constructor(path: string, fh: FileHandle, cipher: ImageCipher | undefined) {
+    this.path = path;
+    this.#fh = fh;
+    this.cipher = cipher;
+    this.unit = cipher?.unit ?? 1;
+  }
+
+  static async open(path: string, mode: 'r' | 'r+' | 'a+', cipher: ImageCipher | undefined): Promise<ImageFile> {
+    return new ImageFile(path, await open(path, mode), cipher);
+  }
+
+  /** The stored bytes of [offset, offset + buf.length) into buf (zeroes past the end of the file). */
+  readRaw(buf: Buffer, offset: number): void {
+    let got = 0;
+    while (got < buf.length) {
+      const n = readSync(this.#fh.fd, buf, got, buf.length - got, offset + got);
+      if (n === 0) {
+        buf.fill(0, got);
+        return;
+      }
+      got += n;
+    }
+  }
+
+  /** `readRaw` through the thread pool (views serve guests; a cold read must not stall the loop). */
+  async readRawAsync(buf: Buffer, offset: number, at = 0, length = buf.length - at): Promise<void> {
+    let got = 0;
+    while (got < length) {
+      const { bytesRead } = await this.#fh.read(buf, at + got, length - got, offset + got);
+      if (bytesRead === 0) {
+        buf.fill(0, at + got, at + length);
+        return;
+      }
+      got += bytesRead;
+    }
+  }
+
+  /** Plaintext of [offset, offset + length). */
+  read(offset: number, length: number): Buffer {
+    const [a, b] = this.#around(offset, length);
+    const buf = Buffer.allocUnsafe(b - a);
+    this.readRaw(buf, a);
+    this.cipher?.decrypt(buf, a);
+    return a === offset && b - a === length ? buf : buf.subarray(offset - a, offset - a + length);
+  }
+
+  async write(offset: number, data: Buffer): Promise<void> {
+    if (!this.cipher) return this.#put(data, offset);
+    const [a, b] = this.#around(offset, data.length);
+    if (this.#scratch.length < b - a) this.#scratch = Buffer.allocUnsafe(Math.max(b - a, 1 << 20));
+    const buf = this.#scratch.subarray(0, b - a);
+    if (a !== offset || b !== offset + data.length) {
+      // Read, decrypt, patch: the units around the write keep their other bytes.
+      this.readRaw(buf, a);
+      this.cipher.decrypt(buf, a);
+    }
+    data.copy(buf, offset - a);
+    this.cipher.encrypt(buf, a);
+    return this.#put(buf, a);
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    const end = offset + length;
+    // Whole units of zeroes are stored as zeroes; only partial units at the edges are rewritten.
+    const u = this.unit;
+    const first = Math.min(end, Math.ceil(offset / u) * u);
+    const last = Math.max(first, end - (end % u));
+    if (first > offset) await this.write(offset, ZERO_CHUNK.subarray(0, first - offset));
+    for (let at = first; at < last; at += ZERO_CHUNK.length) await this.#put(ZERO_CHUNK.subarray(0, Math.min(ZERO_CHUNK.length, last - at)), at);
+    if (end > last) await this.write(last, ZERO_CHUNK.subarray(0, end - last));
+  }
+
+  async size(): Promise<number> {
+    return (await this.#fh.stat()).size;
+  }
+
+  /** Extends the file to hold a disk of `size` bytes (never shrinks it). */
+  async grow(size: number): Promise<boolean> {
+    const want = imageLength(size, this.cipher);
+    if ((await this.size()) >= want) return false;
+    await this.#fh.truncate(want);
+    return true;
+  }
+
+  sync(): Promise<void> {
+    return this.#fh.sync();
+  }
+
+  close(): Promise<void> {
+    return this.#fh.close();
+  }
+
+  #around(offset: number, length: number): [number, number] {
+    const u = this.unit;
+    return [offset - (offset % u), Math.ceil((offset + length) / u) * u];
+  }
+
+  async #put(data: Buffer, position: number): Promise<void> {
+    let done = 0;
+    while (done < data.length) done += writeSync(this.#fh.fd, data, done, data.length - done, position + done);
+    this.#sinceYield += data.length + 512;
+    if (this.#sinceYield >= YIELD_EVERY) {
+      this.#sinceYield = 0;
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+  }
+}
+
+/** Name a plain image placed before the replica existed (a seed) waits under to be encrypted. */
+export const seedPath = (imagePath: string): string => `${imagePath}.seed`;
+
+/**
+ * Encrypts a plain seed image `<image>.seed` into `<image>`: written to a temporary file, fsynced,
+ * renamed over the image, and only then the seed removed, so a crash at any moment leaves the seed
+ * to start again from (the image is never half plain).
+ */
+export async function encryptSeed(imagePath: string, size: number, cipher: ImageCipher): Promise<void> {
+  const seed = seedPath(imagePath);
+  const tmp = `${imagePath}.xts.tmp`;
+  const src = await open(seed, 'r');
+  const dst = await open(tmp, 'w', 0o600);
+  try {
+    const length = Math.max(imageLength(size, cipher), imageLength((await src.stat()).size, cipher));
+    const buf = Buffer.alloc(COPY_CHUNK);
+    for (let at = 0; at < length; at += COPY_CHUNK) {
+      const chunk = buf.subarray(0, Math.min(COPY_CHUNK, length - at));
+      chunk.fill(0);
+      const { bytesRead } = await src.read(chunk, 0, chunk.length, at);
+      if (bytesRead === 0) break;
+      cipher.encrypt(chunk, at);
+      // Zero units stay holes: only chunks with data are written.
+      if (!isZero(chunk)) {
+        let done = 0;
+        while (done < chunk.length) done += (await dst.write(chunk, done, chunk.length - done, at + done)).bytesWritten;
+      }
+    }
+    await dst.truncate(length);
+    await dst.sync();
+  } finally {
+    await src.close();
+    await dst.close();
+  }
+  await rename(tmp, imagePath);
+  await fsyncDir(dirname(imagePath));
+  await unlinkIfExists(seed);
+  await fsyncDir(dirname(imagePath));
+}
+
+/** Moves a plain image placed before the replica existed aside as its seed; returns whether there was one. */
+export async function setSeedAside(imagePath: string): Promise<boolean> {
+  const st = await stat(imagePath).catch(() => undefined);
+  if (!st?.isFile()) return false;
+  await rename(imagePath, seedPath(imagePath));
+  return true;
+}
