@@ -1,5 +1,6 @@
 // Every benchmark case, in the order the runner runs and reports them.
 import type { BenchCase } from '../lib/types.ts';
+import { atRest } from './at-rest.ts';
 import { bandwidth } from './bandwidth.ts';
 import { deltaPipeline } from './delta-pipeline.ts';
 import { failover } from './failover.ts';
@@ -10,4 +11,4 @@ import { replicaAmplification } from './replica-amplification.ts';
 import { resync } from './resync.ts';
 import { rpo, rpoContinuous } from './rpo.ts';
 
-export const CASES: readonly BenchCase[] = [resync, initialReplication, deltaPipeline, rpo, replicaAmplification, failover, planCase, primaryAmplification, bandwidth, rpoContinuous];
+export const CASES: readonly BenchCase[] = [resync, initialReplication, deltaPipeline, rpo, replicaAmplification, failover, planCase, primaryAmplification, bandwidth, rpoContinuous, atRest];

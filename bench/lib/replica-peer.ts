@@ -19,6 +19,8 @@ export interface ReplicaPeerOptions {
   readonly keys: RelationshipKeys;
   /** Additional recovery points the replica keeps. @default 0 */
   readonly additional?: number;
+  /** Encrypts the replica at rest (AES-256-XTS) under this key, as an agent's replicas are. @default plain */
+  readonly atRestKey?: Buffer;
 }
 
 export class ReplicaPeer {
@@ -35,7 +37,10 @@ export class ReplicaPeer {
   static async start(o: ReplicaPeerOptions): Promise<ReplicaPeer> {
     const child = spawn(process.execPath, [SCRIPT, o.dir, o.relationshipId, o.diskId, String(o.diskSize), String(o.additional ?? 0)], {
       stdio: ['pipe', 'pipe', 'inherit'],
-      env: { ...process.env, BENCH_ENC_KEY: o.keys.encryptionKey.toString('hex'), BENCH_MAC_KEY: o.keys.macKey.toString('hex') },
+      env: {
+        ...process.env, BENCH_ENC_KEY: o.keys.encryptionKey.toString('hex'), BENCH_MAC_KEY: o.keys.macKey.toString('hex'),
+        ...(o.atRestKey && { BENCH_AT_REST_KEY: o.atRestKey.toString('hex') }),
+      },
     });
     const peer = new ReplicaPeer(child);
     const ready = await Promise.race([

@@ -2,10 +2,10 @@
 // answers compare-digest requests over its image and receives and applies sealed logs into a
 // ReplicaStore, over framed messages on stdin/stdout.
 // Run: node bench/peers/replica-peer.ts <replicaDir> <relationshipId> <diskId> <diskSize> <retentionAdditional>
-// Keys come in the environment (BENCH_ENC_KEY, BENCH_MAC_KEY, hex) so they stay off the command line.
-import { open } from 'node:fs/promises';
+// Keys come in the environment (BENCH_ENC_KEY, BENCH_MAC_KEY, hex) so they stay off the command line;
+// BENCH_AT_REST_KEY (hex), when set, makes the replica encrypted at rest as an agent makes it.
+import { createHash } from 'node:crypto';
 import { compareChecksums, compareKeys } from '../../src/core/block-checksums.ts';
-import { sha256File } from '../../src/core/disk.ts';
 import { ReplicaStore } from '../../src/core/replica-store.ts';
 import { FrameChannel } from '../lib/frames.ts';
 
@@ -15,7 +15,20 @@ const store = await ReplicaStore.open(dir, keys, {
   relationshipId,
   disks: [{ id: diskId, size: Number(sizeArg) }],
   retention: { additional: Number(additionalArg ?? 0) },
+  ...(process.env.BENCH_AT_REST_KEY && { atRestKey: Buffer.from(process.env.BENCH_AT_REST_KEY, 'hex') }),
 });
+
+/** SHA-256 of the disk as the image holds it (decrypted when encrypted at rest). */
+async function imageSha256(): Promise<string> {
+  const image = await store.openImage(diskId);
+  try {
+    const h = createHash('sha256');
+    for (let at = 0; at < image.size; at += 8 << 20) h.update(await image.read(at, Math.min(8 << 20, image.size - at)));
+    return h.digest('hex');
+  } finally {
+    await image.close();
+  }
+}
 const ch = new FrameChannel(process.stdin, process.stdout);
 const compare = compareKeys(keys.macKey);
 
@@ -41,29 +54,12 @@ for (;;) {
   const op = f.head.op;
   try {
     if (op === 'digests') {
-      const fh = await open(store.diskPath(diskId), 'r');
+      const image = await store.openImage(diskId);
       try {
-        const size = Number(sizeArg);
-        const reader = {
-          size,
-          read: async (offset: number, length: number) => {
-            const buf = Buffer.allocUnsafe(length);
-            let got = 0;
-            while (got < length) {
-              const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
-              if (bytesRead === 0) {
-                buf.fill(0, got);
-                break;
-              }
-              got += bytesRead;
-            }
-            return buf;
-          },
-        };
-        const d = await compareChecksums(reader, Number(f.head.blockSize), compare, decodeRuns(f.body));
+        const d = await compareChecksums(image, Number(f.head.blockSize), compare, decodeRuns(f.body));
         await ch.send({ op: 'digests', size: d.size, count: d.digests.length / d.digestBytes! }, d.digests);
       } finally {
-        await fh.close();
+        await image.close();
       }
     } else if (op === 'log') {
       const body = f.body;
@@ -78,7 +74,7 @@ for (;;) {
     } else if (op === 'stats') {
       await ch.send({ op: 'stats', stats: store.stats(), points: store.points() });
     } else if (op === 'sha256') {
-      await ch.send({ op: 'sha256', sha256: await sha256File(store.diskPath(diskId)) });
+      await ch.send({ op: 'sha256', sha256: await imageSha256() });
     } else if (op === 'view-sha256') {
       const out = `${dir}/view-${Number(f.head.sequence)}.img`;
       const r = await store.exportView(Number(f.head.sequence), diskId, out);
