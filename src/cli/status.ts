@@ -2,6 +2,7 @@
 // vault (a running `drsite run` refreshes it every pass). Reads only the vault.
 import type { ObservedRelationship } from '../model/observed.ts';
 import { formatBytes } from '../model/units.ts';
+import { healthMessage } from '../reconciler/record-status.ts';
 import { Vault } from '../vault/vault.ts';
 import type { GlobalOptions } from './main.ts';
 import { printJson, renderTable, type Io } from './output.ts';
@@ -50,12 +51,24 @@ export function statusTable(rows: readonly StatusRow[]): string {
   );
 }
 
+/** One line per ProtectedVM whose health is not Normal or that waits to retry a failure: what and why. */
+export function problems(rows: readonly StatusRow[]): string[] {
+  const out: string[] = [];
+  for (const { name, relationship: r } of rows) {
+    // lastError outlives the failure (it stays for the record): only a pending retry makes it news.
+    if (!r || (r.health === 'Normal' && !r.nextRetryAt)) continue;
+    const retry = r.nextRetryAt ? ` (next retry ${r.nextRetryAt.replace(/\.\d+Z$/, 'Z')})` : '';
+    out.push(`${name}: ${r.health} - ${healthMessage(r)}${retry}`);
+  }
+  return out.length ? ['', ...out, '', 'drsite events <vm> lists what happened.'] : [];
+}
+
 export async function statusCommand(g: GlobalOptions, io: Io): Promise<number> {
   const vault = Vault.open(g.vault);
   try {
     const rows = readStatus(vault);
     if (g.output === 'json') printJson(io, rows);
-    else io.out(rows.length ? statusTable(rows) : 'No ProtectedVM status recorded yet (run drsite apply or drsite run).');
+    else io.out(rows.length ? [statusTable(rows), ...problems(rows)].join('\n') : 'No ProtectedVM status recorded yet (run drsite apply or drsite run).');
     return 0;
   } finally {
     vault.close();

@@ -81,6 +81,11 @@ export interface ObservedRelationship {
   pendingBytes: number;
   initialReplication?: InitialReplicationProgress;
   recoveryPoints: number;
+  /** Why health is not Normal, as the sites say it (primary's reasons first), e.g. a full disk and the space it needs. */
+  healthReasons?: string[];
+  /** The last error the relationship's engine met and, when it retries, when next (RFC 3339). */
+  lastError?: { code: string; message: string; at: string };
+  nextRetryAt?: string;
 }
 
 export type RecoveryPlanActionState = 'Running' | 'Succeeded' | 'Failed' | 'Waiting';

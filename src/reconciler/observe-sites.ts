@@ -151,6 +151,8 @@ function toObserved(
   const policy = p?.policy ?? r?.policy;
   const point = r?.lastReplicationTime !== undefined ? r : p;
   const initial = p?.initialReplication;
+  const reasons = [...new Set([...(p?.healthReasons ?? []), ...(r?.healthReasons ?? [])])];
+  const lastError = p?.lastError ?? r?.lastError;
   return {
     name,
     vm: any.vm,
@@ -176,6 +178,9 @@ function toObserved(
       initialReplication: { method: initial.method as InitialReplicationProgress['method'], bytesDone: initial.bytesDone, bytesTotal: initial.bytesTotal },
     }),
     recoveryPoints: r?.recoveryPoints ?? 0,
+    ...(reasons.length > 0 && { healthReasons: reasons }),
+    ...(lastError && { lastError }),
+    ...(p?.nextRetryAt && { nextRetryAt: p.nextRetryAt }),
   };
 }
 

@@ -1,6 +1,7 @@
 // Writes what a pass observed into the vault: each ProtectedVM's relationship (what `drsite plan`
-// and `drsite status` read), its Protected / Ready conditions, and closes InitialReplication jobs
-// once the first complete sync is seen (they stay Running while the copy goes on).
+// and `drsite status` read), its Protected / Ready conditions, an event whenever its health or its
+// last error changes (what `drsite events` lists), and closes InitialReplication jobs once the
+// first complete sync is seen (they stay Running while the copy goes on).
 import type { DesiredState } from '../model/desired.ts';
 import type { ObservedRelationship } from '../model/observed.ts';
 import type { Vault } from '../vault/vault.ts';
@@ -23,6 +24,8 @@ export function recordObservation(vault: Vault, desired: DesiredState, obs: Obse
     for (const name of names) {
       const rel: ObservedRelationship | undefined = obs.observed.relationships[name];
       const generation = vault.getDesired('ProtectedVM', name)?.generation;
+      const before = vault.getStatus('ProtectedVM', name)?.fields[RELATIONSHIP_FIELD] as ObservedRelationship | null | undefined;
+      if (rel) recordHealthEvents(vault, name, before ?? undefined, rel);
       setStatusFields(vault, name, { [RELATIONSHIP_FIELD]: rel ?? null, ...(rel && { relationshipId: obs.current.get(name)?.id ?? null }) }, generation);
       const everSynced = rel !== undefined && (rel.recoveryPoints > 0 || rel.state === 'Replicating') && PROTECTED_STATES.has(rel.state);
       vault.setCondition('ProtectedVM', name, {
@@ -40,6 +43,32 @@ export function recordObservation(vault: Vault, desired: DesiredState, obs: Obse
     }
   });
   closeInitialReplications(vault, obs);
+}
+
+/** What a relationship's health says, in one line: its reasons, else its last error, else its state. */
+export function healthMessage(rel: ObservedRelationship): string {
+  if (rel.healthReasons?.length) return rel.healthReasons.join('; ');
+  if (rel.lastError && (rel.health !== 'Normal' || rel.nextRetryAt)) return `${rel.lastError.code}: ${rel.lastError.message}`;
+  return `state ${rel.state}`;
+}
+
+/**
+ * An event when health changes (or its reasons do) and when a new error is met. The vault folds a
+ * repeat of the newest event into it, so a fault reported every pass is one event with a count.
+ */
+function recordHealthEvents(vault: Vault, name: string, before: ObservedRelationship | undefined, rel: ObservedRelationship): void {
+  const was = before?.health ?? 'Normal';
+  const reasons = (r: ObservedRelationship | undefined) => (r?.healthReasons ?? []).join('\n');
+  if (rel.health !== 'Normal' && (rel.health !== was || reasons(rel) !== reasons(before))) {
+    vault.recordEvent({ kind: 'ProtectedVM', name, type: 'Warning', reason: `Health${rel.health}`, message: healthMessage(rel) });
+  } else if (rel.health === 'Normal' && was !== 'Normal') {
+    vault.recordEvent({ kind: 'ProtectedVM', name, type: 'Normal', reason: 'HealthNormal', message: `health Normal again (was ${was}: ${healthMessage(before!)})` });
+  }
+  const e = rel.lastError;
+  // Each new occurrence (a retry failing again folds into the same event, counted).
+  if (e && (e.at !== before?.lastError?.at || e.message !== before?.lastError?.message)) {
+    vault.recordEvent({ kind: 'ProtectedVM', name, type: 'Warning', reason: 'ReplicationError', message: `${e.code}: ${e.message}` });
+  }
 }
 
 function pct(done: number, total: number): string {
