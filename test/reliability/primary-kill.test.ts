@@ -1,5 +1,5 @@
-// The primary agent (a separate `drsite agent` process) killed -9 at 50 random moments of a
-// replication cycle, spread over the cycle's length (cut, copy-before-write, seal, upload,
+// The primary agent (a separate `drsite agent` process) killed -9 at random moments (25 in
+// `npm test`, 50 in `npm run soak`, DRSITE_KILLS to choose) of a replication cycle, spread over the cycle's length (cut, copy-before-write, seal, upload,
 // acknowledgement), with writes between the kills. After each restart the relationship converges
 // by itself, no point the replica acknowledged is lost, every retained point is sha256-equal to a
 // disk state the primary cut, and after each restart the latest point equals the disk: tracking
@@ -14,7 +14,7 @@ import type { RecoveryPointInfo, RelationshipView } from '../../src/transport/ag
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s } from '../agent/cluster.ts';
 
-const KILLS = Number(process.env.DRSITE_KILLS ?? 50);
+const KILLS = Number(process.env.DRSITE_KILLS ?? 25);
 const MiB = 1 << 20;
 const ID = 'rel-k';
 let cluster: Cluster;
