@@ -20,7 +20,7 @@ import { openLog, readLogHeader } from './log-format.ts';
 import type { VerifiedLog } from './log-format.ts';
 import { checkKeys } from './log-crypto.ts';
 import { fsyncDir, unlinkIfExists } from './log-io.ts';
-import { classifyDiskFull, ensureSpace } from './disk-full.ts';
+import { classifyDiskFull, ensureSpace, isDiskFull } from './disk-full.ts';
 import { checkRetention, selectRetained } from './recovery-points.ts';
 import type { RecoveryPoint, RetentionPolicy } from './recovery-points.ts';
 import { RangeSet } from './replica-ranges.ts';
@@ -654,7 +654,10 @@ export class ReplicaStore {
       if (pts[i].undo === null) readable = false;
     }
     keep.add(pts[pts.length - 1].sequence);
-    if (keep.size === pts.length) return [];
+    // Nothing to drop, but a point whose undo grew long (every point of an hour folds into the
+    // newest, one segment each: 120 an hour at 30 s, up to 3,600 when continuous) is merged anyway.
+    const long = pts.some((p) => p.undo && Object.values(p.undo).some((list) => list.length > COMPACT_SEGMENTS));
+    if (keep.size === pts.length && !long) return [];
 
     // Pruned points hand their undo segments to the next kept point (older segments first), so
     // every kept point's reads resolve exactly as before; only segments older than the oldest kept
@@ -681,7 +684,13 @@ export class ReplicaStore {
           if (list.length <= COMPACT_SEGMENTS) continue;
           const name = `${p.sequence}.${diskId}.${next++}.undo`;
           const sources = await Promise.all(list.map((n) => this.undoFile(n)));
-          this.counters.undoBytesWritten += await mergeUndo(sources, join(this.dir, 'undo', name));
+          try {
+            this.counters.undoBytesWritten += await mergeUndo(sources, join(this.dir, 'undo', name));
+          } catch (e) {
+            // A full disk skips the merge (a later prune merges): dropping points is what frees space.
+            if (!isDiskFull(e)) throw e;
+            continue;
+          }
           undo = { ...undo, [diskId]: [name] };
         }
       }

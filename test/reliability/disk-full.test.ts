@@ -14,6 +14,10 @@ import { RetryableError } from '../../src/model/errors.ts';
 import type { RelationshipView, ReplicaStatus } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s, sha256File } from '../agent/cluster.ts';
+import { newAtRestKey } from '../../src/core/at-rest.ts';
+import { ReplicaStore } from '../../src/core/replica-store.ts';
+import type { Extent } from '../../src/core/types.ts';
+import { applyToReference, buildLog, header, newKeys, sha } from '../core-replica/helpers.ts';
 
 const MiB = 1 << 20;
 
@@ -231,6 +235,68 @@ describe('disk full on the Replica server (its storage path)', () => {
     expect((await view(a, id)).bytesShipped! - shipped).toBeLessThan(MiB);
     expect(await digest(id, r.sequence)).toBe(await diskSha('r-init'));
     await expectRecovered(id);
+  });
+});
+
+describe('disk full during retention pruning (the replica store on the same small file system)', () => {
+  test('a prune whose undo merge does not fit skips the merge, still drops points and frees space; the merge happens once there is room', async () => {
+    const dir = join(replicaFs.dir, 'prune');
+    const logs = mkdtempSync(join(tmpdir(), 'drsite-prune-logs-'));
+    const keys = newKeys();
+    const size = 4 * MiB;
+    // Encrypted at rest, as an agent's replica is; latest + 1 hourly point kept.
+    const store = await ReplicaStore.open(dir, keys, { relationshipId: 'rel-prune', disks: [{ id: 'd0', size }], retention: { additional: 1 }, atRestKey: newAtRestKey() });
+    const ref = Buffer.alloc(size);
+    const shaAt = new Map<number, string>();
+    const T0 = Date.UTC(2026, 11, 2, 8, 0, 0);
+    const apply = async (seq: number, time: number, writes: Extent[]) => {
+      applyToReference(ref, writes);
+      const path = join(logs, `${seq}.hrl`);
+      await buildLog(path, header({ relationshipId: 'rel-prune', diskId: 'd0', sequence: seq, diskSize: size, cutTime: time }), writes, keys);
+      await store.receive('d0', seq, path);
+      await store.applyPending();
+      shaAt.set(seq, sha(ref));
+    };
+    const segments = () => readdirSync(join(dir, 'undo')).length;
+    try {
+      await apply(1, T0, [{ offset: 0, data: randomBytes(size) }]);
+      // Points in the next hour: each folds the one before into it, its undo list growing (one
+      // segment per point) until a prune merges the list (more than 8 segments).
+      let seq = 2;
+      for (; seq <= 9; seq++) await apply(seq, T0 + 3_600_000 + seq * 60_000, [{ offset: seq * 128 * 1024, data: randomBytes(128 * 1024) }]);
+      expect(segments()).toBe(8);
+      // Room for the next point's log and undo, not for merging nine segments into one.
+      const fill = ballast(replicaFs.dir, 700 * 1024);
+      await apply(seq, T0 + 3_600_000 + seq * 60_000, [{ offset: seq * 128 * 1024, data: randomBytes(128 * 1024) }]);
+      expect(store.applied).toBe(seq);
+      expect(segments()).toBe(9); // not merged
+      expectNoTemporaries(dir);
+      for (const p of store.points()) {
+        const v = await store.openView(p.sequence, 'd0');
+        expect(sha(await v.read(0, size)), `point ${p.sequence}`).toBe(shaAt.get(p.sequence));
+        await v.close();
+      }
+      // Keeping fewer points on the full disk: the prune drops them (their undo goes) and frees space.
+      const free = available(replicaFs.dir);
+      await store.setRetention({ additional: 0 });
+      expect(await store.prune()).toEqual([1]);
+      expect(store.points().map((p) => p.sequence)).toEqual([seq]);
+      expect(segments()).toBe(0);
+      expect(available(replicaFs.dir)).toBeGreaterThan(free + 512 * 1024);
+      rmSync(fill);
+      // With room again, a long list is merged by the next prune (each point of an hour folds
+      // into the newest, one segment each).
+      await store.setRetention({ additional: 1 });
+      for (seq++; seq <= 20; seq++) await apply(seq, T0 + 2 * 3_600_000 + seq * 60_000, [{ offset: (seq % 30) * 128 * 1024, data: randomBytes(64 * 1024) }]);
+      expect(segments()).toBeLessThanOrEqual(8);
+      const v = await store.openView(store.points()[0].sequence, 'd0');
+      expect(sha(await v.read(0, size))).toBe(shaAt.get(store.points()[0].sequence));
+      await v.close();
+    } finally {
+      await store.close();
+      rmSync(logs, { recursive: true, force: true });
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
