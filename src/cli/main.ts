@@ -121,10 +121,20 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     .action(run(async (id: string | undefined, o: { limit: string }) => (await import('./jobs.ts')).jobsCommand(id, o, globals(), io)));
 
   program
+    .command('events')
+    .description('events newest first: health changes, replication errors, operator and recovery plan actions')
+    .argument('[name]', 'only this resource (a ProtectedVM or RecoveryPlan name)')
+    .option('--kind <kind>', 'only this kind, e.g. ProtectedVM')
+    .option('--limit <n>', 'how many events', '50')
+    .action(run(async (name: string | undefined, o: { kind?: string; limit: string }) => (await import('./events.ts')).eventsCommand(name, o, globals(), io)));
+
+  program
     .command('continue')
     .description('confirm the manual action a recovery plan waits on; the running loop resumes the plan')
     .argument('<plan>', 'RecoveryPlan name')
     .action(run(async (plan: string) => (await import('./continue.ts')).continueCommand(plan, globals(), io)));
+
+  (await import('./k8s.ts')).registerK8sCommands(program, globals, io, run);
 
   const verbs: [string, string][] = [
     ['failover', 'planned failover (or --unplanned) of a recovery plan or a ProtectedVM'],
