@@ -3,13 +3,9 @@
 // segments, pruning and merging included). Amplification = bytes the replica wrote (received
 // logs, image, undo, journal) per byte of disk the points changed.
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { sha256File } from '../../src/core/disk.ts';
-import { coalesce, encodeLog } from '../../src/core/log-format.ts';
-import { BLOCK_SIZE } from '../../src/core/types.ts';
-import type { Extent, LogHeader } from '../../src/core/types.ts';
-import { createRng, noise } from '../lib/data.ts';
+import { encodeChain } from '../lib/chain.ts';
 import { measureOwn } from '../lib/measure.ts';
 import { ReplicaPeer } from '../lib/replica-peer.ts';
 import { MiB, fmtSize } from '../lib/report-helpers.ts';
@@ -34,35 +30,11 @@ export const replicaAmplification: BenchCase = {
     const points = ctx.quick ? 6 : 12;
     const perPoint = ctx.quick ? 4 * MiB : 16 * MiB;
     const keys = { encryptionKey: randomBytes(32), macKey: randomBytes(32) };
-    const header = (sequence: number, kind: 'full' | 'delta'): LogHeader => ({
-      relationshipId: REL, diskId: DISK, diskSize: size, sequence, basePoint: sequence - 1, blockSize: BLOCK_SIZE,
-      cutTime: T0 + (sequence - 1) * HOUR / 2, consistency: 'crash', kind, cutId: `cut-${sequence}`,
-    });
     // The chain: a full initial copy of noise, then points of random 4 KiB writes; the image each leaves.
     ctx.log(`encoding a chain of ${points} points on a ${fmtSize(size)} disk`);
-    const expected = join(ctx.workDir, 'expected.img');
-    const efh = await open(expected, 'w');
-    const full: Extent[] = [];
-    for (let at = 0, i = 0; at < size; at += MiB, i++) full.push({ offset: at, data: noise(5, i, MiB) });
-    for (const e of full) if ('data' in e) await efh.write(e.data, 0, e.data.length, e.offset);
-    const logs: Buffer[] = [await encodeLog(header(1, 'full'), full, keys)];
-    const shaAt: string[] = ['', await sha256File(expected)];
-    const rng = createRng(9);
-    let vmBytes = 0;
-    for (let p = 2; p <= points + 1; p++) {
-      const writes: Extent[] = [];
-      for (let i = 0; i * BLOCK_SIZE < perPoint; i++) {
-        const w = { offset: rng.int(size / BLOCK_SIZE) * BLOCK_SIZE, data: noise(p, i, BLOCK_SIZE) };
-        writes.push(w);
-        await efh.write(w.data, 0, BLOCK_SIZE, w.offset);
-      }
-      const c = coalesce(writes);
-      vmBytes += c.reduce((n, e) => n + ('data' in e ? e.data.length : e.length), 0);
-      logs.push(await encodeLog(header(p, 'delta'), c, keys));
-      shaAt.push(await sha256File(expected));
-    }
-    await efh.close();
-    await rm(expected);
+    const { logs, shaAt, changed: vmBytes } = await encodeChain({
+      workDir: ctx.workDir, relationshipId: REL, diskId: DISK, size, points, perPoint, keys, t0: T0, spacingMs: HOUR / 2, seed: 5,
+    });
 
     const samples: Record<number, Sample[]> = { 0: [], 4: [] };
     const checked: string[] = [];
