@@ -7,6 +7,8 @@ export interface GlobalOptions {
   output: OutputFormat;
   debug: boolean;
   vault?: string;
+  /** The same as vault (`--state`): a SQLite path or `etcd://host:port,...`; wins over --vault. */
+  state?: string;
   /** drsite's state directory: embedded sites, certificates, journals (and the vault unless --vault). */
   stateDir: string;
   /** apply, run and the verbs: how long to wait for another drsite reconciling the same vault. */
@@ -23,6 +25,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
     .option('--debug', 'print stack traces with errors', false)
     .option('--vault <path>', 'control-plane state (SQLite) (default: <state-dir>/vault.db)')
+    .option('--state <url>', 'control-plane state: a SQLite path, or etcd://host:port,host:port... for controllers at several sites (see docs/control-plane.md)')
     .option('--state-dir <dir>', 'state directory: embedded sites, certificates, journals', '.drsite')
     .option('--wait-lock <duration>', 'apply, run, verbs: wait this long for another drsite reconciling the same vault (default: refuse at once)')
     .exitOverride()
@@ -30,7 +33,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
 
   const globals = (): GlobalOptions => {
     const o = program.opts<GlobalOptions>();
-    return { ...o, vault: o.vault ?? `${o.stateDir}/vault.db` };
+    return { ...o, vault: o.state ?? o.vault ?? `${o.stateDir}/vault.db` };
   };
   const run = (fn: (...a: never[]) => Promise<number>) =>
     async (...args: unknown[]) => {
@@ -106,6 +109,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     .option('--poll <duration>', 'mean time between passes (jittered +-20%)', '2s')
     .option('--metrics-port <port>', 'serve Prometheus metrics on 127.0.0.1:<port>/metrics')
     .option('--no-samples', 'do not create sample VMs or run their workload (sample-vms.json)')
+    .option('--leader-ttl <duration>', 'with --state etcd://: how long the leader\'s etcd lease outlives its last renewal (a follower takes over after it)', '10s')
     .action(run(async (p: string[], o: import('./run.ts').RunFlags) => (await import('./run.ts')).runCommand(p, o, globals(), io)));
 
   program

@@ -10,6 +10,7 @@ import { parseDuration } from '../model/units.ts';
 import { runLoop } from '../reconciler/loop.ts';
 import { ReplicationMetrics } from '../reconciler/metrics.ts';
 import { openSession } from '../reconciler/session.ts';
+import { isEtcdUrl } from '../vault/etcd.ts';
 import { startSampleCompanion } from '../demo/sample-vms.ts';
 import type { GlobalOptions } from './main.ts';
 import { describeError, type Io } from './output.ts';
@@ -22,6 +23,7 @@ export interface RunFlags {
   poll: string;
   metricsPort?: string;
   samples: boolean;
+  leaderTtl: string;
 }
 
 function duration(text: string, flag: string): number {
@@ -35,7 +37,22 @@ const progressOf = (r: ObservedRelationship): { done: number; total: number; wha
     ? { done: r.initialReplication.bytesDone, total: r.initialReplication.bytesTotal, what: 'initial replication' }
     : undefined;
 
+/**
+ * With the vault in etcd, several `drsite run` (one per site) elect a leader: the others stand by
+ * until its lease lapses. A leader that loses its lease (it stalled, or lost etcd) stops acting
+ * at once and stands by again.
+ */
 export async function runCommand(paths: string[], flags: RunFlags, g: GlobalOptions, io: Io): Promise<number> {
+  for (;;) {
+    const code = await runTerm(paths, flags, g, io);
+    if (code !== LEASE_LOST) return code;
+    io.out(`lost the lead of ${g.vault}; standing by again`);
+  }
+}
+
+const LEASE_LOST = -1;
+
+async function runTerm(paths: string[], flags: RunFlags, g: GlobalOptions, io: Io): Promise<number> {
   const durationMs = flags.duration === undefined ? undefined : duration(flags.duration, '--duration');
   const pollMs = duration(flags.poll, '--poll');
   const loaded = await loadDesiredState(paths);
@@ -47,9 +64,17 @@ export async function runCommand(paths: string[], flags: RunFlags, g: GlobalOpti
   const say = (line: string) => (bars ? bars.log(`${line}\n`) : io.out(line));
   const started = Date.now();
   const stop = new AbortController();
+  let lost = false;
+  const elected = isEtcdUrl(g.vault!);
   const session = await openSession({ desired: loaded.state, vaultPath: g.vault!, stateDir: g.stateDir, report: say,
-    command: 'drsite run', waitLockMs: waitLockMs(g), onLeaseLost: () => stop.abort(),
+    command: 'drsite run', waitLockMs: elected && g.waitLock === undefined ? Infinity : waitLockMs(g),
+    ...(elected && { leaseTtlMs: duration(flags.leaderTtl, '--leader-ttl') }),
+    onLeaseLost: () => {
+      lost = elected;
+      stop.abort();
+    },
     ...(flags.samples && { companion: (sites) => startSampleCompanion(paths, sites, say) }) });
+  if (elected) say(`leading ${g.vault} (pid ${process.pid})`);
   const onSignal = () => stop.abort();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
@@ -118,6 +143,7 @@ export async function runCommand(paths: string[], flags: RunFlags, g: GlobalOpti
       say(`stopped by ${result.stoppedBy} before converging`);
     }
     bars?.stop();
+    if (lost) return LEASE_LOST;
     if (!tty) io.out(statusTable(readStatus(session.vault)));
     return flags.until === 'converged' && !result.converged ? 1 : 0;
   } finally {

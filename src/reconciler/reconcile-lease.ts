@@ -14,7 +14,10 @@ export interface ReconcileLeaseOptions {
   vault: Vault;
   /** What this process runs, shown to the others, e.g. `drsite apply`. */
   command: string;
-  /** How long to wait for another holder to finish. @default 0 (refuse at once) */
+  /**
+   * How long to wait for another holder to finish. Infinity: stand by until the holder's lease
+   * lapses (a follower controller). @default 0 (refuse at once)
+   */
   waitMs?: number;
   /** Renewed every third of it. @default 30000 */
   ttlMs?: number;
@@ -41,7 +44,8 @@ export async function holdReconcileLease(opts: ReconcileLeaseOptions): Promise<H
   for (;;) {
     const r = vault.takeLease(RECONCILE_LEASE, me, ttlMs, isGone);
     if (r.taken) {
-      if (r.tookOverFrom) opts.report?.(`took over the reconcile lease of ${vault.path} from ${describe(r.tookOverFrom)}: that process is gone`);
+      const gone = vault.backend === 'etcd' ? 'its lease expired' : 'that process is gone';
+      if (r.tookOverFrom) opts.report?.(`took over the reconcile lease of ${vault.path} from ${describe(r.tookOverFrom)}: ${gone}`);
       break;
     }
     if (Date.now() >= deadline) {
@@ -50,7 +54,13 @@ export async function holdReconcileLease(opts: ReconcileLeaseOptions): Promise<H
         `another drsite (${describe(r.holder)}) is reconciling ${vault.path}; wait for it to finish or stop it, or pass --wait-lock <duration> to wait for it`,
       );
     }
-    if (!said) opts.report?.(`waiting up to ${Math.ceil((deadline - Date.now()) / 1000)}s for the drsite reconciling ${vault.path} (${describe(r.holder)})`);
+    if (!said) {
+      opts.report?.(
+        deadline === Infinity
+          ? `standing by: ${describe(r.holder)} leads ${vault.path}; taking over if its lease lapses`
+          : `waiting up to ${Math.ceil((deadline - Date.now()) / 1000)}s for the drsite reconciling ${vault.path} (${describe(r.holder)})`,
+      );
+    }
     said = true;
     await new Promise((res) => setTimeout(res, Math.min(RETRY_MS, Math.max(0, deadline - Date.now()))));
   }

@@ -26,6 +26,8 @@ export interface SessionOptions {
   waitLockMs?: number;
   /** The reconcile lease was taken over while this session ran (it must stop acting). */
   onLeaseLost?: () => void;
+  /** How long the reconcile lease outlives its last renewal. @default 30000 */
+  leaseTtlMs?: number;
 }
 
 /** Something that runs beside the reconciler for the session's lifetime. */
@@ -50,7 +52,7 @@ export async function openSession(opts: SessionOptions): Promise<Session> {
   let lease: HeldLease;
   try {
     lease = await holdReconcileLease({
-      vault, command: opts.command, ...(opts.waitLockMs !== undefined && { waitMs: opts.waitLockMs }),
+      vault, command: opts.command, ...(opts.waitLockMs !== undefined && { waitMs: opts.waitLockMs }), ...(opts.leaseTtlMs !== undefined && { ttlMs: opts.leaseTtlMs }),
       ...(opts.report && { report: opts.report }), ...(opts.onLeaseLost && { onLost: opts.onLeaseLost }),
     });
   } catch (e) {

@@ -20,16 +20,18 @@ const SQLITE_NOTADB = 26;
 export interface ConnectionOptions {
   /** How long a writer waits for another process's lock before giving up with RetryableError('busy'). */
   readonly busyTimeoutMs: number;
+  /** What messages call this vault when `path` is not its name (an etcd vault's in-memory mirror). */
+  readonly label?: string;
 }
 
 export class Connection {
   readonly path: string;
   readonly db: DatabaseSync;
   private readonly statements = new Map<string, StatementSync>();
-  private depth = 0;
+  protected depth = 0;
 
   constructor(path: string, options: ConnectionOptions) {
-    this.path = path;
+    this.path = options.label ?? path;
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
     try {
       this.db = new DatabaseSync(path, {
@@ -121,7 +123,7 @@ export class Connection {
     return this.depth > 0 ? fn() : this.atomically('BEGIN DEFERRED', fn);
   }
 
-  private atomically<T>(begin: string, fn: () => T): T {
+  protected atomically<T>(begin: string, fn: () => T): T {
     const level = this.depth;
     const savepoint = `vault_sp_${level}`;
     this.exec(level === 0 ? begin : `SAVEPOINT ${savepoint}`);

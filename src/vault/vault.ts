@@ -1,6 +1,7 @@
-// The vault: drsite's durable control-plane state in one SQLite file (desired generations,
-// observed status, jobs, events, last actions, pending marks). Safe to open from several
-// processes at once (WAL); every multi-row change is one transaction.
+// The vault: drsite's durable control-plane state (desired generations, observed status, jobs,
+// events, last actions, pending marks), in one SQLite file or, for several controllers, in etcd
+// (etcd.ts). Safe to open from several processes at once; every multi-row change is one
+// transaction.
 
 import { systemClock, type Clock } from '../model/clock.ts';
 import { TerminalError } from '../model/errors.ts';
@@ -13,6 +14,7 @@ import * as meta from './meta.ts';
 import { migrate, schemaVersion } from './migrations.ts';
 import * as pending from './pending.ts';
 import * as resources from './resources.ts';
+import { EtcdConnection, isEtcdUrl } from './etcd.ts';
 import { Connection } from './sqlite.ts';
 
 export type { Condition, ConditionInput, ConditionStatus, ResourceStatus } from './conditions.ts';
@@ -52,17 +54,19 @@ export class Vault {
   /**
    * Opens (creating it and its parent directories if needed) and migrates the vault at `path`
    * (`:memory:` for a private in-memory one). A vault written by a newer drsite, or a file that
-   * is not a vault, is refused with TerminalError('invalid-state').
+   * is not a vault, is refused with TerminalError('invalid-state'). `etcd://host:port,...[/prefix]`
+   * opens the vault kept in that etcd cluster.
    */
   static open(path: string = DEFAULT_VAULT_PATH, options: VaultOptions = {}): Vault {
     const maxEvents = options.maxEvents ?? 10_000;
     if (!Number.isSafeInteger(maxEvents) || maxEvents < 1) throw new TerminalError('invalid-argument', `vault ${path}: maxEvents must be a positive integer, got ${maxEvents}`);
-    const conn = new Connection(path, { busyTimeoutMs: options.busyTimeoutMs ?? 5000 });
+    const conn = isEtcdUrl(path) ? new EtcdConnection(path) : new Connection(path, { busyTimeoutMs: options.busyTimeoutMs ?? 5000 });
     const clock = options.clock ?? systemClock;
     try {
       // Created from nothing (every migration applied here): remember it until a pass has
       // compared the vault with the sites, which may already replicate (a rebuilt vault).
-      if (migrate(conn.db, path)[0] === 1) meta.markCreatedEmpty(conn, clock.now());
+      const createdNew = conn instanceof EtcdConnection ? conn.createdNew : migrate(conn.db, path)[0] === 1;
+      if (createdNew) meta.markCreatedEmpty(conn, clock.now());
     } catch (e) {
       conn.close();
       throw e;
@@ -183,19 +187,31 @@ export class Vault {
 
   // Leases
 
-  /** Takes (or renews) `name` for holder unless another live holder has it; see leases.ts. */
+  /**
+   * Takes (or renews) `name` for holder unless another live holder has it; see leases.ts. In etcd
+   * the lease is an etcd lease and only its expiry frees it: `isGone` (a pid check, meaningful on
+   * one host only) is not consulted, as controllers sit on different hosts.
+   */
   takeLease(name: string, holder: leases.LeaseHolder, ttlMs: number, isGone: (h: leases.Lease) => boolean): leases.TakeResult {
+    if (this.conn instanceof EtcdConnection) return this.conn.takeLease(name, holder, ttlMs);
     return leases.takeLease(this.conn, name, holder, this.clock.now(), ttlMs, isGone);
   }
   /** False when the holder lost the lease (it expired and another process took it over). */
   renewLease(name: string, holder: leases.LeaseHolder, ttlMs: number): boolean {
+    if (this.conn instanceof EtcdConnection) return this.conn.renewLease(name);
     return leases.renewLease(this.conn, name, holder, this.clock.now(), ttlMs);
   }
   releaseLease(name: string, holder: leases.LeaseHolder): boolean {
+    if (this.conn instanceof EtcdConnection) return this.conn.releaseLease(name);
     return leases.releaseLease(this.conn, name, holder);
   }
   getLease(name: string): leases.Lease | undefined {
+    if (this.conn instanceof EtcdConnection) return this.conn.getLease(name);
     return leases.getLease(this.conn, name);
+  }
+  /** Where the vault lives: a SQLite file or an etcd cluster. */
+  get backend(): 'sqlite' | 'etcd' {
+    return this.conn instanceof EtcdConnection ? 'etcd' : 'sqlite';
   }
 
   // Facts about the file
