@@ -64,7 +64,7 @@ export class BlockingWorker {
         const reply = m.message as Reply;
         if (reply.id !== id) continue; // the late answer to a call that timed out
         if (reply.ok) return reply.value as T;
-        throw fromWire(reply.error);
+        throw fromWire(reply.error, this.name);
       }
       this.checkAlive();
       const left = deadline - Date.now();
@@ -91,10 +91,12 @@ export function toWire(e: unknown): WireError {
   return { message };
 }
 
-function fromWire(e: WireError): Error {
-  if (e.kind === 'terminal') return new TerminalError(e.code as never, e.message);
-  if (e.kind === 'retryable') return new RetryableError(e.code as never, e.message);
-  return new Error(e.message);
+/** The worker's error, its message prefixed with what was called (`vault etcd://...`). */
+function fromWire(e: WireError, name: string): Error {
+  const message = `${name}: ${e.message}`;
+  if (e.kind === 'terminal') return new TerminalError(e.code as never, message);
+  if (e.kind === 'retryable') return new RetryableError(e.code as never, message);
+  return new Error(message);
 }
 
 /** The worker's side: answers each request with handler's result (or error) and wakes the caller. */

@@ -202,6 +202,7 @@ serveBlockingCalls(parentPort!, input.channel, (op, args) => {
   if (!f) return Promise.reject(new Error(`unknown etcd vault operation ${op}`));
   // What etcd3 throws (unavailable, deadline, no leader) is a network fault: the caller retries.
   return f(args as never).catch((e: unknown) => {
-    throw e instanceof etcd3.EtcdError ? new RetryableError('network', `etcd ${input.endpoints.join(',')}: ${e.message}`, { cause: e }) : e;
+    const grpc = typeof (e as { code?: unknown } | null)?.code === 'number'; // a gRPC status (UNAVAILABLE, DEADLINE_EXCEEDED)
+    throw e instanceof etcd3.EtcdError || e instanceof etcd3.GRPCGenericError || grpc ? new RetryableError('network', `etcd: ${(e as Error).message}`, { cause: e }) : e;
   });
 });

@@ -169,10 +169,12 @@ export class EtcdConnection extends Connection {
 
   /** Temp triggers note every row a transaction inserts, updates or deletes. */
   private captureChanges(): void {
-    this.db.exec('CREATE TEMP TABLE drsite_changes (tbl TEXT NOT NULL, pk TEXT NOT NULL, PRIMARY KEY (tbl, pk)) WITHOUT ROWID');
+    // No key, no OR IGNORE: an outer statement's conflict clause (an upsert) would override the
+    // trigger's. Repeats are removed when the changes are read.
+    this.db.exec('CREATE TEMP TABLE drsite_changes (tbl TEXT NOT NULL, pk TEXT NOT NULL)');
     for (const t of this.tables.values()) {
       const pk = (row: 'NEW' | 'OLD') => `json_array(${t.pk.map((c) => `${row}.${c}`).join(', ')})`;
-      const note = (row: 'NEW' | 'OLD') => `INSERT OR IGNORE INTO temp.drsite_changes VALUES ('${t.name}', ${pk(row)});`;
+      const note = (row: 'NEW' | 'OLD') => `INSERT INTO temp.drsite_changes VALUES ('${t.name}', ${pk(row)});`;
       this.db.exec(`CREATE TEMP TRIGGER drsite_${t.name}_i AFTER INSERT ON main.${t.name} BEGIN ${note('NEW')} END`);
       this.db.exec(`CREATE TEMP TRIGGER drsite_${t.name}_u AFTER UPDATE ON main.${t.name} BEGIN ${note('OLD')} ${note('NEW')} END`);
       this.db.exec(`CREATE TEMP TRIGGER drsite_${t.name}_d AFTER DELETE ON main.${t.name} BEGIN ${note('OLD')} END`);
@@ -181,7 +183,7 @@ export class EtcdConnection extends Connection {
 
   /** Sends the rows this transaction touched to etcd; throws Conflict when another writer came first. */
   private push(): void {
-    const changed = this.db.prepare('SELECT tbl, pk FROM temp.drsite_changes').all() as { tbl: string; pk: string }[];
+    const changed = this.db.prepare('SELECT DISTINCT tbl, pk FROM temp.drsite_changes').all() as { tbl: string; pk: string }[];
     this.db.exec('DELETE FROM temp.drsite_changes');
     if (changed.length === 0) return;
     const puts: [string, string][] = [];
@@ -207,6 +209,7 @@ export class EtcdConnection extends Connection {
 
   /** Brings the mirror up to etcd's current version of the vault. */
   private sync(): void {
+    if (!this.isOpen) return; // the statement that follows says the vault is closed
     const s = this.etcd.call<Synced>('sync', { since: this.rev }, CALL_TIMEOUT_MS);
     if (s.rev === this.rev) return;
     this.atomically('BEGIN IMMEDIATE', () => {

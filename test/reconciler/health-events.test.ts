@@ -1,23 +1,18 @@
 // What an operator sees of a fault (issue 13, part 8): the reasons and errors the agents report
 // (the reliability suites check that each fault produces them) reach `drsite status` as a line
 // per affected ProtectedVM and `drsite events` as an event, once per change, folded while the same
-// fault repeats, and a HealthNormal event when it clears. A real SQLite vault; the observations are
+// fault repeats, and a HealthNormal event when it clears. A real vault (SQLite, then etcd); the observations are
 // the ones a pass builds from the agents' views.
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterEach, expect, test } from 'vitest';
+import { expect, test } from 'vitest';
 import { problems, readStatus } from '../../src/cli/status.ts';
 import type { ObservedRelationship } from '../../src/model/observed.ts';
 import type { Observation } from '../../src/reconciler/observe-sites.ts';
 import { recordObservation } from '../../src/reconciler/record-status.ts';
 import { Vault } from '../../src/vault/vault.ts';
+import { BACKENDS, useVaultPlaces } from '../vault/backends.ts';
 import { desired, pvm, relFor } from './fixtures.ts';
 
-const dirs: string[] = [];
-afterEach(() => {
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-});
+const place = useVaultPlaces();
 
 const d = desired({ vms: [pvm('web-01', { primary: 'site-a', replica: 'site-b', policy: 'gold' })] });
 const v = d.protectedVms[0];
@@ -34,10 +29,8 @@ function pass(vault: Vault, at: string, over: Partial<ObservedRelationship>): vo
 
 const diskFull = 'low-disk: /srv/replicas/site-a/rel-web-01/undo: no space left on the device (needs about 12 MiB more)';
 
-test('a fault becomes a status line and one event per change; repeats fold; its end is an event too', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'drsite-health-events-'));
-  dirs.push(dir);
-  const vault = Vault.open(join(dir, 'vault.db'));
+test.each(BACKENDS)('%s: a fault becomes a status line and one event per change; repeats fold; its end is an event too', (backend) => {
+  const vault = Vault.open(place(backend));
   try {
     pass(vault, '2026-03-01T12:00:00Z', {});
     expect(vault.listEvents({ name: 'web-01', limit: 10 })).toEqual([]);

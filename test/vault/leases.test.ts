@@ -14,7 +14,7 @@ function open(): { v: Vault; clock: ManualClock } {
   return { v: Vault.open(join(tempDir(), 'vault.db'), { clock }), clock };
 }
 
-describe('vault leases', () => {
+describe('vault leases (SQLite: expiry by the vault clock; etcd leases are in etcd.test.ts)', () => {
   it('one holder at a time; the holder renews and releases, the other is told who holds it', async () => {
     const { v, clock } = open();
     expect(v.takeLease('reconcile', A, 30_000, alive)).toMatchObject({ taken: true, lease: { pid: 100, acquiredAt: new Date(clock.now()).toISOString() } });
