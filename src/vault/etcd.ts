@@ -195,7 +195,12 @@ export class EtcdConnection extends Connection {
       if (row) puts.push([`${tbl}/${pk}`, JSON.stringify(row)]);
       else deletes.push(`${tbl}/${pk}`);
     }
-    const r = this.etcd.call<CommitResult>('commit', { expect: this.rev, puts, deletes, ...(this.fence && { fence: this.fence }) }, CALL_TIMEOUT_MS);
+    let r: CommitResult;
+    try {
+      r = this.etcd.call<CommitResult>('commit', { expect: this.rev, puts, deletes, ...(this.fence && { fence: this.fence }) }, CALL_TIMEOUT_MS);
+    } catch (e) {
+      throw tooBig(e, this.path, puts.length + deletes.length) ?? e;
+    }
     if (r.ok) {
       this.rev = r.rev;
       return;
@@ -240,6 +245,14 @@ export class EtcdConnection extends Connection {
     });
     this.rev = s.rev;
   }
+}
+
+/** etcd's own limits on one transaction, said with the flag that raises them. */
+function tooBig(e: unknown, path: string, rows: number): TerminalError | undefined {
+  const m = (e as Error).message ?? '';
+  const flag = /too many operations in txn/.test(m) ? '--max-txn-ops' : /request is too large/.test(m) ? '--max-request-bytes' : undefined;
+  if (!flag) return undefined;
+  return new TerminalError('invalid-state', `vault ${path}: one transaction changes ${rows} rows, more than this etcd cluster accepts in one transaction; start its members with a larger ${flag} (docs/control-plane.md: --max-txn-ops 10000 --max-request-bytes 33554432); nothing was recorded`);
 }
 
 function describeTables(c: Connection): Map<string, Table> {

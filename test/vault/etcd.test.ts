@@ -115,6 +115,18 @@ describe('etcd vault', () => {
     b.close();
   }, 30_000);
 
+  it('a transaction larger than etcd accepts is refused whole, naming the flag that raises the limit', () => {
+    const v = Vault.open(fresh());
+    // etcd's default --max-txn-ops is 128: 200 rows cannot go in one etcd transaction
+    expect(() =>
+      v.transaction(() => {
+        for (let i = 0; i < 200; i++) v.recordDesired('ProtectedVM', `vm-${i}`, { i });
+      }),
+    ).toThrow(/one transaction changes 200 rows.*--max-txn-ops/);
+    expect(v.listDesired()).toEqual([]);
+    v.close();
+  });
+
   it('names what is wrong in an address, and a cluster that does not answer is a retryable error', () => {
     expect(() => parseEtcdUrl('etcd://')).toThrow(/expected etcd:\/\/host:port/);
     expect(() => parseEtcdUrl('etcd://127.0.0.1:2379,nohost')).toThrow(/"nohost" is not host:port/);
