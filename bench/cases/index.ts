@@ -10,5 +10,6 @@ import { primaryAmplification } from './primary-amplification.ts';
 import { replicaAmplification } from './replica-amplification.ts';
 import { resync } from './resync.ts';
 import { rpo, rpoContinuous } from './rpo.ts';
+import { takeover } from './takeover.ts';
 
-export const CASES: readonly BenchCase[] = [resync, initialReplication, deltaPipeline, rpo, replicaAmplification, failover, planCase, primaryAmplification, bandwidth, rpoContinuous, atRest];
+export const CASES: readonly BenchCase[] = [resync, initialReplication, deltaPipeline, rpo, replicaAmplification, failover, planCase, primaryAmplification, bandwidth, rpoContinuous, atRest, takeover];
