@@ -6,7 +6,6 @@
 // TTL (`etcdctl lock --ttl`: a session lease kept alive by the holder), its holder killed the same way.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { cpSync, mkdirSync, writeFileSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { RECONCILE_LEASE } from '../../src/reconciler/reconcile-lease.ts';
@@ -14,6 +13,7 @@ import { Vault } from '../../src/vault/vault.ts';
 import { Cluster } from '../../test/agent/cluster.ts';
 import { DRSITE } from '../../test/cli/run-cli.ts';
 import { ETCD, startEtcd, type EtcdCluster } from '../../test/etcd/cluster.ts';
+import { procUsage } from '../lib/agents.ts';
 import { spread } from '../lib/measure.ts';
 import { MiB } from '../lib/report-helpers.ts';
 import type { BenchCase, BenchContext, CaseResult, Sample, Scenario, Subject } from '../lib/types.ts';
@@ -25,7 +25,6 @@ const LOCK = 'bench-takeover';
 const VM = 'vm-t';
 /** drsite renews the leader's lease every third of the TTL, at least every second (reconcile-lease.ts). */
 const RENEW_MS = Math.max(1000, (TTL_S * 1000) / 3);
-const TICKS = 100; // USER_HZ on Linux
 
 /** A process whose output lines are kept with their arrival time. */
 class Watched {
@@ -79,14 +78,6 @@ class Watched {
     this.child.kill('SIGKILL');
     await exited;
   }
-}
-
-/** CPU (user + system) and peak RSS of a live process, from /proc. */
-async function usage(pid: number): Promise<{ cpuMs: number; peakRssBytes: number }> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const status = await readFile(`/proc/${pid}/status`, 'utf8');
-  return { cpuMs: ((Number(f[11]) + Number(f[12])) * 1000) / TICKS, peakRssBytes: Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0) * 1024 };
 }
 
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -144,7 +135,7 @@ async function drsiteTakeovers(ctx: BenchContext, etcd: EtcdCluster, runs: numbe
       await follower.line(/^standing by: /, 'a follower to stand by');
       if (vault.getLease(RECONCILE_LEASE)?.pid !== leader.pid) throw new CorrectnessError(`takeover run ${r + 1}: the reconcile lease is not the leader's (pid ${leader.pid})`);
       await pause(Math.random() * RENEW_MS);
-      const before = await usage(follower.pid);
+      const before = await procUsage(follower.pid);
       const t0 = performance.now();
       await leader.kill();
       let leaseAt: number | undefined;
@@ -156,7 +147,7 @@ async function drsiteTakeovers(ctx: BenchContext, etcd: EtcdCluster, runs: numbe
       })();
       const leadingAt = await follower.line(/^leading etcd:\/\//, 'the follower to lead');
       await polling;
-      const after = await usage(follower.pid);
+      const after = await procUsage(follower.pid);
       if (leaseAt === undefined) throw new CorrectnessError(`takeover run ${r + 1}: the follower printed that it leads but never held the reconcile lease`);
       if (!new RegExp(`took over the reconcile lease of \\S+ from pid ${leader.pid},`).test(follower.output())) {
         throw new CorrectnessError(`takeover run ${r + 1}: the follower does not say it took over from pid ${leader.pid}`);
@@ -165,7 +156,7 @@ async function drsiteTakeovers(ctx: BenchContext, etcd: EtcdCluster, runs: numbe
       samples.push({
         wallMs: leadingAt - t0,
         cpuMs: after.cpuMs - before.cpuMs,
-        peakRssBytes: after.peakRssBytes,
+        peakRssBytes: after.maxRssBytes,
         extra: { leaseMs: Math.round(leaseAt - t0), afterTtlMs: Math.round(leadingAt - t0 - TTL_S * 1000) },
       });
       ctx.log(`drsite takeover ${r + 1}/${runs}: lease after ${(leaseAt - t0).toFixed(0)} ms, leading after ${(leadingAt - t0).toFixed(0)} ms`);
@@ -196,12 +187,12 @@ async function lockTakeovers(ctx: BenchContext, etcd: EtcdCluster, runs: number)
       while (candidates() < 2) await pause(20);
       if (waiter.lines.length > 0) throw new CorrectnessError(`etcdctl lock run ${r + 1}: the waiter acquired while the holder lives`);
       await pause(Math.random() * (TTL_S * 1000) / 3);
-      const before = await usage(waiter.pid);
+      const before = await procUsage(waiter.pid);
       const t0 = performance.now();
       await holder.kill();
       const at = await waiter.line(new RegExp(`^${LOCK}/`), 'the waiting etcdctl lock to acquire');
-      const after = await usage(waiter.pid);
-      samples.push({ wallMs: at - t0, cpuMs: after.cpuMs - before.cpuMs, peakRssBytes: after.peakRssBytes, extra: { afterTtlMs: Math.round(at - t0 - TTL_S * 1000) } });
+      const after = await procUsage(waiter.pid);
+      samples.push({ wallMs: at - t0, cpuMs: after.cpuMs - before.cpuMs, peakRssBytes: after.maxRssBytes, extra: { afterTtlMs: Math.round(at - t0 - TTL_S * 1000) } });
       ctx.log(`etcdctl lock takeover ${r + 1}/${runs}: ${(at - t0).toFixed(0)} ms`);
       holder = waiter;
     }

@@ -18,7 +18,7 @@ export interface AgentHost {
 }
 
 /** utime + stime and VmHWM (peak RSS) of a live process. */
-async function procUsage(pid: number): Promise<ProcessUsage> {
+export async function procUsage(pid: number): Promise<ProcessUsage> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const cpuMs = ((Number(f[11]) + Number(f[12])) * 1000) / TICKS;

@@ -9,9 +9,8 @@ import { useTempDir } from './temp-dir.ts';
 export type Backend = 'sqlite' | 'etcd';
 export const BACKENDS: readonly Backend[] = ['sqlite', 'etcd'];
 
-/** Call at the top of a file: returns where to open a new, empty vault on each backend. */
-export function useVaultPlaces(): (backend: Backend) => string {
-  const tempDir = useTempDir();
+/** Call at the top of a file: a one-member etcd for the file's tests; the URL of a new, empty vault in it. */
+export function useEtcdVaults(): () => string {
   let etcd: EtcdCluster | undefined;
   let n = 0;
   beforeAll(async () => {
@@ -20,9 +19,15 @@ export function useVaultPlaces(): (backend: Backend) => string {
   afterAll(async () => {
     await etcd?.stop();
   });
-  return (backend) => {
-    if (backend === 'sqlite') return join(tempDir(), 'vault.db');
-    if (!etcd) throw new Error('etcd is not running (useVaultPlaces must be called at the top of the file)');
+  return () => {
+    if (!etcd) throw new Error('etcd is not running (call useEtcdVaults at the top of the file)');
     return `${etcd.url}/vault-${process.pid}-${++n}`;
   };
+}
+
+/** Call at the top of a file: returns where to open a new, empty vault on each backend. */
+export function useVaultPlaces(): (backend: Backend) => string {
+  const tempDir = useTempDir();
+  const etcdVault = useEtcdVaults();
+  return (backend) => (backend === 'sqlite' ? join(tempDir(), 'vault.db') : etcdVault());
 }

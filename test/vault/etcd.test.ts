@@ -4,21 +4,13 @@
 // reconcile lease is an etcd lease (one holder; free only when it lapses), a holder that lost
 // its lease cannot record anything (fenced), and bad addresses or a dead cluster give one
 // clear error.
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { TerminalError } from '../../src/model/errors.ts';
 import { parseEtcdUrl } from '../../src/vault/etcd.ts';
 import { Vault } from '../../src/vault/vault.ts';
-import { startEtcd, type EtcdCluster } from '../etcd/cluster.ts';
+import { useEtcdVaults } from './backends.ts';
 
-let etcd: EtcdCluster;
-let n = 0;
-beforeAll(async () => {
-  etcd = await startEtcd({ members: 1 });
-}, 60_000);
-afterAll(async () => {
-  await etcd?.stop();
-});
-const fresh = () => `${etcd.url}/etcd-test-${++n}`;
+const fresh = useEtcdVaults();
 const A = { pid: 100, host: 'site-a', command: 'drsite run' };
 const B = { pid: 200, host: 'site-b', command: 'drsite run' };
 const never = () => false;
