@@ -30,18 +30,18 @@ export { coalesce, MAX_RECORD_BYTES } from './log-coalesce.ts';
 
 export const LOG_MAGIC = 'DRSHRL01';
 export const LOG_VERSION = 2;
-const FOOTER_MAGIC = 'DRSHRLFT';
+export const FOOTER_MAGIC = 'DRSHRLFT';
 export const PREAMBLE_BYTES = 8 + 2 + 2 + SALT_BYTES + 4;
 export const FRAME_HEADER_BYTES = 4 + 1 + 3 + 4 + 4 + TAG_BYTES;
 /** Header bytes bound into the frame's associated data: everything before the tag. */
-const FRAME_BOUND_BYTES = FRAME_HEADER_BYTES - TAG_BYTES;
+export const FRAME_BOUND_BYTES = FRAME_HEADER_BYTES - TAG_BYTES;
 export const ENTRY_BYTES = 16;
 export const FOOTER_BYTES = 8 + 8 * 4 + 32;
 /** Data bytes one frame carries at most: one zstd call and one GCM cipher per this much. */
 export const FRAME_DATA_BYTES = MAX_RECORD_BYTES;
 /** Entries one frame carries at most (zero extents cost a table entry, no payload). */
 export const MAX_FRAME_ENTRIES = 4096;
-const MAC_BYTES = 32;
+export const MAC_BYTES = 32;
 const ENTRY_ZERO = 1;
 const FRAME_COMPRESSED = 2;
 /** Zero extents are metadata; one entry covers at most this much so lengths fit in u32. */
@@ -220,7 +220,7 @@ function addEntry(f: OpenFrame, offset: number, length: number, zero: boolean): 
   f.table.fill(0, at + 13, at + ENTRY_BYTES);
 }
 
-async function encode(
+export async function encode(
   header: LogHeader,
   extents: AsyncIterable<Extent> | Iterable<Extent>,
   keys: RelationshipKeys,
@@ -376,11 +376,11 @@ export async function encodeLog(
 
 // ---------------------------------------------------------------------------------------- reading
 
-function integrity(path: string, what: string): RetryableError {
+export function integrity(path: string, what: string): RetryableError {
   return new RetryableError('integrity', `replication log ${path}: ${what}`);
 }
 
-function parseHeader(json: Buffer): LogHeader | undefined {
+export function parseHeader(json: Buffer): LogHeader | undefined {
   let h: unknown;
   try {
     h = JSON.parse(json.toString('utf8'));
@@ -395,7 +395,7 @@ function parseHeader(json: Buffer): LogHeader | undefined {
   return h as LogHeader;
 }
 
-function parsePreamble(path: string, pre: Buffer): { salt: Buffer; headerLen: number } {
+export function parsePreamble(path: string, pre: Buffer): { salt: Buffer; headerLen: number } {
   if (pre.toString('latin1', 0, 8) !== LOG_MAGIC) throw integrity(path, 'bad magic (not a drsite replication log)');
   const version = pre.readUInt16LE(8);
   if (version !== LOG_VERSION) throw integrity(path, `unsupported format version ${version} (this build reads version ${LOG_VERSION})`);
@@ -423,7 +423,7 @@ export async function readLogHeader(path: string): Promise<LogHeader> {
   }
 }
 
-interface FrameHead {
+export interface FrameHead {
   readonly entries: number;
   readonly flags: number;
   readonly rawLength: number;
@@ -431,7 +431,7 @@ interface FrameHead {
   readonly tag: Buffer;
 }
 
-function parseFrameHeader(h: Buffer): FrameHead | undefined {
+export function parseFrameHeader(h: Buffer): FrameHead | undefined {
   const entries = h.readUInt32LE(0);
   const flags = h.readUInt8(4);
   const rawLength = h.readUInt32LE(8);
@@ -443,7 +443,7 @@ function parseFrameHeader(h: Buffer): FrameHead | undefined {
 }
 
 /** The table's entries, or undefined when malformed or when data lengths do not add up to rawLength. */
-function parseTable(table: Buffer, rawLength: number): LogRecordInfo[] | undefined {
+export function parseTable(table: Buffer, rawLength: number): LogRecordInfo[] | undefined {
   const out: LogRecordInfo[] = [];
   let data = 0;
   for (let at = 0; at < table.length; at += ENTRY_BYTES) {
@@ -460,7 +460,7 @@ function parseTable(table: Buffer, rawLength: number): LogRecordInfo[] | undefin
 }
 
 /** What the verification pass learned about one frame. */
-interface FrameInfo {
+export interface FrameInfo {
   /** File offset of the frame header. */
   readonly at: number;
   readonly head: FrameHead;
@@ -470,7 +470,7 @@ interface FrameInfo {
 }
 
 /** Everything needed to decrypt a verified log's frames. */
-interface Decoder {
+export interface Decoder {
   readonly path: string;
   readonly key: KeyObject;
   readonly prefix: Buffer;
@@ -480,7 +480,7 @@ interface Decoder {
  * Starts decoding one frame: decrypts it now (GCM on this thread), decompresses it in the thread
  * pool when it is large. The promise rejects with RetryableError('integrity') on any failure.
  */
-function decodeFrame(d: Decoder, i: number, f: FrameInfo, ciphertext: Buffer): Promise<Buffer> {
+export function decodeFrame(d: Decoder, i: number, f: FrameInfo, ciphertext: Buffer): Promise<Buffer> {
   const plain = openFrame(d.key, d.prefix, i, f.bound, ciphertext, f.head.tag);
   let out: Promise<Buffer>;
   if (!plain) {
