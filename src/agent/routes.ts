@@ -155,6 +155,13 @@ export function agentRoutes(a: Agent): Router {
     uploadLog: upload,
     uploadOffset: upload,
     replicaApply: async (ctx) => ownReplica(a, ctx.params.id, ctx.peer).apply(),
+    uploadInitialSegment: async (ctx) => {
+      const rep = ownReplica(a, ctx.params.id, ctx.peer);
+      rep.acceptingLogs(); // refuse before taking any data
+      const n = Number(ctx.params.segment);
+      if (!/^(0|[1-9][0-9]{0,8})$/.test(ctx.params.segment)) throw new TerminalError('invalid-argument', `bad segment ${JSON.stringify(ctx.params.segment.slice(0, 32))}`);
+      return rep.receiveInitialSegment(ctx.params.disk, n, ctx.req);
+    },
     replicaDiscardPending: async (ctx) => {
       const rep = ownReplica(a, ctx.params.id, ctx.peer);
       const status = await rep.discardPending();

@@ -10,7 +10,7 @@
 // so re-applying N after a crash is idempotent.
 import { AsyncMutex } from './async-mutex.ts';
 import { randomBytes, createHash } from 'node:crypto';
-import { copyFile, mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { copyFile, mkdir, open, readdir, rename, rm, stat, truncate } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -30,6 +30,12 @@ import { UNDO_CHUNK, UndoFile, UndoWriter, isZero, mergeUndo } from './replica-u
 import { readAtPoint } from './replica-view.ts';
 import { cipherFor, ImageCipher } from './at-rest.ts';
 import { encryptSeed, ImageFile, imageLength, seedPath, setSeedAside } from './image-file.ts';
+import { receiveSegment, segmentCount, segmentRange, type InitialCheckpoint, type InitialProgress } from './initial-stream.ts';
+import { readJsonIfExists, writeFileAtomic } from './atomic-file.ts';
+import type { LogHeader } from './types.ts';
+
+/** The streamed initial copy's checkpoint (initial-stream.ts), while one is in progress. */
+const INITIAL_FILE = 'initial.json';
 import type { BlockReader } from './replica-view.ts';
 
 export type { BlockReader } from './replica-view.ts';
@@ -97,6 +103,7 @@ export class ReplicaStore {
   private readonly cipher: ImageCipher | undefined;
   private readonly pins = new Map<number, number>();
   private readonly lock = new AsyncMutex();
+  private initial: InitialCheckpoint | undefined;
   private readonly counters: Mutable<ReplicaStats> = {
     pointsApplied: 0, logsApplied: 0, bytesApplied: 0, bytesReceived: 0,
     imageBytesWritten: 0, undoBytesWritten: 0, journalBytesWritten: 0,
@@ -143,6 +150,7 @@ export class ReplicaStore {
       disks: [...disks].map(([id, size]) => ({ id, size })),
     };
     const store = new ReplicaStore(dir, keys, state, cipher);
+    store.initial = await readJsonIfExists<InitialCheckpoint>(join(dir, INITIAL_FILE));
     if (fresh) await store.saveState(state);
     await store.encryptSeeds();
     await store.createImages();
@@ -283,6 +291,123 @@ export class ReplicaStore {
     return this.applyPending();
   }
 
+  // ------------------------------------------------------------------------ streamed initial copy
+
+  /** The streamed initial copy in progress, if any (its cut and each disk's segments done). */
+  initialProgress(): InitialProgress | undefined {
+    const c = this.initial;
+    return c && { cutId: c.cutId, segments: { ...c.done } };
+  }
+
+  /**
+   * Receives segment `index` of a streamed initial copy of `diskId` (initial-stream.ts): each frame
+   * written at its offsets once it authenticates, the image fsynced and the checkpoint advanced
+   * once the segment's MAC verified. Segment 0 of a new cut starts the copy again (the images
+   * emptied); a segment already done is drained and acknowledged again; any other is refused. The
+   * point becomes visible only when applyPending finds every segment of every disk in.
+   */
+  receiveInitialSegment(diskId: string, index: number, body: AsyncIterable<Buffer | Uint8Array>): Promise<InitialProgress> {
+    return this.exclusive(async () => {
+      checkDiskId(diskId);
+      if (!this.state.disks.some((d) => d.id === diskId)) throw new TerminalError('not-found', `replica ${this.dir} has no disk ${diskId}`);
+      if (this.state.applied > 0 || this.state.points.length) {
+        throw new TerminalError('invalid-state', `replica ${this.dir} already holds point ${this.state.applied}: a streamed initial copy only fills an empty replica`);
+      }
+      const size = this.diskSize(diskId);
+      const count = segmentCount(size);
+      if (!Number.isSafeInteger(index) || index < 0 || index >= count) {
+        throw new TerminalError('invalid-argument', `disk ${diskId} has segments 0-${count - 1}, not ${index}`);
+      }
+      const { start, end } = segmentRange(index, size);
+      const image = await ImageFile.open(this.diskPath(diskId), 'r+', this.cipher);
+      let zeroes = false;
+      let duplicate = false;
+      try {
+        await image.grow(size);
+        const summary = await receiveSegment(body, this.keys, {
+          relationshipId: this.state.relationshipId, diskId, diskSize: size, start, end,
+          checkHeader: async (h) => {
+            let c = this.initial;
+            if (index === 0 && c?.cutId !== h.cutId) c = await this.startInitial(h);
+            if (!c || c.cutId !== h.cutId) {
+              throw new TerminalError('invalid-state', `segment ${index} of ${diskId} belongs to cut ${h.cutId}, the copy in progress is ${c ? `of cut ${c.cutId}` : 'none'}: start again from segment 0`);
+            }
+            const done = c.done[diskId] ?? 0;
+            if (index < done) duplicate = true;
+            else if (index > done) throw new TerminalError('invalid-state', `disk ${diskId}: segment ${index} sent, segment ${done} expected next`);
+            else if (c.started[diskId] === index) zeroes = true;
+            else await this.saveInitial({ ...c, started: { ...c.started, [diskId]: index } });
+          },
+        }, async (e) => {
+          if (duplicate) return;
+          if ('data' in e) {
+            await image.write(e.offset, e.data);
+            this.counters.imageBytesWritten += e.data.length;
+          } else if (zeroes) {
+            await image.writeZeroes(e.offset, e.length);
+            this.counters.imageBytesWritten += e.length;
+          }
+        });
+        this.counters.bytesReceived += summary.bytes;
+        if (!duplicate) {
+          await image.sync();
+          const c = this.initial!;
+          const { [diskId]: _, ...started } = c.started;
+          await this.saveInitial({ ...c, done: { ...c.done, [diskId]: index + 1 }, started });
+        }
+      } catch (e) {
+        throw await classifyDiskFull(e, this.dir, end - start);
+      } finally {
+        await image.close();
+      }
+      return this.initialProgress()!;
+    });
+  }
+
+  /** A new streamed initial copy: every image emptied (sparse zeroes), then its checkpoint. */
+  private async startInitial(h: LogHeader): Promise<InitialCheckpoint> {
+    for (const d of this.state.disks) {
+      await truncate(this.diskPath(d.id), 0);
+      const image = await ImageFile.open(this.diskPath(d.id), 'r+', this.cipher);
+      try {
+        await image.grow(d.size);
+        await image.sync();
+      } finally {
+        await image.close();
+      }
+    }
+    const c: InitialCheckpoint = { cutId: h.cutId, cutTime: h.cutTime, consistency: h.consistency, done: {}, started: {} };
+    await this.saveInitial(c);
+    return c;
+  }
+
+  private async saveInitial(c: InitialCheckpoint | undefined): Promise<void> {
+    const path = join(this.dir, INITIAL_FILE);
+    if (c) {
+      const text = `${JSON.stringify(c)}\n`;
+      await writeFileAtomic(path, text);
+      this.counters.journalBytesWritten += text.length;
+    } else if (await unlinkIfExists(path)) await fsyncDir(this.dir);
+    this.initial = c;
+  }
+
+  /** Every segment of every disk in: the copy becomes point 1 (one journal write). */
+  private async commitInitial(): Promise<AppliedPoint | undefined> {
+    const c = this.initial;
+    if (!c || this.state.applied > 0) return undefined;
+    if (!this.state.disks.every((d) => (c.done[d.id] ?? 0) >= segmentCount(d.size))) return undefined;
+    const point: StoredPoint = {
+      sequence: 1, time: c.cutTime, consistency: c.consistency, cutId: c.cutId,
+      sizes: Object.fromEntries(this.state.disks.map((d) => [d.id, d.size])), undo: null,
+    };
+    await this.saveState({ ...this.state, applied: 1, applying: null, points: [point] });
+    await this.saveInitial(undefined);
+    const bytes = this.state.disks.reduce((n, d) => n + d.size, 0);
+    this.counters.pointsApplied++;
+    this.counters.bytesApplied += bytes;
+    return { sequence: 1, time: c.cutTime, consistency: c.consistency, cutId: c.cutId, bytes, records: 0 };
+  }
+
   // ------------------------------------------------------------------------------------- applying
 
   /**
@@ -296,6 +421,8 @@ export class ReplicaStore {
       // An apply that failed part way (I/O error) is finished before anything else: capturing
       // undo again from a half-written image would save the wrong content.
       await this.finishApplying();
+      const initial = await this.commitInitial();
+      if (initial) done.push(initial);
       for (;;) {
         const next = this.state.applied + 1;
         const pending = await this.listIncoming();

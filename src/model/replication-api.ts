@@ -63,6 +63,8 @@ export interface ReplicaStatus {
   received: Record<string, number[]>;
   points: RecoveryPointInfo[];
   disks: DiskInfo[];
+  /** A streamed initial copy in progress: its cut and, per disk, the segments durable so far. */
+  initial?: { cutId: string; segments: Record<string, number> };
 }
 
 export interface RecoveryPointInfo {

@@ -45,6 +45,7 @@ export const API = {
   replicaRelationship: (id: string) => `/v1/replica/relationships/${enc(id)}`,
   replicaLog: (id: string, seq: number, disk: string) => `/v1/replica/relationships/${enc(id)}/logs/${seq}/${enc(disk)}`,
   replicaApply: (id: string) => `/v1/replica/relationships/${enc(id)}/apply`,
+  replicaInitialSegment: (id: string, disk: string, segment: number) => `/v1/replica/relationships/${enc(id)}/initial/${enc(disk)}/${segment}`,
   replicaDiscardPending: (id: string) => `/v1/replica/relationships/${enc(id)}/discard-pending`,
   replicaChecksums: (id: string, disk: string) => `/v1/replica/relationships/${enc(id)}/disks/${enc(disk)}/checksums`,
   replicaSettings: (id: string) => `/v1/replica/relationships/${enc(id)}/settings`,
@@ -183,6 +184,8 @@ export const ROUTES = {
   uploadLog: R('PUT', '/v1/replica/relationships/:id/logs/:seq/:disk', 'primary', { raw: true }),
   uploadOffset: R('HEAD', '/v1/replica/relationships/:id/logs/:seq/:disk', 'primary', { raw: true }),
   replicaApply: R('POST', '/v1/replica/relationships/:id/apply', 'primary'),
+  // A segment of a streamed initial copy (core/initial-stream.ts): one sealed log, read as it arrives.
+  uploadInitialSegment: R('PUT', '/v1/replica/relationships/:id/initial/:disk/:segment', 'primary', { raw: true }),
   replicaDiscardPending: R('POST', '/v1/replica/relationships/:id/discard-pending', 'primary'),
   replicaChecksums: R('GET', '/v1/replica/relationships/:id/disks/:disk/checksums', 'primary'),
   replicaCompare: R('POST', '/v1/replica/relationships/:id/disks/:disk/checksums', 'primary', {

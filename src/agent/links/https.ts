@@ -1,11 +1,13 @@
 // The primary's link to a Replica server over HTTPS with mutual TLS: the agent API's replica
 // verbs, and log transfers that resume where the server's durable offset stands.
 import { compareRequestToJSON, digestsFromJSON, type BlockDigests, type BlockDigestsJSON, type CompareRequest } from '../../core/block-checksums.ts';
+import { Readable } from 'node:stream';
 import { TerminalError } from '../../model/errors.ts';
 import { API, type CreateReplicaRequest, type ReplicaStatus } from '../../transport/agent-api.ts';
 import type { CertBundle } from '../../transport/certs.ts';
 import { createMtlsClient, type MtlsClient } from '../../transport/mtls.ts';
 import { TransferCounters, uploadFile } from '../../transport/upload.ts';
+import { CONTENT_TYPE_OCTETS } from '../../transport/wire.ts';
 import type { ReplicaLink, UploadOptions } from '../../core/replication/ports.ts';
 
 export class HttpReplicaLink implements ReplicaLink {
@@ -35,6 +37,13 @@ export class HttpReplicaLink implements ReplicaLink {
       ...(opts?.pace && { pace: opts.pace }),
       ...(opts?.chunkSize && { chunkSize: opts.chunkSize }),
     });
+  }
+
+  async initialSegment(id: string, diskId: string, index: number, body: AsyncIterable<Buffer>): Promise<ReplicaStatus> {
+    const res = await this.#client.request('PUT', API.replicaInitialSegment(id, diskId, index), Readable.from(body, { objectMode: false }), {
+      'content-type': CONTENT_TYPE_OCTETS,
+    });
+    return res.json<ReplicaStatus>();
   }
 
   async apply(id: string): Promise<ReplicaStatus> {

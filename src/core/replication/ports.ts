@@ -26,6 +26,12 @@ export interface ReplicaLink {
   checksums(id: string, diskId: string, compare?: CompareRequest): Promise<BlockDigests>;
   settings(id: string, retention: CreateReplicaRequest['retention']): Promise<void>;
   remove(id: string): Promise<void>;
+  /**
+   * Sends one segment of a streamed initial copy (core/initial-stream.ts) as `body` produces it;
+   * resolves with the replica's status once the segment is durable there. Absent: the link only
+   * ships whole logs, and the initial copy goes through the outbox.
+   */
+  initialSegment?(id: string, diskId: string, index: number, body: AsyncIterable<Buffer>): Promise<ReplicaStatus>;
 }
 
 export interface UploadOptions {

@@ -8,7 +8,8 @@ import { randomUUID } from 'node:crypto';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { exportToMedia } from '../initial-copy.ts';
-import { writeLog } from '../log-format.ts';
+import { encode, writeLog } from '../log-format.ts';
+import { ExtentCursor, SEGMENT_BYTES, SegmentBuffer, segmentCount, segmentRange } from '../initial-stream.ts';
 import { transition, type ReplicationEvent, type State } from '../replication-state.ts';
 import { RetryState } from '../retry.ts';
 import { ReplicationStatistics } from '../statistics.ts';
@@ -39,6 +40,8 @@ export class PrimaryReplication {
   readonly #busy = new AsyncMutex();
   /** The policy's bandwidth cap on what this relationship sends (its link may be shared). */
   readonly bandwidth: BandwidthCap;
+  /** A streamed initial copy under way (its cut held until the replica has every segment). */
+  #stream: InitialStream | undefined;
 
   constructor(opts: {
     dir: string;
@@ -151,6 +154,8 @@ export class PrimaryReplication {
 
   async #step(force: boolean): Promise<CycleResult> {
     const r = this.record;
+    // A streamed initial copy's cut is only kept while that copy is what the relationship does.
+    if (this.#stream && r.state !== 'InitialReplicationInProgress') await this.#dropStream(false);
     switch (r.state) {
       case 'ReadyForInitialReplication': {
         if (!r.initial) return { action: 'none', applied: r.applied };
@@ -315,6 +320,7 @@ export class PrimaryReplication {
     const total = this.#totalBytes();
     r.initial = { ...(r.initial ?? { method, bytesDone: 0 }), method, bytesTotal: total };
     const existing = await outboxSequences(this.#outbox());
+    if (method === 'network' && !existing.includes(1) && this.#canStream()) return this.#streamInitial();
     let bytes = 0;
     if (!existing.includes(1) && r.applied < 1) {
       const filter = method === 'existing-replica' ? await this.#differenceFilter() : undefined;
@@ -328,6 +334,129 @@ export class PrimaryReplication {
       await this.#apply('initialDone');
     }
     return { action: 'initial', sequence: 1, bytes, applied: status.applied };
+  }
+
+  /**
+   * Whether the initial copy streams (core/initial-stream.ts): the link must take segments, and a
+   * bandwidth cap must let one segment through in about two minutes (a request the replica's
+   * server keeps open); below that the copy goes through the outbox in paced chunks.
+   */
+  #canStream(): boolean {
+    if (!this.#link.initialSegment) return false;
+    const cap = this.record.policy.bandwidth;
+    return cap === undefined || cap * 120 >= SEGMENT_BYTES;
+  }
+
+  /**
+   * The streamed initial copy: one full cut, each disk sent as segments as they are encoded, the
+   * replica writing each as it arrives and checkpointing it once durable. After a failure the
+   * copy resumes where the replica's checkpoint stands, from the same cut (the segment in flight
+   * is kept whole and sent again). After a restart of this process the cut is gone: a new one
+   * starts the copy again from segment 0.
+   */
+  async #streamInitial(): Promise<CycleResult> {
+    const r = this.record;
+    const total = this.#totalBytes();
+    let status = await this.#link.status(this.id);
+    if (status.applied < 1) {
+      let s = this.#stream;
+      if (s && (status.initial?.cutId !== s.cutId || this.#behind(s, status))) {
+        this.#log.warn('the replica no longer holds the initial copy in progress; it starts again', { relationship: this.id });
+        await this.#dropStream(false);
+        s = undefined;
+      }
+      s ??= await this.#openStream();
+      let done = 0;
+      for (const frozen of s.cut.disks) {
+        const count = segmentCount(frozen.size);
+        for (;;) {
+          const have = status.initial?.cutId === s.cutId ? (status.initial.segments[frozen.diskId] ?? 0) : 0;
+          r.initial!.bytesDone = done + Math.min(frozen.size, have * SEGMENT_BYTES);
+          if (have >= count) break;
+          if (s.pending?.diskId !== frozen.diskId || s.pending.index !== have) {
+            if ((s.produced.get(frozen.diskId) ?? 0) !== have) throw new TerminalError('invalid-state', `initial copy of ${r.vm}: the replica asks for segment ${have} of ${frozen.diskId}, this copy produced ${s.produced.get(frozen.diskId) ?? 0}`);
+            s.pending = { diskId: frozen.diskId, index: have, buffer: this.#encodeSegment(s, frozen.diskId, frozen.size, have) };
+            s.produced.set(frozen.diskId, have + 1);
+          }
+          const buffer = s.pending.buffer;
+          try {
+            status = await this.#link.initialSegment!(this.id, frozen.diskId, have, buffer.read());
+          } catch (e) {
+            // The segment stays whole for the next attempt, unless reading the cut itself failed.
+            await buffer.finished;
+            if (!buffer.complete) await this.#dropStream(false);
+            throw e;
+          }
+          r.bytesShipped += buffer.bytes;
+          s.pending = undefined;
+        }
+        done += frozen.size;
+      }
+      status = await this.#link.apply(this.id);
+    }
+    if (status.applied < 1) throw new RetryableError('integrity', `replica of ${r.vm} did not make the initial copy a point (applied ${status.applied}); it is sent again`);
+    r.sequence = Math.max(r.sequence, 1);
+    r.applied = status.applied;
+    const latest = status.points.at(-1);
+    if (latest) r.lastReplicationTime = Date.parse(latest.time);
+    const bytes = this.#stream?.dataBytes ?? 0;
+    await this.#dropStream(true);
+    r.initial = { ...r.initial!, bytesDone: total, bytesTotal: total };
+    r.replicatingSince = this.#clock.now();
+    this.#stats.recordSuccess({ bytes, latencyMs: this.#clock.now() - (r.lastReplicationTime ?? this.#clock.now()) });
+    await this.#apply('initialDone');
+    return { action: 'initial', sequence: 1, bytes, applied: status.applied };
+  }
+
+  /** The replica holds fewer segments of some disk than were acknowledged to this copy. */
+  #behind(s: InitialStream, status: ReplicaStatus): boolean {
+    return s.cut.disks.some((d) => {
+      const acked = (s.produced.get(d.diskId) ?? 0) - (s.pending?.diskId === d.diskId ? 1 : 0);
+      return (status.initial?.segments[d.diskId] ?? 0) < acked;
+    });
+  }
+
+  async #openStream(): Promise<InitialStream> {
+    const cutId = randomUUID();
+    const cut = await this.source.cut({ cutId, time: this.#clock.now(), full: true });
+    const s: InitialStream = {
+      cut,
+      cutId: cut.cutId ?? cutId,
+      cursors: new Map(cut.disks.map((d) => [d.diskId, new ExtentCursor(d.extents())])),
+      produced: new Map(),
+      dataBytes: 0,
+    };
+    this.#stream = s;
+    return s;
+  }
+
+  /** Encodes segment `index` of a disk into a buffer, in the background. */
+  #encodeSegment(s: InitialStream, diskId: string, size: number, index: number): SegmentBuffer {
+    const buffer = new SegmentBuffer();
+    const { end } = segmentRange(index, size);
+    const header = {
+      relationshipId: this.id, diskId, diskSize: size, sequence: 1, basePoint: 0, blockSize: BLOCK_SIZE,
+      cutTime: s.cut.time, consistency: s.cut.consistency ?? 'crash', kind: 'full', cutId: s.cutId,
+    } as const;
+    encode(header, s.cursors.get(diskId)!.take(end), this.#keys, async (c) => buffer.push(c)).then(
+      (summary) => {
+        s.dataBytes += summary.dataBytes;
+        buffer.end();
+      },
+      (e) => buffer.end(e),
+    );
+    return buffer;
+  }
+
+  /** Ends a streamed copy: its cut released (the replica has it all) or abandoned (blocks pending again). */
+  async #dropStream(release: boolean): Promise<void> {
+    const s = this.#stream;
+    if (!s) return;
+    this.#stream = undefined;
+    await s.pending?.buffer.finished;
+    for (const c of s.cursors.values()) await c.close().catch(() => undefined);
+    if (release) await s.cut.release();
+    else await s.cut.abandon();
   }
 
   /**
@@ -484,6 +613,7 @@ export class PrimaryReplication {
   /** RemoveReplicationRelationship on the primary: stop, drop the outbox; the replica is told when reachable. */
   remove(opts: { replicaToo: boolean }): Promise<void> {
     return this.#serial(async () => {
+      await this.#dropStream(false);
       if (opts.replicaToo) {
         try {
           await this.#link.remove(this.id);
@@ -494,4 +624,16 @@ export class PrimaryReplication {
       await rm(this.dir, { recursive: true, force: true });
     });
   }
+}
+
+interface InitialStream {
+  readonly cut: Awaited<ReturnType<CutSource['cut']>>;
+  readonly cutId: string;
+  /** Each disk's extents of the cut, read once, segment by segment. */
+  readonly cursors: Map<string, ExtentCursor>;
+  /** Per disk: segments encoded so far. */
+  readonly produced: Map<string, number>;
+  /** The last segment encoded, until the replica acknowledges it. */
+  pending?: { diskId: string; index: number; buffer: SegmentBuffer };
+  dataBytes: number;
 }

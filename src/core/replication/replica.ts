@@ -141,6 +141,26 @@ export class ReplicaReplication {
     await this.store.receive(diskId, sequence, path, { move: true });
   }
 
+  /**
+   * One segment of a streamed initial copy (core/initial-stream.ts), written as it arrives and
+   * acknowledged once durable; a damaged or forged one is refused (and counted) and sent again.
+   */
+  async receiveInitialSegment(diskId: string, index: number, body: AsyncIterable<Buffer | Uint8Array>): Promise<ReplicaStatus> {
+    this.acceptingLogs();
+    try {
+      await this.store.receiveInitialSegment(diskId, index, body);
+    } catch (e) {
+      if (RetryableError.is(e) && e.code === 'integrity') {
+        this.record.integrityErrors++;
+        this.record.lastIntegrityError = { message: (e as Error).message, at: this.#clock.now() };
+        await this.save();
+        this.#log.warn('initial copy segment rejected', { relationship: this.id, disk: diskId, segment: index, error: (e as Error).message });
+      }
+      throw e;
+    }
+    return this.status();
+  }
+
   /** Drops received logs not applied yet (a resynchronisation restarts the chain from the applied point). */
   async discardPending(): Promise<ReplicaStatus> {
     this.acceptingLogs();
@@ -177,6 +197,7 @@ export class ReplicaReplication {
       if (m) (received[m[2]] ??= []).push(Number(m[1]));
     }
     for (const list of Object.values(received)) list.sort((a, b) => a - b);
+    const initial = this.store.initialProgress();
     return {
       id: this.id,
       vm: this.record.vm,
@@ -187,6 +208,7 @@ export class ReplicaReplication {
       received,
       points: this.points(),
       disks: this.record.disks,
+      ...(initial && { initial }),
     };
   }
 

@@ -6,6 +6,9 @@ import type { Clock } from '../../model/clock.ts';
 import { TerminalError } from '../../model/errors.ts';
 import type { ReplicaLink, UploadOptions } from './ports.ts';
 
+/** Slices a paced stream is sent in (as transport/upload.ts paces a file). */
+const PACE_SLICE = 64 << 10;
+
 /**
  * The bucket's depth: 1/8 s of traffic, at most 1 MiB. Over any window of T seconds at most
  * `rate * T + burst` bytes pass, so the overshoot is bounded by 125 ms of traffic: a few percent on
@@ -202,6 +205,20 @@ export function throttledLink(link: ReplicaLink, bucketFor: () => TokenBucket | 
       // held is charged too: a rare overcharge, which only delays.)
       if (paced === 0) bucketFor()?.charge((await stat(path)).size);
     },
+    ...(link.initialSegment && {
+      initialSegment(id: string, diskId: string, index: number, body: AsyncIterable<Buffer>) {
+        if (!bucketFor()) return link.initialSegment!(id, diskId, index, body);
+        return link.initialSegment!(id, diskId, index, (async function* () {
+          for await (const chunk of body) {
+            for (let at = 0; at < chunk.length; at += PACE_SLICE) {
+              const slice = chunk.subarray(at, at + PACE_SLICE);
+              await bucketFor()?.acquire(slice.length);
+              yield slice;
+            }
+          }
+        })());
+      },
+    }),
     async checksums(id, diskId, compare) {
       await bucketFor()?.acquire(0);
       const digests = await link.checksums(id, diskId, compare);
