@@ -4,6 +4,7 @@ import { atRest } from './at-rest.ts';
 import { bandwidth } from './bandwidth.ts';
 import { deltaPipeline } from './delta-pipeline.ts';
 import { failover } from './failover.ts';
+import { fleet } from './fleet.ts';
 import { initialReplication } from './initial-replication.ts';
 import { planCase } from './plan.ts';
 import { primaryAmplification } from './primary-amplification.ts';
@@ -12,4 +13,4 @@ import { resync } from './resync.ts';
 import { rpo, rpoContinuous } from './rpo.ts';
 import { takeover } from './takeover.ts';
 
-export const CASES: readonly BenchCase[] = [resync, initialReplication, deltaPipeline, rpo, replicaAmplification, failover, planCase, primaryAmplification, bandwidth, rpoContinuous, atRest, takeover];
+export const CASES: readonly BenchCase[] = [resync, initialReplication, deltaPipeline, rpo, replicaAmplification, failover, planCase, primaryAmplification, bandwidth, rpoContinuous, atRest, takeover, fleet];
