@@ -85,11 +85,13 @@ export class ExtentCursor {
   }
 }
 
-/** Exact reads from a stream of chunks (a request body). */
+/** Exact reads from a stream of chunks (a request body): chunks are joined once per read, not per arrival. */
 class StreamReader {
   readonly #it: AsyncIterator<Buffer>;
-  #buf: Buffer = Buffer.alloc(0);
+  /** Unread chunks; the first one from #at. */
+  #chunks: Buffer[] = [];
   #at = 0;
+  #buffered = 0;
   /** Bytes consumed so far. */
   offset = 0;
 
@@ -97,31 +99,52 @@ class StreamReader {
     this.#it = (body as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
   }
 
+  async #fill(n: number): Promise<boolean> {
+    while (this.#buffered < n) {
+      const r = await this.#it.next();
+      if (r.done) return false;
+      const chunk = Buffer.isBuffer(r.value) ? r.value : Buffer.from(r.value);
+      this.#chunks.push(chunk);
+      this.#buffered += chunk.length;
+    }
+    return true;
+  }
+
   /** The next `n` bytes, or undefined when the stream ends first. The view is valid until the next call. */
   async take(n: number): Promise<Buffer | undefined> {
-    while (this.#buf.length - this.#at < n) {
-      const r = await this.#it.next();
-      if (r.done) return undefined;
-      const chunk = Buffer.isBuffer(r.value) ? r.value : Buffer.from(r.value);
-      const rest = this.#buf.subarray(this.#at);
-      this.#buf = rest.length ? Buffer.concat([rest, chunk]) : chunk;
+    if (!(await this.#fill(n))) return undefined;
+    const first = this.#chunks[0];
+    let out: Buffer;
+    if (first.length - this.#at >= n) {
+      out = first.subarray(this.#at, this.#at + n);
+      this.#at += n;
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let got = 0;
+      while (got < n) {
+        const c = this.#chunks[0];
+        const k = Math.min(n - got, c.length - this.#at);
+        c.copy(out, got, this.#at, this.#at + k);
+        got += k;
+        this.#at += k;
+        if (this.#at === c.length) {
+          this.#chunks.shift();
+          this.#at = 0;
+        }
+      }
+    }
+    if (this.#chunks.length && this.#at === this.#chunks[0].length) {
+      this.#chunks.shift();
       this.#at = 0;
     }
-    const out = this.#buf.subarray(this.#at, this.#at + n);
-    this.#at += n;
+    this.#buffered -= n;
     this.offset += n;
     return out;
   }
 
   /** True when nothing follows (reads ahead if needed). */
   async atEnd(): Promise<boolean> {
-    while (this.#buf.length - this.#at === 0) {
-      const r = await this.#it.next();
-      if (r.done) return true;
-      this.#buf = Buffer.isBuffer(r.value) ? r.value : Buffer.from(r.value);
-      this.#at = 0;
-    }
-    return false;
+    return !(await this.#fill(1));
   }
 }
 
