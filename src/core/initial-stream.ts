@@ -112,6 +112,7 @@ class StreamReader {
 
   /** The next `n` bytes, or undefined when the stream ends first. The view is valid until the next call. */
   async take(n: number): Promise<Buffer | undefined> {
+    if (n === 0) return Buffer.alloc(0); // a frame of zero extents only stores no payload
     if (!(await this.#fill(n))) return undefined;
     const first = this.#chunks[0];
     let out: Buffer;
