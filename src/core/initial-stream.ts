@@ -8,8 +8,7 @@
 //
 // Compared with shipping one log file: no outbox copy on the primary, no inbox copy on the
 // replica, no second verification pass, and the two sides work at the same time.
-import { logMac } from './log-crypto.ts';
-import { deriveLogKey, aadPrefix } from './log-crypto.ts';
+import { aadPrefix, deriveLogKey, logMac } from './log-crypto.ts';
 import {
   ENTRY_BYTES, FOOTER_BYTES, FOOTER_MAGIC, FRAME_BOUND_BYTES, FRAME_HEADER_BYTES, MAC_BYTES, PREAMBLE_BYTES,
   decodeFrame, integrity, parseFrameHeader, parseHeader, parsePreamble, parseTable,
