@@ -75,6 +75,49 @@ export function sealFrame(key: KeyObject, prefix: Buffer, index: number, bound: 
   return { ciphertext, tag: c.getAuthTag() };
 }
 
+/**
+ * GCM is fed at most this much per update: each update returns a fresh buffer, and small ones come
+ * from (and go back to) the allocator's heap, while a fresh megabyte page-faults on first touch.
+ * Measured on this machine: 76 frames of 1 MiB encrypt in a third of the CPU time in 64 KiB slices.
+ */
+export const GCM_SLICE = 64 << 10;
+
+/**
+ * Encrypts frame `index` like `sealFrame`, from a plaintext given in pieces, in slices of at most
+ * GCM_SLICE: the ciphertext comes back as those slices (the same bytes as `sealFrame`'s, split).
+ */
+export function sealFrameSlices(key: KeyObject, prefix: Buffer, index: number, bound: Buffer, plaintext: readonly Buffer[]): { ciphertext: Buffer[]; tag: Buffer } {
+  const c = createCipheriv('aes-256-gcm', key, nonce(index));
+  c.setAAD(aad(prefix, index, bound));
+  const ciphertext: Buffer[] = [];
+  for (const p of plaintext) {
+    for (let at = 0; at < p.length; at += GCM_SLICE) ciphertext.push(c.update(p.subarray(at, Math.min(p.length, at + GCM_SLICE))));
+  }
+  c.final();
+  return { ciphertext, tag: c.getAuthTag() };
+}
+
+/**
+ * Decrypts frame `index` into `out` (at least ciphertext.length bytes) in slices of GCM_SLICE and
+ * returns the plaintext view of `out`, or undefined when authentication fails. On failure `out`
+ * holds unauthenticated bytes: the caller must not use them (only reuse the buffer).
+ */
+export function openFrameInto(key: KeyObject, prefix: Buffer, index: number, bound: Buffer, ciphertext: Buffer, tag: Buffer, out: Buffer): Buffer | undefined {
+  const d = createDecipheriv('aes-256-gcm', key, nonce(index));
+  d.setAAD(aad(prefix, index, bound));
+  d.setAuthTag(tag);
+  try {
+    let w = 0;
+    for (let at = 0; at < ciphertext.length; at += GCM_SLICE) {
+      w += d.update(ciphertext.subarray(at, Math.min(ciphertext.length, at + GCM_SLICE))).copy(out, w);
+    }
+    d.final();
+    return out.subarray(0, w);
+  } catch {
+    return undefined;
+  }
+}
+
 /** The plaintext, or undefined when authentication fails (wrong place, wrong log, altered bytes). */
 export function openFrame(key: KeyObject, prefix: Buffer, index: number, bound: Buffer, ciphertext: Buffer, tag: Buffer): Buffer | undefined {
   const d = createDecipheriv('aes-256-gcm', key, nonce(index));

@@ -18,11 +18,12 @@ import { open, stat } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { KeyObject } from 'node:crypto';
-import { constants as zc, zstdCompress, zstdCompressSync, zstdDecompress, zstdDecompressSync } from 'node:zlib';
+import { constants as zc, createZstdCompress, zstdCompressSync, zstdDecompress, zstdDecompressSync } from 'node:zlib';
 import { RetryableError, TerminalError } from '../model/errors.ts';
 import type { Extent, LogHeader, RelationshipKeys } from './types.ts';
 import { MAX_RECORD_BYTES } from './log-coalesce.ts';
-import { SALT_BYTES, TAG_BYTES, aadPrefix, checkKeys, deriveLogKey, logMac, newSalt, openFrame, sealFrame } from './log-crypto.ts';
+import { GCM_SLICE, SALT_BYTES, TAG_BYTES, aadPrefix, checkKeys, deriveLogKey, logMac, newSalt, openFrame, openFrameInto, sealFrameSlices } from './log-crypto.ts';
+import { BufferPool } from './buffer-pool.ts';
 import { ChunkReader, SealedFileWriter, readU64, writeU64 } from './log-io.ts';
 import { classifyDiskFull, isDiskFull } from './disk-full.ts';
 
@@ -129,25 +130,38 @@ function headerJson(h: LogHeader): Buffer {
   );
 }
 
-function compress(data: Buffer): Promise<Buffer> | Buffer {
-  if (data.length < INLINE_ZSTD) return zstdCompressSync(data, zstdFor(data.length));
-  // One output chunk as large as the input: zlib's default 16 KiB chunks would cost a thread-pool
-  // round trip and a copy each; output that does not fit did not compress anyway.
-  return new Promise((resolve, reject) =>
-    zstdCompress(data, { ...zstdFor(data.length), chunkSize: data.length + 1024 }, (err, out) => (err ? reject(err) : resolve(out))),
-  );
+/**
+ * The frame's payload compressed (one zstd frame), as the stream's output chunks: slices of one
+ * output buffer of at least ZSTD_compressBound, so that zstd compresses the frame in a single pass
+ * straight into it (given ZSTD_e_end with the whole input; zlib's default first write is
+ * ZSTD_e_continue, which copies the input into zstd's own window buffer first). The chunks are not
+ * joined as one-shot zstdCompress does (Buffer.concat, a fresh megabyte a frame): GCM takes them
+ * one by one. Measured over 76 frames of 1 MiB mixed data: 61-67 ms CPU, against 76-108 ms for
+ * zstdCompress with a chunk as large as the input.
+ */
+function compress(data: Buffer): Promise<Buffer[]> | Buffer[] {
+  if (data.length < INLINE_ZSTD) return [zstdCompressSync(data, zstdFor(data.length))];
+  return new Promise((resolve, reject) => {
+    const bound = data.length + (data.length >> 8) + 1024;
+    const z = createZstdCompress({ ...zstdFor(data.length), chunkSize: bound, flush: zc.ZSTD_e_end });
+    const out: Buffer[] = [];
+    z.on('data', (c: Buffer) => out.push(c));
+    z.on('end', () => resolve(out));
+    z.on('error', reject);
+    z.end(data);
+  });
 }
 
 /**
  * Payload buffers of FRAME_DATA_BYTES reused across frames and logs: a fresh megabyte per frame
- * page-faults on first touch, which costs more than the copy into it.
+ * page-faults on first touch, which costs more than the copy into it. The same pool holds the
+ * decrypted (still compressed) payload of a frame while it decompresses.
  */
-const payloadPool: Buffer[] = [];
-const POOL_MAX = 2 * ZSTD_WINDOW + 2;
+const payloadPool = new BufferPool(FRAME_DATA_BYTES, 2 * ZSTD_WINDOW + 2);
 
 function joinPayload(parts: Buffer[], length: number): { raw: Buffer; pooled: Buffer | undefined } {
-  if (parts.length === 1) return { raw: parts[0], pooled: undefined };
-  const pooled = payloadPool.pop() ?? Buffer.allocUnsafeSlow(FRAME_DATA_BYTES);
+  if (parts.length <= 1) return { raw: parts[0] ?? Buffer.alloc(0), pooled: undefined };
+  const pooled = payloadPool.get();
   let at = 0;
   for (const p of parts) at += p.copy(pooled, at);
   return { raw: pooled.subarray(0, length), pooled };
@@ -172,7 +186,7 @@ interface PendingFrame {
   readonly raw: Buffer;
   /** The pool buffer `raw` lives in, returned once the frame is sealed. */
   readonly pooled: Buffer | undefined;
-  readonly compressed: Promise<Buffer> | Buffer | undefined;
+  readonly compressed: Promise<Buffer[]> | Buffer[] | undefined;
 }
 
 interface Entry {
@@ -255,12 +269,16 @@ export async function encode(
   let frame = newFrame();
 
   const emit = async (p: PendingFrame) => {
-    let payload = p.raw;
+    let payload = [p.raw];
+    let stored = p.raw.length;
     let flags = 0;
     if (p.compressed) {
       const c = await p.compressed;
-      if (c.length < p.raw.length) {
+      let n = 0;
+      for (const b of c) n += b.length;
+      if (n < p.raw.length) {
         payload = c;
+        stored = n;
         flags = FRAME_COMPRESSED;
       } // else compression did not pay: store as is
     }
@@ -268,14 +286,15 @@ export async function encode(
     head.writeUInt32LE(p.entries, 0);
     head.writeUInt8(flags, 4);
     head.writeUInt32LE(p.raw.length, 8);
-    head.writeUInt32LE(payload.length, 12);
+    head.writeUInt32LE(stored, 12);
     const bound = Buffer.concat([head.subarray(0, FRAME_BOUND_BYTES), p.table]);
-    const sealed = sealFrame(key, prefix, frames++, bound, payload);
+    const sealed = sealFrameSlices(key, prefix, frames++, bound, payload);
     sealed.tag.copy(head, FRAME_BOUND_BYTES);
-    if (p.pooled && payloadPool.length < POOL_MAX) payloadPool.push(p.pooled); // compressed and encrypted: free again
+    if (p.pooled) payloadPool.put(p.pooled); // compressed and encrypted: free again
     await put(head);
     await put(p.table);
-    await put(sealed.ciphertext);
+    // The ciphertext goes out in GCM's slices (the same bytes as one buffer): no join, no fresh megabyte.
+    for (const c of sealed.ciphertext) await put(c);
   };
 
   const close = async () => {
@@ -481,11 +500,21 @@ export interface Decoder {
  * pool when it is large. The promise rejects with RetryableError('integrity') on any failure.
  */
 export function decodeFrame(d: Decoder, i: number, f: FrameInfo, ciphertext: Buffer): Promise<Buffer> {
-  const plain = openFrame(d.key, d.prefix, i, f.bound, ciphertext, f.head.tag);
+  const compressed = (f.head.flags & FRAME_COMPRESSED) !== 0;
+  // A compressed payload is only zstd's input: it is decrypted into a pooled buffer, given back
+  // once decompressed. A stored payload is the frame's data itself, handed to the caller.
+  const scratch = compressed && ciphertext.length <= payloadPool.size ? payloadPool.get() : undefined;
+  const plain = compressed
+    ? openFrameInto(d.key, d.prefix, i, f.bound, ciphertext, f.head.tag, scratch ?? Buffer.allocUnsafe(ciphertext.length))
+    : openFrame(d.key, d.prefix, i, f.bound, ciphertext, f.head.tag);
+  const release = () => {
+    if (scratch) payloadPool.put(scratch);
+  };
   let out: Promise<Buffer>;
   if (!plain) {
+    release(); // holds unauthenticated bytes: never read, only reused
     out = Promise.reject(integrity(d.path, `frame ${i} (first extent at offset ${f.entries[0].offset}) fails authentication`));
-  } else if (!(f.head.flags & FRAME_COMPRESSED)) {
+  } else if (!compressed) {
     out = Promise.resolve(plain);
   } else {
     const fail = (e: unknown) => integrity(d.path, `frame ${i} does not decompress: ${(e as Error).message}`);
@@ -499,10 +528,16 @@ export function decodeFrame(d: Decoder, i: number, f: FrameInfo, ciphertext: Buf
         out = Promise.resolve(check(zstdDecompressSync(plain, opts)));
       } catch (e) {
         out = Promise.reject(RetryableError.is(e) ? e : fail(e));
+      } finally {
+        release();
       }
     } else {
       out = new Promise<Buffer>((resolve, reject) =>
-        zstdDecompress(plain, opts, (err, data) => (err ? reject(fail(err)) : resolve(data))),
+        zstdDecompress(plain, opts, (err, data) => {
+          release(); // zstd is done with its input either way
+          if (err) reject(fail(err));
+          else resolve(data);
+        }),
       ).then(check);
     }
   }
