@@ -5,6 +5,11 @@
 //               (the last chunk also carries Upload-Checksum: sha256=<hex> of the whole file)
 //            -> 204 + Upload-Offset after the bytes are fsynced, or, when the file is complete,
 //               200 {complete, size, sha256} only after `onComplete` resolved: that is the ack.
+//   PUT  <url>  Upload-Offset: 0, Upload-Defer-Length: 1, body = the whole file as the sender
+//               produces it (a streamed log: its length is known only at its end). It replaces
+//               any partial upload; the request's end completes it (no checksum header: the
+//               sha256 is taken as it arrives, and `onComplete` verifies the content). A torn one
+//               keeps its fsynced bytes, which an ordinary PUT can then resume from.
 import { createHash, type Hash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
@@ -23,6 +28,7 @@ export const UPLOAD_OFFSET = 'upload-offset';
 export const UPLOAD_LENGTH = 'upload-length';
 export const UPLOAD_COMPLETE = 'upload-complete';
 export const UPLOAD_CHECKSUM = 'upload-checksum';
+export const UPLOAD_DEFER_LENGTH = 'upload-defer-length';
 
 /** The acknowledgement of a complete upload (PUT 200 body; kept in `<name>.complete`). */
 export interface UploadCompletion {
@@ -127,6 +133,7 @@ function appendBody(
   req: IncomingMessage,
   fh: FileHandle,
   max: number,
+  hash?: Hash,
 ): Promise<{ written: number; failure?: unknown; aborted: boolean }> {
   return new Promise((resolve) => {
     let written = 0;
@@ -168,6 +175,7 @@ function appendBody(
         return;
       }
       accepted += chunk.length;
+      hash?.update(chunk);
       batch.push(chunk);
       batchBytes += chunk.length;
       if (batchBytes >= WRITE_BATCH) {
@@ -205,14 +213,17 @@ async function finishUpload(
   o: HandleUploadOptions,
   state: UploadState,
   checksum: string | undefined,
+  arrived?: string,
 ): Promise<UploadCompletion> {
   const file = state.kind === 'received' ? p.final : p.part;
   if (state.kind === 'receiving' && state.offset === 0) {
     await mkdir(o.dir, { recursive: true }); // an empty upload never wrote a part file
     await (await open(p.part, 'a')).close();
   }
-  // Read back from the file rather than hashed as it arrived: a byte the disk damaged since is caught.
-  const sha256 = await sha256File(file);
+  // Read back from the file rather than hashed as it arrived: a byte the disk damaged since is
+  // caught. A streamed upload (`arrived`) has no sender checksum to compare: its content is
+  // verified by `onComplete` (a sealed log's MAC), so the hash taken on arrival serves.
+  const sha256 = arrived ?? (await sha256File(file));
   if (checksum !== undefined && checksum !== sha256) {
     // Which byte is wrong is unknowable: drop it all so the retry starts from zero.
     await rm(file, { force: true });
@@ -261,7 +272,40 @@ export async function handleUpload(req: IncomingMessage, res: ServerResponse, o:
   }
 }
 
+/** A streamed upload (Upload-Defer-Length: 1): the whole file in one request, its end completing it. */
+async function putStreamed(req: IncomingMessage, res: ServerResponse, o: HandleUploadOptions, p: ReturnType<typeof paths>): Promise<void> {
+  if (intHeader(req, UPLOAD_OFFSET) !== 0) throw new HttpStatusError(400, `a streamed upload (${UPLOAD_DEFER_LENGTH}) starts at offset 0`);
+  if (req.headers[UPLOAD_LENGTH] !== undefined) throw new HttpStatusError(400, `a streamed upload declares no ${UPLOAD_LENGTH}`);
+  const s = await stateOf(p);
+  if (s.kind === 'complete') {
+    await drain(req); // the same stream again (its acknowledgement was lost): answered, onComplete not rerun
+    sendJson(res, 200, s.completion, { [UPLOAD_OFFSET]: String(s.offset) });
+    return;
+  }
+  if (s.kind === 'received') {
+    await drain(req);
+    const completion = await finishUpload(p, o, s, undefined);
+    sendJson(res, 200, completion, { [UPLOAD_OFFSET]: String(completion.size) });
+    return;
+  }
+  await mkdir(o.dir, { recursive: true });
+  const hash = createHash('sha256');
+  const fh = await open(p.part, 'w', 0o600); // a partial upload of an earlier stream is replaced
+  let r: Awaited<ReturnType<typeof appendBody>>;
+  try {
+    r = await appendBody(req, fh, o.expectedSize ?? Number.MAX_SAFE_INTEGER, hash);
+    await fh.sync(); // kept even when torn: an ordinary PUT resumes from its last byte
+  } finally {
+    await fh.close();
+  }
+  if (r.failure !== undefined) throw r.failure;
+  if (r.aborted) return;
+  const completion = await finishUpload(p, o, { kind: 'receiving', offset: r.written }, undefined, hash.digest('hex'));
+  sendJson(res, 200, completion, { [UPLOAD_OFFSET]: String(completion.size) });
+}
+
 async function put(req: IncomingMessage, res: ServerResponse, o: HandleUploadOptions, p: ReturnType<typeof paths>): Promise<void> {
+  if (req.headers[UPLOAD_DEFER_LENGTH] === '1') return putStreamed(req, res, o, p);
   const offset = intHeader(req, UPLOAD_OFFSET);
   const length = intHeader(req, UPLOAD_LENGTH);
   const checksum = parseChecksum(req);
@@ -494,4 +538,21 @@ export async function uploadFile(client: MtlsClient, path: string, url: string, 
   } finally {
     await fh.close();
   }
+}
+
+/**
+ * Sends a file as `body` produces it, in one streamed PUT (Upload-Defer-Length: 1) that replaces
+ * any partial upload at `url`. Resolves with the server's acknowledgement once the whole file is
+ * complete there (and its `onComplete` accepted it). Not retried: a torn stream leaves the
+ * server's fsynced bytes, from which `uploadFile` of the same bytes resumes.
+ */
+export async function uploadStream(client: MtlsClient, url: string, body: AsyncIterable<Buffer>): Promise<UploadCompletion> {
+  const r = await client.request('PUT', url, Readable.from(body, { objectMode: false }), {
+    [UPLOAD_OFFSET]: '0',
+    [UPLOAD_DEFER_LENGTH]: '1',
+    'content-type': CONTENT_TYPE_OCTETS,
+  });
+  const c = r.json<UploadCompletion>();
+  if (c.complete !== true) throw new TerminalError('integrity', `${url}: server answered a streamed upload with ${JSON.stringify(c)}`);
+  return c;
 }

@@ -321,28 +321,51 @@ describe('disk full on the primary (its data directory)', () => {
     await expectRecovered(id);
   });
 
-  test('a delta whose log does not fit: no point is cut, its changes ship with the next cycle once space is freed', async () => {
+  test('a delta with the data directory full streams to the replica; when its send fails too, no point is cut and its changes ship once space is freed', async () => {
+    // Before the streamed delta (replication/log-stream.ts) every log was sealed into the outbox
+    // first, so a full primary disk stopped replication. Now a delta goes straight to the replica;
+    // the outbox is written only when the send fails, and that is the case that must lose nothing.
     const id = `rel-p-init`;
+    const outbox = join(primaryFs.dir, 'relationships', id, 'outbox');
     await writeData('p-init', 4, 8);
-    const before = await view(a, id);
-    const beforeDigest = await digest(id, before.appliedSequence);
     const fill = ballast(primaryFs.dir, 4 * MiB);
-    const e = await failure(replicateNow(id));
-    expectDiskFull(e, join(primaryFs.dir, 'relationships', id, 'outbox'));
-    await expectRetrying(id, primaryFs.dir, 'Replicating');
-    const after = await view(a, id);
-    expect(after.lastCutSequence).toBe(before.lastCutSequence); // the cut was abandoned, not half sealed
-    expect(after.pendingBytes).toBeGreaterThanOrEqual(8 * MiB); // its blocks are tracked again
-    expect((await view(b, id)).appliedSequence).toBe(before.appliedSequence);
-    expect(await digest(id, before.appliedSequence)).toBe(beforeDigest);
-    expect(readdirSync(join(primaryFs.dir, 'relationships', id, 'outbox'))).toEqual([]);
-    expectNoTemporaries(primaryFs.dir);
+    let replicaFill: string | undefined;
+    try {
+      const r1 = await replicateNow(id);
+      expect(r1.action).toBe('delta');
+      expect(r1.applied).toBe(r1.sequence);
+      expect(await digest(id, r1.sequence)).toBe(await diskSha('p-init'));
+      expect(readdirSync(outbox)).toEqual([]);
+      expectNoTemporaries(primaryFs.dir);
 
-    rmSync(fill);
-    const r = await replicateNow(id);
-    expect(r).toMatchObject({ action: 'delta', sequence: before.lastCutSequence! + 1 });
-    expect(r.applied).toBe(r.sequence);
-    expect(await digest(id, r.sequence)).toBe(await diskSha('p-init'));
+      // 2. The replica's storage full as well: the stream is refused part way, and the log it
+      // leaves to send again does not fit in the outbox. The cut is abandoned, nothing half sealed.
+      await writeData('p-init', 4, 8);
+      const before = await view(a, id);
+      const beforeDigest = await digest(id, before.appliedSequence);
+      replicaFill = ballast(replicaFs.dir, 1 * MiB);
+      const e = await failure(replicateNow(id));
+      expectDiskFull(e, outbox);
+      await expectRetrying(id, primaryFs.dir, 'Replicating');
+      const after = await view(a, id);
+      expect(after.lastCutSequence).toBe(before.lastCutSequence); // the cut was abandoned, not half sealed
+      expect(after.pendingBytes).toBeGreaterThanOrEqual(8 * MiB); // its blocks are tracked again
+      expect((await view(b, id)).appliedSequence).toBe(before.appliedSequence);
+      expect(await digest(id, before.appliedSequence)).toBe(beforeDigest);
+      expect(readdirSync(outbox)).toEqual([]);
+      expectNoTemporaries(primaryFs.dir);
+
+      rmSync(fill);
+      rmSync(replicaFill);
+      replicaFill = undefined;
+      const r = await replicateNow(id);
+      expect(r).toMatchObject({ action: 'delta', sequence: before.lastCutSequence! + 1 });
+      expect(r.applied).toBe(r.sequence);
+      expect(await digest(id, r.sequence)).toBe(await diskSha('p-init'));
+    } finally {
+      rmSync(fill, { force: true });
+      if (replicaFill) rmSync(replicaFill, { force: true });
+    }
     await expectRecovered(id);
   });
 });

@@ -263,12 +263,13 @@ describe('network faults between a primary and its Replica server, through a TCP
     expect(proxy.sentAfter(f1)).toBeLessThan(log1);
     expect(await pointDigest(id, r1.sequence)).toBe(atCut1);
 
-    // 2. A byte flipped in every attempt (the first and both in-place retries): the cycle fails
-    // with a recoverable integrity error and nothing of the log is applied.
+    // 2. A byte flipped in every attempt (the streamed send, then the upload of the log it left
+    // sealed in the outbox and both in-place retries): the cycle fails with a recoverable
+    // integrity error and nothing of the log is applied.
     const atCut2 = await write(disk, image, 8);
     const flips = (async () => {
       const fired = [await proxy.flipAfter(2 * MiB)];
-      for (let i = 0; i < 2; i++) fired.push(await proxy.flipAfter(256 * 1024));
+      for (let i = 0; i < 3; i++) fired.push(await proxy.flipAfter(256 * 1024));
       return fired;
     })();
     const err2 = await failingCycle(id);
@@ -281,7 +282,7 @@ describe('network faults between a primary and its Replica server, through a TCP
     const log2 = statSync(outboxLog(id, seq2)).size;
     const r2 = await replicateNow(id);
     expect(r2).toMatchObject({ sequence: seq2 + 1, applied: seq2 + 1 });
-    expect(proxy.sentAfter(fired[2])).toBeLessThan(log2); // resumed, not sent again
+    expect(proxy.sentAfter(fired[3])).toBeLessThan(log2); // resumed, not sent again
     expect(await pointDigest(id, r2.sequence)).toBe(atCut2);
 
     // 3. A corruption TLS cannot see (the sender's copy damaged after the replica's durable offset):

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RetryableError, TerminalError } from '../../src/model/errors.ts';
 import { createMtlsClient, createMtlsServer, type MtlsClient, type MtlsServer } from '../../src/transport/mtls.ts';
-import { handleUpload, uploadFile, type UploadCompletion } from '../../src/transport/upload.ts';
+import { handleUpload, uploadFile, uploadStream, type UploadCompletion } from '../../src/transport/upload.ts';
 import { makePki, recordingLogger, startCuttingProxy, tempDir, type Pki } from './helpers.ts';
 
 let pki: Pki;
@@ -232,6 +232,69 @@ describe('resumable durable upload', () => {
       expect(await c.request('DELETE', '/uploads/log-bad').catch((e: unknown) => e)).toMatchObject({ code: 'invalid-argument', message: expect.stringMatching(/not allowed/) });
     } finally {
       c.close();
+    }
+  });
+
+  it('a streamed upload (length deferred) completes at its end; a torn one keeps its bytes and the ordinary upload of the same file sends only the rest', async () => {
+    const src = await sourceFile('log-stream', 12 << 20);
+    const data = await readFile(src.path);
+    const completed: string[] = [];
+    onComplete = async (_name, path) => void completed.push(await sha256Of(path));
+    // Produced as a streamed delta is: pieces of 256 KiB, the whole length known only at the end.
+    const pieces = async function* (bytes: Buffer) {
+      for (let at = 0; at < bytes.length; at += 256 << 10) yield bytes.subarray(at, at + (256 << 10));
+    };
+    const c = clientFor();
+    try {
+      const ack = await uploadStream(c, '/uploads/log-stream', pieces(data));
+      expect(ack).toEqual({ complete: true, size: data.length, sha256: src.sha256 });
+      expect(completed).toEqual([src.sha256]);
+      // The same stream again (a lost acknowledgement): answered, onComplete not run again.
+      expect(await uploadStream(c, '/uploads/log-stream', pieces(data))).toEqual(ack);
+      expect(completed).toHaveLength(1);
+    } finally {
+      c.close();
+    }
+
+    // Torn 5 MiB in: the replica keeps what arrived (fsynced), nothing completes.
+    const torn = await sourceFile('log-torn', 12 << 20);
+    const tornData = await readFile(torn.path);
+    completed.length = 0;
+    const proxy = await startCuttingProxy(server.port, 5 << 20, 1);
+    const cut = clientFor(proxy.port);
+    try {
+      const e = await uploadStream(cut, '/uploads/log-torn', pieces(tornData)).catch((x: unknown) => x);
+      expect(RetryableError.is(e), String(e)).toBe(true);
+      expect(completed).toEqual([]);
+      const head = await cut.request('HEAD', '/uploads/log-torn');
+      const held = Number(head.headers['upload-offset']);
+      expect(held).toBeGreaterThan(0);
+      expect(held).toBeLessThan(tornData.length);
+      const r = await uploadFile(cut, torn.path, '/uploads/log-torn', { retryDelayMs: 1 });
+      expect(r.startedAt[0]).toBe(held); // resumed: only the rest was sent
+      expect(completed).toEqual([torn.sha256]);
+    } finally {
+      cut.close();
+      await proxy.close();
+    }
+
+    // A new stream replaces a partial one of other bytes (a cut abandoned before it was sealed).
+    const other = await sourceFile('log-replaced', 3 << 20);
+    const proxy2 = await startCuttingProxy(server.port, 1 << 20, 1);
+    const c2 = clientFor(proxy2.port);
+    try {
+      await uploadStream(c2, '/uploads/log-replaced', pieces(randomBytes(3 << 20))).catch(() => undefined);
+      completed.length = 0;
+      const ack = await uploadStream(c2, '/uploads/log-replaced', pieces(await readFile(other.path)));
+      expect(ack.sha256).toBe(other.sha256);
+      expect(completed).toEqual([other.sha256]);
+      // Refused: a streamed upload that does not start at 0, or that declares a length.
+      const bad = (headers: Record<string, string>) => c2.request('PUT', '/uploads/log-bad-stream', Buffer.alloc(10), headers).catch((x: unknown) => x);
+      expect(await bad({ 'upload-offset': '4', 'upload-defer-length': '1' })).toMatchObject({ code: 'invalid-argument', message: expect.stringMatching(/offset 0/) });
+      expect(await bad({ 'upload-offset': '0', 'upload-defer-length': '1', 'upload-length': '10' })).toMatchObject({ code: 'invalid-argument' });
+    } finally {
+      c2.close();
+      await proxy2.close();
     }
   });
 });

@@ -6,7 +6,7 @@ import { TerminalError } from '../../model/errors.ts';
 import { API, type CreateReplicaRequest, type ReplicaStatus } from '../../transport/agent-api.ts';
 import type { CertBundle } from '../../transport/certs.ts';
 import { createMtlsClient, type MtlsClient } from '../../transport/mtls.ts';
-import { TransferCounters, uploadFile } from '../../transport/upload.ts';
+import { TransferCounters, uploadFile, uploadStream } from '../../transport/upload.ts';
 import { CONTENT_TYPE_OCTETS } from '../../transport/wire.ts';
 import type { ReplicaLink, UploadOptions } from '../../core/replication/ports.ts';
 
@@ -37,6 +37,10 @@ export class HttpReplicaLink implements ReplicaLink {
       ...(opts?.pace && { pace: opts.pace }),
       ...(opts?.chunkSize && { chunkSize: opts.chunkSize }),
     });
+  }
+
+  async uploadStream(id: string, sequence: number, diskId: string, body: AsyncIterable<Buffer>): Promise<void> {
+    await uploadStream(this.#client, API.replicaLog(id, sequence, diskId), body);
   }
 
   async initialSegment(id: string, diskId: string, index: number, body: AsyncIterable<Buffer>): Promise<ReplicaStatus> {

@@ -32,6 +32,13 @@ export interface ReplicaLink {
    * ships whole logs, and the initial copy goes through the outbox.
    */
   initialSegment?(id: string, diskId: string, index: number, body: AsyncIterable<Buffer>): Promise<ReplicaStatus>;
+  /**
+   * Sends one sealed log as `body` produces it (a streamed delta), replacing any partial upload of
+   * it; resolves once the replica holds it durably and verified, as `upload` does. A torn stream
+   * leaves the replica's durable bytes, from which `upload` of the same bytes resumes. Absent: the
+   * link only ships logs sealed in the outbox first.
+   */
+  uploadStream?(id: string, sequence: number, diskId: string, body: AsyncIterable<Buffer>): Promise<void>;
 }
 
 export interface UploadOptions {

@@ -13,7 +13,7 @@ import { ExtentCursor, SEGMENT_BYTES, SegmentBuffer, segmentCount, segmentRange 
 import { transition, type ReplicationEvent, type State } from '../replication-state.ts';
 import { RetryState } from '../retry.ts';
 import { ReplicationStatistics } from '../statistics.ts';
-import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../types.ts';
+import { BLOCK_SIZE, type Extent, type LogHeader, type RelationshipKeys } from '../types.ts';
 import type { Clock } from '../../model/clock.ts';
 import { RetryableError, TerminalError, isRecoverable } from '../../model/errors.ts';
 import type { ResolvedPolicySpec } from '../../model/desired.ts';
@@ -21,11 +21,14 @@ import type { RelationshipView, ReplicaStatus } from '../../model/replication-ap
 import type { Logger } from '../../model/logger.ts';
 import { writeJsonAtomic } from '../atomic-file.ts';
 import type { CutSource, ReplicaLink } from './ports.ts';
+import { ChunkPipe, LogTee } from './log-stream.ts';
 import { differenceFilter, type DifferenceFilter } from './difference-filter.ts';
 import { appCutDue, frequencyMs, healthPeriodMs, inWindow, noteAppCut, retentionOf, type CycleResult, type PrimaryRecord } from './primary-record.ts';
 import { primaryView } from './primary-view.ts';
 import { outboxSequences } from './outbox.ts';
 import { BandwidthCap, throttledLink } from './throttle.ts';
+
+type SourceCut = Awaited<ReturnType<CutSource['cut']>>;
 
 export class PrimaryReplication {
   readonly dir: string;
@@ -217,11 +220,7 @@ export class PrimaryReplication {
    */
   async #seal(seq: number, kind: 'delta' | 'full' | 'resync', full: boolean, onProgress?: (done: number) => void,
     filter?: (diskId: string, extents: AsyncIterable<Extent>) => AsyncIterable<Extent>): Promise<number> {
-    const cutId = randomUUID();
-    const time = this.#clock.now();
-    const quiesce = kind === 'delta' && appCutDue(this.record, time);
-    const cut = await this.source.cut({ cutId, time, full, ...(quiesce && { quiesce }) });
-    if (quiesce) noteAppCut(this.record, time, cut);
+    const cut = await this.#cut(kind, full);
     const dir = this.#outbox(seq);
     let bytes = 0;
     let before = 0;
@@ -231,8 +230,7 @@ export class PrimaryReplication {
       for (const frozen of cut.disks) {
         const extents = frozen.extents((done) => onProgress?.(before + done));
         const summary = await writeLog(
-          { relationshipId: this.id, diskId: frozen.diskId, diskSize: frozen.size, sequence: seq, basePoint: seq - 1, blockSize: BLOCK_SIZE,
-            cutTime: cut.time, consistency: cut.consistency ?? 'crash', kind, cutId: cut.cutId ?? cutId },
+          this.#header(seq, kind, frozen, cut),
           filter ? filter(frozen.diskId, extents) : extents,
           this.#keys,
           join(dir, `${frozen.diskId}.hrl`),
@@ -251,12 +249,29 @@ export class PrimaryReplication {
     return bytes;
   }
 
+  /** A cut of every disk; a delta's is app-consistent when one is due. */
+  async #cut(kind: 'delta' | 'full' | 'resync', full: boolean): Promise<SourceCut & { readonly cutId: string }> {
+    const cutId = randomUUID();
+    const time = this.#clock.now();
+    const quiesce = kind === 'delta' && appCutDue(this.record, time);
+    const cut = await this.source.cut({ cutId, time, full, ...(quiesce && { quiesce }) });
+    if (quiesce) noteAppCut(this.record, time, cut);
+    return Object.assign(cut, { cutId: cut.cutId ?? cutId });
+  }
+
+  #header(seq: number, kind: 'delta' | 'full' | 'resync', frozen: { diskId: string; size: number }, cut: SourceCut & { readonly cutId: string }): LogHeader {
+    return {
+      relationshipId: this.id, diskId: frozen.diskId, diskSize: frozen.size, sequence: seq, basePoint: seq - 1, blockSize: BLOCK_SIZE,
+      cutTime: cut.time, consistency: cut.consistency ?? 'crash', kind, cutId: cut.cutId,
+    };
+  }
+
   /**
    * Sends every sealed sequence of the outbox the replica does not hold yet, oldest first, then
    * asks it to apply; a sequence leaves the outbox once the replica reports it applied.
    */
-  async #ship(onProgress?: (done: number, total: number) => void): Promise<ReplicaStatus> {
-    let status = await this.#link.status(this.id);
+  async #ship(onProgress?: (done: number, total: number) => void, known?: ReplicaStatus): Promise<ReplicaStatus> {
+    let status = known ?? (await this.#link.status(this.id));
     const outbox = await outboxSequences(this.#outbox());
     const received = new Set(Object.values(status.received).flat());
     for (let missing = status.applied + 1; missing < (outbox[0] ?? 0); missing++) {
@@ -490,10 +505,129 @@ export class PrimaryReplication {
     }
     const seq = r.sequence + 1;
     const started = this.#clock.now();
-    const bytes = await this.#seal(seq, 'delta', false);
-    const status = await this.#ship();
+    let bytes: number;
+    let status: ReplicaStatus;
+    if (this.#canStreamDelta()) {
+      ({ bytes, status } = await this.#streamDelta(seq, shipped));
+    } else {
+      bytes = await this.#seal(seq, 'delta', false);
+      status = await this.#ship();
+    }
     this.#stats.recordSuccess({ bytes, latencyMs: this.#clock.now() - started });
     return { action: 'delta', sequence: seq, bytes, applied: status.applied };
+  }
+
+  /**
+   * Whether a delta streams (log-stream.ts): the link must take streamed logs, and a bandwidth
+   * cap must let the cycle's changes through in about two minutes (one request the replica's
+   * server keeps open); below that the delta is sealed in the outbox and sent in paced chunks.
+   */
+  #canStreamDelta(): boolean {
+    if (!this.#link.uploadStream) return false;
+    const cap = this.record.policy.bandwidth;
+    return cap === undefined || cap * 120 >= this.source.disks.reduce((n, d) => n + d.pendingBytes(), 0);
+  }
+
+  /**
+   * A streamed delta: each disk's log goes to the replica as it is encoded, nothing staged on
+   * disk here. The primary keeps the log's bytes (LogTee) only until the replica acknowledged
+   * every disk; the cut's copy-before-write data is released after that. When a send fails, the
+   * encoding goes on into the outbox and is sealed there as sequence `seq`: the ordinary upload
+   * then resumes from the replica's durable offset with the same bytes, now or in the next cycle.
+   * A failure to read or encode the cut abandons it (its blocks are dirty again) and seals nothing.
+   */
+  async #streamDelta(seq: number, status: ReplicaStatus): Promise<{ bytes: number; status: ReplicaStatus }> {
+    const r = this.record;
+    if (Object.values(status.received).some((list) => list.some((n) => n >= seq))) {
+      // Left by a stream whose cut was abandoned (this sequence was never sealed): another cut's
+      // log of the same sequence must not meet it there.
+      status = await this.#link.discardPending(this.id);
+    }
+    const cut = await this.#cut('delta', false);
+    const dir = this.#outbox(seq);
+    const tees: LogTee[] = [];
+    /** Disks whose stream the replica acknowledged. */
+    const sent: string[] = [];
+    let failed: unknown;
+    let bytes = 0;
+    let logBytes = 0;
+    try {
+      await rm(dir, { recursive: true, force: true });
+      await mkdir(dir, { recursive: true });
+      for (const frozen of cut.disks) {
+        const tee = new LogTee(join(dir, `${frozen.diskId}.hrl`));
+        tees.push(tee);
+        const header = this.#header(seq, 'delta', frozen, cut);
+        const extents = frozen.extents();
+        if (failed !== undefined) {
+          bytes += (await encode(header, extents, this.#keys, (c) => tee.append(c))).dataBytes;
+          continue;
+        }
+        const pipe = new ChunkPipe();
+        const sending = this.#link.uploadStream!(this.id, seq, frozen.diskId, pipe.read()).then(() => undefined, (e: unknown) => {
+          pipe.close();
+          return e ?? new Error('stream failed');
+        });
+        try {
+          const summary = await encode(header, extents, this.#keys, async (c) => {
+            await tee.append(c);
+            await pipe.push(c);
+          });
+          pipe.end();
+          bytes += summary.dataBytes;
+          logBytes += summary.bytes;
+        } catch (e) {
+          pipe.end(e);
+          await sending;
+          throw e;
+        }
+        failed = await sending;
+        if (failed === undefined) sent.push(frozen.diskId);
+      }
+    } catch (e) {
+      for (const t of tees) await t.discard();
+      await rm(dir, { recursive: true, force: true });
+      await cut.abandon();
+      if (tees.length > 1 || failed !== undefined) await this.#link.discardPending(this.id).catch(() => undefined);
+      throw e;
+    }
+    if (failed !== undefined) {
+      this.#log.warn('streamed delta interrupted; its log is sealed in the outbox and resumes from the replica\'s offset', {
+        relationship: this.id, sequence: seq, error: (failed as Error).message,
+      });
+      try {
+        for (const t of tees) await t.keep();
+      } catch (e) {
+        for (const t of tees) await t.discard();
+        await rm(dir, { recursive: true, force: true });
+        await cut.abandon();
+        throw e;
+      }
+      r.sequence = seq;
+      await this.save();
+      await cut.release();
+      // Straight on to the upload's in-place retries: what the replica holds (its acknowledged
+      // disks, the torn one's durable bytes) is not sent again.
+      const received = { ...status.received };
+      for (const d of sent) received[d] = [...(received[d] ?? []), seq];
+      return { bytes, status: await this.#ship(undefined, { ...status, received }) };
+    }
+    for (const t of tees) await t.discard();
+    await rm(dir, { recursive: true, force: true });
+    r.sequence = seq;
+    r.bytesShipped += logBytes;
+    await this.save();
+    await cut.release();
+    const applied = await this.#link.apply(this.id);
+    if (applied.applied < seq) {
+      // Held by the replica (it acknowledged the logs durably), not applied yet: it applies there
+      // once it can (say, room for its undo), and the next cycle's log follows it.
+      throw new RetryableError('integrity', `replica of ${r.vm} holds sequence ${seq} but did not apply it (applied ${applied.applied})`);
+    }
+    r.applied = applied.applied;
+    const latest = applied.points.at(-1);
+    if (latest) r.lastReplicationTime = Date.parse(latest.time);
+    return { bytes, status: applied };
   }
 
   /**

@@ -183,6 +183,16 @@ export class BandwidthCap {
  * calls are small JSON exchanges and pass untouched.
  */
 export function throttledLink(link: ReplicaLink, bucketFor: () => TokenBucket | undefined): ReplicaLink {
+  // A streamed body goes out in PACE_SLICE slices, each waiting for its tokens (none without a cap).
+  const paced = (body: AsyncIterable<Buffer>): AsyncIterable<Buffer> => (bucketFor() ? (async function* () {
+    for await (const chunk of body) {
+      for (let at = 0; at < chunk.length; at += PACE_SLICE) {
+        const slice = chunk.subarray(at, at + PACE_SLICE);
+        await bucketFor()?.acquire(slice.length);
+        yield slice;
+      }
+    }
+  })() : body);
   return {
     createReplica: (req) => link.createReplica(req),
     status: (id) => link.status(id),
@@ -207,16 +217,12 @@ export function throttledLink(link: ReplicaLink, bucketFor: () => TokenBucket | 
     },
     ...(link.initialSegment && {
       initialSegment(id: string, diskId: string, index: number, body: AsyncIterable<Buffer>) {
-        if (!bucketFor()) return link.initialSegment!(id, diskId, index, body);
-        return link.initialSegment!(id, diskId, index, (async function* () {
-          for await (const chunk of body) {
-            for (let at = 0; at < chunk.length; at += PACE_SLICE) {
-              const slice = chunk.subarray(at, at + PACE_SLICE);
-              await bucketFor()?.acquire(slice.length);
-              yield slice;
-            }
-          }
-        })());
+        return link.initialSegment!(id, diskId, index, paced(body));
+      },
+    }),
+    ...(link.uploadStream && {
+      uploadStream(id: string, sequence: number, diskId: string, body: AsyncIterable<Buffer>) {
+        return link.uploadStream!(id, sequence, diskId, paced(body));
       },
     }),
     async checksums(id, diskId, compare) {
