@@ -1,5 +1,6 @@
 // Starts the replica peer process (bench/peers/replica-peer.ts) and speaks to it: block digests on
-// request, sealed logs to receive and apply, and its own CPU and memory figures.
+// request, sealed logs to receive and apply (whole, or streamed as they are produced), and its own
+// CPU and memory figures.
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
@@ -10,6 +11,8 @@ import { FrameChannel } from './frames.ts';
 import type { ProcessUsage } from './measure.ts';
 
 const SCRIPT = fileURLToPath(new URL('../peers/replica-peer.ts', import.meta.url));
+/** A streamed log's pieces are gathered into 'log-chunk' messages of this size (the last one shorter). */
+const STREAM_MESSAGE_BYTES = 1 << 20;
 
 export interface ReplicaPeerOptions {
   readonly dir: string;
@@ -66,6 +69,49 @@ export class ReplicaPeer {
   async shipAndApply(sequence: number, log: Buffer): Promise<{ applied: number; bytes: number }> {
     const f = await this.channel.call({ op: 'log', sequence }, log);
     return { applied: Number(f.head.applied), bytes: Number(f.head.bytes) };
+  }
+
+  /**
+   * Streams one sealed log while `produce` makes it: `produce` calls `send` with each piece in
+   * order (e.g. as `encode`'s sink). The pieces are copied into messages of STREAM_MESSAGE_BYTES,
+   * each sent as it fills ('log-begin', 'log-chunk'..., 'log-end'; a message's send awaits the
+   * pipe's drain, so `send` holds the producer back when the replica falls behind). Resolves once
+   * the replica stored the log durably and applied every complete point; `logBytes` is the sum of
+   * the pieces. When `produce` throws, the replica is told to discard what it got ('log-end' with
+   * abort) and the error is rethrown.
+   */
+  async streamAndApply(
+    sequence: number,
+    produce: (send: (chunk: Buffer) => Promise<void>) => Promise<void>,
+  ): Promise<{ applied: number; bytes: number; logBytes: number }> {
+    await this.channel.send({ op: 'log-begin', sequence });
+    let msg = Buffer.allocUnsafe(STREAM_MESSAGE_BYTES);
+    let fill = 0;
+    let logBytes = 0;
+    const flush = async () => {
+      if (!fill) return;
+      const body = fill === msg.length ? msg : msg.subarray(0, fill);
+      msg = Buffer.allocUnsafe(STREAM_MESSAGE_BYTES); // the sent one may still sit in the pipe's buffer
+      fill = 0;
+      await this.channel.send({ op: 'log-chunk' }, body);
+    };
+    try {
+      await produce(async (chunk) => {
+        logBytes += chunk.length;
+        for (let at = 0; at < chunk.length;) {
+          const n = chunk.copy(msg, fill, at);
+          fill += n;
+          at += n;
+          if (fill === msg.length) await flush();
+        }
+      });
+      await flush();
+    } catch (e) {
+      await this.channel.call({ op: 'log-end', abort: true }).catch(() => undefined);
+      throw e;
+    }
+    const f = await this.channel.call({ op: 'log-end' });
+    return { applied: Number(f.head.applied), bytes: Number(f.head.bytes), logBytes };
   }
 
   async imageSha256(): Promise<string> {

@@ -1,6 +1,11 @@
 // The replica side of the engine-level benchmarks, as its own process (a replica is another host):
 // answers compare-digest requests over its image and receives and applies sealed logs into a
 // ReplicaStore, over framed messages on stdin/stdout.
+// A sealed log comes whole ('log' {sequence}, the log as body) or streamed: 'log-begin' {sequence},
+// then 'log-chunk' messages whose bodies are the log's bytes in order, then 'log-end' (with
+// `abort: true` when the sender failed: the partial log is discarded). The chunks go into
+// receiveStream as they arrive, so the receive overlaps the sender's encode; only 'log-end' is
+// answered, like 'log': once the log is stored durably and every complete point applied.
 // Run: node bench/peers/replica-peer.ts <replicaDir> <relationshipId> <diskId> <diskSize> <retentionAdditional>
 // Keys come in the environment (BENCH_ENC_KEY, BENCH_MAC_KEY, hex) so they stay off the command line;
 // BENCH_AT_REST_KEY (hex), when set, makes the replica encrypted at rest as an agent makes it.
@@ -43,6 +48,42 @@ function decodeRuns(body: Buffer): number[] | undefined {
   return out;
 }
 
+/**
+ * The body of a streamed log: the 'log-chunk' messages' bodies until 'log-end'. `drain` reads
+ * whatever of the stream is still on the pipe (after receiveStream failed), so the one reply
+ * answers 'log-end'.
+ */
+function logStream(): { chunks: AsyncGenerator<Buffer>; drain: () => Promise<void> } {
+  let ended = false;
+  const next = async (): Promise<Buffer | undefined> => {
+    const c = await ch.receive();
+    if (c.head.op === 'log-chunk') return c.body;
+    ended = true;
+    if (c.head.op !== 'log-end') throw new Error(`streamed log: unexpected op ${String(c.head.op)} before log-end`);
+    if (c.head.abort) throw new Error('streamed log: the sender aborted it');
+    return undefined;
+  };
+  return {
+    chunks: (async function* () {
+      for (let b = await next(); b; b = await next()) yield b;
+    })(),
+    async drain() {
+      while (!ended) {
+        try {
+          await next();
+        } catch (e) {
+          if (!ended) throw e; // the pipe closed
+        }
+      }
+    },
+  };
+}
+
+async function sendApplied(): Promise<void> {
+  const applied = await store.applyPending();
+  await ch.send({ op: 'applied', applied: store.applied, points: applied.length, bytes: applied.reduce((n, p) => n + p.bytes, 0) });
+}
+
 await ch.send({ op: 'ready', applied: store.applied });
 for (;;) {
   let f;
@@ -66,8 +107,15 @@ for (;;) {
       await store.receiveStream(diskId, Number(f.head.sequence), (async function* () {
         yield body;
       })());
-      const applied = await store.applyPending();
-      await ch.send({ op: 'applied', applied: store.applied, points: applied.length, bytes: applied.reduce((n, p) => n + p.bytes, 0) });
+      await sendApplied();
+    } else if (op === 'log-begin') {
+      const stream = logStream();
+      try {
+        await store.receiveStream(diskId, Number(f.head.sequence), stream.chunks);
+      } finally {
+        await stream.drain();
+      }
+      await sendApplied();
     } else if (op === 'usage') {
       const cpu = process.cpuUsage();
       await ch.send({ op: 'usage', cpuMs: (cpu.user + cpu.system) / 1000, maxRssBytes: process.resourceUsage().maxRSS * 1024 });
