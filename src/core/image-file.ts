@@ -97,6 +97,16 @@ export class ImageFile {
     return this.#put(buf, a);
   }
 
+  /**
+   * `write` of a buffer the caller gives up: an encrypted image encrypts it in place when it is
+   * whole units (no copy); the caller must not read it afterwards.
+   */
+  async writeOwned(offset: number, data: Buffer): Promise<void> {
+    if (!this.cipher || offset % this.unit !== 0 || data.length % this.unit !== 0) return this.write(offset, data);
+    this.cipher.encrypt(data, offset);
+    return this.#put(data, offset);
+  }
+
   async writeZeroes(offset: number, length: number): Promise<void> {
     const end = offset + length;
     // Whole units of zeroes are stored as zeroes; only partial units at the edges are rewritten.
@@ -190,4 +200,72 @@ export async function setSeedAside(imagePath: string): Promise<boolean> {
   if (!st?.isFile()) return false;
   await rename(imagePath, seedPath(imagePath));
   return true;
+}
+
+/** Zero runs at least this long end a gathered write (left as holes, or written as zeroes apart). */
+const RUN_GAP = 64 << 10;
+
+/**
+ * Gathers ascending, contiguous extents for an encrypted image into one write of up to the
+ * buffer's size: a full copy's frame of data runs between small zero runs becomes one pwrite,
+ * encrypted in place, instead of one copy, encryption and pwrite per run. Short zero runs inside a
+ * gathered write are written as zeroes (an encrypted zero unit is stored as zeroes anyway); long
+ * ones end it and are skipped (an image known to hold zeroes there) or written apart (`zeroes`).
+ * A plain image's extents pass straight through.
+ */
+export class RunWriter {
+  readonly #image: ImageFile;
+  readonly #zeroes: boolean;
+  readonly #buf: Buffer;
+  #start = 0;
+  #length = 0;
+  /** Bytes written to the image (data and zeroes). */
+  written = 0;
+
+  constructor(image: ImageFile, opts: { zeroes: boolean; buffer: Buffer }) {
+    this.#image = image;
+    this.#zeroes = opts.zeroes;
+    this.#buf = opts.buffer;
+  }
+
+  async data(offset: number, data: Buffer): Promise<void> {
+    if (!this.#image.cipher || data.length > this.#buf.length) {
+      // A plain image gains nothing from gathering: its writes need no copy, its zeroes stay holes.
+      await this.flush();
+      await this.#image.write(offset, data);
+      this.written += data.length;
+      return;
+    }
+    await this.#room(offset, data.length);
+    data.copy(this.#buf, this.#length);
+    this.#length += data.length;
+  }
+
+  async zero(offset: number, length: number): Promise<void> {
+    if (!this.#image.cipher || length >= RUN_GAP || length > this.#buf.length) {
+      await this.flush();
+      if (this.#zeroes) {
+        await this.#image.writeZeroes(offset, length);
+        this.written += length;
+      }
+      return;
+    }
+    await this.#room(offset, length);
+    this.#buf.fill(0, this.#length, this.#length + length);
+    this.#length += length;
+  }
+
+  async #room(offset: number, length: number): Promise<void> {
+    if (this.#length && (offset !== this.#start + this.#length || this.#length + length > this.#buf.length)) await this.flush();
+    if (!this.#length) this.#start = offset;
+  }
+
+  async flush(): Promise<void> {
+    if (!this.#length) return;
+    const n = this.#length;
+    this.#length = 0;
+    // Our own buffer: an encrypted image encrypts it in place, then it is refilled.
+    await this.#image.writeOwned(this.#start, this.#buf.subarray(0, n));
+    this.written += n;
+  }
 }

@@ -29,7 +29,7 @@ import type { ReplicaState, StoredPoint } from './replica-state.ts';
 import { UNDO_CHUNK, UndoFile, UndoWriter, isZero, mergeUndo } from './replica-undo.ts';
 import { readAtPoint } from './replica-view.ts';
 import { cipherFor, ImageCipher } from './at-rest.ts';
-import { encryptSeed, ImageFile, imageLength, seedPath, setSeedAside } from './image-file.ts';
+import { encryptSeed, ImageFile, imageLength, RunWriter, seedPath, setSeedAside } from './image-file.ts';
 import { receiveSegment, segmentCount, segmentRange, type InitialCheckpoint, type InitialProgress } from './initial-stream.ts';
 import { readJsonIfExists, writeFileAtomic } from './atomic-file.ts';
 import type { LogHeader } from './types.ts';
@@ -94,6 +94,8 @@ async function writeAll(fh: FileHandle, data: Buffer, position: number): Promise
 
 /** Decoded log data kept in memory from verification to apply, over all disks of a point. */
 const APPLY_RETAIN_BYTES = 128 << 20;
+/** Largest write a streamed initial copy's frames are gathered into. */
+const RUN_BYTES = 4 << 20;
 export class ReplicaStore {
   readonly dir: string;
   private readonly keys: RelationshipKeys;
@@ -104,6 +106,10 @@ export class ReplicaStore {
   private readonly pins = new Map<number, number>();
   private readonly lock = new AsyncMutex();
   private initial: InitialCheckpoint | undefined;
+  /** Per disk: the streamed initial copy's next segment, when this process knows its range still holds zeroes. */
+  readonly #untouched = new Map<string, number>();
+  /** Gathers a segment's frames into large writes (RunWriter), reused. */
+  #runBuffer: Buffer | undefined;
   private readonly counters: Mutable<ReplicaStats> = {
     pointsApplied: 0, logsApplied: 0, bytesApplied: 0, bytesReceived: 0,
     imageBytesWritten: 0, undoBytesWritten: 0, journalBytesWritten: 0,
@@ -322,6 +328,7 @@ export class ReplicaStore {
       const image = await ImageFile.open(this.diskPath(diskId), 'r+', this.cipher);
       let zeroes = false;
       let duplicate = false;
+      let run: RunWriter | undefined;
       try {
         await image.grow(size);
         const summary = await receiveSegment(body, this.keys, {
@@ -335,25 +342,26 @@ export class ReplicaStore {
             const done = c.done[diskId] ?? 0;
             if (index < done) duplicate = true;
             else if (index > done) throw new TerminalError('invalid-state', `disk ${diskId}: segment ${index} sent, segment ${done} expected next`);
-            else if (c.started[diskId] === index) zeroes = true;
-            else await this.saveInitial({ ...c, started: { ...c.started, [diskId]: index } });
+            // Known untouched only when this process emptied the image or completed the segment
+            // before: a retry, or the first segment after a restart, may land on a torn attempt's
+            // writes and writes its zeroes too.
+            zeroes = this.#untouched.get(diskId) !== index;
+            this.#untouched.delete(diskId);
+            run = new RunWriter(image, { zeroes, buffer: this.#runBuffer ??= Buffer.allocUnsafeSlow(RUN_BYTES) });
           },
         }, async (e) => {
-          if (duplicate) return;
-          if ('data' in e) {
-            await image.write(e.offset, e.data);
-            this.counters.imageBytesWritten += e.data.length;
-          } else if (zeroes) {
-            await image.writeZeroes(e.offset, e.length);
-            this.counters.imageBytesWritten += e.length;
-          }
+          if (duplicate || !run) return;
+          if ('data' in e) await run.data(e.offset, e.data);
+          else await run.zero(e.offset, e.length);
         });
         this.counters.bytesReceived += summary.bytes;
         if (!duplicate) {
+          await run!.flush();
+          this.counters.imageBytesWritten += run!.written;
           await image.sync();
           const c = this.initial!;
-          const { [diskId]: _, ...started } = c.started;
-          await this.saveInitial({ ...c, done: { ...c.done, [diskId]: index + 1 }, started });
+          await this.saveInitial({ ...c, done: { ...c.done, [diskId]: index + 1 }, started: {} });
+          this.#untouched.set(diskId, index + 1);
         }
       } catch (e) {
         throw await classifyDiskFull(e, this.dir, end - start);
@@ -378,6 +386,7 @@ export class ReplicaStore {
     }
     const c: InitialCheckpoint = { cutId: h.cutId, cutTime: h.cutTime, consistency: h.consistency, done: {}, started: {} };
     await this.saveInitial(c);
+    for (const d of this.state.disks) this.#untouched.set(d.id, 0);
     return c;
   }
 

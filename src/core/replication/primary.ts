@@ -389,11 +389,26 @@ export class PrimaryReplication {
           r.initial!.bytesDone = done + Math.min(frozen.size, have * SEGMENT_BYTES);
           if (have >= count) break;
           if (s.pending?.diskId !== frozen.diskId || s.pending.index !== have) {
-            if ((s.produced.get(frozen.diskId) ?? 0) !== have) throw new TerminalError('invalid-state', `initial copy of ${r.vm}: the replica asks for segment ${have} of ${frozen.diskId}, this copy produced ${s.produced.get(frozen.diskId) ?? 0}`);
-            s.pending = { diskId: frozen.diskId, index: have, buffer: this.#encodeSegment(s, frozen.diskId, frozen.size, have) };
-            s.produced.set(frozen.diskId, have + 1);
+            if (s.ahead?.diskId === frozen.diskId && s.ahead.index === have) {
+              s.pending = s.ahead;
+              s.ahead = undefined;
+            } else {
+              if ((s.produced.get(frozen.diskId) ?? 0) !== have) throw new TerminalError('invalid-state', `initial copy of ${r.vm}: the replica asks for segment ${have} of ${frozen.diskId}, this copy produced ${s.produced.get(frozen.diskId) ?? 0}`);
+              s.pending = { diskId: frozen.diskId, index: have, buffer: this.#encodeSegment(s, frozen.diskId, frozen.size, have) };
+              s.produced.set(frozen.diskId, have + 1);
+            }
           }
           const buffer = s.pending.buffer;
+          // The next segment encodes once this one is encoded, while this one travels and the
+          // replica makes it durable (the cut is read in order, so it cannot start sooner).
+          if (!s.ahead && have + 1 < count) {
+            const { diskId, size } = frozen;
+            void buffer.finished.then(() => {
+              if (this.#stream !== s || !buffer.complete || s.ahead || s.produced.get(diskId) !== have + 1) return;
+              s.ahead = { diskId, index: have + 1, buffer: this.#encodeSegment(s, diskId, size, have + 1) };
+              s.produced.set(diskId, have + 2);
+            });
+          }
           try {
             status = await this.#link.initialSegment!(this.id, frozen.diskId, have, buffer.read());
           } catch (e) {
@@ -426,7 +441,7 @@ export class PrimaryReplication {
   /** The replica holds fewer segments of some disk than were acknowledged to this copy. */
   #behind(s: InitialStream, status: ReplicaStatus): boolean {
     return s.cut.disks.some((d) => {
-      const acked = (s.produced.get(d.diskId) ?? 0) - (s.pending?.diskId === d.diskId ? 1 : 0);
+      const acked = (s.produced.get(d.diskId) ?? 0) - (s.pending?.diskId === d.diskId ? 1 : 0) - (s.ahead?.diskId === d.diskId ? 1 : 0);
       return (status.initial?.segments[d.diskId] ?? 0) < acked;
     });
   }
@@ -469,6 +484,7 @@ export class PrimaryReplication {
     if (!s) return;
     this.#stream = undefined;
     await s.pending?.buffer.finished;
+    await s.ahead?.buffer.finished;
     for (const c of s.cursors.values()) await c.close().catch(() => undefined);
     if (release) await s.cut.release();
     else await s.cut.abandon();
@@ -767,7 +783,9 @@ interface InitialStream {
   readonly cursors: Map<string, ExtentCursor>;
   /** Per disk: segments encoded so far. */
   readonly produced: Map<string, number>;
-  /** The last segment encoded, until the replica acknowledges it. */
+  /** The segment being sent, until the replica acknowledges it. */
   pending?: { diskId: string; index: number; buffer: SegmentBuffer };
+  /** The next segment of the same disk, encoding (or encoded) while `pending` travels. */
+  ahead?: { diskId: string; index: number; buffer: SegmentBuffer };
   dataBytes: number;
 }
