@@ -273,8 +273,9 @@ export class ReplicaStore {
   }
 
   /**
-   * Deletes every received log not applied yet. A resynchronisation compares against the latest
-   * applied point and starts the chain again from there, so logs cut before it must never apply.
+   * Deletes every received log not applied yet, and any streamed initial copy in progress. A
+   * resynchronisation compares against the latest applied point (or, before point 1, the image)
+   * and starts the chain again from there, so nothing cut before it may become a point.
    */
   discardPending(): Promise<number> {
     return this.exclusive(async () => {
@@ -287,6 +288,12 @@ export class ReplicaStore {
         }
       }
       await fsyncDir(join(this.dir, 'incoming'));
+      // A streamed initial copy in progress is abandoned too (its primary restarted and compares
+      // against the image instead): it must never become point 1 under the resync's log.
+      if (this.initial) {
+        await this.saveInitial(undefined);
+        this.#untouched.clear();
+      }
       return n;
     });
   }
@@ -443,6 +450,11 @@ export class ReplicaStore {
         const verified: VerifiedLog[] = [];
         for (const d of this.state.disks) verified.push(await this.verify(logs.get(d.id)!, d.id, next));
         done.push(await this.applyPoint(next, verified));
+        // A streamed copy abandoned for a log (a resync after the primary restarted) is moot now.
+        if (this.initial) {
+          await this.saveInitial(undefined);
+          this.#untouched.clear();
+        }
         await this.pruneLocked(this.state.points[this.state.points.length - 1].time);
       }
     });
