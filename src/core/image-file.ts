@@ -107,6 +107,19 @@ export class ImageFile {
     return this.#put(data, offset);
   }
 
+  /**
+   * `writeOwned` through the thread pool: the buffer (whole units, encrypted in place on an
+   * encrypted image) is written while this thread goes on; resolves once it is written.
+   */
+  async writeOwnedAsync(offset: number, data: Buffer): Promise<void> {
+    if (this.cipher) {
+      if (offset % this.unit !== 0 || data.length % this.unit !== 0) return this.write(offset, data);
+      this.cipher.encrypt(data, offset);
+    }
+    let done = 0;
+    while (done < data.length) done += (await this.#fh.write(data, done, data.length - done, offset + done)).bytesWritten;
+  }
+
   async writeZeroes(offset: number, length: number): Promise<void> {
     const end = offset + length;
     // Whole units of zeroes are stored as zeroes; only partial units at the edges are rewritten.
@@ -206,43 +219,51 @@ export async function setSeedAside(imagePath: string): Promise<boolean> {
 const RUN_GAP = 64 << 10;
 
 /**
- * Gathers ascending, contiguous extents for an encrypted image into one write of up to the
- * buffer's size: a full copy's frame of data runs between small zero runs becomes one pwrite,
- * encrypted in place, instead of one copy, encryption and pwrite per run. Short zero runs inside a
- * gathered write are written as zeroes (an encrypted zero unit is stored as zeroes anyway); long
- * ones end it and are skipped (an image known to hold zeroes there) or written apart (`zeroes`).
- * A plain image's extents pass straight through.
+ * Gathers ascending, contiguous extents into large writes that go through the thread pool while
+ * this thread goes on decoding: a full copy's frames of data runs between small zero runs become a
+ * few writes of up to a buffer's size (encrypted in place for an encrypted image), and the kernel
+ * throttling a writer to the disk's speed no longer stalls the decoding. Short zero runs inside a
+ * gathered write are written as zeroes (the bytes dd would write; an encrypted zero unit is stored
+ * as zeroes anyway); long ones end it and are skipped (an image known to hold zeroes there) or
+ * written apart (`zeroes`). `drain` waits for every write; `settle` too, ignoring their errors.
  */
 export class RunWriter {
   readonly #image: ImageFile;
   readonly #zeroes: boolean;
-  readonly #buf: Buffer;
+  readonly #free: Buffer[];
+  /** Bytes of each buffer: the largest gathered write. */
+  readonly #capacity: number;
+  readonly #inflight = new Set<Promise<void>>();
+  #error: unknown;
+  #buf: Buffer | undefined;
   #start = 0;
   #length = 0;
   /** Bytes written to the image (data and zeroes). */
   written = 0;
 
-  constructor(image: ImageFile, opts: { zeroes: boolean; buffer: Buffer }) {
+  /** @param buffers the write buffers (each the largest gathered write), lent until `drain` or `settle` resolved. */
+  constructor(image: ImageFile, opts: { zeroes: boolean; buffers: Buffer[] }) {
     this.#image = image;
     this.#zeroes = opts.zeroes;
-    this.#buf = opts.buffer;
+    this.#free = opts.buffers;
+    this.#capacity = opts.buffers[0]?.length ?? 0;
   }
 
+
   async data(offset: number, data: Buffer): Promise<void> {
-    if (!this.#image.cipher || data.length > this.#buf.length) {
-      // A plain image gains nothing from gathering: its writes need no copy, its zeroes stay holes.
+    if (data.length > this.#capacity) {
       await this.flush();
       await this.#image.write(offset, data);
       this.written += data.length;
       return;
     }
-    await this.#room(offset, data.length);
-    data.copy(this.#buf, this.#length);
+    const buf = await this.#room(offset, data.length);
+    data.copy(buf, this.#length);
     this.#length += data.length;
   }
 
   async zero(offset: number, length: number): Promise<void> {
-    if (!this.#image.cipher || length >= RUN_GAP || length > this.#buf.length) {
+    if (length >= RUN_GAP || length > this.#capacity) {
       await this.flush();
       if (this.#zeroes) {
         await this.#image.writeZeroes(offset, length);
@@ -250,22 +271,63 @@ export class RunWriter {
       }
       return;
     }
-    await this.#room(offset, length);
-    this.#buf.fill(0, this.#length, this.#length + length);
+    const buf = await this.#room(offset, length);
+    buf.fill(0, this.#length, this.#length + length);
     this.#length += length;
   }
 
-  async #room(offset: number, length: number): Promise<void> {
-    if (this.#length && (offset !== this.#start + this.#length || this.#length + length > this.#buf.length)) await this.flush();
-    if (!this.#length) this.#start = offset;
+  async #room(offset: number, length: number): Promise<Buffer> {
+    if (this.#length && (offset !== this.#start + this.#length || this.#length + length > this.#buf!.length)) await this.flush();
+    if (!this.#buf) {
+      while (!this.#free.length) await Promise.race(this.#inflight);
+      this.#check();
+      this.#buf = this.#free.pop()!;
+      this.#start = offset;
+      this.#length = 0;
+    }
+    return this.#buf;
   }
 
+  #check(): void {
+    if (this.#error !== undefined) throw this.#error;
+  }
+
+  /** Starts writing what is gathered. */
   async flush(): Promise<void> {
-    if (!this.#length) return;
+    this.#check();
+    const buf = this.#buf;
+    if (!buf) return;
     const n = this.#length;
+    this.#buf = undefined;
     this.#length = 0;
-    // Our own buffer: an encrypted image encrypts it in place, then it is refilled.
-    await this.#image.writeOwned(this.#start, this.#buf.subarray(0, n));
+    if (!n) {
+      this.#free.push(buf);
+      return;
+    }
+    const p: Promise<void> = this.#image.writeOwnedAsync(this.#start, buf.subarray(0, n)).then(
+      () => undefined,
+      (e: unknown) => void (this.#error ??= e),
+    ).finally(() => {
+      this.#free.push(buf);
+      this.#inflight.delete(p);
+    });
+    this.#inflight.add(p);
     this.written += n;
+  }
+
+  /** Writes what is gathered and waits for every write; throws the first that failed. */
+  async drain(): Promise<void> {
+    await this.flush();
+    await Promise.all([...this.#inflight]);
+    this.#check();
+  }
+
+  /** Waits for the writes in flight (an error path: the image is about to close). */
+  async settle(): Promise<void> {
+    if (this.#buf) {
+      this.#free.push(this.#buf);
+      this.#buf = undefined;
+    }
+    await Promise.all([...this.#inflight]);
   }
 }

@@ -241,7 +241,9 @@ export async function receiveSegment(
         if (e.zero) zeroBytes += e.length;
         else dataBytes += e.length;
       }
-      const ct = Buffer.from(await take(head.stored, `frame ${frames} payload`));
+      // decodeFrame decrypts it before returning (the decompression that may follow reads its own
+      // output), so the reader's view serves: no copy of the payload.
+      const ct = await take(head.stored, `frame ${frames} payload`);
       const f: FrameInfo = { at: r.offset, head, bound: Buffer.concat([hb.subarray(0, FRAME_BOUND_BYTES), table]), entries };
       ahead.push({ f, data: decodeFrame(d, frames++, f, ct) });
       await drain(DECODE_AHEAD);

@@ -94,8 +94,9 @@ async function writeAll(fh: FileHandle, data: Buffer, position: number): Promise
 
 /** Decoded log data kept in memory from verification to apply, over all disks of a point. */
 const APPLY_RETAIN_BYTES = 128 << 20;
-/** Largest write a streamed initial copy's frames are gathered into. */
+/** Largest write a streamed initial copy's frames are gathered into, and how many are in flight at most. */
 const RUN_BYTES = 4 << 20;
+const RUN_BUFFERS = 3;
 export class ReplicaStore {
   readonly dir: string;
   private readonly keys: RelationshipKeys;
@@ -108,8 +109,8 @@ export class ReplicaStore {
   private initial: InitialCheckpoint | undefined;
   /** Per disk: the streamed initial copy's next segment, when this process knows its range still holds zeroes. */
   readonly #untouched = new Map<string, number>();
-  /** Gathers a segment's frames into large writes (RunWriter), reused. */
-  #runBuffer: Buffer | undefined;
+  /** The write buffers a segment's frames are gathered into (RunWriter), reused. */
+  #runBuffers: Buffer[] | undefined;
   private readonly counters: Mutable<ReplicaStats> = {
     pointsApplied: 0, logsApplied: 0, bytesApplied: 0, bytesReceived: 0,
     imageBytesWritten: 0, undoBytesWritten: 0, journalBytesWritten: 0,
@@ -354,7 +355,8 @@ export class ReplicaStore {
             // writes and writes its zeroes too.
             zeroes = this.#untouched.get(diskId) !== index;
             this.#untouched.delete(diskId);
-            run = new RunWriter(image, { zeroes, buffer: this.#runBuffer ??= Buffer.allocUnsafeSlow(RUN_BYTES) });
+            this.#runBuffers ??= Array.from({ length: RUN_BUFFERS }, () => Buffer.allocUnsafeSlow(RUN_BYTES));
+            run = new RunWriter(image, { zeroes, buffers: this.#runBuffers });
           },
         }, async (e) => {
           if (duplicate || !run) return;
@@ -363,7 +365,7 @@ export class ReplicaStore {
         });
         this.counters.bytesReceived += summary.bytes;
         if (!duplicate) {
-          await run!.flush();
+          await run!.drain();
           this.counters.imageBytesWritten += run!.written;
           await image.sync();
           const c = this.initial!;
@@ -373,6 +375,7 @@ export class ReplicaStore {
       } catch (e) {
         throw await classifyDiskFull(e, this.dir, end - start);
       } finally {
+        await run?.settle();
         await image.close();
       }
       return this.initialProgress()!;
