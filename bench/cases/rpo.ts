@@ -135,7 +135,10 @@ function rpoCase(spec: RpoSpec): BenchCase {
         const p99 = percentile(lags, 99);
         const view = await poll();
         if (view.health === 'Critical') throw new CorrectnessError(`rpo ${rate} MB/s: relationship went Critical (${view.state})`);
-        const seq = applied.at(-1)?.sequence ?? 0;
+        // The replica's latest point now: the agents' schedule goes on cutting after the poller stopped, and
+        // retention may already have folded the last point it saw into a newer one of the same hour.
+        const points = (await pair.replica.client.request('GET', `/v1/relationships/${rel}/recovery-points`)).json<{ sequence: number }[]>();
+        const seq = points.at(-1)?.sequence ?? 0;
         const digest = (await pair.replica.client.request('GET', `/v1/relationships/${rel}/recovery-points/${seq}/disks/d0/sha256`)).json<{ sha256: string }>();
         if (!/^[0-9a-f]{64}$/.test(digest.sha256)) throw new CorrectnessError(`rpo ${rate} MB/s: latest point ${seq} unreadable`);
         scenarios.push({
