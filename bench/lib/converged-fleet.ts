@@ -65,10 +65,22 @@ async function declare(spec: FleetSpec): Promise<DesiredState> {
  * convergence (they record the status and would plan whatever the setup left undone).
  */
 export async function convergedFleet(root: string, spec: FleetSpec, log: (m: string) => void): Promise<ConvergedFleet> {
-  const desired = await declare(spec);
-  const stateDir = join(root, 'state');
-  // Scheduling stays on, as in `drsite run`: every relationship has its loop (none is due during the bench).
-  const sites = await openSites(desired, { stateDir, cwd: root, log: silentLogger });
+  let desired: DesiredState;
+  let stateDir: string;
+  let sites: SiteSet;
+  for (let attempt = 1; ; attempt++) {
+    desired = await declare(spec);
+    stateDir = join(root, attempt === 1 ? 'state' : `state-${attempt}`);
+    try {
+      // Scheduling stays on, as in `drsite run`: every relationship has its loop (none is due during the bench).
+      sites = await openSites(desired, { stateDir, cwd: root, log: silentLogger });
+      break;
+    } catch (e) {
+      // A port freePort found free can be taken by another process before the site listens on it.
+      if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= 3) throw e;
+      log(`a site's port was taken (${(e as Error).message}): new ports, new state directory`);
+    }
+  }
   const vault = Vault.open(join(root, 'vault.db'));
   const pass = (): PassOptions => ({ desired, sites, vault, stateDir });
   try {
