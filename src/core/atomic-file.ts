@@ -2,6 +2,7 @@
 // directory. A reader sees the old content or the new one, never a torn mix.
 import { open, rename, readFile, mkdir } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 
 export async function fsyncDir(dir: string): Promise<void> {
   const h = await open(dir, 'r');
@@ -15,7 +16,9 @@ export async function fsyncDir(dir: string): Promise<void> {
 export async function writeFileAtomic(path: string, data: string | Buffer, mode = 0o644): Promise<void> {
   const dir = dirname(path);
   await mkdir(dir, { recursive: true });
-  const tmp = join(dir, `.${basename(path)}.${process.pid}.tmp`);
+  // A temp name of its own per call: two writes of one file in flight must not share (and rename
+  // away) each other's temp file.
+  const tmp = join(dir, `.${basename(path)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   const h = await open(tmp, 'w', mode);
   try {
     await h.writeFile(data);

@@ -148,7 +148,7 @@ function checkFileName(name: string): string {
 // Write-temp, fsync, rename, fsync-dir: a crash leaves the old file or the new one, and key
 // material is never readable by others, not even for the instant before a chmod.
 async function writeSecureFile(path: string, data: string, mode: number): Promise<void> {
-  const tmp = `${path}.${process.pid}.tmp`;
+  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
   const h = await open(tmp, 'w', mode);
   try {
     await h.chmod(mode); // the umask may have narrowed or the file pre-existed

@@ -83,15 +83,23 @@ export class PrimaryReplication {
     return this.#retry.status;
   }
 
+  #saving: Promise<void> = Promise.resolve();
+
   /** Runs `fn` after every earlier operation on this relationship: one operation at a time. */
   #serial<T>(fn: () => Promise<T>): Promise<T> {
     return this.#busy.run(fn);
   }
 
-  async save(): Promise<void> {
-    this.record.statistics = this.#stats.toJSON();
-    this.record.retry = this.#retry.toJSON();
-    await writeJsonAtomic(join(this.dir, 'state.json'), this.record);
+  /** Persists the record; saves run one after another, each writing the record as it is then. */
+  save(): Promise<void> {
+    const write = async (): Promise<void> => {
+      this.record.statistics = this.#stats.toJSON();
+      this.record.retry = this.#retry.toJSON();
+      await writeJsonAtomic(join(this.dir, 'state.json'), this.record);
+    };
+    const next = this.#saving.then(write, write);
+    this.#saving = next;
+    return next;
   }
 
   async #apply(event: ReplicationEvent): Promise<void> {

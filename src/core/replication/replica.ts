@@ -108,8 +108,14 @@ export class ReplicaReplication {
     return this.record.id;
   }
 
-  async save(): Promise<void> {
-    await writeJsonAtomic(join(this.dir, 'state.json'), this.record);
+  #saving: Promise<void> = Promise.resolve();
+
+  /** Persists the record; saves run one after another, each writing the record as it is then. */
+  save(): Promise<void> {
+    const write = (): Promise<void> => writeJsonAtomic(join(this.dir, 'state.json'), this.record);
+    const next = this.#saving.then(write, write);
+    this.#saving = next;
+    return next;
   }
 
   /**
