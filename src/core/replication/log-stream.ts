@@ -7,6 +7,7 @@
 import { classifyDiskFull, isDiskFull } from '../disk-full.ts';
 import { SealedFileWriter } from '../log-io.ts';
 import { dirname } from 'node:path';
+import { mkdir } from 'node:fs/promises';
 
 /** Bytes a tee holds in memory before it spills to its file. */
 export const TEE_MEMORY_BYTES = 16 << 20;
@@ -96,6 +97,11 @@ export class LogTee {
     this.path = path;
   }
 
+  async #create(): Promise<SealedFileWriter> {
+    await mkdir(dirname(this.path), { recursive: true });
+    return SealedFileWriter.create(this.path);
+  }
+
   /** Bytes of the log so far. */
   get bytes(): number {
     return this.#bytes;
@@ -110,7 +116,7 @@ export class LogTee {
       return;
     }
     try {
-      this.#file ??= await SealedFileWriter.create(this.path);
+      this.#file ??= await this.#create();
       for (const m of this.#memory) await this.#file.append(m);
       this.#memory = [];
       this.#memoryBytes = 0;
@@ -127,7 +133,7 @@ export class LogTee {
   async keep(): Promise<void> {
     try {
       if (this.#full !== undefined) throw this.#full;
-      this.#file ??= await SealedFileWriter.create(this.path);
+      this.#file ??= await this.#create();
       for (const m of this.#memory) await this.#file.append(m);
       this.#memory = [];
       await this.#file.seal();

@@ -575,9 +575,15 @@ export class PrimaryReplication {
     let failed: unknown;
     let bytes = 0;
     let logBytes = 0;
-    try {
+    /** Drops what this cycle left on the primary: the tees, their directory, the cut. */
+    const drop = async (): Promise<void> => {
+      for (const t of tees) await t.discard();
       await rm(dir, { recursive: true, force: true });
-      await mkdir(dir, { recursive: true });
+      await cut.abandon();
+    };
+    try {
+      // Left by an earlier attempt at this sequence (a tee creates the directory only if it spills).
+      await rm(dir, { recursive: true, force: true });
       for (const frozen of cut.disks) {
         const tee = new LogTee(join(dir, `${frozen.diskId}.hrl`));
         tees.push(tee);
@@ -609,9 +615,7 @@ export class PrimaryReplication {
         if (failed === undefined) sent.push(frozen.diskId);
       }
     } catch (e) {
-      for (const t of tees) await t.discard();
-      await rm(dir, { recursive: true, force: true });
-      await cut.abandon();
+      await drop();
       if (tees.length > 1 || failed !== undefined) await this.#link.discardPending(this.id).catch(() => undefined);
       throw e;
     }
@@ -622,9 +626,7 @@ export class PrimaryReplication {
       try {
         for (const t of tees) await t.keep();
       } catch (e) {
-        for (const t of tees) await t.discard();
-        await rm(dir, { recursive: true, force: true });
-        await cut.abandon();
+        await drop();
         throw e;
       }
       r.sequence = seq;
