@@ -57,6 +57,9 @@ export async function setPower(ctx: AgentContext, name: string, req: SetPowerReq
     ...(req.force !== undefined && { force: req.force }),
     ...(seedImage && { seedImage }),
   });
+  // A `files` VM has no guest: off, its disks take no more writes (the sample workload's, say),
+  // so a planned failover's last cut holds everything written before the power-off.
+  if (ctx.hv.kind === 'files') await rt.setWritable(vm.power === 'Running');
   Object.assign(rt.vm, { power: vm.power });
   return vm;
 }

@@ -55,7 +55,8 @@ interface Settings {
   readonly maxRequestBytes: number;
   readonly minBlockSize: number;
   readonly preferredBlockSize: number;
-  readonly readOnly: boolean;
+  /** Changed by `setReadOnly`; checked on every request. */
+  readOnly: boolean;
   readonly onError: (error: unknown, where: string) => void;
 }
 
@@ -78,9 +79,24 @@ export class NbdServer {
   private readonly live = new Map<net.Socket, Promise<void>>();
   private closing: Promise<void> | null = null;
 
+  private settings!: Settings;
+
   private constructor(socketPath: string, server: net.Server) {
     this.socketPath = socketPath;
     this.server = server;
+  }
+
+  /**
+   * Makes the exports read-only (writes refused with EPERM, new clients told so) or writable again.
+   * Going read-only also drops every open connection and resolves once no device call is in
+   * progress: a write accepted before it is on the device when this returns, none comes after.
+   */
+  async setReadOnly(readOnly: boolean): Promise<void> {
+    this.settings.readOnly = readOnly;
+    if (!readOnly) return;
+    const open = [...this.live.entries()];
+    for (const [socket] of open) socket.destroy();
+    await Promise.all(open.map(([, done]) => done.catch(() => undefined)));
   }
 
   /**
@@ -98,6 +114,7 @@ export class NbdServer {
     await removeStaleSocket(socketPath);
     const server = net.createServer();
     const self = new NbdServer(socketPath, server);
+    self.settings = settings;
     server.on('connection', (socket) => {
       if (self.closing) return socket.destroy();
       const done = serveConnection(socket, exports, settings).finally(() => self.live.delete(socket));

@@ -200,6 +200,30 @@ describe('NbdClient with NbdServer', () => {
     }
   });
 
+  test('setReadOnly(true): writes in flight land, their connection is dropped, later writes are refused; false writes again', async () => {
+    const device = await newDevice('toggle');
+    const server = await NbdServer.listen(join(dir.path, 't.sock'), new Map([['d', device]]));
+    const writer = await NbdClient.connect(server.socketPath, 'd');
+    const inFlight = Promise.all(Array.from({ length: 16 }, (_, i) => writer.write(i * 65536, Buffer.alloc(65536, i + 1)).then(() => i, () => -1)));
+    await server.setReadOnly(true);
+    // Every write the server accepted is on the device once setReadOnly returns.
+    const landed = (await inFlight).filter((i) => i >= 0);
+    for (const i of landed) expect(sha256(await device.read(i * 65536, 65536))).toBe(sha256(Buffer.alloc(65536, i + 1)));
+    expect(server.connections).toBe(0);
+    await writer.close();
+    const late = await NbdClient.connect(server.socketPath, 'd');
+    try {
+      expect(late.info.transmissionFlags & TX_FLAG.READ_ONLY).toBeTruthy();
+      expect(nbdErrnoOf(await late.write(0, Buffer.alloc(512)).catch((err: unknown) => err))).toBe(NBD_ERRNO.EPERM);
+      await server.setReadOnly(false);
+      await late.write(0, Buffer.alloc(512, 7));
+      expect(await late.read(0, 512)).toEqual(Buffer.alloc(512, 7));
+    } finally {
+      await late.close();
+      await server.close();
+    }
+  });
+
   test('close() drops live connections, fails their requests as network errors and removes the socket', async () => {
     const device = await newDevice('close');
     const socketPath = join(dir.path, 'c.sock');

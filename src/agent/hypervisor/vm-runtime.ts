@@ -64,6 +64,14 @@ export class VmRuntime {
     return rt;
   }
 
+  /**
+   * Whether the exports take writes: a VM of the `files` kind has no guest to stop, so powering it
+   * off is this (whatever wrote through its exports is disconnected, its writes done).
+   */
+  async setWritable(writable: boolean): Promise<void> {
+    await this.#nbd?.setReadOnly(!writable);
+  }
+
   /** Disks whose tracking continuity was lost (the agent stopped without closing them). */
   lostContinuity(): string[] {
     return [...this.disks.values()].filter((d) => d.continuity === 'lost').map((d) => d.id);
