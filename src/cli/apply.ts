@@ -18,14 +18,14 @@ export function jobRows(jobs: readonly Job[]): string {
   );
 }
 
-export async function applyCommand(paths: string[], g: GlobalOptions, io: Io): Promise<number> {
+export async function applyCommand(paths: string[], g: GlobalOptions, io: Io, flags: { samples: boolean } = { samples: true }): Promise<number> {
   const loaded = await loadDesiredState(paths);
   for (const d of loaded.diagnostics) io.err(formatDiagnostic(d));
   if (!loaded.ok) return 1;
   const json = g.output === 'json';
   const session = await openSession({
     desired: loaded.state, vaultPath: g.vault!, stateDir: g.stateDir, command: 'drsite apply', waitLockMs: waitLockMs(g),
-    companion: (sites) => startSampleCompanion(paths, sites, (l) => !json && io.out(l)),
+    ...(flags.samples && { companion: (sites: Parameters<typeof startSampleCompanion>[1]) => startSampleCompanion(paths, sites, (l) => !json && io.out(l)) }),
     report: (l) => !json && io.out(l),
   });
   try {

@@ -101,7 +101,8 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
   const paths = (cmd: Command) => cmd.argument('<paths...>', 'YAML files or directories');
 
   paths(program.command('apply').description('one reconcile pass: observe the sites, print the plan, apply it, print the jobs'))
-    .action(run(async (p: string[]) => (await import('./apply.ts')).applyCommand(p, globals(), io)));
+    .option('--no-samples', 'do not create sample VMs or run their workload (sample-vms.json)')
+    .action(run(async (p: string[], o: { samples: boolean }) => (await import('./apply.ts')).applyCommand(p, globals(), io, o)));
 
   paths(program.command('run').description('reconcile continuously (level-triggered loop) with live status'))
     .addOption(new Option('--until <condition>', 'stop when this holds').choices(['converged']))

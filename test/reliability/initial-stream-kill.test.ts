@@ -5,14 +5,12 @@
 // Every kill lands on a copy in progress (a new VM each time); nothing is a point before the end.
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { randomWrites } from '../../src/demo/workload.ts';
-import { NbdClient } from '../../src/nbd/client.ts';
 import type { RelationshipView, ReplicaStatus } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s } from '../agent/cluster.ts';
 import { SEGMENT_BYTES } from '../../src/core/initial-stream.ts';
+import { untilSegments, vmWithData } from './stream-copy.ts';
 
 const KILLS = Number(process.env.DRSITE_KILLS ? Math.min(20, Number(process.env.DRSITE_KILLS)) : 3);
 const DISK = 4 * SEGMENT_BYTES;
@@ -36,24 +34,15 @@ describe('replica killed -9 during a streamed initial copy', () => {
     for (let k = 0; k < KILLS; k++) {
       const vm = `vm-${k}`;
       const id = `rel-${vm}`;
-      await a.request('POST', '/v1/vms', { name: vm, disks: [{ name: 'd0', size: DISK }] });
       // Data in every segment, so each carries several MiB.
-      const c = await NbdClient.connect(join(cluster.host('host-a').dataDir, 'nbd', `${vm}.sock`), 'd0');
-      await Promise.all(randomWrites(64 * 16, DISK, 1000 + k, { maxBlocks: 16 }).map((w) => c.write(w.offset, w.data)));
-      await c.close();
-      const image = join(cluster.host('host-a').dataDir, 'vms', vm, 'd0.img');
+      const image = await vmWithData(cluster, 'host-a', a, vm, DISK, 1000 + k);
       const want = await sha(image);
       await a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
 
       const started = a.request('POST', `/v1/relationships/${id}/start?wait=true`).then(() => 'done', (e: unknown) => e);
       // A random moment of the copy: after some segments went in (the replica's checkpoint says so).
       const asPrimary = await cluster.client('host-b', 'host-a');
-      const target = 1 + (k % 3);
-      for (let i = 0; i < 400; i++) {
-        const s = await asPrimary.request('GET', `/v1/replica/relationships/${id}`).then((r) => r.json<ReplicaStatus>(), () => undefined);
-        if ((s?.initial?.segments.d0 ?? 0) >= target || (s?.applied ?? 0) >= 1) break;
-        await new Promise((r) => setTimeout(r, 5));
-      }
+      await untilSegments(asPrimary, id, 1 + (k % 3));
       await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 40)));
       await cluster.kill('host-b');
       const outcome = await started;
