@@ -83,7 +83,7 @@ export class PrimaryReplication {
     return this.#retry.status;
   }
 
-  #saving: Promise<void> = Promise.resolve();
+  readonly #saves = new AsyncMutex();
 
   /** Runs `fn` after every earlier operation on this relationship: one operation at a time. */
   #serial<T>(fn: () => Promise<T>): Promise<T> {
@@ -97,9 +97,7 @@ export class PrimaryReplication {
       this.record.retry = this.#retry.toJSON();
       await writeJsonAtomic(join(this.dir, 'state.json'), this.record);
     };
-    const next = this.#saving.then(write, write);
-    this.#saving = next;
-    return next;
+    return this.#saves.run(write);
   }
 
   async #apply(event: ReplicationEvent): Promise<void> {

@@ -1,6 +1,7 @@
 // The Replica server's side of one relationship: verifies each log before acknowledging it, keeps
 // it durable, applies complete points in sequence and serves checksums, recovery points and
 // point-in-time digests. External-media imports arrive here as sequence 1.
+import { AsyncMutex } from '../async-mutex.ts';
 import { cp, readdir, rename, rm, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { selectPoint } from '../point-selector.ts';
@@ -108,14 +109,11 @@ export class ReplicaReplication {
     return this.record.id;
   }
 
-  #saving: Promise<void> = Promise.resolve();
+  readonly #saves = new AsyncMutex();
 
   /** Persists the record; saves run one after another, each writing the record as it is then. */
   save(): Promise<void> {
-    const write = (): Promise<void> => writeJsonAtomic(join(this.dir, 'state.json'), this.record);
-    const next = this.#saving.then(write, write);
-    this.#saving = next;
-    return next;
+    return this.#saves.run(() => writeJsonAtomic(join(this.dir, 'state.json'), this.record));
   }
 
   /**
