@@ -1,7 +1,7 @@
 // The entry point of `drsite synth` and of failovers to Azure: the adapter of src/'s Terraform port
 // (src/model/terraform.ts), provided by bin/drsite.mjs, because nothing in src/ may import
 // constructs/ and because cdktf and the provider should load only when needed.
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import type { Diagnostic } from '../src/model/diagnostics.ts';
 import type { DesiredState } from '../src/model/desired.ts';
 import type { FailoverSynthRequest, FailoverSynthResult, SynthResult, SynthTarget } from '../src/model/terraform.ts';
@@ -26,6 +26,8 @@ export async function synthDesiredState(desired: DesiredState, opts: { target: S
   // Nothing is written for invalid input: App creates its output directory as soon as it exists.
   if (problems.some((d) => d.severity === 'error')) return { ok: false, diagnostics: problems };
   try {
+    // cdktf's App creates only the last directory of outdir; the default (.drsite/synth/asr) is nested.
+    await mkdir(opts.out, { recursive: true });
     const app = new App({ outdir: opts.out });
     const stack = new AsrStack(app, 'azure-site-recovery', { desired, vault: opts.vault });
     app.synth();
@@ -49,6 +51,7 @@ export async function countTerraform(file: string): Promise<{ resources: Record<
 export async function synthFailover(req: FailoverSynthRequest): Promise<FailoverSynthResult> {
   const { synthAzureFailover } = await import('./failover-stack.ts');
   try {
+    await mkdir(req.out, { recursive: true });
     const file = synthAzureFailover({ desired: req.desired, vm: req.vm, test: req.test, outdir: req.out, recoveryPoint: { disks: req.disks, time: req.time } });
     const vm = req.desired.protectedVms.find((p) => p.metadata.name === req.vm)!.spec.vm;
     return { ok: true, file, vmName: req.test ? `${vm}-Test` : vm, resources: (await countTerraform(file)).resources };

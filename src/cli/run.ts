@@ -61,7 +61,12 @@ async function runTerm(paths: string[], flags: RunFlags, g: GlobalOptions, io: I
 
   const tty = process.stdout.isTTY === true && g.output !== 'json';
   const bars = tty ? new MultiBar({ format: ' {name} [{bar}] {percentage}% {what}', hideCursor: true, clearOnComplete: false }, Presets.shades_classic) : undefined;
-  const say = (line: string) => (bars ? bars.log(`${line}\n`) : io.out(line));
+  let barsShown = bars !== undefined;
+  const stopBars = () => {
+    if (barsShown) bars!.stop();
+    barsShown = false;
+  };
+  const say = (line: string) => (barsShown ? bars!.log(`${line}\n`) : io.out(line));
   const started = Date.now();
   const stop = new AbortController();
   let lost = false;
@@ -131,23 +136,25 @@ async function runTerm(paths: string[], flags: RunFlags, g: GlobalOptions, io: I
           last.set(name, line);
         }
         if (tty && r.converged && flags.until !== 'converged') {
-          bars?.stop();
+          stopBars();
           process.stdout.write(`\x1b[2J\x1b[H${statusTable(readStatus(session.vault))}\n(Ctrl-C to stop)\n`);
         }
       },
     });
+    if (result.converged && flags.until === 'converged') await session.quiesce();
+    // The bars go first: a line handed to bars.log() only shows at their next redraw, which a
+    // stopped MultiBar never does (on a terminal the run then ended without a word).
+    stopBars();
     if (result.converged && flags.until === 'converged') {
-      await session.quiesce();
-      say(`converged in ${((convergedAt ?? Date.now()) - started) / 1000}s: every ProtectedVM is Replicating with health Normal`);
+      io.out(`converged in ${((convergedAt ?? Date.now()) - started) / 1000}s: every ProtectedVM is Replicating with health Normal`);
     } else if (flags.until === 'converged') {
-      say(`stopped by ${result.stoppedBy} before converging`);
+      io.out(`stopped by ${result.stoppedBy} before converging`);
     }
-    bars?.stop();
     if (lost) return LEASE_LOST;
-    if (!tty) io.out(statusTable(readStatus(session.vault)));
+    if (!tty || flags.until === 'converged') io.out(statusTable(readStatus(session.vault)));
     return flags.until === 'converged' && !result.converged ? 1 : 0;
   } finally {
-    bars?.stop();
+    stopBars();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     served?.server.close();
