@@ -1,5 +1,5 @@
 // `drsite apply`: one reconcile pass. Observe the sites, print the plan, apply it one journaled
-// action at a time, print the jobs. Exit 1 when a job failed.
+// action at a time, print the jobs. Exit 1 when a job failed or a declared action is refused.
 import { loadDesiredState } from '../config/index.ts';
 import { formatDiagnostic } from '../model/diagnostics.ts';
 import { recoverInterrupted, reconcileOnce } from '../reconciler/apply.ts';
@@ -36,9 +36,15 @@ export async function applyCommand(paths: string[], g: GlobalOptions, io: Io, fl
       onPlan: (p) => !json && io.out(formatPlan(p, { color: process.stdout.isTTY === true })),
     });
     const failed = r.jobs.filter((j) => j.state === 'Failed');
-    if (json) printJson(io, { plan: JSON.parse(planToJson(r.plan)), jobs: r.jobs, converged: r.converged });
-    else if (r.jobs.length) io.out(jobRows(r.jobs));
-    return failed.length ? 1 : 0;
+    const ok = failed.length === 0 && r.unmet.length === 0;
+    if (json) printJson(io, { ok, plan: JSON.parse(planToJson(r.plan)), jobs: r.jobs, converged: r.converged, refused: r.unmet });
+    else {
+      if (r.jobs.length) io.out(jobRows(r.jobs));
+      // A declared action that cannot run is an error, not "no changes": a pipeline must not take it for done.
+      for (const w of r.unmet) io.err(`error: ${w.target.kind}/${w.target.name}: ${w.message}`);
+      if (r.unmet.length) io.err(`drsite apply: ${r.unmet.length} declared action${r.unmet.length === 1 ? '' : 's'} not met; fix the declaration or the state it needs, then apply again`);
+    }
+    return ok ? 0 : 1;
   } finally {
     await session.close();
   }

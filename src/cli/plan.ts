@@ -4,6 +4,7 @@ import { loadDesiredState } from '../config/index.ts';
 import { formatDiagnostic } from '../model/diagnostics.ts';
 import { plan } from '../reconciler/plan.ts';
 import { formatPlan, planToJson } from '../reconciler/plan-format.ts';
+import { unmetDeclarations } from '../reconciler/plan-types.ts';
 import { observedFromVault } from '../reconciler/observe-vault.ts';
 import { Vault } from '../vault/vault.ts';
 import type { GlobalOptions } from './main.ts';
@@ -22,6 +23,9 @@ export async function planCommand(
   try {
     const p = plan(loaded.state, observedFromVault(vault, loaded.state, new Date()));
     io.out(g.output === 'json' ? planToJson(p) : formatPlan(p, { color: process.stdout.isTTY === true }));
+    const refused = unmetDeclarations(p);
+    if (refused.length > 0 && g.output !== 'json') io.err(`drsite plan: ${refused.length} declared action${refused.length === 1 ? '' : 's'} refused (see the warnings); apply would not meet the declarations`);
+    if (refused.length > 0) return 1;
     return opts.detailedExitcode && p.actions.length > 0 ? 2 : 0;
   } finally {
     vault.close();

@@ -2,7 +2,7 @@
 // vault (a running `drsite run` refreshes it every pass). Reads only the vault.
 import type { ObservedRelationship } from '../model/observed.ts';
 import { formatBytes } from '../model/units.ts';
-import { healthMessage } from '../reconciler/record-status.ts';
+import { FAILOVER_CONDITION, healthMessage } from '../reconciler/record-status.ts';
 import { Vault } from '../vault/vault.ts';
 import type { GlobalOptions } from './main.ts';
 import { printJson, renderTable, type Io } from './output.ts';
@@ -12,15 +12,42 @@ export interface StatusRow {
   relationship: ObservedRelationship | null;
   conditions: readonly { type: string; status: string; reason: string; message: string }[];
   updatedAt: string;
+  /** Declared failovers of recovery plans naming this VM that are refused or waiting. */
+  declarations?: DeclarationProblem[];
+}
+
+export interface DeclarationProblem {
+  recoveryPlan: string;
+  /** False: refused or failed; Unknown: waiting. */
+  status: string;
+  reason: string;
+  message: string;
+}
+
+/** Recovery plans whose declared failover the last pass found refused, failed or waiting. */
+export function declarationProblems(vault: Vault): { problem: DeclarationProblem; vms: string[] }[] {
+  const out: { problem: DeclarationProblem; vms: string[] }[] = [];
+  for (const s of vault.listStatus('RecoveryPlan')) {
+    const c = s.conditions.find((x) => x.type === FAILOVER_CONDITION);
+    if (!c || c.status === 'True') continue;
+    const spec = vault.getDesired('RecoveryPlan', s.name)?.spec as { groups?: { vms?: string[] }[] } | undefined;
+    out.push({ problem: { recoveryPlan: s.name, status: c.status, reason: c.reason, message: c.message }, vms: (spec?.groups ?? []).flatMap((g) => g.vms ?? []) });
+  }
+  return out;
 }
 
 export function readStatus(vault: Vault): StatusRow[] {
-  return vault.listStatus('ProtectedVM').map((s) => ({
-    name: s.name,
-    relationship: (s.fields.relationship as ObservedRelationship | null | undefined) ?? null,
-    conditions: s.conditions,
-    updatedAt: s.updatedAt,
-  }));
+  const declared = declarationProblems(vault);
+  return vault.listStatus('ProtectedVM').map((s) => {
+    const mine = declared.filter((d) => d.vms.includes(s.name)).map((d) => d.problem);
+    return {
+      name: s.name,
+      relationship: (s.fields.relationship as ObservedRelationship | null | undefined) ?? null,
+      conditions: s.conditions,
+      updatedAt: s.updatedAt,
+      ...(mine.length > 0 && { declarations: mine }),
+    };
+  });
 }
 
 const ago = (iso: string | undefined): string => {
@@ -67,8 +94,15 @@ export async function statusCommand(g: GlobalOptions, io: Io): Promise<number> {
   const vault = Vault.open(g.vault);
   try {
     const rows = readStatus(vault);
+    const declared = declarationProblems(vault);
     if (g.output === 'json') printJson(io, rows);
-    else io.out(rows.length ? [statusTable(rows), ...problems(rows)].join('\n') : 'No ProtectedVM status recorded yet (run drsite apply or drsite run).');
+    else {
+      io.out(rows.length ? [statusTable(rows), ...problems(rows)].join('\n') : 'No ProtectedVM status recorded yet (run drsite apply or drsite run).');
+      for (const { problem: p } of declared) {
+        const what = p.status === 'False' ? (p.reason === 'Failed' ? 'failed' : 'refused') : 'waiting';
+        io.out(`RecoveryPlan ${p.recoveryPlan}: declared failover ${what}:\n${p.message.split('\n').map((l) => `  ${l}`).join('\n')}`);
+      }
+    }
     return 0;
   } finally {
     vault.close();

@@ -10,10 +10,10 @@ import type { Job, Vault } from '../vault/vault.ts';
 import { finish, runProtectionAction, type ExecContext } from './executor.ts';
 import { observeSites, type Observation } from './observe-sites.ts';
 import { plan as makePlan } from './plan.ts';
-import { FAILOVER_ACTIONS, type Plan, type PlannedAction } from './plan-types.ts';
+import { FAILOVER_ACTIONS, unmetDeclarations, type Plan, type PlannedAction, type PlanWarning } from './plan-types.ts';
 import { planJobInput, runPlanJob, runnablePlanJobs, startPlanJob } from './recovery-plan.ts';
 import { adoptRebuiltVault } from './rebuilt-vault.ts';
-import { recordObservation } from './record-status.ts';
+import { recordDeclarationStatus, recordObservation } from './record-status.ts';
 
 export interface PassOptions {
   desired: DesiredState;
@@ -45,6 +45,8 @@ export interface PassResult {
   /** Actions that failed with a non-recoverable error (not retried by the loop). */
   terminalFailures: number;
   converged: boolean;
+  /** Declarations the state left by the pass refuses (or whose run failed): `apply` exits 1 on them. */
+  unmet: PlanWarning[];
 }
 
 const isFailover = (a: PlannedAction) => (FAILOVER_ACTIONS as readonly string[]).includes(a.type);
@@ -110,7 +112,7 @@ export async function reconcileOnce(opts: PassOptions): Promise<PassResult> {
 
   const plan = makePlan(desired, observation.observed);
   opts.onPlan?.(plan);
-  if (opts.dryRun) return { plan, jobs: [], observation, terminalFailures, converged: isConverged(desired, observation, plan, vault) };
+  if (opts.dryRun) return { plan, jobs: [], observation, terminalFailures, converged: isConverged(desired, observation, plan, vault), unmet: unmetDeclarations(plan) };
 
   const failed = new Set<string>();
   const byPlan = new Map<string, PlannedAction[]>();
@@ -155,11 +157,14 @@ export async function reconcileOnce(opts: PassOptions): Promise<PassResult> {
   observation = await observeSites(desired, sites, vault, new Date(clock.now()));
   recordObservation(vault, desired, observation);
   const after = makePlan(desired, observation.observed);
+  // What the pass leaves: a failover it ran is done (or failed) by now, a refused one still is.
+  recordDeclarationStatus(vault, desired, after, clock.now());
   return {
     plan,
     jobs: [...jobs.keys()].map((id) => vault.getJob(id)!).filter(Boolean),
     observation,
     terminalFailures,
     converged: isConverged(desired, observation, after, vault),
+    unmet: unmetDeclarations(after),
   };
 }

@@ -72,12 +72,15 @@ function planRequest(
     return;
   }
   if (last?.lastActionState === 'Running' || last?.lastActionState === 'Waiting') {
-    b.warn('failover-refused', target, `failover ${f.id} (${f.type}) waits: the previous action ${last.lastActionId} is still ${last.lastActionState}`);
+    b.warn('failover-waiting', target, `failover ${f.id} (${f.type}) waits: the previous action ${last.lastActionId} is still ${last.lastActionState}`);
     return;
   }
 
   const groups: { index: number; groupName?: string; vms: { vm: string; steps: Step[] }[] }[] = [];
+  // Refused: the request cannot run in the state the sites report (an error until the state or
+  // the declaration changes). Waiting: it will run once something already under way is done.
   const refusals: string[] = [];
+  const waits: string[] = [];
   const seen = new Set<string>();
   rp.spec.groups.forEach((g, index) => {
     const vms: { vm: string; steps: Step[] }[] = [];
@@ -88,26 +91,26 @@ function planRequest(
       const other = claimed.get(vm);
       const pvm = declared.get(vm);
       const rel = lookup(env.observed.relationships, vm);
-      const result = other !== undefined
-        ? `${vm} is already part of recovery plan ${other}'s failover in this pass`
-        : !pvm
-          ? `${vm} is not a declared ProtectedVM`
-          : !rel || !rel.exists || rel.state === 'Disabled'
-            ? `${vm} is not protected yet`
-            : stepsFor(env, f, rel);
-      if (typeof result === 'string') refusals.push(result);
-      else if (result.length > 0) vms.push({ vm, steps: result });
+      if (other !== undefined) waits.push(`${vm} is already part of recovery plan ${other}'s failover in this pass`);
+      else if (!pvm) refusals.push(`${vm} is not a declared ProtectedVM`);
+      else if (!rel || !rel.exists || rel.state === 'Disabled') waits.push(`${vm} is not protected yet`);
+      else {
+        const result = stepsFor(env, f, rel);
+        if (typeof result === 'string') refusals.push(result);
+        else if (result.length > 0) vms.push({ vm, steps: result });
+      }
     }
     groups.push({ index, ...(g.name !== undefined && { groupName: g.name }), vms });
   });
 
   const what = `failover ${f.id} (${f.type})`;
-  if (refusals.length > 0) {
+  if (refusals.length > 0 || waits.length > 0) {
     for (const r of refusals) b.warn('failover-refused', target, `${what} refused: ${r}`);
+    for (const w of waits) b.warn('failover-waiting', target, `${what} waits: ${w}`);
     return;
   }
   if (groups.every((g) => g.vms.length === 0)) {
-    b.warn('failover-refused', target, `${what}: nothing to do (no test failover is active)`);
+    b.warn('failover-nothing-to-do', target, `${what}: nothing to do (no test failover is active)`);
     return;
   }
 

@@ -1,6 +1,6 @@
 // Prints a plan the way Terraform does (one line per action with its symbol, target and reason,
 // details indented, a summary line) and as JSON for CI. Colours only when asked.
-import type { ActionType, FailoverOrigin, Plan, PlannedAction, PolicyFieldChange } from './plan-types.ts';
+import { unmetDeclarations, type ActionType, type FailoverOrigin, type Plan, type PlannedAction, type PolicyFieldChange } from './plan-types.ts';
 
 export type PlanSymbol = '+' | '~' | '-' | '!';
 
@@ -71,11 +71,18 @@ export function formatPlan(plan: Plan, options: FormatOptions = {}): string {
     for (const w of plan.warnings) out.push(`${paint('warn', `Warning [${w.code}]`)} ${w.target.kind}/${w.target.name}: ${w.message}`);
   }
   if (out.length > 0) out.push('');
-  if (plan.actions.length === 0) {
+  const unmet = unmetDeclarations(plan);
+  const waiting = plan.warnings.filter((w) => w.code === 'failover-waiting').length;
+  if (plan.actions.length === 0 && unmet.length > 0) {
+    out.push(`Refused: ${unmet.length} declared action${unmet.length === 1 ? '' : 's'} cannot run (see the warnings above); nothing was planned. The declarations are not met.`);
+  } else if (plan.actions.length === 0 && waiting > 0) {
+    out.push(`No changes now: ${waiting === 1 ? 'a declared action waits' : `${waiting} declared actions wait`} (see the warnings above). The declarations are not met yet.`);
+  } else if (plan.actions.length === 0) {
     out.push('No changes. The observed state matches the declarations.');
   } else {
     const s = planSummary(plan);
     out.push(`Plan: ${s.add} to add, ${s.change} to change, ${s.remove} to remove, ${s.destructive} destructive.`);
+    if (unmet.length > 0) out.push(`Refused: ${unmet.length} declared action${unmet.length === 1 ? '' : 's'} cannot run (see the warnings above).`);
   }
   return `${out.join('\n')}\n`;
 }
@@ -105,5 +112,6 @@ function show(v: unknown): string {
 
 /** Machine-readable plan (`drsite plan --json`): versioned, with the summary counts. */
 export function planToJson(plan: Plan): string {
-  return `${JSON.stringify({ formatVersion: 1, summary: planSummary(plan), actions: plan.actions, warnings: plan.warnings }, null, 2)}\n`;
+  const refused = unmetDeclarations(plan);
+  return `${JSON.stringify({ formatVersion: 1, summary: planSummary(plan), actions: plan.actions, warnings: plan.warnings, refused }, null, 2)}\n`;
 }

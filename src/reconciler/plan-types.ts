@@ -136,6 +136,8 @@ export type WarningCode =
   | 'failover-state'
   | 'reversed-direction'
   | 'failover-refused'
+  | 'failover-waiting'
+  | 'failover-nothing-to-do'
   | 'last-action-failed'
   | 'unknown-policy';
 
@@ -150,3 +152,13 @@ export interface Plan {
   actions: PlannedAction[];
   warnings: PlanWarning[];
 }
+
+/**
+ * Warnings that mean a declaration is not met and cannot be as things stand: a declared failover
+ * the sites' state refuses, or one whose run failed. `plan` and `apply` exit 1 on them (a GitOps
+ * pipeline must not take "nothing to do" for "done"); `failover-waiting` is not among them, the
+ * request runs once what it waits for is done.
+ */
+export const UNMET_WARNINGS: ReadonlySet<WarningCode> = new Set<WarningCode>(['failover-refused', 'last-action-failed']);
+
+export const unmetDeclarations = (plan: Plan): PlanWarning[] => plan.warnings.filter((w) => UNMET_WARNINGS.has(w.code));

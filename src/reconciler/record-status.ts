@@ -7,6 +7,7 @@ import type { ObservedRelationship } from '../model/observed.ts';
 import type { Vault } from '../vault/vault.ts';
 import { finish } from './executor.ts';
 import type { Observation } from './observe-sites.ts';
+import type { Plan } from './plan-types.ts';
 import { RELATIONSHIP_FIELD, setStatusFields } from './status-fields.ts';
 
 const PROTECTED_STATES = new Set(['Replicating', 'Resynchronizing', 'ResynchronizationRequired', 'Suspended', 'PreparedForPlannedFailover', 'FailoverWaitingCompletion', 'FailedOver']);
@@ -43,6 +44,39 @@ export function recordObservation(vault: Vault, desired: DesiredState, obs: Obse
     }
   });
   closeInitialReplications(vault, obs);
+}
+
+/** The condition a RecoveryPlan's declared failover gets from a plan: `drsite status`, events and Kubernetes read it. */
+export const FAILOVER_CONDITION = 'FailoverAccepted';
+
+/**
+ * Whether each RecoveryPlan's declared failover can run, as a condition (True: planned or done;
+ * False/Refused: the sites' state refuses it, or its run failed; Unknown/Waiting: it waits for
+ * something under way), with a Warning event when it becomes refused.
+ */
+export function recordDeclarationStatus(vault: Vault, desired: DesiredState, plan: Plan, now: number): void {
+  vault.transaction(() => {
+    for (const rp of desired.recoveryPlans) {
+      const name = rp.metadata.name;
+      const f = rp.spec.failover;
+      const mine = plan.warnings.filter((w) => w.target.kind === 'RecoveryPlan' && w.target.name === name);
+      const refused = mine.filter((w) => w.code === 'failover-refused' || w.code === 'last-action-failed');
+      const waiting = mine.filter((w) => w.code === 'failover-waiting');
+      const before = vault.getStatus('RecoveryPlan', name)?.conditions.find((c) => c.type === FAILOVER_CONDITION);
+      const cond = !f
+        ? { type: FAILOVER_CONDITION, status: 'True' as const, reason: 'NoFailoverDeclared', message: 'no failover is declared' }
+        : refused.length > 0
+          ? { type: FAILOVER_CONDITION, status: 'False' as const, reason: refused.some((w) => w.code === 'failover-refused') ? 'Refused' : 'Failed', message: refused.map((w) => w.message).join('\n') }
+          : waiting.length > 0
+            ? { type: FAILOVER_CONDITION, status: 'Unknown' as const, reason: 'Waiting', message: waiting.map((w) => w.message).join('\n') }
+            : { type: FAILOVER_CONDITION, status: 'True' as const, reason: 'Accepted', message: `failover ${f.id} (${f.type}) is planned or done` };
+      if (before?.status === cond.status && before.reason === cond.reason && before.message === cond.message) continue;
+      vault.setCondition('RecoveryPlan', name, cond, now);
+      if (cond.status === 'False' && cond.reason === 'Refused') {
+        vault.recordEvent({ kind: 'RecoveryPlan', name, type: 'Warning', reason: 'FailoverRefused', message: cond.message });
+      }
+    }
+  });
 }
 
 /** What a relationship's health says, in one line: its reasons, else its last error, else its state. */

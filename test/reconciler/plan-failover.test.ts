@@ -70,11 +70,11 @@ const cases: Case[] = [
     warnings: ['last-action-failed'],
   },
   {
-    reason: 'a new id while the previous action still runs: refused for now',
+    reason: 'a new id while the previous action still runs: it waits (not refused)',
     desired: test1,
     observed: observed(test1, (o) => { o.recoveryPlans.dr = { name: 'dr', lastActionId: 't0', lastActionType: 'test', lastActionState: 'Waiting' }; }),
     want: [],
-    warnings: ['failover-refused'],
+    warnings: ['failover-waiting'],
   },
   {
     reason: 'test failover while one is already active: refused (clean it up first)',
@@ -100,7 +100,7 @@ const cases: Case[] = [
     desired: cleanup,
     observed: observed(cleanup),
     want: [],
-    warnings: ['failover-refused'],
+    warnings: ['failover-nothing-to-do'],
   },
   {
     reason: 'planned failover without commit: planned-failover only (cancel stays possible), destructive',
@@ -214,7 +214,7 @@ const cases: Case[] = [
     desired: planned,
     observed: observed(planned, (o) => { delete o.relationships.app1; }),
     want: ['enable-protection app1', 'start-initial-replication app1'],
-    warnings: ['failover-refused'],
+    warnings: ['failover-waiting'],
   },
   {
     reason: 'protection changes come before the failover, which waits for them',
@@ -235,7 +235,7 @@ const cases: Case[] = [
     }),
     observed: observed(desired({ vms: VMS })),
     want: ['test-failover aweb', 'test-failover zdb'],
-    warnings: ['failover-refused'],
+    warnings: ['failover-waiting'],
     check: (p) => expect(p.warnings[0].target).toEqual({ kind: 'RecoveryPlan', name: 'b-plan' }),
   },
   {

@@ -74,6 +74,26 @@ describe('formatPlan', () => {
     expect(out).toBe('No changes. The observed state matches the declarations.\n');
   });
 
+  test('a refused declaration is never "No changes": the summary says it is refused and not met', () => {
+    // Failback while the VM already runs on its declared primary: the planner refuses it.
+    const fb = desired({ vms: [pvm('web')], plans: [recoveryPlan('dr', [['web']], { id: 'fb1', type: 'failback' })] });
+    const refused = plan(fb, observed(fb));
+    expect(refused.actions).toEqual([]);
+    const out = formatPlan(refused);
+    expect(out).not.toMatch(/No changes/);
+    expect(out).toMatch(/^Warning \[failover-refused\] RecoveryPlan\/dr: failover fb1 \(failback\) refused: web runs on its declared primary site-a/m);
+    expect(out).toMatch(/^Refused: 1 declared action cannot run \(see the warnings above\); nothing was planned\. The declarations are not met\.$/m);
+    expect(JSON.parse(planToJson(refused)).refused.map((w: { code: string }) => w.code)).toEqual(['failover-refused']);
+  });
+
+  test('a declaration waiting for an action under way says so instead of "No changes"', () => {
+    const t = desired({ vms: [pvm('web')], plans: [recoveryPlan('dr', [['web']], { id: 't2', type: 'test' })] });
+    const busy = plan(t, observed(t, (o) => { o.recoveryPlans.dr = { name: 'dr', lastActionId: 't1', lastActionType: 'test', lastActionState: 'Waiting' }; }));
+    const out = formatPlan(busy);
+    expect(out).toMatch(/^No changes now: a declared action waits \(see the warnings above\)\. The declarations are not met yet\.$/m);
+    expect(JSON.parse(planToJson(busy)).refused).toEqual([]);
+  });
+
   test('every action type has a symbol; failover family is ! except test (+) and cleanup (-)', () => {
     expect(Object.keys(ACTION_SYMBOLS).sort()).toEqual([...PROTECTION_ACTIONS, ...FAILOVER_ACTIONS].sort());
     expect(FAILOVER_ACTIONS.filter((t) => ACTION_SYMBOLS[t] !== '!')).toEqual(['test-failover', 'cleanup-test-failover']);
