@@ -3,7 +3,7 @@
 import { TerminalError } from '../model/errors.ts';
 import { lookup } from '../model/observed.ts';
 import type { Job } from '../vault/vault.ts';
-import { failoverCalls, finish, type ExecContext, type VmStep } from './executor.ts';
+import { failoverCalls, finish, startJob, type ExecContext, type VmStep } from './executor.ts';
 import { runJournaledCalls } from './journal.ts';
 import { relationshipId } from './relationship-ids.ts';
 import { setStatusFields } from './status-fields.ts';
@@ -23,7 +23,7 @@ export async function runDirectAction(ctx: ExecContext, verb: DirectVerb, name: 
     vault.recordEvent({ kind: 'ProtectedVM', name, type: 'Normal', reason: verb === 'pause' ? 'ReplicationPaused' : 'ReplicationResumed', message: `by an operator (drsite ${verb})` });
     return undefined;
   }
-  const job = vault.createJob({ type: verb === 'reverse' ? 'ReverseReplication' : 'Resynchronize', target: `ProtectedVM/${name}`, input: { verb, relationshipId: cur.id } });
+  const job = startJob(vault, { type: verb === 'reverse' ? 'ReverseReplication' : 'Resynchronize', target: `ProtectedVM/${name}`, input: { verb, relationshipId: cur.id } }, `by an operator (drsite ${verb})`);
   try {
     if (verb === 'resync') {
       await runJournaledCalls(vault, job.id, [{ name: 'resync', site: sites.get(cur.primarySite), run: (s) => s.resync(cur.id), done: async () => false }]);

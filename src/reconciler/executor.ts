@@ -8,7 +8,7 @@ import { TerminalError } from '../model/errors.ts';
 import type { SiteSet } from '../sites/open-sites.ts';
 import type { Site, SiteVm } from '../sites/site.ts';
 import type { FailoverAdapterSettings, RelationshipView } from '../transport/agent-api.ts';
-import type { Job, JobType, Vault } from '../vault/vault.ts';
+import type { Job, JobType, NewJob, Vault } from '../vault/vault.ts';
 import { runJournaledCalls, unsupported, type SiteCall } from './journal.ts';
 import type { Observation } from './observe-sites.ts';
 import type { FailoverActionType, PlannedAction } from './plan-types.ts';
@@ -64,11 +64,32 @@ function policyOf(desired: DesiredState, name: string): ResolvedPolicySpec {
   return p.spec;
 }
 
-/** Closes a job and drops its leftover pending marks (their outcome is recorded on the steps). */
+/** `ProtectedVM/web-01` -> the object a job's events belong to. */
+function jobObject(target: string): { kind: string; name: string } {
+  const i = target.indexOf('/');
+  return i < 0 ? { kind: 'Job', name: target } : { kind: target.slice(0, i), name: target.slice(i + 1) };
+}
+
+/**
+ * Opens a job and records its start as an event of its target (ProtectedVM or RecoveryPlan), so
+ * `drsite events <vm|plan>` lists every job as it starts and ends beside health changes.
+ */
+export function startJob(vault: Vault, job: NewJob, why?: string): Job {
+  return vault.transaction(() => {
+    const j = vault.createJob(job);
+    vault.recordEvent({ ...jobObject(j.target), type: 'Normal', reason: `${j.type}Started`, message: `job ${j.id}${why ? `: ${why}` : ' started'}` });
+    return j;
+  });
+}
+
+/** Closes a job, drops its leftover pending marks (their outcome is recorded on the steps) and records how it ended as an event. */
 export function finish(vault: Vault, jobId: string, state: 'Succeeded' | 'Failed' | 'Cancelled', error?: unknown): Job {
   return vault.transaction(() => {
     for (const m of vault.listPending()) if (m.key.startsWith(`call:${jobId}:`)) vault.clearPending(m.key);
-    return vault.finishJob(jobId, state, error);
+    const j = vault.finishJob(jobId, state, error);
+    const message = `job ${j.id} ${state.toLowerCase()}${j.error?.message ? `: ${j.error.message}` : ''}`;
+    vault.recordEvent({ ...jobObject(j.target), type: state === 'Failed' ? 'Warning' : 'Normal', reason: `${j.type}${state}`, message });
+    return j;
   });
 }
 
@@ -93,7 +114,7 @@ export async function runProtectionAction(ctx: ExecContext, action: PlannedActio
     return undefined;
   }
 
-  const job = vault.createJob({ type: JOB_TYPE[action.type], target, input: { action } });
+  const job = startJob(vault, { type: JOB_TYPE[action.type], target, input: { action } }, action.reason);
   ctx.report(`${job.type} ${name}: started (${action.reason})`);
   try {
     let calls: SiteCall[];

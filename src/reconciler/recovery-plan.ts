@@ -13,7 +13,7 @@ import { TerminalError } from '../model/errors.ts';
 import { lookup } from '../model/observed.ts';
 import { formatBytes, parseDuration } from '../model/units.ts';
 import type { Job, Vault } from '../vault/vault.ts';
-import { JOB_TYPE, failoverCalls, finish, type ExecContext, type VmStep } from './executor.ts';
+import { JOB_TYPE, failoverCalls, finish, startJob, type ExecContext, type VmStep } from './executor.ts';
 import { failoverAdapters } from './failover-network.ts';
 import { runJournaledCalls } from './journal.ts';
 import type { FailoverActionType, PlannedAction } from './plan-types.ts';
@@ -121,7 +121,7 @@ export function planJobInput(ctx: ExecContext, rp: RecoveryPlan, actions: readon
 /** Starts the plan's job (recording the new action id first, so the same id is never run twice). */
 export function startPlanJob(vault: Vault, input: PlanJobInput): Job {
   return vault.transaction(() => {
-    const job = vault.createJob({ type: 'RecoveryPlan', target: target(input.plan), input });
+    const job = startJob(vault, { type: 'RecoveryPlan', target: target(input.plan), input }, `failover ${input.failoverId} (${input.cleanupTest ? 'cleanupTest' : input.failoverType}) started`);
     vault.recordAction('RecoveryPlan', input.plan, { id: input.failoverId, type: input.cleanupTest ? 'cleanupTest' : input.failoverType, jobId: job.id, state: 'Running' });
     // A new action clears what the previous one left in the status.
     vault.setStatus('RecoveryPlan', input.plan, {
@@ -222,7 +222,7 @@ async function runVmStep(ctx: ExecContext, plan: Job, s: VmStep): Promise<void> 
   }
   vault.startStep(plan.id, s.key);
   let child = vault.listJobs({ parentId: plan.id, state: 'Running', limit: 500 }).find((j) => (j.input as { key?: string } | undefined)?.key === s.key);
-  child ??= vault.createJob({ type: JOB_TYPE[s.type], target: `ProtectedVM/${s.protectedVm}`, parentId: plan.id, input: { key: s.key, step: s } });
+  child ??= startJob(vault, { type: JOB_TYPE[s.type], target: `ProtectedVM/${s.protectedVm}`, parentId: plan.id, input: { key: s.key, step: s } }, `${s.key} of recovery plan ${plan.target.replace(/^RecoveryPlan\//, '')} (job ${plan.id})`);
   let outputs: Record<string, unknown>;
   try {
     outputs = await runJournaledCalls(vault, child.id, failoverCalls(ctx.sites, s, child.id));
@@ -284,12 +284,18 @@ async function runScriptStep(ctx: ExecContext, plan: Job, input: PlanJobInput, g
   }
   const output = { exitCode: result.exitCode, stdout: result.stdoutTail, stderr: result.stderrTail, ...(result.resumed && { resumed: true }) };
   if (result.exitCode === 0) {
-    vault.endStep(plan.id, name, { state: 'Succeeded', output });
+    vault.transaction(() => {
+      vault.endStep(plan.id, name, { state: 'Succeeded', output });
+      vault.recordEvent({ kind: 'RecoveryPlan', name: input.plan, type: 'Normal', reason: 'ScriptSucceeded', message: `${name}: ${script.path} exited 0` });
+    });
     return;
   }
   const why = result.timedOut ? `timed out after ${script.timeout ?? '5m'} and was killed` : `exited with code ${result.exitCode}`;
   const err = new TerminalError('invalid-state', `action ${name}: script ${script.path} ${why}${result.stderrTail || result.stdoutTail ? `: ${(result.stderrTail || result.stdoutTail).trim().split('\n').slice(-5).join(' | ')}` : ''}`);
-  vault.endStep(plan.id, name, { state: 'Failed', error: err, output });
+  vault.transaction(() => {
+    vault.endStep(plan.id, name, { state: 'Failed', error: err, output });
+    vault.recordEvent({ kind: 'RecoveryPlan', name: input.plan, type: 'Warning', reason: 'ScriptFailed', message: err.message });
+  });
   throw err;
 }
 
