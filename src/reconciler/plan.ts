@@ -165,7 +165,11 @@ function planProtection(ctx: Ctx, pvm: ProtectedVM): void {
   }
 
   const policyIds: string[] = [];
-  const changes = diffPolicy(rel.appliedPolicy, policy);
+  // How the first copy is made matters only until it is made: a reverse or failback creates its
+  // relationship with existing-replica, and the declared method is not a change to apply then.
+  const copied = rel.state !== 'ReadyForInitialReplication' && rel.state !== 'InitialReplicationInProgress';
+  const settled = copied ? SETTLED_AFTER_INITIAL : [];
+  const changes = diffPolicy(rel.appliedPolicy, policy, settled);
   if (changes) {
     policyIds.push(b.add('change-policy', target, describePolicyChange(rel.appliedPolicy, policy, changes, 'replica'), false, {
       hop: 'replica', from: rel.appliedPolicy?.name, to: policy.metadata.name, changes,
@@ -175,7 +179,7 @@ function planProtection(ctx: Ctx, pvm: ProtectedVM): void {
   const obsExt = rel.extendedReplica;
   if (!reversed && ext && obsExt && obsExt.site === ext.site) {
     const extPolicy = ctx.policies.get(ext.policy);
-    const extChanges = extPolicy && diffPolicy(obsExt.policy, extPolicy);
+    const extChanges = extPolicy && diffPolicy(obsExt.policy, extPolicy, settled);
     if (extPolicy && extChanges) {
       policyIds.push(b.add('change-policy', target, describePolicyChange(obsExt.policy, extPolicy, extChanges, 'extended'), false, {
         hop: 'extended', from: obsExt.policy.name, to: ext.policy, changes: extChanges,
@@ -320,12 +324,20 @@ function planExtended(ctx: Ctx, pvm: ProtectedVM, rel: ObservedRelationship, ids
   }
 }
 
-/** Field-level differences between the applied and the declared policy; null when none (same name too). */
-export function diffPolicy(applied: AppliedPolicy | undefined, desired: ResolvedReplicationPolicy): PolicyFieldChange[] | null {
+/** Policy fields that only shape the initial copy: once it is done they are not compared. */
+const SETTLED_AFTER_INITIAL: readonly string[] = ['initialReplication'];
+
+/**
+ * Field-level differences between the applied and the declared policy; null when none (same name
+ * too). `ignore` names fields that no longer matter for this relationship (a field dropped from
+ * the declaration still counts: removing a bandwidth cap is a change).
+ */
+export function diffPolicy(applied: AppliedPolicy | undefined, desired: ResolvedReplicationPolicy, ignore: readonly string[] = []): PolicyFieldChange[] | null {
   const from = (applied?.spec ?? {}) as Record<string, unknown>;
   const to = desired.spec as Record<string, unknown>;
   const changes: PolicyFieldChange[] = [];
   for (const field of [...new Set([...Object.keys(from), ...Object.keys(to)])].sort()) {
+    if (ignore.includes(field)) continue;
     const a = from[field] === undefined ? undefined : canonicalJson(from[field], `policy.${field}`);
     const z = to[field] === undefined ? undefined : canonicalJson(to[field], `policy.${field}`);
     if (a !== z) changes.push({ field, ...(a !== undefined && { from: a }), ...(z !== undefined && { to: z }) });

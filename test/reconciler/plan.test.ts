@@ -346,6 +346,26 @@ describe('plan(): protection', () => {
     }
   });
 
+  test('a reversed relationship made with existing-replica is not a policy change; before the first copy the method still is', () => {
+    const d = desired({ vms: [web] });
+    const existing = { method: 'existing-replica', startAt: 'immediately' };
+    // After a reverse or failback: replicating the other way with the method the failover chose.
+    const reversed = plan(d, observed(d, (o) => {
+      const r = o.relationships.web;
+      r.direction = { primary: 'site-b', replica: 'site-a' };
+      r.appliedPolicy = { name: r.appliedPolicy!.name, spec: { ...r.appliedPolicy!.spec, initialReplication: existing } as never };
+    }));
+    expect(reversed.actions.map((a) => a.type)).toEqual([]);
+    // Not copied yet: the declared method is what the first copy must use.
+    const waiting = plan(d, observed(d, (o) => {
+      const r = o.relationships.web;
+      r.state = 'ReadyForInitialReplication';
+      r.recoveryPoints = 0;
+      r.appliedPolicy = { name: r.appliedPolicy!.name, spec: { ...r.appliedPolicy!.spec, initialReplication: existing } as never };
+    }));
+    expect(waiting.actions.filter((a) => a.type === 'change-policy').map((a) => (a.details as { changes: { field: string }[] }).changes.map((c) => c.field))).toEqual([['initialReplication']]);
+  });
+
   test('inputs are not mutated and the plan is plain JSON', () => {
     const d = desired({ vms: [web, db, pvm('app', { replicaStoragePath: '/x' })], policies: [policy('gold', { frequency: '30s' }), policy('silver')] });
     const o = observed(d, (x) => { delete x.relationships.app; x.relationships.db.state = 'Suspended'; x.relationships.db.suspendedBy = 'engine'; });
