@@ -1,9 +1,8 @@
 // The QEMU command line as data (disks from the NBD exports, NICs from the site's network map,
-// the seed and guest-agent channel), the settings errors, the accelerator probe and the factory.
+// the seed and guest-agent channel), the settings errors and the factory (the accelerator probe: accel.test.ts).
 import { describe, expect, it } from 'vitest';
 import { FilesHypervisor } from '../../src/agent/hypervisor/files.ts';
 import { hypervisorFor } from '../../src/agent/hypervisor/index.ts';
-import { chooseAccel, probeAccel } from '../../src/agent/hypervisor/qemu/accel.ts';
 import { macFor, qemuArgs, type LaunchInput } from '../../src/agent/hypervisor/qemu/qemu-args.ts';
 import { QemuHypervisor } from '../../src/agent/hypervisor/qemu/qemu-hypervisor.ts';
 import type { VmDefinition } from '../../src/model/hypervisor.ts';
@@ -66,23 +65,6 @@ describe('qemuArgs', () => {
     expect(() => qemuArgs({ ...input, settings: { networks: { test: 'user' } } })).toThrow('(declared: test)');
     expect(() => qemuArgs({ ...input, settings: { networks: { prod: 'user,id=x' } } })).toThrow('site qemu.networks.prod: "user,id=x" must not set id');
     expect(() => qemuArgs({ ...input, settings: { networks: { prod: 'hubport' } } })).toThrow('site qemu.networks.prod: "hubport" does not start with a netdev type');
-  });
-});
-
-describe('accelerator', () => {
-  it('the probe guest runs under TCG, and auto picks KVM only when the probe runs under it', async () => {
-    expect(await probeAccel('qemu-system-x86_64', 'tcg')).toEqual({ accel: 'tcg', works: true, reason: 'probe guest ran' });
-    const kvm = await probeAccel('qemu-system-x86_64', 'kvm');
-    const auto = await chooseAccel('qemu-system-x86_64', 'auto');
-    expect(auto.accel).toBe(kvm.works ? 'kvm' : 'tcg');
-    if (!kvm.works) expect(auto.reason).toBe(`KVM not usable: ${kvm.reason}`);
-    expect(await chooseAccel('qemu-system-x86_64', 'tcg')).toEqual({ accel: 'tcg', reason: 'set in the site settings' });
-  });
-
-  it('a probe with an emulator that does not exist does not work', async () => {
-    const p = await probeAccel('/nonexistent/qemu-system-x86_64', 'tcg', 2000);
-    expect(p.works).toBe(false);
-    expect(p.reason).toContain('ENOENT');
   });
 });
 
