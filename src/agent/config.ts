@@ -34,10 +34,11 @@ export interface AgentConfig {
 /** The qemu driver's settings from the Site's `qemu` block (the same block in an agent's configuration file). */
 export function qemuSettingsOf(block: QemuSiteSettings | undefined): QemuSettings {
   if (!block) return {};
-  const { shutdownTimeout, networks, ...rest } = block;
+  const { shutdownTimeout, bootTimeout, networks, ...rest } = block;
   const ms = shutdownTimeout === undefined ? undefined : parseDuration(shutdownTimeout);
+  const boot = bootTimeout === undefined ? undefined : parseDuration(bootTimeout);
   const nets = networks && Object.fromEntries(Object.entries(networks).filter((e): e is [string, string] => e[1] !== undefined));
-  return { ...rest, ...(nets && { networks: nets }), ...(ms !== undefined && { shutdownTimeoutMs: ms }) };
+  return { ...rest, ...(nets && { networks: nets }), ...(ms !== undefined && { shutdownTimeoutMs: ms }), ...(boot !== undefined && { bootTimeoutMs: boot }) };
 }
 
 const SCHEMA_DIR = join(import.meta.dirname, '..', '..', 'schemas');

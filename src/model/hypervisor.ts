@@ -59,6 +59,22 @@ export interface VmRuntimeStatus {
   detail?: string;
   /** Set when the guest stopped without being asked to (the emulator crashed or was killed). */
   crashed?: { at: number; message: string };
+  /** A running real guest's boot signs. */
+  guest?: GuestLiveness;
+}
+
+/**
+ * Whether a running guest shows it booted: its serial console printed, or its guest agent answered.
+ * A guest can run (QEMU up, vCPUs spinning) and never boot, e.g. a Linux kernel under a nested KVM
+ * that cannot run it; only these signs tell the two apart.
+ */
+export interface GuestLiveness {
+  /** `booting`: no sign yet, within the boot timeout; `alive`: a sign was seen; `not-booting`: none within it. */
+  state: 'booting' | 'alive' | 'not-booting';
+  /** When the driver started the guest (or attached to one already running), ms since the epoch. */
+  since: number;
+  /** What was seen, e.g. `serial console output`, or what was not, for how long. */
+  evidence: string;
 }
 
 export interface Hypervisor {
@@ -80,6 +96,8 @@ export interface Hypervisor {
    */
   setPower(name: string, power: PowerState, opts: PowerOptions): Promise<VmDefinition>;
   status(name: string): Promise<VmRuntimeStatus>;
+  /** A running real guest's boot signs (undefined when it does not run, or the driver does not watch). */
+  liveness?(name: string): GuestLiveness | undefined;
   /** A real guest's qemu-guest-agent channel (a unix socket): how its filesystems are frozen for an application-consistent point. */
   guestAgentSocket?(name: string): string;
   /** A real guest: stops its vCPUs with its I/O drained (QMP `stop`), so its disks can be swapped under it. */

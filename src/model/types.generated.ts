@@ -98,6 +98,10 @@ export interface QemuSiteSettings {
    * UEFI firmware for VMs that boot with firmware uefi. @default /usr/share/ovmf/OVMF.fd
    */
   uefiFirmware?: string;
+  /**
+   * How long a started guest has to show it booted (serial console output or a guest agent reply) before its relationship turns Warning with reason guest-not-booting; 0 turns the check off. @default 45s
+   */
+  bootTimeout?: string;
 }
 
 /**

@@ -28,6 +28,11 @@ export interface QemuSettings {
   readonly shutdownTimeoutMs?: number;
   /** UEFI firmware image for `boot: { firmware: uefi }`. @default "/usr/share/ovmf/OVMF.fd" */
   readonly uefiFirmware?: string;
+  /**
+   * How long a started guest has to show it booted (serial console output or a guest agent reply)
+   * before its relationships turn Warning (`guest-not-booting`); 0 turns the watch off. @default 45000
+   */
+  readonly bootTimeoutMs?: number;
 }
 
 export const QEMU_DEFAULTS = {
@@ -38,6 +43,7 @@ export const QEMU_DEFAULTS = {
   machine: 'q35',
   shutdownTimeoutMs: 60_000,
   uefiFirmware: '/usr/share/ovmf/OVMF.fd',
+  bootTimeoutMs: 45_000,
 } as const;
 
 /** Seconds a guest's disk I/O waits for the agent's NBD export to come back before it fails. */

@@ -4,15 +4,16 @@
 // through QMP. A guest that stops without being asked is recorded as crashed; nothing here throws
 // into the agent for it, and an agent restart re-attaches through the pidfile and QMP socket.
 import { spawn } from 'node:child_process';
-import { readFile, rm, stat } from 'node:fs/promises';
+import { open, readFile, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { readJsonIfExists, writeJsonAtomic } from '../../../core/atomic-file.ts';
 import { TerminalError } from '../../../model/errors.ts';
-import type { Hypervisor, PowerOptions, PowerState, VmDefinition, VmDisk, VmRuntimeStatus } from '../../../model/hypervisor.ts';
+import type { GuestLiveness, Hypervisor, PowerOptions, PowerState, VmDefinition, VmDisk, VmRuntimeStatus } from '../../../model/hypervisor.ts';
 import { silentLogger, type Logger } from '../../../transport/logger.ts';
 import { FilesHypervisor } from '../files.ts';
-import { chooseAccel } from './accel.ts';
+import { chooseAccel, type ProbeGuest } from './accel.ts';
+import { GuestAgentClient } from './guest-agent.ts';
 import { QEMU_DEFAULTS, qemuArgs, type Accel, type GuestPaths, type QemuSettings } from './qemu-args.ts';
 import { QmpClient, QmpError } from './qmp.ts';
 
@@ -37,7 +38,28 @@ interface Guest {
   shutdown: { guest?: boolean; reason?: string } | undefined;
   /** Resolves once QEMU's QMP socket closed and the process is gone. */
   readonly gone: Promise<void>;
+  /** Boot signs: watched from start (or attach) until one is seen or QEMU is gone. */
+  readonly boot: BootWatch;
 }
+
+interface BootWatch {
+  /** When this driver started the guest, or attached to it (then `attached`). */
+  readonly since: number;
+  readonly attached: boolean;
+  /** The accelerator this driver started it with (unknown for an adopted guest). */
+  readonly accel?: Accel;
+  /** The first sign seen. */
+  seen?: string;
+  /** A guest agent ping is under way. */
+  pinging: boolean;
+  timer?: NodeJS.Timeout;
+}
+
+/** How often a booting guest's serial log is looked at. */
+const BOOT_POLL_MS = 1000;
+/** A guest agent ping (only while the console is silent): every few polls, each with this timeout. */
+const BOOT_PING_EVERY = 5;
+const BOOT_PING_TIMEOUT_MS = 1000;
 
 interface CrashRecord {
   at: number;
@@ -59,7 +81,8 @@ export class QemuHypervisor implements Hypervisor {
   readonly #guests = new Map<string, Guest>();
   /** One start, stop or adoption at a time per VM. */
   readonly #locks = new Map<string, Promise<unknown>>();
-  #accel: Promise<{ accel: Accel; reason: string }> | undefined;
+  /** The `auto` probe's result per machine type and kernel (what the probe booted). */
+  readonly #accels = new Map<string, Promise<{ accel: Accel; reason: string }>>();
 
   constructor(root: string, settings: QemuSettings = {}, opts: QemuHypervisorOptions = {}) {
     // Absolute: a daemonized QEMU changes its directory to /, so no path it gets may be relative.
@@ -102,10 +125,46 @@ export class QemuHypervisor implements Hypervisor {
     return this.#paths(name).qga;
   }
 
-  /** The accelerator guests start with, and why (the `auto` probe's result). */
-  accel(): Promise<{ accel: Accel; reason: string }> {
-    this.#accel ??= chooseAccel(this.settings.emulator ?? QEMU_DEFAULTS.emulator, this.settings.accel ?? QEMU_DEFAULTS.accel);
-    return this.#accel;
+  /**
+   * The accelerator a guest booting `kernel` (absent: from its firmware) starts with, and why. With
+   * `auto`, the probe boots that kernel under the site's machine type, once per kernel; a fallback
+   * to TCG is logged with its reason.
+   */
+  accel(kernel?: string): Promise<{ accel: Accel; reason: string }> {
+    const guest: ProbeGuest = {
+      machine: this.settings.machine ?? QEMU_DEFAULTS.machine,
+      memoryMiB: this.settings.memoryMiB ?? QEMU_DEFAULTS.memoryMiB,
+      ...(kernel !== undefined && { kernel: resolve(kernel) }),
+    };
+    const key = `${guest.machine}\0${guest.kernel ?? ''}`;
+    let chosen = this.#accels.get(key);
+    if (!chosen) {
+      const wanted = this.settings.accel ?? QEMU_DEFAULTS.accel;
+      chosen = chooseAccel(this.settings.emulator ?? QEMU_DEFAULTS.emulator, wanted, guest);
+      if (wanted === 'auto') {
+        void chosen.then((c) => {
+          if (c.accel === 'kvm') this.#log.info('qemu accel: KVM', { machine: guest.machine, kernel: guest.kernel, reason: c.reason });
+          else this.#log.warn('qemu accel: falling back to TCG', { machine: guest.machine, kernel: guest.kernel, reason: c.reason });
+        });
+      }
+      this.#accels.set(key, chosen);
+    }
+    return chosen;
+  }
+
+  /**
+   * Boot signs of a running guest: `alive` once its serial console printed or its guest agent
+   * answered, `not-booting` when neither happened within the site's boot timeout of its start.
+   */
+  liveness(name: string): GuestLiveness | undefined {
+    const g = this.#guests.get(name);
+    if (!g || g.qmp.isClosed || g.quitting || this.#bootTimeoutMs() === 0) return undefined;
+    const w = g.boot;
+    if (w.seen) return { state: 'alive', since: w.since, evidence: w.seen };
+    const elapsed = Date.now() - w.since;
+    const from = w.attached ? 'since the agent attached to it' : `since QEMU started it${w.accel ? ` (accel ${w.accel})` : ''}`;
+    const evidence = `no serial console output and no guest agent reply ${Math.round(elapsed / 1000)} s ${from}`;
+    return { state: elapsed >= this.#bootTimeoutMs() ? 'not-booting' : 'booting', since: w.since, evidence };
   }
 
   async remove(name: string): Promise<void> {
@@ -171,7 +230,10 @@ export class QemuHypervisor implements Hypervisor {
         if (DEAD_STATES.has(s.status)) {
           return { power: 'Running', detail: s.status, crashed: { at: Date.now(), message: `the guest of VM "${name}" stopped in QEMU state ${s.status} (e.g. a KVM emulation failure or a guest panic); QEMU (pid ${g.pid}) still runs` } };
         }
-        if (s.status !== 'shutdown') return { power: 'Running', detail: s.status };
+        if (s.status !== 'shutdown') {
+          const guest = this.liveness(name);
+          return { power: 'Running', detail: s.status, ...(guest && { guest }) };
+        }
         // Powered off and being let go: answer once that is recorded, so status and vm.json agree.
         await Promise.race([g.gone, sleep(10_000)]);
       } catch (e) {
@@ -195,6 +257,7 @@ export class QemuHypervisor implements Hypervisor {
   /** Drops the QMP connections; the guests keep running for the next driver to adopt. */
   async close(): Promise<void> {
     for (const g of this.#guests.values()) {
+      clearInterval(g.boot.timer);
       g.detached = true;
       g.qmp.close();
     }
@@ -250,12 +313,51 @@ export class QemuHypervisor implements Hypervisor {
     return g;
   }
 
-  async #attach(name: string, pid: number, paths: GuestPaths): Promise<Guest> {
+  #bootTimeoutMs(): number {
+    return this.settings.bootTimeoutMs ?? QEMU_DEFAULTS.bootTimeoutMs;
+  }
+
+  /** Looks for boot signs until one shows: the serial log first (cheap), a guest agent ping now and then. */
+  #watchBoot(g: Guest, paths: GuestPaths): void {
+    const w = g.boot;
+    let polls = 0;
+    const look = async () => {
+      if (w.seen || g.qmp.isClosed) return clearInterval(w.timer);
+      polls++;
+      const head = await readHead(paths.serial, 4096);
+      if (/\S/.test(head)) return this.#sawBoot(g, 'serial console output');
+      if (polls % BOOT_PING_EVERY !== 0 || w.pinging) return;
+      w.pinging = true;
+      try {
+        const c = await GuestAgentClient.connect(paths.qga, g.vm, BOOT_PING_TIMEOUT_MS);
+        c.close();
+        this.#sawBoot(g, 'guest agent answered');
+      } catch {
+        // No agent (yet, or at all): the serial log may still show the boot.
+      } finally {
+        w.pinging = false;
+      }
+    };
+    w.timer = setInterval(() => void look().catch(() => {}), BOOT_POLL_MS);
+    w.timer.unref();
+    void look().catch(() => {});
+  }
+
+  #sawBoot(g: Guest, what: string): void {
+    if (g.boot.seen) return;
+    g.boot.seen = what;
+    clearInterval(g.boot.timer);
+    const late = Date.now() - g.boot.since >= this.#bootTimeoutMs();
+    if (late) this.#log.info('qemu guest booted after its boot timeout', { vm: g.vm, sign: what });
+  }
+
+  async #attach(name: string, pid: number, paths: GuestPaths, started?: { accel: Accel }): Promise<Guest> {
     const qmp = await QmpClient.connect(paths.qmp).catch((e: unknown) => {
       throw new TerminalError('invalid-state', `VM "${name}": cannot attach to its QEMU (pid ${pid}): ${(e as Error).message}`, { cause: e });
     });
     let resolveGone!: () => void;
-    const g: Guest = { vm: name, pid, qmp, requested: false, quitting: false, detached: false, shutdown: undefined, gone: new Promise((r) => (resolveGone = r)) };
+    const boot: BootWatch = { since: Date.now(), attached: !started, ...(started && { accel: started.accel }), pinging: false };
+    const g: Guest = { vm: name, pid, qmp, requested: false, quitting: false, detached: false, shutdown: undefined, gone: new Promise((r) => (resolveGone = r)), boot };
     qmp.onEvent((e) => {
       if (e.event !== 'SHUTDOWN') return;
       g.shutdown = e.data as Guest['shutdown'];
@@ -263,7 +365,9 @@ export class QemuHypervisor implements Hypervisor {
       if (g.shutdown?.guest === true && !g.quitting) void this.#quit(g).catch(() => {});
     });
     this.#guests.set(name, g);
+    if (this.#bootTimeoutMs() > 0) this.#watchBoot(g, paths);
     void qmp.closed.then(async () => {
+      clearInterval(g.boot.timer);
       if (g.detached) return resolveGone();
       await waitGone(pid, 5000);
       try {
@@ -323,7 +427,7 @@ export class QemuHypervisor implements Hypervisor {
       if (!(await isFile(fw))) throw new TerminalError('invalid-argument', `VM "${vm.name}": UEFI firmware ${fw} not found (install ovmf or set the site's qemu.uefiFirmware)`);
     }
     if (opts.seedImage !== undefined && !(await isFile(opts.seedImage))) throw new TerminalError('invalid-argument', `VM "${vm.name}": seed image ${opts.seedImage} is not a readable file`);
-    const { accel } = await this.accel();
+    const { accel } = await this.accel(boot && 'kernel' in boot ? boot.kernel : undefined);
     const absolute = boot && 'kernel' in boot
       ? { ...vm, boot: { ...boot, kernel: resolve(boot.kernel), ...(boot.initrd !== undefined ? { initrd: resolve(boot.initrd) } : {}) } }
       : vm;
@@ -345,7 +449,7 @@ export class QemuHypervisor implements Hypervisor {
     if (pid === undefined) throw new TerminalError('invalid-state', `VM "${vm.name}": QEMU started but wrote no pidfile ${paths.pidfile}`);
     let g: Guest;
     try {
-      g = await this.#attach(vm.name, pid, paths);
+      g = await this.#attach(vm.name, pid, paths, { accel });
       await g.qmp.execute('cont');
     } catch (e) {
       process.kill(pid, 'SIGKILL');
@@ -392,6 +496,19 @@ export class QemuHypervisor implements Hypervisor {
     }
     g.qmp.close();
     await g.gone;
+  }
+}
+
+/** The first `bytes` of a file as latin1 ('' when it is missing). */
+async function readHead(path: string, bytes: number): Promise<string> {
+  const f = await open(path, 'r').catch(() => undefined);
+  if (!f) return '';
+  try {
+    const buf = Buffer.alloc(bytes);
+    const { bytesRead } = await f.read(buf, 0, bytes, 0);
+    return buf.subarray(0, bytesRead).toString('latin1');
+  } finally {
+    await f.close();
   }
 }
 
