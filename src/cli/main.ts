@@ -1,5 +1,7 @@
 // The `drsite` command: argument parsing and dispatch. Each command lives in its own module and
 // returns an exit code; this file only wires them and turns failures into one clear line.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { describeError, processIo, type Io, type OutputFormat } from './output.ts';
 
@@ -15,6 +17,8 @@ export interface GlobalOptions {
   waitLock?: string;
 }
 
+const VERSION = (JSON.parse(readFileSync(join(import.meta.dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
+
 /** Exit codes shared by every command. */
 export const EXIT = { ok: 0, invalid: 1, changes: 2 } as const;
 
@@ -28,7 +32,10 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     .option('--state <url>', 'control-plane state: a SQLite path, or etcd://host:port,host:port... for controllers at several sites (see docs/control-plane.md)')
     .option('--state-dir <dir>', 'state directory: embedded sites, certificates, journals', '.drsite')
     .option('--wait-lock <duration>', 'apply, run, verbs: wait this long for another drsite reconciling the same vault (default: refuse at once)')
+    .version(VERSION, '-V, --version')
     .exitOverride()
+    // Every subcommand's --help lists --state-dir, -o and the rest too (inherited by the commands below).
+    .configureHelp({ showGlobalOptions: true })
     .configureOutput({ writeOut: (s) => io.out(s), writeErr: (s) => io.err(s) });
 
   const globals = (): GlobalOptions => {
@@ -153,12 +160,16 @@ export async function main(argv: string[], io: Io = processIo): Promise<number> 
     ['resume', 'resume replication of a ProtectedVM'],
   ];
   for (const [verb, description] of verbs) {
-    program.command(verb).description(description).argument('<target>', 'RecoveryPlan or ProtectedVM name').argument('<paths...>', 'YAML files or directories')
-      .option('--unplanned', 'failover: the primary is lost; use a recovery point', false)
-      .option('--cleanup', 'test-failover: remove the test VMs', false)
-      .option('--commit', 'failover: commit (and reverse replication for planned)', false)
-      .option('--recovery-point <point>', 'latest | latest-app-consistent | RFC 3339 time', 'latest')
-      .action(run(async (target: string, p: string[], o: import('./verbs.ts').VerbFlags) => (await import('./verbs.ts')).verbCommand(verb, target, p, o, globals(), io)));
+    const cmd = program.command(verb).description(description).argument('<target>', 'RecoveryPlan or ProtectedVM name').argument('<paths...>', 'YAML files or directories');
+    // Each verb lists only the options it reads.
+    if (verb === 'failover') {
+      cmd.option('--unplanned', 'the primary is lost: start from a recovery point', false)
+        .option('--commit', 'commit at once (and reverse replication for a planned failover)', false);
+    }
+    if (verb === 'test-failover') cmd.option('--cleanup', 'remove the test VMs instead', false);
+    if (verb === 'failover' || verb === 'test-failover') cmd.option('--recovery-point <point>', 'latest | latest-app-consistent | RFC 3339 time', 'latest');
+    cmd.action(run(async (target: string, p: string[], o: Partial<import('./verbs.ts').VerbFlags>) =>
+      (await import('./verbs.ts')).verbCommand(verb, target, p, { unplanned: false, cleanup: false, commit: false, recoveryPoint: 'latest', ...o }, globals(), io)));
   }
 
   try {

@@ -71,7 +71,12 @@ export function parseYamlSource(file: string, text: string): ParsedSource {
     if (contents === null || isEmptyScalar(contents)) return;
     nonEmpty++;
     if (doc.errors.length > 0) {
+      // The parser often reports one mistake twice at the same spot (e.g. a mis-indented key is
+      // both "nested mappings" and "implicit keys"): the first says it.
+      const spots = new Set<number>();
       for (const e of doc.errors) {
+        if (spots.has(e.pos[0])) continue;
+        spots.add(e.pos[0]);
         const summary = e.code === 'RESOURCE_EXHAUSTION' ? 'the document is nested too deeply or too large' : e.message;
         diag(at(e.pos[0]), `invalid YAML: ${summary}`, yamlErrorHint(e.code));
       }

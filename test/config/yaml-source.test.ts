@@ -71,6 +71,8 @@ describe('problems are diagnostics, never exceptions', () => {
     ['a null document', '~\n', ['error 1:1  document is not a mapping']],
     ['duplicate keys', 'a: 1\na: 2\n', ['error 2:1  invalid YAML: Map keys must be unique']],
     ['tabs as indentation', 'a:\n\tb: 1\n', ['error 2:1  invalid YAML: Tabs are not allowed as indentation']],
+    // The parser reports this spot twice (nested mappings, implicit keys): one diagnostic per spot.
+    ['a key indented deeper than its siblings', 'spec:\n  type: local\n   host: x\n', ['error 2:9  invalid YAML: Nested mappings are not allowed in compact mappings']],
     ['an unresolved alias', 'a: 1\nb: *nope\n', ['error 2:4  invalid YAML: Unresolved alias (the anchor must be set before the alias): nope']],
     ['a recursive alias', 'a: &x [1, *x]\n', ['error 1:11 a[1] recursive alias']],
     ['a number beyond float range', 'spec:\n  port: 1e999\n', ['error 2:9 spec.port number is not finite']],
