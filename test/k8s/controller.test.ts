@@ -103,6 +103,23 @@ describe('drsite controller (against the fake API server)', () => {
     expect(statusOf(get('protectedvms', 'app-01'))?.state).toBe('Replicating');
   });
 
+  test('a declared failover the state refuses is a False FailoverAccepted condition on the RecoveryPlan, with the reason', async () => {
+    // app-01 runs on its declared primary: a failback has nothing to bring home.
+    await env.user.createNamespacedCustomObject({ ...ref('recoveryplans'), body: {
+      apiVersion: 'drsite.dev/v1', kind: 'RecoveryPlan', metadata: { name: 'dr' },
+      spec: { groups: [{ vms: ['app-01'] }], failover: { id: 'fb-1', type: 'failback' } },
+    } });
+    const refused = await waitFor('dr FailoverAccepted False', () => {
+      const c = condition(get('recoveryplans', 'dr'), 'FailoverAccepted');
+      return c?.status === 'False' ? c : undefined;
+    }, 15_000, logs);
+    expect(refused.reason).toBe('Refused');
+    expect(refused.message).toMatch(/failover fb-1 \(failback\) refused: app-01 runs on its declared primary site-a: nothing to fail back/);
+    expect(env.fake.pruned).toEqual([]);
+    await env.user.deleteNamespacedCustomObject({ ...ref('recoveryplans'), name: 'dr' });
+    await waitFor('dr gone', () => !get('recoveryplans', 'dr'), 10_000, logs);
+  });
+
   test('a watch that comes back after its resourceVersion expired (410 Gone) re-lists and sees what it missed', async () => {
     const listsBefore = c1.informer('NetworkMapping').lists;
     const release = env.fake.holdWatches();
