@@ -7,6 +7,7 @@ import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { readJsonIfExists } from '../core/atomic-file.ts';
+import { guestHealthReason, withHealthReasons, type HealthReason } from '../core/health.ts';
 import type { RelationshipKeys } from '../core/types.ts';
 import { systemClock, type Clock } from '../model/clock.ts';
 import { TerminalError, isRecoverable } from '../model/errors.ts';
@@ -221,9 +222,20 @@ export class Agent implements AgentContext {
 
   relationships(): RelationshipView[] {
     const now = this.clock.now();
-    return [...[...this.primaries.values()].map((p) => p.view()), ...[...this.replicas.values()].map((r) => r.view(now))].sort((a, b) =>
-      a.id < b.id ? -1 : a.id > b.id ? 1 : a.role < b.role ? -1 : 1,
-    );
+    return [...[...this.primaries.values()].map((p) => p.view()), ...[...this.replicas.values()].map((r) => r.view(now))]
+      .map((v) => withHealthReasons(v, this.#guestReasons(v)))
+      .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : a.role < b.role ? -1 : 1));
+  }
+
+  /**
+   * The VMs of a relationship that run on this host (the protected VM here, or the VM a failover or
+   * test failover started from its replica) and do not boot.
+   */
+  #guestReasons(v: RelationshipView): HealthReason[] {
+    const liveness = this.hv.liveness?.bind(this.hv);
+    if (!liveness) return [];
+    const vms = new Set([v.vm, v.failover?.vm, v.testFailover?.vm].filter((n): n is string => n !== undefined && this.runtimes.has(n)));
+    return [...vms].map((vm) => guestHealthReason(vm, liveness(vm))).filter((r): r is HealthReason => r !== undefined);
   }
 
   // --------------------------------------------------------------------------------------- routes

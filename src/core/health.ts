@@ -1,6 +1,8 @@
 // Replication health (Normal / Warning / Critical) from a relationship's facts, with the reasons,
 // as Hyper-V Replica shows it: Warning when replication is late or degraded but recovers by
 // itself, Critical when only an operator can fix it.
+import type { GuestLiveness } from '../model/hypervisor.ts';
+import type { RelationshipView } from '../model/replication-api.ts';
 import type { State } from './replication-state.ts';
 
 export type Health = 'Normal' | 'Warning' | 'Critical';
@@ -15,7 +17,8 @@ export type HealthReasonCode =
   | 'resynchronizing'
   | 'threshold-exceeded'
   | 'suspended'
-  | 'app-consistency';
+  | 'app-consistency'
+  | 'guest-not-booting';
 
 export interface HealthReason {
   readonly code: HealthReasonCode;
@@ -102,4 +105,27 @@ export function assessHealth(f: HealthFacts): { health: Health; reasons: HealthR
 
   const health: Health = reasons.some((r) => r.severity === 'Critical') ? 'Critical' : reasons.length ? 'Warning' : 'Normal';
   return { health, reasons };
+}
+
+/**
+ * A VM that runs on this host (the primary's, or one a failover or test failover started) but shows
+ * no sign of having booted within its boot timeout: Warning, so that Normal means the VM works.
+ */
+export function guestHealthReason(vm: string, guest: GuestLiveness | undefined): HealthReason | undefined {
+  if (guest?.state !== 'not-booting') return undefined;
+  return { code: 'guest-not-booting', severity: 'Warning', message: `guest-not-booting: VM "${vm}" runs but shows no boot progress: ${guest.evidence}` };
+}
+
+const RANK: Record<Health, number> = { Normal: 0, Warning: 1, Critical: 2 };
+
+/** `view` with `extra` reasons added: its health (and its statistics' health) raised to the worst of them. */
+export function withHealthReasons(view: RelationshipView, extra: readonly HealthReason[]): RelationshipView {
+  if (extra.length === 0) return view;
+  const health = extra.reduce<Health>((w, r) => (RANK[r.severity] > RANK[w] ? r.severity : w), view.health);
+  return {
+    ...view,
+    health,
+    healthReasons: [...view.healthReasons, ...extra.map((r) => r.message)],
+    statistics: { ...view.statistics, health },
+  };
 }

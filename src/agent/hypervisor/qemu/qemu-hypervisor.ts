@@ -162,9 +162,13 @@ export class QemuHypervisor implements Hypervisor {
     const w = g.boot;
     if (w.seen) return { state: 'alive', since: w.since, evidence: w.seen };
     const elapsed = Date.now() - w.since;
-    const from = w.attached ? 'since the agent attached to it' : `since QEMU started it${w.accel ? ` (accel ${w.accel})` : ''}`;
-    const evidence = `no serial console output and no guest agent reply ${Math.round(elapsed / 1000)} s ${from}`;
-    return { state: elapsed >= this.#bootTimeoutMs() ? 'not-booting' : 'booting', since: w.since, evidence };
+    const timeout = this.#bootTimeoutMs();
+    const from = w.attached ? 'the agent attached to it' : `QEMU started it${w.accel ? ` (accel ${w.accel})` : ''}`;
+    // Fixed wording once late (no running count): status records an event when a reason's text changes.
+    if (elapsed >= timeout) {
+      return { state: 'not-booting', since: w.since, evidence: `no serial console output and no guest agent reply within ${formatSeconds(timeout)} since ${from}` };
+    }
+    return { state: 'booting', since: w.since, evidence: `no serial console output or guest agent reply yet, ${formatSeconds(elapsed)} since ${from}` };
   }
 
   async remove(name: string): Promise<void> {
@@ -497,6 +501,10 @@ export class QemuHypervisor implements Hypervisor {
     g.qmp.close();
     await g.gone;
   }
+}
+
+function formatSeconds(ms: number): string {
+  return `${Math.round(ms / 1000)} s`;
 }
 
 /** The first `bytes` of a file as latin1 ('' when it is missing). */
