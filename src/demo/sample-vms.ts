@@ -34,7 +34,16 @@ export interface SampleVms {
 
 interface SampleFile {
   site: string;
-  vms: { name: string; disks: { name: string; size: string | number }[]; adapters?: { name: string; network?: string }[]; cpus?: number; memoryMiB?: number; guest?: SampleGuest }[];
+  vms: {
+    name: string;
+    disks: { name: string; size: string | number }[];
+    adapters?: { name: string; network?: string }[];
+    cpus?: number;
+    memoryMiB?: number;
+    guest?: SampleGuest;
+    /** A kernel of its own to boot (paths relative to the sample file), instead of the test guest. */
+    boot?: { kernel: string; initrd?: string; append?: string };
+  }[];
   workload?: { rate?: string | number; pattern?: 'random' | 'sequential' | 'mixed' };
 }
 
@@ -74,6 +83,7 @@ export async function findSampleVms(paths: readonly string[]): Promise<SampleVms
         ...(vm.cpus !== undefined && { cpus: vm.cpus }),
         ...(vm.memoryMiB !== undefined && { memoryMiB: vm.memoryMiB }),
         ...(vm.guest && { guest: { run: vm.guest.run, ...(vm.guest.script && { script: resolve(p, vm.guest.script) }) } }),
+        ...(vm.boot && { boot: { ...vm.boot, kernel: resolve(p, vm.boot.kernel), ...(vm.boot.initrd !== undefined && { initrd: resolve(p, vm.boot.initrd) }) } }),
       })),
       workloadRate: doc.workload?.rate === undefined ? 0 : size(doc.workload.rate, `${file} workload.rate`),
       pattern: doc.workload?.pattern ?? 'random',
