@@ -4,7 +4,7 @@
 // it stops before its exports go away, so a guest never sees its disks vanish.
 import { join } from 'node:path';
 import { TerminalError } from '../model/errors.ts';
-import type { PowerState, VmDefinition } from '../model/hypervisor.ts';
+import type { GuestLiveness, PowerState, VmDefinition } from '../model/hypervisor.ts';
 import type { SiteVm } from '../model/site.ts';
 import type { CreateVmRequest, SetPowerRequest } from '../transport/agent-api.ts';
 import type { AgentContext } from './context.ts';
@@ -87,14 +87,14 @@ export async function listVms(ctx: AgentContext): Promise<SiteVm[]> {
   return out;
 }
 
-export async function vmView(ctx: AgentContext, rt: VmRuntime): Promise<SiteVm & { detail?: string; crashed?: { at: number; message: string } }> {
+export async function vmView(ctx: AgentContext, rt: VmRuntime): Promise<SiteVm & { detail?: string; crashed?: { at: number; message: string }; guest?: GuestLiveness }> {
   const { name, power } = rt.vm;
   // The whole definition, disk image file names included (the files hypervisor's vm.json).
   const view = { ...rt.vm, nbdSocket: rt.socketPath };
   if (ctx.hv.kind === 'files') return view;
   const s = await ctx.hv.status(name).catch((e: unknown) => ({ power, detail: `unknown (${(e as Error).message})` }) as const);
   if (s.power !== power) Object.assign(rt.vm, { power: s.power as PowerState });
-  return { ...view, power: s.power, ...(s.detail && { detail: s.detail }), ...('crashed' in s && s.crashed && { crashed: s.crashed }) };
+  return { ...view, power: s.power, ...(s.detail && { detail: s.detail }), ...('crashed' in s && s.crashed && { crashed: s.crashed }), ...('guest' in s && s.guest && { guest: s.guest }) };
 }
 
 /**
