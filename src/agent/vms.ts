@@ -94,7 +94,8 @@ export async function vmView(ctx: AgentContext, rt: VmRuntime): Promise<SiteVm &
   if (ctx.hv.kind === 'files') return view;
   const s = await ctx.hv.status(name).catch((e: unknown) => ({ power, detail: `unknown (${(e as Error).message})` }) as const);
   if (s.power !== power) Object.assign(rt.vm, { power: s.power as PowerState });
-  return { ...view, power: s.power, ...(s.detail && { detail: s.detail }), ...('crashed' in s && s.crashed && { crashed: s.crashed }), ...('guest' in s && s.guest && { guest: s.guest }) };
+  const guest = s.power === 'Running' ? ctx.hv.liveness?.(name) : undefined;
+  return { ...view, power: s.power, ...(s.detail && { detail: s.detail }), ...('crashed' in s && s.crashed && { crashed: s.crashed }), ...(guest && { guest }) };
 }
 
 /**

@@ -59,8 +59,6 @@ export interface VmRuntimeStatus {
   detail?: string;
   /** Set when the guest stopped without being asked to (the emulator crashed or was killed). */
   crashed?: { at: number; message: string };
-  /** A running real guest's boot signs. */
-  guest?: GuestLiveness;
 }
 
 /**

@@ -234,10 +234,7 @@ export class QemuHypervisor implements Hypervisor {
         if (DEAD_STATES.has(s.status)) {
           return { power: 'Running', detail: s.status, crashed: { at: Date.now(), message: `the guest of VM "${name}" stopped in QEMU state ${s.status} (e.g. a KVM emulation failure or a guest panic); QEMU (pid ${g.pid}) still runs` } };
         }
-        if (s.status !== 'shutdown') {
-          const guest = this.liveness(name);
-          return { power: 'Running', detail: s.status, ...(guest && { guest }) };
-        }
+        if (s.status !== 'shutdown') return { power: 'Running', detail: s.status };
         // Powered off and being let go: answer once that is recorded, so status and vm.json agree.
         await Promise.race([g.gone, sleep(10_000)]);
       } catch (e) {
