@@ -5,10 +5,17 @@
 // it expires from anywhere else.
 import { hostname } from 'node:os';
 import { TerminalError } from '../model/errors.ts';
+import { parseDuration } from '../model/units.ts';
 import type { Lease, LeaseHolder, Vault } from '../vault/vault.ts';
 import { pidAlive } from '../sites/open-sites.ts';
 
 export const RECONCILE_LEASE = 'reconcile';
+
+/**
+ * What `drsite run` records as its lease's command, followed by ` --poll <duration>`: a command
+ * refused the lease by a running loop tells the operator the loop will act, and how soon.
+ */
+export const LOOP_COMMAND = 'drsite run';
 
 export interface ReconcileLeaseOptions {
   vault: Vault;
@@ -34,6 +41,20 @@ const RETRY_MS = 200;
 
 const describe = (h: Lease) => `pid ${h.pid}${h.host === hostname() ? '' : ` on ${h.host}`}, \`${h.command}\`, since ${h.acquiredAt}`;
 
+/** Why `command` may not reconcile now; a running loop is named with what it will do instead. */
+function refusal(h: Lease, command: string, vaultPath: string): string {
+  const loop = h.command === LOOP_COMMAND || /^drsite run --poll \S+$/.test(h.command);
+  if (!loop) return `another drsite (${describe(h)}) is reconciling ${vaultPath}; wait for it to finish or stop it, or pass --wait-lock <duration> to wait for it`;
+  // A pass starts every poll interval +-20% (src/reconciler/loop.ts), plus a second for the pass itself.
+  const pollMs = parseDuration(/--poll (\S+)$/.exec(h.command)?.[1] ?? '') ?? 2000;
+  const within = `within ${Math.ceil((pollMs * 1.2) / 1000) + 1}s, after any pass in progress`;
+  const holder = `drsite run (pid ${h.pid}, host ${h.host}) holds the reconcile lease for ${vaultPath}`;
+  const instead = command.startsWith('drsite apply')
+    ? `the running loop will apply this declaration on its next pass (${within}): it re-reads the files it was started with, so edit those and watch its output or \`drsite status\``
+    : `the running loop acts only on declarations, which it re-reads on every pass (${within}): declare this there (a failover is a RecoveryPlan's failover: block), or stop the loop (Ctrl-C) and run this again`;
+  return `${holder}; ${instead}; or pass --wait-lock <duration> to wait for the loop to exit`;
+}
+
 export async function holdReconcileLease(opts: ReconcileLeaseOptions): Promise<HeldLease> {
   const { vault } = opts;
   const ttlMs = opts.ttlMs ?? 30_000;
@@ -48,12 +69,7 @@ export async function holdReconcileLease(opts: ReconcileLeaseOptions): Promise<H
       if (r.tookOverFrom) opts.report?.(`took over the reconcile lease of ${vault.path} from ${describe(r.tookOverFrom)}: ${gone}`);
       break;
     }
-    if (Date.now() >= deadline) {
-      throw new TerminalError(
-        'invalid-state',
-        `another drsite (${describe(r.holder)}) is reconciling ${vault.path}; wait for it to finish or stop it, or pass --wait-lock <duration> to wait for it`,
-      );
-    }
+    if (Date.now() >= deadline) throw new TerminalError('invalid-state', refusal(r.holder, opts.command, vault.path));
     if (!said) {
       opts.report?.(
         deadline === Infinity
