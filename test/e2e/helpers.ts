@@ -30,8 +30,8 @@ export async function quickstart(example = 'quickstart'): Promise<Quickstart> {
   cpSync(join(ROOT, 'examples', example), qs, { recursive: true });
   let sites = readFileSync(join(qs, 'sites.yaml'), 'utf8');
   for (const port of sites.match(/port: \d+/g) ?? []) sites = sites.replace(port, `port: ${await freePort()}`);
-  // Real guests run under TCG in tests: on some nested hosts the `auto` probe passes under KVM while
-  // a Linux guest then hangs there (see test/qemu/seed.test.ts).
+  // Real guests run under TCG in tests, sparing each run the `auto` probe (which boots the VM's kernel
+  // under KVM first); test/e2e/qemu-guest-health.test.ts runs `auto`.
   sites = sites.replace(/accel: auto/g, 'accel: tcg');
   writeFileSync(join(qs, 'sites.yaml'), sites);
   const state = join(root, 'state');

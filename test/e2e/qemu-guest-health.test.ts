@@ -1,6 +1,7 @@
 // "Normal" means the VM works: examples/qemu through the real CLI, with a second sample VM whose
 // kernel hangs (never prints, no guest agent), as a Linux kernel does under a KVM that cannot run
-// it. `drsite run` starts both on site-a; `drsite status` shows the hung one Warning with reason
+// it. `drsite run` starts both on site-a with `accel: auto` (the probe boots each VM's kernel, and
+// falls back to TCG for the one that hangs); `drsite status` shows the hung one Warning with reason
 // guest-not-booting once its boot timeout (set to 30s here) passes, while web-01, the test guest,
 // boots and carries no such reason.
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -18,7 +19,9 @@ beforeAll(async () => {
   q = await quickstart('qemu');
   await writeHangKernel(join(q.qs, 'hang.mb'));
   const sites = join(q.qs, 'sites.yaml');
-  writeFileSync(sites, readFileSync(sites, 'utf8').replace(/shutdownTimeout: 60s/g, 'shutdownTimeout: 60s\n    bootTimeout: 30s'));
+  // accel auto, as the example has it (the helper sets tcg): the probe decides per kernel. A kernel
+  // that hangs fails it under any accelerator, so stuck-01 always runs under TCG.
+  writeFileSync(sites, readFileSync(sites, 'utf8').replace(/accel: tcg/g, 'accel: auto').replace(/bootTimeout: 45s/g, 'bootTimeout: 30s'));
   const sample = JSON.parse(readFileSync(join(q.qs, 'sample-vms.json'), 'utf8')) as { vms: unknown[] };
   sample.vms.push({ name: 'stuck-01', disks: [{ name: 'os', size: '16MiB' }], boot: { kernel: 'hang.mb' } });
   writeFileSync(join(q.qs, 'sample-vms.json'), JSON.stringify(sample, null, 2));
@@ -66,6 +69,11 @@ test('a guest whose kernel hangs is Warning with a reason; the test guest that b
   const web = rel(rows, 'web-01')!;
   expect(web.healthReasons ?? []).not.toContainEqual(expect.stringMatching(GUEST_NOT_BOOTING));
   expect(web.health, JSON.stringify(web.healthReasons)).toBe('Normal');
+
+  // The probe's fallback for the hanging kernel is in site-a's agent log, with its reason.
+  const logged = readFileSync(join(q.state, 'logs', 'site-a.log'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  const fallback = logged.find((l) => l.msg === 'qemu accel: falling back to TCG' && String(l.kernel).endsWith('hang.mb'));
+  expect(fallback?.reason).toMatch(/^KVM not usable: /);
 
   const text = await q.cli(['status']);
   expect(text.stdout).toContain('stuck-01: Warning - guest-not-booting: VM "stuck-01" runs but shows no boot progress');
