@@ -1,6 +1,8 @@
 // `drsite run`: the reconcile loop with a live view. On a terminal: progress bars (cli-progress)
 // for initial replication and resync, then a status table refreshed every pass; otherwise plain
-// lines, one per change. Stops at --until converged, --duration, or Ctrl-C (SIGINT / SIGTERM).
+// lines, one per change. Stops at --until converged, --duration, or Ctrl-C (SIGINT / SIGTERM):
+// the first signal ends the loop after the pass in progress, waiting at most STOP_GRACE_MS for it;
+// a second signal exits at once. Either way journaled work resumes on the next run, as after a kill.
 import { MultiBar, Presets, type SingleBar } from 'cli-progress';
 import { loadDesiredState } from '../config/index.ts';
 import { formatDiagnostic } from '../model/diagnostics.ts';
@@ -9,11 +11,13 @@ import type { ObservedRelationship } from '../model/observed.ts';
 import { parseDuration } from '../model/units.ts';
 import { runLoop } from '../reconciler/loop.ts';
 import { ReplicationMetrics } from '../reconciler/metrics.ts';
+import { LOOP_COMMAND } from '../reconciler/reconcile-lease.ts';
 import { openSession } from '../reconciler/session.ts';
 import { isEtcdUrl } from '../vault/etcd.ts';
 import { startSampleCompanion } from '../demo/sample-vms.ts';
 import type { GlobalOptions } from './main.ts';
 import { describeError, type Io } from './output.ts';
+import { guestsLine, runningGuests } from './running-guests.ts';
 import { readStatus, statusTable } from './status.ts';
 import { waitLockMs } from './wait-lock.ts';
 
@@ -45,12 +49,23 @@ const progressOf = (r: ObservedRelationship): { done: number; total: number; wha
 export async function runCommand(paths: string[], flags: RunFlags, g: GlobalOptions, io: Io): Promise<number> {
   for (;;) {
     const code = await runTerm(paths, flags, g, io);
-    if (code !== LEASE_LOST) return code;
-    io.out(`lost the lead of ${g.vault}; standing by again`);
+    if (code === LEASE_LOST) {
+      io.out(`lost the lead of ${g.vault}; standing by again`);
+      continue;
+    }
+    // Everything is closed: a timer left behind below (a race's losing timeout, such as the QEMU
+    // driver's 60 s power-off wait) must not keep the process alive for another minute.
+    setTimeout(() => process.exit(code), EXIT_AFTER_CLOSE_MS).unref();
+    return code;
   }
 }
 
 const LEASE_LOST = -1;
+/** How long the first Ctrl-C waits for the pass in progress (and the close) before exiting anyway. */
+const STOP_GRACE_MS = 5000;
+const EXIT_AFTER_CLOSE_MS = 1000;
+/** Exit code of a process ended by SIGINT (128 + 2), as shells report it. */
+const EXIT_SIGNALLED = 130;
 
 async function runTerm(paths: string[], flags: RunFlags, g: GlobalOptions, io: Io): Promise<number> {
   const durationMs = flags.duration === undefined ? undefined : duration(flags.duration, '--duration');
@@ -71,18 +86,50 @@ async function runTerm(paths: string[], flags: RunFlags, g: GlobalOptions, io: I
   const stop = new AbortController();
   let lost = false;
   const elected = isEtcdUrl(g.vault!);
-  const session = await openSession({ desired: loaded.state, vaultPath: g.vault!, stateDir: g.stateDir, report: say,
-    command: 'drsite run', waitLockMs: elected && g.waitLock === undefined ? Infinity : waitLockMs(g),
-    ...(elected && { leaseTtlMs: duration(flags.leaderTtl, '--leader-ttl') }),
-    onLeaseLost: () => {
-      lost = elected;
-      stop.abort();
-    },
-    ...(flags.samples && { companion: (sites) => startSampleCompanion(paths, sites, say) }) });
+  const tellGuests = () => {
+    const line = guestsLine(runningGuests(loaded.state, g.stateDir));
+    if (line) io.err(line);
+  };
+  // Installed before the session opens: a Ctrl-C while agents start (or guests boot) is a stop too.
+  let stopping: ReturnType<typeof setTimeout> | undefined;
+  const exitNow = (why: string) => {
+    stopBars();
+    io.err(why);
+    tellGuests();
+    process.exit(EXIT_SIGNALLED);
+  };
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) return exitNow(`${signal} again: exiting at once; journaled work resumes on the next drsite run`);
+    stop.abort();
+    stopBars();
+    io.err(`${signal}: stopping after the pass in progress (at most ${STOP_GRACE_MS / 1000}s; Ctrl-C again to exit at once)`);
+    // Cutting a pass short is what a kill does, and every step is journaled for exactly that: the
+    // next run resumes or rolls back what this one left open. Waiting longer buys nothing.
+    stopping = setTimeout(() => exitNow(`the pass in progress did not end within ${STOP_GRACE_MS / 1000}s; exiting without it: its journaled steps resume on the next drsite run`), STOP_GRACE_MS);
+    stopping.unref();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  const unlisten = () => {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    clearTimeout(stopping);
+  };
+  let session: Awaited<ReturnType<typeof openSession>>;
+  try {
+    session = await openSession({ desired: loaded.state, vaultPath: g.vault!, stateDir: g.stateDir, report: say,
+      command: `${LOOP_COMMAND} --poll ${flags.poll}`, waitLockMs: elected && g.waitLock === undefined ? Infinity : waitLockMs(g),
+      ...(elected && { leaseTtlMs: duration(flags.leaderTtl, '--leader-ttl') }),
+      onLeaseLost: () => {
+        lost = elected;
+        stop.abort();
+      },
+      ...(flags.samples && { companion: (sites) => startSampleCompanion(paths, sites, say) }) });
+  } catch (e) {
+    unlisten();
+    throw e;
+  }
   if (elected) say(`leading ${g.vault} (pid ${process.pid})`);
-  const onSignal = () => stop.abort();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
   const metrics = flags.metricsPort === undefined ? undefined : new ReplicationMetrics();
   const served = metrics && (await metrics.serve(Number(flags.metricsPort)));
   if (served) say(`metrics on http://127.0.0.1:${served.port}/metrics`);
@@ -135,7 +182,7 @@ async function runTerm(paths: string[], flags: RunFlags, g: GlobalOptions, io: I
           if (bars && last.get(name) !== line && !p) say(line);
           last.set(name, line);
         }
-        if (tty && r.converged && flags.until !== 'converged') {
+        if (tty && r.converged && flags.until !== 'converged' && !stop.signal.aborted) {
           stopBars();
           process.stdout.write(`\x1b[2J\x1b[H${statusTable(readStatus(session.vault))}\n(Ctrl-C to stop)\n`);
         }
@@ -155,9 +202,9 @@ async function runTerm(paths: string[], flags: RunFlags, g: GlobalOptions, io: I
     return flags.until === 'converged' && !result.converged ? 1 : 0;
   } finally {
     stopBars();
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
     served?.server.close();
     await session.close();
+    unlisten();
+    if (!lost) tellGuests();
   }
 }
