@@ -142,12 +142,14 @@ export class QemuHypervisor implements Hypervisor {
       const wanted = this.settings.accel ?? QEMU_DEFAULTS.accel;
       chosen = chooseAccel(this.settings.emulator ?? QEMU_DEFAULTS.emulator, wanted, guest);
       if (wanted === 'auto') {
-        void chosen.then((c) => {
+        chosen.then((c) => {
           if (c.accel === 'kvm') this.#log.info('qemu accel: KVM', { machine: guest.machine, kernel: guest.kernel, reason: c.reason });
           else this.#log.warn('qemu accel: falling back to TCG', { machine: guest.machine, kernel: guest.kernel, reason: c.reason });
-        });
+        }, () => {});
       }
       this.#accels.set(key, chosen);
+      // A probe that could not run at all (no temp dir, say) is tried again at the next start.
+      chosen.catch(() => this.#accels.delete(key));
     }
     return chosen;
   }
