@@ -1,10 +1,37 @@
+// Two lanes. `fast`: unit and in-process tests (real sockets, TLS, SQLite, embedded sites), two
+// files at a time. `serial`, after it: what needs the machine to itself — kill loops and timing-
+// tuned fault injection, real guests under QEMU (TCG eats a core per guest), etcd clusters and the
+// bench smoke run — one file at a time. `npm test` runs both; `npx vitest run --project fast` one.
 import { defineConfig } from 'vitest/config';
+
+/** Test files that must not share the machine with another test file. */
+export const SERIAL = [
+  'test/reliability/**/*.test.ts',
+  'test/qemu/**/*.test.ts',
+  'test/qemu-failover/**/*.test.ts',
+  'test/qemu-track/**/*.test.ts',
+  'test/libvirt/**/*.test.ts',
+  'test/e2e/qemu*.test.ts',
+  'test/etcd/**/*.test.ts',
+  'test/vault/etcd.test.ts',
+  'test/bench/**/*.test.ts',
+  // Injected stalls and paced uploads: their outcomes depend on timers firing on time.
+  'test/agent/faults.test.ts',
+  'test/transport/upload-pace.test.ts',
+  'test/core-primary/bandwidth.test.ts',
+];
+
+const shared = { testTimeout: 60_000, hookTimeout: 60_000, pool: 'forks' as const };
 
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
-    testTimeout: 60_000,
-    hookTimeout: 60_000,
-    pool: 'forks',
+    projects: [
+      {
+        test: { ...shared, name: 'fast', include: ['test/**/*.test.ts'], exclude: SERIAL, maxWorkers: 2, minWorkers: 1, sequence: { groupOrder: 0 } },
+      },
+      {
+        test: { ...shared, name: 'serial', include: SERIAL, fileParallelism: false, maxWorkers: 1, minWorkers: 1, sequence: { groupOrder: 1 } },
+      },
+    ],
   },
 });

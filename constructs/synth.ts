@@ -51,7 +51,8 @@ export async function countTerraform(file: string): Promise<{ resources: Record<
 export async function synthFailover(req: FailoverSynthRequest): Promise<FailoverSynthResult> {
   const { synthAzureFailover } = await import('./failover-stack.ts');
   try {
-    await mkdir(req.out, { recursive: true });
+    // Only the parent: cdktf makes the last directory itself, once the input is valid.
+    await mkdir((await import('node:path')).dirname(req.out), { recursive: true });
     const file = synthAzureFailover({ desired: req.desired, vm: req.vm, test: req.test, outdir: req.out, recoveryPoint: { disks: req.disks, time: req.time } });
     const vm = req.desired.protectedVms.find((p) => p.metadata.name === req.vm)!.spec.vm;
     return { ok: true, file, vmName: req.test ? `${vm}-Test` : vm, resources: (await countTerraform(file)).resources };
