@@ -1,7 +1,8 @@
 // Guest liveness on both sites: a VM whose kernel hangs (silent, see test/qemu/hang-kernel.ts) makes
 // its relationship Warning (guest-not-booting) on the primary while it runs there, and again on the
-// recovery site once an unplanned failover starts it from its replica: after a failover, Normal
-// must mean the VM works. The boot timeout is 5 s here (the site's qemu.bootTimeout).
+// recovery site for a test failover's <vm>-Test and once an unplanned failover starts it from its
+// replica: after a failover, Normal must mean the VM works. The boot timeout is 5 s here (the
+// site's qemu.bootTimeout).
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import type { RelationshipView } from '../../src/transport/agent-api.ts';
@@ -33,7 +34,7 @@ const notBooting = (vm: string) => (v: RelationshipView) =>
     ? v
     : undefined;
 
-test('a guest that hangs is Warning on the primary, and on the recovery site after an unplanned failover', async () => {
+test('a guest that hangs is Warning on the primary, and on the recovery site for a test failover and after an unplanned failover', async () => {
   const vm = 'stuck-01';
   await s.a.request('POST', '/v1/vms', { name: vm, disks: [{ name: 'os', size: 4 << 20 }], adapters: [{ name: 'eth0', network: 'lan' }], power: 'Off', boot: { kernel } });
   const id = await protect(s, vm);
@@ -49,6 +50,13 @@ test('a guest that hangs is Warning on the primary, and on the recovery site aft
   expect(listed.healthReasons).toEqual(onA.healthReasons);
 
   await cycle(s.a, id);
+  // A test failover's <vm>-Test that does not boot is named on the recovery site's view.
+  const tf = (await s.b.request('POST', `/v1/relationships/${id}/test-failover`, { recoveryPoint: 'latest', adapters: [{ name: 'eth0' }] })).json<{ testVm: string }>();
+  const onTest = await waitFor('test failover Warning', async () => notBooting(tf.testVm)(await view(s.b, id)), 60_000);
+  expect(onTest.role).toBe('Replica');
+  await s.b.request('POST', `/v1/relationships/${id}/cleanup-test-failover`);
+  expect((await view(s.b, id)).health).toBe('Normal');
+
   await s.a.request('POST', `/v1/vms/${vm}/power`, { power: 'Off', force: true, timeoutMs: 0 });
   // Powered off, it is no longer a guest that should be booting.
   await waitFor('primary back to Normal', async () => ((await view(s.a, id)).health === 'Normal' ? true : undefined), 30_000);
