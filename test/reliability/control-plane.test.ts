@@ -119,7 +119,7 @@ test('drsite run killed -9 three times in a planned failover: the plan finishes 
     return st.length === 2 && st.every((s) => s.state === 'Replicating' && s.direction?.primary === 'site-b' && s.direction.replica === 'site-a');
   }, 60_000, run.output);
   // Each restart found the dead holder's lease and took it over at once.
-  for (const r of runs.slice(1)) expect(r.output()).toMatch(/took over the reconcile lease of \S+ from pid \d+, `drsite run`/);
+  for (const r of runs.slice(1)) expect(r.output()).toMatch(/took over the reconcile lease of \S+ from pid \d+, `drsite run --poll \S+`/);
   expect(await run.stop('SIGINT')).toBe(0);
 
   q.readVault((v) => {
