@@ -72,7 +72,7 @@ export class Agent implements AgentContext {
     this.hv = hypervisorFor(config.hypervisor, join(config.dataDir, 'vms'), config.qemu, {
       log,
       onStopped: (vm, s) => (s.crashed ? log.warn('guest stopped without being asked', { vm, message: s.crashed.message }) : log.info('guest powered off', { vm })),
-    });
+    }, config.libvirt);
     this.#tls = tls;
     this.#scheduler = opts.schedule ?? true ? new Scheduler(this, this.#abort.signal) : undefined;
   }
@@ -93,7 +93,7 @@ export class Agent implements AgentContext {
   }
 
   get nbdDir(): string {
-    return join(this.config.dataDir, 'nbd');
+    return this.hv.socketDir ?? join(this.config.dataDir, 'nbd');
   }
 
   // ------------------------------------------------------------------------------- start and stop
@@ -141,7 +141,8 @@ export class Agent implements AgentContext {
       const p = this.addPrimary(record, keys, forwarded ? await forwarded.openForward() : adopted?.source);
       const lost = this.runtimes.get(record.vm)?.lostContinuity() ?? [];
       if (lost.length) await p.markContinuityLost(`disks ${lost.join(', ')} were not closed cleanly (agent stopped without a clean cut)`);
-      if (adopted) await p.markContinuityLost('the agent restarted: the adopted VM\'s dirty bitmaps were added anew, so writes made meanwhile are unknown');
+      // Checkpoints of a libvirt domain are persistent: the chain goes on across agent restarts.
+      if (adopted && !adopted.persistent) await p.markContinuityLost('the agent restarted: the adopted VM\'s dirty bitmaps were added anew, so writes made meanwhile are unknown');
     }
   }
 

@@ -6,9 +6,9 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { parse } from 'yaml';
 import { TerminalError } from '../model/errors.ts';
-import type { AllowedPrimary, QemuSiteSettings } from '../model/types.generated.ts';
+import type { AllowedPrimary, LibvirtSiteSettings, QemuSiteSettings } from '../model/types.generated.ts';
 import { parseDuration } from '../model/units.ts';
-import type { QemuSettings } from './hypervisor/index.ts';
+import type { LibvirtSettings, QemuSettings } from './hypervisor/index.ts';
 
 export interface AgentConfig {
   /** This host's name: the CN of its certificate, matched by peers' allowedPrimaries. */
@@ -25,10 +25,19 @@ export interface AgentConfig {
     defaultStoragePath: string;
     allowedPrimaries: AllowedPrimary[];
   };
-  /** How VMs are kept and run: `files` (folders, nothing boots) or `qemu` (real guests). @default files */
-  hypervisor: 'files' | 'qemu';
+  /** How VMs are kept and run: `files` (folders, nothing boots), `qemu` (real guests) or `libvirt` (libvirt domains). @default files */
+  hypervisor: 'files' | 'qemu' | 'libvirt';
   /** Settings of the qemu driver (the Site's `qemu` block). */
   qemu: QemuSettings;
+  /** Settings of the libvirt driver (the Site's `libvirt` block). */
+  libvirt?: LibvirtSettings;
+}
+
+/** The libvirt driver's settings from the Site's `libvirt` block (the same block in an agent's configuration file). */
+export function libvirtSettingsOf(block: LibvirtSiteSettings | undefined): LibvirtSettings {
+  if (!block) return {};
+  const { shutdownTimeout, ...rest } = block;
+  return { ...rest, ...(shutdownTimeout !== undefined && { shutdownTimeoutMs: parseDuration(shutdownTimeout) }) };
 }
 
 /** The qemu driver's settings from the Site's `qemu` block (the same block in an agent's configuration file). */
@@ -43,6 +52,7 @@ export function qemuSettingsOf(block: QemuSiteSettings | undefined): QemuSetting
 
 const SCHEMA_DIR = join(import.meta.dirname, '..', '..', 'schemas');
 const QEMU_BLOCK = 'https://drsite.dev/schemas/site.schema.json#/properties/spec/properties/qemu';
+const LIBVIRT_BLOCK = 'https://drsite.dev/schemas/site.schema.json#/properties/spec/properties/libvirt';
 
 const schema = {
   type: 'object',
@@ -57,9 +67,10 @@ const schema = {
       properties: { host: { type: 'string', minLength: 1 }, port: { type: 'integer', minimum: 0, maximum: 65535 } },
     },
     tlsDir: { type: 'string', minLength: 1 },
-    hypervisor: { enum: ['files', 'qemu'] },
-    // The Site's own `qemu` block, so the two places say it the same way.
+    hypervisor: { enum: ['files', 'qemu', 'libvirt'] },
+    // The Site's own `qemu` and `libvirt` blocks, so the two places say it the same way.
     qemu: { $ref: QEMU_BLOCK },
+    libvirt: { $ref: LIBVIRT_BLOCK },
     operators: { type: 'array', items: { type: 'string', minLength: 1 } },
     replicaServer: {
       type: 'object',
@@ -105,7 +116,7 @@ export function parseAgentConfig(text: string, file: string): AgentConfig {
     const problems = (validate.errors ?? []).map((e) => `${e.instancePath || '(top)'} ${e.message}`).join('; ');
     throw new TerminalError('invalid-argument', `${file}: invalid agent configuration: ${problems}`);
   }
-  const c = doc as Partial<Omit<AgentConfig, 'qemu'>> & { name: string; dataDir: string; qemu?: QemuSiteSettings };
+  const c = doc as Partial<Omit<AgentConfig, 'qemu' | 'libvirt'>> & { name: string; dataDir: string; qemu?: QemuSiteSettings; libvirt?: LibvirtSiteSettings };
   const base = dirname(resolve(file));
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
   const dataDir = abs(c.dataDir);
@@ -125,6 +136,7 @@ export function parseAgentConfig(text: string, file: string): AgentConfig {
     },
     hypervisor: c.hypervisor ?? 'files',
     qemu: qemuSettingsOf(c.qemu),
+    ...(c.libvirt && { libvirt: libvirtSettingsOf(c.libvirt) }),
   };
 }
 

@@ -40,7 +40,7 @@ async function overlayVm(ctx: AgentContext, rep: ReplicaReplication, name: strin
   if (await ctx.hv.find(name)) throw new TerminalError('invalid-state', `a VM named ${name} already exists on ${ctx.config.name}`);
   const dir = ctx.hv.vmDir(name);
   await mkdir(dir, { recursive: true });
-  const { cpus, memoryMiB, boot, macs } = rep.record.vmConfig ?? {};
+  const { cpus, memoryMiB, boot, macs, domainXml } = rep.record.vmConfig ?? {};
   let devices: Map<string, ClosableDevice> | undefined;
   let rt: VmRuntime | undefined;
   try {
@@ -55,6 +55,7 @@ async function overlayVm(ctx: AgentContext, rep: ReplicaReplication, name: strin
       ...(cpus !== undefined && { cpus }),
       ...(memoryMiB !== undefined && { memoryMiB }),
       ...(boot && { boot }),
+      ...(domainXml && { domainXml }),
       origin: { relationshipId: rep.id, recoveryPoint: sequence, kind },
     };
     await ctx.hv.save(vm);
@@ -95,8 +96,9 @@ export async function cleanupTestFailover(ctx: AgentContext, id: string): Promis
 
 export async function preparePlannedFailover(ctx: AgentContext, id: string): Promise<{ sequence: number; state: string }> {
   const p = primaryOf(ctx, id);
-  const vm = await ctx.hv.get(p.record.vm);
-  if (vm.power !== 'Off') throw new TerminalError('invalid-state', `VM ${vm.name} is running: shut it down before a planned failover`);
+  const domain = ctx.adopted.get(p.record.vm)?.domain;
+  const power = domain ? await domain.power() : (await ctx.hv.get(p.record.vm)).power;
+  if (power !== 'Off') throw new TerminalError('invalid-state', `VM ${p.record.vm} is running: shut it down before a planned failover`);
   return p.preparePlannedFailover();
 }
 

@@ -14,6 +14,7 @@ import { createAtRestKey, keysFromWire, keysToWire, newRelationshipKeys, writeKe
 import { newPrimaryRecord, retentionOf } from '../core/replication/primary-record.ts';
 import { ReplicaReplication, type ReplicaRecord } from '../core/replication/replica.ts';
 import { stopVm } from './vms.ts';
+import { adoptDomain } from './adopted.ts';
 
 export type CreateRelationship = CreateRelationshipRequest & { seedFromVm?: string; discardSeed?: boolean };
 
@@ -30,7 +31,8 @@ export async function createRelationship(ctx: AgentContext, req: CreateRelations
     if (p.record.vm === req.vm) throw new TerminalError('invalid-state', `VM ${req.vm} is already protected by relationship ${p.id}`);
   }
   const rt = ctx.runtimes.get(req.vm);
-  const adopted = ctx.adopted.get(req.vm);
+  // On a libvirt site, a ProtectedVM names a libvirt domain drsite did not define: adopted here.
+  const adopted = ctx.adopted.get(req.vm) ?? (!rt && ctx.hv.kind === 'libvirt' ? await adoptDomain(ctx, req.vm) : undefined);
   if (!rt && !adopted) throw new TerminalError('not-found', `VM ${req.vm} not found on ${ctx.config.name}`);
   const exclude = new Set(req.excludeDisks ?? []);
   if (adopted && exclude.size) throw new TerminalError('invalid-argument', `VM ${req.vm} is adopted: every disk it was adopted with replicates (adopt it with fewer disks instead of excludeDisks)`);
@@ -68,7 +70,7 @@ async function openNewPrimary(
 ) {
   const keys = newRelationshipKeys();
   ctx.keys.set(record.id, keys);
-  const vmConfig = forward ? forward.record.vmConfig : vmConfigOf(await ctx.hv.find(record.vm));
+  const vmConfig = forward ? forward.record.vmConfig : (ctx.adopted.get(record.vm)?.vmConfig ?? vmConfigOf(await ctx.hv.find(record.vm)));
   await ctx.linkTo(record.replica).createReplica({
     id: record.id,
     vm: record.vm,
@@ -173,6 +175,9 @@ export async function createReplica(ctx: AgentContext, req: CreateReplicaRequest
  * relationship for the VM ends here; the VM itself now exists only as a replica.
  */
 async function seedReplica(ctx: AgentContext, vmName: string, storageDir: string, disks: CreateReplicaRequest['disks'], useDisks: boolean): Promise<void> {
+  if (ctx.adopted.get(vmName)?.domain) {
+    throw new TerminalError('invalid-argument', `VM ${vmName} on ${ctx.config.name} is a libvirt domain drsite did not define: reverse replication onto it is not supported yet; undefine it (keeping its disks) or use the full-download method on a new name`);
+  }
   const vm = await ctx.hv.find(vmName);
   if (!vm) return; // nothing to seed from: a full compare against zeroes
   if (vm.power !== 'Off') throw new TerminalError('invalid-state', `VM ${vmName} is running on ${ctx.config.name}: shut it down before reverse replication`);

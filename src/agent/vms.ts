@@ -49,6 +49,12 @@ export async function serveOverlays(ctx: AgentContext, vm: VmDefinition, devices
  */
 export async function setPower(ctx: AgentContext, name: string, req: SetPowerRequest): Promise<VmDefinition> {
   const rt = ctx.runtimes.get(name);
+  const domain = ctx.adopted.get(name)?.domain;
+  // A protected libvirt domain: shut down through libvirt (`virsh shutdown`; `destroy` only with force).
+  if (!rt && domain) {
+    const power = await domain.setPower(req.power, { ...(req.timeoutMs !== undefined && { timeoutMs: req.timeoutMs }), ...(req.force !== undefined && { force: req.force }) });
+    return { name, disks: domain.check.disks.map((d) => ({ name: d.target, file: d.image, size: d.size })), adapters: [], power };
+  }
   if (!rt) throw new TerminalError('not-found', `VM ${name} not found on ${ctx.config.name}`);
   const seedImage = req.power === 'Running' ? await seedFor(ctx, rt.vm) : undefined;
   const vm = await ctx.hv.setPower(name, req.power, {
@@ -83,7 +89,10 @@ export async function dropVm(ctx: AgentContext, name: string): Promise<void> {
 export async function listVms(ctx: AgentContext): Promise<SiteVm[]> {
   const out: SiteVm[] = [];
   for (const rt of ctx.runtimes.values()) out.push(await vmView(ctx, rt));
-  for (const vm of ctx.adopted.values()) out.push(adoptedView(vm));
+  for (const vm of ctx.adopted.values()) {
+    const view = adoptedView(vm);
+    out.push(vm.domain ? { ...view, power: await vm.domain.power().catch(() => view.power) } : view);
+  }
   return out;
 }
 
@@ -104,7 +113,7 @@ export async function vmView(ctx: AgentContext, rt: VmRuntime): Promise<SiteVm &
  * the VM's adapters say; a VM that is not a failover's gets none.
  */
 async function seedFor(ctx: AgentContext, vm: VmDefinition): Promise<string | undefined> {
-  if (ctx.hv.kind !== 'qemu' || !vm.origin) return undefined;
+  if ((ctx.hv.kind !== 'qemu' && ctx.hv.kind !== 'libvirt') || !vm.origin) return undefined;
   const path = join(ctx.hv.vmDir(vm.name), 'seed.img');
   await buildSeedImage(path, vm, { instanceId: `${vm.name}-${vm.origin.kind}-${vm.origin.recoveryPoint}` });
   return path;

@@ -1,7 +1,8 @@
 // The Hypervisor port: how an agent finds, defines, starts and stops the VMs of its host. The
 // agent serves every disk itself (NBD exports through the change tracker, or a failover's
 // overlays), so a driver never opens disk images for a running guest: it attaches the exports.
-// Drivers live in agent/hypervisor/ (`files`: folders with vm.json; `qemu`: real guests).
+// Drivers live in agent/hypervisor/ (`files`: folders with vm.json; `qemu`: real guests;
+// `libvirt`: libvirt domains through virsh).
 
 export type PowerState = 'Running' | 'Off';
 
@@ -39,6 +40,8 @@ export interface VmDefinition {
   boot?: VmBoot;
   /** Set on VMs created by a failover: where they came from and from which point. */
   origin?: { relationshipId: string; recoveryPoint: number; kind: 'test' | 'failover' };
+  /** A failover VM on a libvirt site: the protected domain's definition, rewritten for this site at each start. */
+  domainXml?: string;
 }
 
 export interface PowerOptions {
@@ -76,7 +79,9 @@ export interface GuestLiveness {
 }
 
 export interface Hypervisor {
-  readonly kind: 'files' | 'qemu';
+  readonly kind: 'files' | 'qemu' | 'libvirt';
+  /** Where the agent puts its NBD sockets when the emulator runs as another user (libvirt's QEMU); absent = `<dataDir>/nbd`. */
+  readonly socketDir?: string;
   /** The folder holding a VM's definition and disk images; refuses names that are not VM names. */
   vmDir(name: string): string;
   diskPath(vm: string, disk: VmDisk): string;

@@ -157,6 +157,8 @@ export interface VmConfig {
   boot?: VmBootConfig;
   /** The primary's adapters' fixed MACs, by adapter name (the guest's network config matches on them). */
   macs?: Record<string, string>;
+  /** A libvirt domain's persistent definition (`virsh dumpxml --inactive`): a failover on a libvirt site defines its domain from it. */
+  domainXml?: string;
 }
 
 /** POST /v1/vms/:name/power. Off is a graceful shutdown (ACPI power button on a real guest). */

@@ -18,10 +18,11 @@ export type SiteSpec = {
    */
   endpoint?: string;
   /**
-   * How VMs are found and started. @default files
+   * How VMs are found and started: files (folders, nothing boots), qemu (guests drsite starts), libvirt (existing libvirt domains, through virsh). @default files
    */
-  hypervisor?: 'files' | 'qemu';
+  hypervisor?: 'files' | 'qemu' | 'libvirt';
   qemu?: QemuSiteSettings;
+  libvirt?: LibvirtSiteSettings;
   /**
    * Where the embedded agent keeps VMs and replicas. @default .drsite/sites/<name>
    */
@@ -102,6 +103,32 @@ export interface QemuSiteSettings {
    * How long a started guest has to show it booted (serial console output or a guest agent reply) before its relationship turns Warning with reason guest-not-booting; 0 turns the check off. @default 45s
    */
   bootTimeout?: string;
+}
+
+/**
+ * Settings of the libvirt hypervisor (hypervisor: libvirt): the connection, and where the agent puts what the domains' QEMU must reach. Site network names are libvirt network names.
+ */
+export interface LibvirtSiteSettings {
+  /**
+   * libvirt connection URI. @default qemu:///system
+   */
+  uri?: string;
+  /**
+   * Folder for the NBD sockets, backup scratch files, seed disks and consoles that libvirt's QEMU processes open; made group-owned by qemuGroup. @default /var/lib/libvirt/drsite/<hash of the agent's data folder>
+   */
+  runDir?: string;
+  /**
+   * Prefix of the names of the libvirt domains this site defines (failover and test failover VMs: <domainPrefix><vm>); set it when two sites share one libvirtd. @default empty
+   */
+  domainPrefix?: string;
+  /**
+   * Group libvirt runs QEMU as (qemu.conf `group`). @default libvirt-qemu, else qemu, else kvm (the first that exists)
+   */
+  qemuGroup?: string;
+  /**
+   * How long a domain may take to shut down after virsh shutdown (planned failover, power off). @default 60s
+   */
+  shutdownTimeout?: string;
 }
 
 /**

@@ -3,7 +3,7 @@
 import { appendFileSync, mkdirSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { Agent } from '../agent/agent.ts';
-import { qemuSettingsOf, type AgentConfig } from '../agent/config.ts';
+import { libvirtSettingsOf, qemuSettingsOf, type AgentConfig } from '../agent/config.ts';
 import type { AllowedPrimary, Site as SiteResource } from '../model/desired.ts';
 import type { CertBundle } from '../transport/certs.ts';
 import type { Logger } from '../transport/logger.ts';
@@ -54,6 +54,7 @@ export function embeddedAgentConfig(site: SiteResource, opts: Pick<EmbeddedSiteO
     },
     hypervisor: site.spec.hypervisor ?? 'files',
     qemu: qemuSettingsOf(site.spec.qemu),
+    ...(site.spec.libvirt && { libvirt: libvirtSettingsOf(site.spec.libvirt) }),
   };
 }
 

@@ -101,6 +101,7 @@ const vmConfig = obj({
   memoryMiB: { type: 'integer', minimum: 16 },
   boot,
   macs: { type: 'object', additionalProperties: { type: 'string', pattern: '^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$' } },
+  domainXml: { type: 'string', minLength: 1, maxLength: 1 << 20 },
 });
 const replicaRef = obj({ name: str, endpoint: { type: 'string' }, azure: { type: 'object' } }, ['name', 'endpoint']);
 const retention = obj({ additional: int, appConsistentEvery: int }, ['additional']);

@@ -268,7 +268,7 @@ function qmpFailure(e: QmpError, what: string): Error {
 }
 
 /** The blocks the bitmap marks dirty, read from the point-in-time view. */
-async function* dirtyExtents(client: NbdClient, context: string, onProgress?: (done: number, total: number) => void): AsyncGenerator<Extent> {
+export async function* dirtyExtents(client: NbdClient, context: string, onProgress?: (done: number, total: number) => void): AsyncGenerator<Extent> {
   const ranges = rangesWith(await client.blockStatusRange(context, 0, client.size), STATE_DIRTY, 0, client.size);
   const total = ranges.reduce((n, r) => n + r.length, 0);
   let done = 0;
@@ -283,7 +283,7 @@ async function* dirtyExtents(client: NbdClient, context: string, onProgress?: (d
 }
 
 /** Every block of the view; what QEMU reports as reading zero goes as metadata only. */
-async function* allExtents(client: NbdClient, onProgress?: (done: number, total: number) => void): AsyncGenerator<Extent> {
+export async function* allExtents(client: NbdClient, onProgress?: (done: number, total: number) => void): AsyncGenerator<Extent> {
   for (let at = 0; at < client.size; at += READ_CHUNK) {
     const n = Math.min(READ_CHUNK, client.size - at);
     const status = await client.blockStatusRange('base:allocation', at, n);

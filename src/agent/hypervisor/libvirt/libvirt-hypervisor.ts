@@ -1,0 +1,283 @@
+// The `libvirt` hypervisor. Two kinds of VM live on a libvirt site:
+// - domains drsite did not create (the protected VMs): found by name on the connection, tracked
+//   through libvirt checkpoints (checkpoint-source.ts), powered through virsh; never listed among
+//   drsite's own VMs, never undefined by drsite;
+// - domains drsite defines (a failover's or test failover's VM): a folder `<root>/<vm>/` with
+//   vm.json as for `files`, and a libvirt domain defined from the replicated domain XML rewritten
+//   for this site (disks on the agent's NBD exports of the recovery point, mapped networks, the
+//   NoCloud seed disk, MACs kept). Removing one undefines the domain and removes its files.
+// libvirt's QEMU runs as its own user, so everything it opens that drsite makes (NBD sockets,
+// scratch files, seed disks, consoles) lives under runDir, group-owned by the QEMU group.
+import { createHash } from 'node:crypto';
+import { chmod, chown, copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { TerminalError } from '../../../model/errors.ts';
+import type { Hypervisor, PowerOptions, PowerState, VmDefinition, VmDisk, VmRuntimeStatus } from '../../../model/hypervisor.ts';
+import { silentLogger, type Logger } from '../../../transport/logger.ts';
+import { FilesHypervisor } from '../files.ts';
+import { rewriteForTarget } from './domain-xml.ts';
+import { DEFAULT_URI, Virsh, isNotFound } from './virsh.ts';
+
+export interface LibvirtSettings {
+  /** @default "qemu:///system" */
+  readonly uri?: string;
+  /** @default /var/lib/libvirt/drsite/<hash of the agent's data folder> */
+  readonly runDir?: string;
+  /** Prefix of the domains this site defines (`<prefix><vm>`), for sites sharing one libvirtd. @default "" */
+  readonly domainPrefix?: string;
+  /** @default libvirt-qemu, else qemu, else kvm */
+  readonly qemuGroup?: string;
+  /** @default 60000 */
+  readonly shutdownTimeoutMs?: number;
+}
+
+export interface LibvirtHypervisorOptions {
+  readonly log?: Logger;
+}
+
+const DEFAULT_SHUTDOWN_MS = 60_000;
+
+export class LibvirtHypervisor implements Hypervisor {
+  readonly kind = 'libvirt';
+  readonly root: string;
+  readonly virsh: Virsh;
+  readonly settings: LibvirtSettings;
+  /** Where the agent's NBD sockets go (QEMU must reach them). */
+  readonly socketDir: string;
+  readonly runDir: string;
+  readonly #defs: FilesHypervisor;
+  readonly #log: Logger;
+  #gid: Promise<number | undefined> | undefined;
+
+  constructor(root: string, settings: LibvirtSettings = {}, opts: LibvirtHypervisorOptions = {}) {
+    this.root = resolve(root);
+    this.settings = settings;
+    this.virsh = new Virsh(settings.uri ?? DEFAULT_URI);
+    this.runDir = resolve(settings.runDir ?? join('/var/lib/libvirt/drsite', createHash('sha256').update(this.root).digest('hex').slice(0, 12)));
+    this.socketDir = join(this.runDir, 'nbd');
+    this.#defs = new FilesHypervisor(this.root);
+    this.#log = opts.log ?? silentLogger;
+  }
+
+  vmDir(name: string): string {
+    return this.#defs.vmDir(name);
+  }
+  diskPath(vm: string, disk: VmDisk): string {
+    return this.#defs.diskPath(vm, disk);
+  }
+  list(): Promise<VmDefinition[]> {
+    return this.#defs.list();
+  }
+  get(name: string): Promise<VmDefinition> {
+    return this.#defs.get(name);
+  }
+  create(def: Parameters<Hypervisor['create']>[0]): Promise<VmDefinition> {
+    return this.#defs.create(def);
+  }
+  save(vm: VmDefinition): Promise<void> {
+    return this.#defs.save(vm);
+  }
+
+  /**
+   * drsite's VM of this name; a libvirt domain of the name that drsite did not define is refused
+   * here, so nothing (a failover, a new VM) lands on top of it.
+   */
+  async find(name: string): Promise<VmDefinition | undefined> {
+    const own = await this.#defs.find(name);
+    if (own) return own;
+    const domain = this.domainName(name);
+    if (await this.domainExists(domain)) {
+      throw new TerminalError('invalid-state', `libvirt domain "${domain}" already exists at ${this.virsh.uri} on this site (drsite did not define it), so VM ${name} cannot be defined here; rename or undefine that domain first`);
+    }
+    return undefined;
+  }
+
+  /** The libvirt domain of a VM drsite defines on this site. */
+  domainName(vm: string): string {
+    this.vmDir(vm);
+    return `${this.settings.domainPrefix ?? ''}${vm}`;
+  }
+
+  async domainExists(name: string): Promise<boolean> {
+    try {
+      await this.virsh.run(['domuuid', name], { domain: name });
+      return true;
+    } catch (e) {
+      if (isNotFound(e)) return false;
+      throw e;
+    }
+  }
+
+  /** Folder of a VM's runtime files QEMU opens (seed disk, console log). */
+  runVmDir(name: string): string {
+    this.vmDir(name);
+    return join(this.runDir, 'vms', name);
+  }
+
+  consolePath(name: string): string {
+    return join(this.runVmDir(name), 'serial.log');
+  }
+
+  /** Makes `dir` (and runDir above it) reachable by libvirt's QEMU: owned by its group, 0770. */
+  async prepareDir(dir: string): Promise<void> {
+    const gid = await this.qemuGid();
+    await mkdir(dir, { recursive: true });
+    for (let d = resolve(dir); d.startsWith(this.runDir); d = resolve(d, '..')) {
+      if (gid !== undefined) await chown(d, process.getuid?.() ?? 0, gid).catch(() => {});
+      await chmod(d, gid !== undefined ? 0o770 : 0o711).catch(() => {});
+      if (d === this.runDir) break;
+    }
+    // runDir's parent (by default /var/lib/libvirt/drsite) must be traversable by QEMU.
+    const parent = resolve(this.runDir, '..');
+    await mkdir(parent, { recursive: true });
+    await chmod(parent, 0o711).catch(() => {});
+  }
+
+  /** A file QEMU opens (a socket it connects to, the seed disk it reads): the QEMU group's, mode 0660. */
+  async shareWithQemu(path: string): Promise<void> {
+    const gid = await this.qemuGid();
+    if (gid !== undefined) await chown(path, process.getuid?.() ?? 0, gid);
+    await chmod(path, 0o660);
+  }
+
+  qemuGid(): Promise<number | undefined> {
+    this.#gid ??= (async () => {
+      const groups = await readFile('/etc/group', 'utf8').catch(() => '');
+      const gidOf = (n: string) => {
+        const line = groups.split('\n').find((l) => l.startsWith(`${n}:`));
+        return line ? Number(line.split(':')[2]) : undefined;
+      };
+      const wanted = this.settings.qemuGroup;
+      if (wanted !== undefined) {
+        const gid = gidOf(wanted);
+        if (gid === undefined) throw new TerminalError('invalid-argument', `libvirt site setting qemuGroup: no group "${wanted}" on this host`);
+        return gid;
+      }
+      for (const n of ['libvirt-qemu', 'qemu', 'kvm']) {
+        const gid = gidOf(n);
+        if (gid !== undefined) return gid;
+      }
+      return undefined;
+    })();
+    return this.#gid;
+  }
+
+  /**
+   * Running: defines the domain (from the replicated definition, rewritten for this site) on the
+   * agent's exports and starts it. Off: `virsh shutdown` and a wait; past the timeout a clear error
+   * unless `force`, which `virsh destroy`s it. The domain stays defined while the VM exists.
+   */
+  async setPower(name: string, power: PowerState, opts: PowerOptions): Promise<VmDefinition> {
+    const vm = await this.get(name);
+    const domain = this.domainName(name);
+    const state = await this.#state(domain);
+    if (power === 'Running') {
+      if (state !== 'running' && state !== 'paused') {
+        await this.#define(vm, opts);
+        await this.virsh.run(['start', domain], { domain });
+        this.#log.info('libvirt domain started', { vm: name, domain, uri: this.virsh.uri });
+      } else if (state === 'paused') {
+        await this.virsh.run(['resume', domain], { domain });
+      }
+    } else if (state !== undefined && state !== 'shut off') {
+      await shutdownDomain(this.virsh, domain, opts.timeoutMs ?? this.settings.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_MS, opts.force ?? false);
+    }
+    const next = { ...vm, power };
+    await this.save(next);
+    return next;
+  }
+
+  async status(name: string): Promise<VmRuntimeStatus> {
+    await this.get(name);
+    const domain = this.domainName(name);
+    const state = await this.#state(domain);
+    if (state === undefined) return { power: 'Off', detail: 'not defined' };
+    if (state === 'running' || state === 'paused' || state === 'in shutdown') return { power: 'Running', detail: state };
+    if (state === 'crashed') return { power: 'Off', detail: 'crashed', crashed: { at: Date.now(), message: `libvirt reports domain "${domain}" crashed` } };
+    return { power: 'Off', detail: state === 'shut off' ? 'stopped' : state };
+  }
+
+  async pause(name: string): Promise<void> {
+    const domain = this.domainName(name);
+    await this.virsh.run(['suspend', domain], { domain });
+  }
+
+  async resume(name: string): Promise<void> {
+    const domain = this.domainName(name);
+    await this.virsh.run(['resume', domain], { domain });
+  }
+
+  /** Stops the domain drsite defined (hard), undefines it and removes its files. */
+  async remove(name: string): Promise<void> {
+    const own = await this.#defs.find(name);
+    if (!own) return; // a domain drsite did not define is never undefined by it
+    await this.#undefine(this.domainName(name));
+    await rm(this.runVmDir(name), { recursive: true, force: true });
+    await this.#defs.remove(name);
+  }
+
+  async #state(name: string): Promise<string | undefined> {
+    try {
+      return (await this.virsh.run(['domstate', name], { domain: name })).trim();
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
+  async #define(vm: VmDefinition, opts: PowerOptions): Promise<void> {
+    if (!vm.domainXml) throw new TerminalError('invalid-state', `VM "${vm.name}" has no replicated libvirt domain definition to define it from (its primary was not a libvirt site)`);
+    const dir = this.runVmDir(vm.name);
+    await this.prepareDir(dir);
+    await this.shareWithQemu(opts.nbdSocket);
+    let seedImage: string | undefined;
+    if (opts.seedImage) {
+      seedImage = join(dir, 'seed.img');
+      await copyFile(opts.seedImage, seedImage);
+      await this.shareWithQemu(seedImage);
+    }
+    const networks = Object.fromEntries(vm.adapters.map((a) => [a.name, a.network]));
+    const xml = rewriteForTarget(vm.domainXml, {
+      name: this.domainName(vm.name),
+      disks: vm.disks.map((d) => ({ target: d.name, socket: resolve(opts.nbdSocket), exportName: d.name })),
+      networks,
+      ...(seedImage && { seedImage }),
+      serialLog: this.consolePath(vm.name),
+    });
+    const file = join(dir, 'domain.xml');
+    await writeFile(file, xml);
+    // Defined again at every start, so the definition always says what vm.json says.
+    await this.virsh.run(['define', file], { domain: this.domainName(vm.name) });
+  }
+
+  async #undefine(name: string): Promise<void> {
+    const state = await this.#state(name);
+    if (state === undefined) return;
+    if (state !== 'shut off') await this.virsh.run(['destroy', name], { domain: name }).catch(() => {});
+    await this.virsh.run(['undefine', name, '--checkpoints-metadata', '--nvram'], { domain: name }).catch(async () => {
+      await this.virsh.run(['undefine', name], { domain: name });
+    });
+  }
+}
+
+/** `virsh shutdown` (ACPI) and a wait; then `virsh destroy` with `force`, or a clear error. */
+export async function shutdownDomain(virsh: Virsh, name: string, timeoutMs: number, force: boolean): Promise<void> {
+  const state = async () => (await virsh.run(['domstate', name], { domain: name })).trim();
+  if ((await state()) === 'shut off') return;
+  if (force && timeoutMs === 0) {
+    await virsh.run(['destroy', name], { domain: name });
+    return;
+  }
+  if ((await state()) === 'paused') await virsh.run(['resume', name], { domain: name }).catch(() => {});
+  await virsh.run(['shutdown', name], { domain: name });
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    if ((await state()) === 'shut off') return;
+    await sleep(250);
+  }
+  if (!force) {
+    throw new TerminalError('invalid-state', `libvirt domain "${name}" did not shut down within ${timeoutMs} ms of virsh shutdown; it is still running. Retry with a longer timeout, or force to destroy it`);
+  }
+  await virsh.run(['destroy', name], { domain: name });
+}

@@ -1,0 +1,70 @@
+// A libvirt domain drsite protects but did not create: checked (persistent, every disk trackable),
+// tracked through checkpoints, quiesced through `virsh domfsfreeze`/`domfsthaw`, powered through
+// virsh. Its persistent definition travels with the replica, so a failover defines the same
+// machine on the recovery site.
+import { join } from 'node:path';
+import { quiescedSource, type CutSource, type Quiescer } from '../../../core/replication/ports.ts';
+import type { PowerState } from '../../../model/hypervisor.ts';
+import type { VmConfig } from '../../../model/replication-api.ts';
+import { checkDomain, domState, LibvirtCheckpointSource, type DomainCheck } from './checkpoint-source.ts';
+import { shutdownDomain, type LibvirtHypervisor } from './libvirt-hypervisor.ts';
+
+export interface ProtectedDomain {
+  readonly name: string;
+  readonly check: DomainCheck;
+  readonly tracker: LibvirtCheckpointSource;
+  /** The tracker, its app-consistent cuts frozen through the guest agent. */
+  readonly source: CutSource & { readonly disks: LibvirtCheckpointSource['disks']; close(): Promise<void> };
+  readonly vmConfig: VmConfig;
+  power(): Promise<PowerState>;
+  setPower(power: PowerState, opts: { timeoutMs?: number; force?: boolean }): Promise<PowerState>;
+}
+
+export async function openProtectedDomain(hv: LibvirtHypervisor, name: string, onContinuityLost: (why: string) => Promise<void>): Promise<ProtectedDomain> {
+  hv.vmDir(name); // refuses names that are not VM names
+  const check = await checkDomain(hv.virsh, name);
+  const workDir = join(hv.runDir, 'protected', name);
+  await hv.prepareDir(workDir);
+  const gid = await hv.qemuGid();
+  const tracker = await LibvirtCheckpointSource.open({ virsh: hv.virsh, domain: name, workDir, ...(gid !== undefined && { qemuGroup: gid }), onContinuityLost }, check.disks);
+  const inner = quiescedSource(tracker, virshQuiescer(hv, name));
+  const source = { disks: tracker.disks, cut: inner.cut.bind(inner), close: () => tracker.close() };
+  const macs = Object.fromEntries(check.info.interfaces.filter((i) => i.mac).map((i) => [i.name, i.mac!]));
+  const vmConfig: VmConfig = { domainXml: check.inactiveXml, ...(Object.keys(macs).length && { macs }) };
+  const power = async (): Promise<PowerState> => ((await domState(hv.virsh, name)) === 'shut off' ? 'Off' : 'Running');
+  return {
+    name,
+    check,
+    tracker,
+    source,
+    vmConfig,
+    power,
+    async setPower(p, opts) {
+      if (p === 'Running') {
+        if ((await power()) === 'Off') await hv.virsh.run(['start', name], { domain: name });
+      } else {
+        await shutdownDomain(hv.virsh, name, opts.timeoutMs ?? hv.settings.shutdownTimeoutMs ?? 60_000, opts.force ?? false);
+      }
+      return power();
+    },
+  };
+}
+
+/**
+ * Freezes the guest's filesystems through libvirt (its qemu-guest-agent channel): `virsh
+ * domfsfreeze`, and `domfsthaw` after the cut, also after a failed freeze.
+ */
+export function virshQuiescer(hv: LibvirtHypervisor, name: string): Quiescer {
+  return {
+    async freeze(timeoutMs) {
+      try {
+        await hv.virsh.run(['domfsfreeze', name], { domain: name, timeoutMs });
+      } catch (e) {
+        throw new Error(`VM "${name}": guest agent: ${(e as Error).message}`, { cause: e });
+      }
+    },
+    async thaw(timeoutMs) {
+      await hv.virsh.run(['domfsthaw', name], { domain: name, timeoutMs });
+    },
+  };
+}

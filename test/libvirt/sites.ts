@@ -1,0 +1,65 @@
+// Two agents on this host whose sites are `hypervisor: libvirt` on the same libvirtd
+// (qemu:///system): each with its own runDir, and host-b with a domain prefix so the domains it
+// defines never share a name with host-a's. The protected VM is a domain the test defined itself.
+import type { RelationshipView } from '../../src/transport/agent-api.ts';
+import type { MtlsClient } from '../../src/transport/mtls.ts';
+import { Cluster, policy30s } from '../agent/cluster.ts';
+import { testGuest } from '../qemu/guest.ts';
+import { ensureLibvirtd } from './libvirt.ts';
+import { rm } from 'node:fs/promises';
+
+export interface LibvirtSites {
+  cluster: Cluster;
+  a: MtlsClient;
+  b: MtlsClient;
+  /** Domain name prefix of host-b's domains. */
+  prefixB: string;
+  runDirs: string[];
+  destroy(): Promise<void>;
+}
+
+export async function libvirtSites(sfx: string): Promise<LibvirtSites> {
+  await ensureLibvirtd();
+  await testGuest();
+  const runDirs = [`/var/lib/libvirt/drsite/test-${sfx}-a`, `/var/lib/libvirt/drsite/test-${sfx}-b`];
+  const prefixB = `b${sfx}-`;
+  const cluster = await Cluster.create([
+    { name: 'host-a', config: ['hypervisor: libvirt', `libvirt: { runDir: ${runDirs[0]}, shutdownTimeout: 60s }`] },
+    { name: 'host-b', config: ['hypervisor: libvirt', `libvirt: { runDir: ${runDirs[1]}, domainPrefix: ${prefixB}, shutdownTimeout: 60s }`] },
+  ]);
+  await cluster.startInProcess('host-a');
+  await cluster.startInProcess('host-b');
+  return {
+    cluster,
+    a: await cluster.client('host-a', undefined, 180_000),
+    b: await cluster.client('host-b', undefined, 180_000),
+    prefixB,
+    runDirs,
+    async destroy() {
+      await cluster.destroy();
+      for (const d of runDirs) await rm(d, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function protect(s: LibvirtSites, vm: string, id = `rel-${vm}`): Promise<string> {
+  await s.a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: s.cluster.host('host-b').url }, policy: policy30s });
+  await s.a.request('POST', `/v1/relationships/${id}/start?wait=true`);
+  return id;
+}
+
+export async function cycle(c: MtlsClient, id: string): Promise<number> {
+  return (await cycleOutcome(c, id)).sequence;
+}
+
+export async function cycleOutcome(c: MtlsClient, id: string): Promise<{ sequence: number; action: string; bytes?: number }> {
+  const r = (await c.request('POST', `/v1/relationships/${id}/replicate-now`)).json<{ sequence: number; applied: number; action: string; bytes?: number }>();
+  if (r.applied !== r.sequence) throw new Error(`cycle ${r.sequence} of ${id} was not applied (applied ${r.applied})`);
+  return r;
+}
+
+export const view = async (c: MtlsClient, id: string) => (await c.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+
+export async function pointSha(c: MtlsClient, id: string, seq: number, disk = 'vda'): Promise<string> {
+  return (await c.request('GET', `/v1/relationships/${id}/recovery-points/${seq}/disks/${disk}/sha256`)).json<{ sha256: string }>().sha256;
+}
