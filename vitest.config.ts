@@ -1,7 +1,8 @@
 // Two lanes. `fast`: unit and in-process tests (real sockets, TLS, SQLite, embedded sites), two
 // files at a time. `serial`, after it: what needs the machine to itself — kill loops and timing-
 // tuned fault injection, real guests under QEMU (TCG eats a core per guest), etcd clusters and the
-// bench smoke run — one file at a time. `npm test` runs both; `npx vitest run --project fast` one.
+// bench smoke run — one file at a time. `npm test` runs the fast lane, then the serial one
+// (`npm run test:fast`, `npm run test:serial` run one).
 import { defineConfig } from 'vitest/config';
 
 /** Test files that must not share the machine with another test file. */
@@ -21,17 +22,18 @@ export const SERIAL = [
   'test/core-primary/bandwidth.test.ts',
 ];
 
-const shared = { testTimeout: 60_000, hookTimeout: 60_000, pool: 'forks' as const };
+const shared = { testTimeout: 60_000, hookTimeout: 60_000 };
 
 export default defineConfig({
   test: {
+    pool: 'forks',
+    // The fast lane's two at a time; `npm test` runs the serial lane with --no-file-parallelism
+    // (vitest takes worker counts per run, not per project).
+    maxWorkers: 2,
+    minWorkers: 1,
     projects: [
-      {
-        test: { ...shared, name: 'fast', include: ['test/**/*.test.ts'], exclude: SERIAL, maxWorkers: 2, minWorkers: 1, sequence: { groupOrder: 0 } },
-      },
-      {
-        test: { ...shared, name: 'serial', include: SERIAL, fileParallelism: false, maxWorkers: 1, minWorkers: 1, sequence: { groupOrder: 1 } },
-      },
+      { test: { ...shared, name: 'fast', include: ['test/**/*.test.ts'], exclude: SERIAL } },
+      { test: { ...shared, name: 'serial', include: SERIAL } },
     ],
   },
 });

@@ -9,10 +9,13 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { RelationshipView, ReplicaStatus } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s } from '../agent/cluster.ts';
+import { killPlan } from '../support/kills.ts';
 import { SEGMENT_BYTES } from '../../src/core/initial-stream.ts';
 import { untilSegments, vmWithData } from './stream-copy.ts';
 
-const KILLS = Number(process.env.DRSITE_KILLS ? Math.min(20, Number(process.env.DRSITE_KILLS)) : 3);
+// Seeded kill moments (test/support/kills.ts): DRSITE_SEED replays them, DRSITE_KILLS sets how many (at most 20 here).
+const plan = killPlan(import.meta.filename, { default: 3, max: 20 });
+const KILLS = plan.kills;
 const DISK = 4 * SEGMENT_BYTES;
 let cluster: Cluster;
 let a: MtlsClient;
@@ -43,7 +46,7 @@ describe('replica killed -9 during a streamed initial copy', () => {
       // A random moment of the copy: after some segments went in (the replica's checkpoint says so).
       const asPrimary = await cluster.client('host-b', 'host-a');
       await untilSegments(asPrimary, id, 1 + (k % 3));
-      await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 40)));
+      await new Promise((r) => setTimeout(r, plan.delayMs(40)));
       await cluster.kill('host-b');
       const outcome = await started;
       const cutBefore = outcome === 'done' ? undefined : (await view(id)).state;

@@ -1,5 +1,5 @@
-// The primary agent (a separate `drsite agent` process) killed -9 at random moments (25 in
-// `npm test`, 50 in `npm run soak`, DRSITE_KILLS to choose) of a replication cycle, spread over the cycle's length (cut, copy-before-write, seal, upload,
+// The primary agent (a separate `drsite agent` process) killed -9 at random moments (8 in
+// `npm test`, 50 in `npm run soak`, DRSITE_KILLS to choose; DRSITE_SEED replays them, test/support/kills.ts) of a replication cycle, spread over the cycle's length (cut, copy-before-write, seal, upload,
 // acknowledgement), with writes between the kills. After each restart the relationship converges
 // by itself, no point the replica acknowledged is lost, every retained point is sha256-equal to a
 // disk state the primary cut, and after each restart the latest point equals the disk: tracking
@@ -13,8 +13,10 @@ import { NbdClient } from '../../src/nbd/client.ts';
 import type { RecoveryPointInfo, RelationshipView } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s } from '../agent/cluster.ts';
+import { killPlan } from '../support/kills.ts';
 
-const KILLS = Number(process.env.DRSITE_KILLS ?? 25);
+const plan = killPlan(import.meta.filename);
+const KILLS = plan.kills;
 const MiB = 1 << 20;
 const ID = 'rel-k';
 let cluster: Cluster;
@@ -63,7 +65,7 @@ describe('primary killed -9 mid-cycle', () => {
       await write(100 + k);
       states.add(await sha(image()));
       const pending = a.request('POST', `/v1/relationships/${ID}/replicate-now`).catch(() => undefined);
-      await new Promise((r) => setTimeout(r, Math.random() * 1.3 * cycleMs));
+      await new Promise((r) => setTimeout(r, plan.random() * 1.3 * cycleMs));
       await cluster.kill('host-a', 'SIGKILL');
       await pending;
       // Nothing the replica acknowledged is lost, whatever the primary was doing.

@@ -1,6 +1,6 @@
 // Kills during the streamed data path (issue 12), with real agent processes over mutual TLS:
-// - the Replica server killed -9 at random moments while a cycle's delta streams to it (20 in
-//   `npm test`, DRSITE_KILLS to choose): the replica is always exactly at a point the primary
+// - the Replica server killed -9 at random moments while a cycle's delta streams to it (8 in
+//   `npm test`, DRSITE_KILLS to choose, DRSITE_SEED to replay): the replica is always exactly at a point the primary
 //   cut, never between and never behind an acknowledged one; the primary seals the interrupted
 //   log in its outbox and the next cycle resumes it from the replica's durable offset.
 // - the primary killed -9 at random moments of a streamed initial copy (3, DRSITE_KILLS up to 20):
@@ -17,11 +17,14 @@ import { NbdClient } from '../../src/nbd/client.ts';
 import type { RelationshipView, ReplicaStatus } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { SEGMENT_BYTES } from '../../src/core/initial-stream.ts';
+import { killPlan } from '../support/kills.ts';
 import { Cluster, policy30s } from '../agent/cluster.ts';
 import { untilSegments, vmWithData } from './stream-copy.ts';
 
 const MiB = 1 << 20;
-const kills = (fallback: number) => Math.min(20, Number(process.env.DRSITE_KILLS ?? fallback));
+// Seeded kill moments (test/support/kills.ts): DRSITE_SEED replays them, DRSITE_KILLS sets how many (at most 20 here).
+const streamKills = killPlan(import.meta.filename, { max: 20 });
+const copyKills = killPlan(import.meta.filename, { default: 3, max: 20 });
 const sha = async (p: string) => createHash('sha256').update(await readFile(p)).digest('hex');
 const clusters: Cluster[] = [];
 afterAll(async () => {
@@ -33,7 +36,7 @@ const pointSha = async (c: MtlsClient, id: string, seq: number) =>
   (await c.request('GET', `/v1/relationships/${id}/recovery-points/${seq}/disks/d0/sha256`)).json<{ sha256: string }>().sha256;
 
 describe('replica killed -9 while a delta streams to it', () => {
-  const KILLS = kills(20);
+  const KILLS = streamKills.kills;
   test(`${KILLS} kills at random moments of the stream: always exactly at a cut point, none acknowledged lost, the next cycle resumes`, async () => {
     const cluster = await Cluster.create([{ name: 'host-a' }, { name: 'host-b' }]);
     clusters.push(cluster);
@@ -61,7 +64,7 @@ describe('replica killed -9 while a delta streams to it', () => {
         (r) => r.json<{ sequence: number; applied: number }>(),
         (e: unknown) => e as Error,
       );
-      await new Promise((r) => setTimeout(r, 5 + Math.floor(Math.random() * 60)));
+      await new Promise((r) => setTimeout(r, streamKills.delayMs(60, 5)));
       await cluster.kill('host-b');
       const result = await cycle;
       if (result instanceof Error) {
@@ -91,7 +94,7 @@ describe('replica killed -9 while a delta streams to it', () => {
 });
 
 describe('primary killed -9 during a streamed initial copy', () => {
-  const KILLS = kills(3);
+  const KILLS = copyKills.kills;
   test(`${KILLS} kills at random moments: the copy completes from a new cut, nothing is a point before the end, point 1 equals the disk`, async () => {
     const cluster = await Cluster.create([{ name: 'host-a' }, { name: 'host-b' }]);
     clusters.push(cluster);
@@ -110,7 +113,7 @@ describe('primary killed -9 during a streamed initial copy', () => {
       // A random moment of the copy: after some segments went in (the replica's checkpoint says so).
       const asPrimary = await cluster.client('host-b', 'host-a');
       await untilSegments(asPrimary, id, 1 + (k % 3));
-      await new Promise((r) => setTimeout(r, Math.floor(Math.random() * 40)));
+      await new Promise((r) => setTimeout(r, copyKills.delayMs(40)));
       await cluster.kill('host-a');
       const outcome = await started;
       // The disk changes while its agent is down, inside the segments the replica already took
