@@ -90,7 +90,9 @@ async function runTerm(paths: string[], flags: RunFlags, g: GlobalOptions, io: I
     const line = guestsLine(runningGuests(loaded.state, g.stateDir));
     if (line) io.err(line);
   };
-  // Installed before the session opens: a Ctrl-C while agents start (or guests boot) is a stop too.
+  // Installed before the session opens; until it is open (agents starting, or a follower standing
+  // by for the lease) there is nothing to finish, so a signal exits at once, as a kill would.
+  let opened = false;
   let stopping: ReturnType<typeof setTimeout> | undefined;
   const exitNow = (why: string) => {
     stopBars();
@@ -99,6 +101,7 @@ async function runTerm(paths: string[], flags: RunFlags, g: GlobalOptions, io: I
     process.exit(EXIT_SIGNALLED);
   };
   const onSignal = (signal: NodeJS.Signals) => {
+    if (!opened) return exitNow(`${signal}: exiting before the loop started`);
     if (stopping) return exitNow(`${signal} again: exiting at once; journaled work resumes on the next drsite run`);
     stop.abort();
     stopBars();
@@ -129,6 +132,7 @@ async function runTerm(paths: string[], flags: RunFlags, g: GlobalOptions, io: I
     unlisten();
     throw e;
   }
+  opened = true;
   if (elected) say(`leading ${g.vault} (pid ${process.pid})`);
   const metrics = flags.metricsPort === undefined ? undefined : new ReplicationMetrics();
   const served = metrics && (await metrics.serve(Number(flags.metricsPort)));

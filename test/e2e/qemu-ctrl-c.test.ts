@@ -95,13 +95,13 @@ let guest: number;
 
 test('Ctrl-C while a recovery plan waits on a script: out after the grace period; a second Ctrl-C exits at once; the next run finishes the plan', async () => {
   const mark = join(q.root, 'slow-started');
-  writeFileSync(join(q.qs, 'slow.sh'), `#!/bin/sh\necho started >> ${mark}\nsleep 20\n`, { mode: 0o755 });
+  writeFileSync(join(q.qs, 'slow.sh'), `#!/bin/sh\necho started >> ${mark}\nsleep 30\n`, { mode: 0o755 });
   const plan = readFileSync(join(q.qs, 'plan.yaml'), 'utf8').replace(/\n  failover:[\s\S]*$/, '\n');
   const withScript = plan.replace('      vms: [web-01]\n', '      vms: [web-01]\n      before:\n        - name: slow\n          script:\n            path: slow.sh\n            timeout: 60s\n');
   expect(withScript).toContain('path: slow.sh');
   q.setFailover(['id: drill-1', 'type: test'], withScript);
 
-  // One Ctrl-C while the pass waits on the script: it does not wait 20 s for it.
+  // One Ctrl-C while the pass waits on the script: it does not wait 30 s for it.
   const second = runOnPty(q);
   await waitFor('the script to start', () => existsSync(mark), 60_000, second.output);
   process.kill(await second.pid(), 'SIGINT');
@@ -113,8 +113,9 @@ test('Ctrl-C while a recovery plan waits on a script: out after the grace period
   const third = runOnPty(q);
   const pid = await third.pid();
   await waitFor('the next run to hold the reconcile lease', () => q.readVault((v) => v.getLease(RECONCILE_LEASE)?.pid === pid), 30_000, third.output);
-  // Its first pass resumes the plan and waits on the script (about 10 s of it left).
-  await new Promise((r) => setTimeout(r, 3000));
+  // Its sites open (a signal before that exits at once), then its first pass resumes the plan and
+  // waits on the script (about 18 s of it left).
+  await new Promise((r) => setTimeout(r, 5000));
   process.kill(pid, 'SIGINT');
   await waitFor('the first Ctrl-C to be taken', () => /SIGINT: stopping/.test(third.output()), 5000, third.output);
   process.kill(pid, 'SIGINT');
