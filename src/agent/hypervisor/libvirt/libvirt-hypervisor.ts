@@ -10,7 +10,7 @@
 // scratch files, seed disks, consoles) lives under runDir, group-owned by the QEMU group.
 import { createHash } from 'node:crypto';
 import { chmod, chown, copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TerminalError } from '../../../model/errors.ts';
 import type { Hypervisor, PowerOptions, PowerState, VmDefinition, VmDisk, VmRuntimeStatus } from '../../../model/hypervisor.ts';
@@ -230,6 +230,7 @@ export class LibvirtHypervisor implements Hypervisor {
     if (!vm.domainXml) throw new TerminalError('invalid-state', `VM "${vm.name}" has no replicated libvirt domain definition to define it from (its primary was not a libvirt site)`);
     const dir = this.runVmDir(vm.name);
     await this.prepareDir(dir);
+    await this.prepareDir(dirname(resolve(opts.nbdSocket)));
     await this.shareWithQemu(opts.nbdSocket);
     let seedImage: string | undefined;
     if (opts.seedImage) {

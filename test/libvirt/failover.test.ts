@@ -1,0 +1,103 @@
+// Failover of a libvirt domain drsite did not create, onto a second libvirt site on the same host
+// (host-b's domains carry a prefix, so names never clash on the one libvirtd). The guest (the test
+// guest on a qcow2 image, defined with plain `virsh define`) writes a file on host-a. A test
+// failover defines `<vm>-Test` from the replicated domain XML on an isolated libvirt network,
+// where the guest reads its file; cleanup undefines it and removes its files. The planned
+// failover shuts the source down through libvirt (`virsh shutdown`: the guest sees the ACPI power
+// button), ships the final delta from the shut-off image's persistent bitmap, and defines and
+// starts the domain on host-b: its disk is the agent's export of the recovery point, its interface
+// on the mapped libvirt network with its MAC kept, its address from the NoCloud seed disk. The
+// guest reads the file it wrote on host-a, and `virsh list` shows exactly one running copy.
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { sha256, waitForLine } from '../qemu/guest.ts';
+import { cleanup, defineGuestDomain, defineIsolatedNetwork, domState, imageSha, runningDomains, suffix, virsh, type GuestDomain } from './libvirt.ts';
+import { cycle, libvirtSites, pointSha, protect, view, type LibvirtSites } from './sites.ts';
+
+const sfx = suffix();
+const name = `drt-${sfx}-app`;
+const nets = { a: `drt-${sfx}-lan-a`, b: `drt-${sfx}-lan-b`, test: `drt-${sfx}-test` };
+let s: LibvirtSites | undefined;
+let dom: GuestDomain;
+
+const A = randomBytes(3000);
+const B = randomBytes(2000);
+// The guest's own logic, on its disk: report every file it has, then write the next one.
+const RUN_SH = `#!/bin/sh
+mkdir -p /mnt/files
+for f in /mnt/files/*; do [ -f "$f" ] && echo "DRSITE have \${f#/mnt} sha256=$(sha256sum "$f" | cut -d' ' -f1)"; done
+put() { echo "$2" | base64 -d > "/mnt/files/$1"; sync; echo "DRSITE wrote /files/$1 sha256=$(sha256sum "/mnt/files/$1" | cut -d' ' -f1)"; }
+if [ ! -f /mnt/files/a.txt ]; then put a.txt ${A.toString('base64')}
+elif [ ! -f /mnt/files/b.txt ]; then put b.txt ${B.toString('base64')}
+fi
+`;
+
+beforeAll(async () => {
+  s = await libvirtSites(sfx);
+  for (const n of Object.values(nets)) await defineIsolatedNetwork(n);
+  dom = await defineGuestDomain(name, { run: { run: 'seed,script,wait' }, files: { '/drsite/run.sh': RUN_SH }, network: nets.a });
+}, 180_000);
+
+afterAll(async () => {
+  const b = s?.prefixB ?? '';
+  await s?.destroy();
+  await cleanup([name, `${b}${name}`, `${b}${name}-Test`], Object.values(nets));
+}, 60_000);
+
+const consoleOnB = (vm: string) => join(s!.runDirs[1]!, 'vms', vm, 'serial.log');
+
+describe('failover of a libvirt domain to another libvirt site', () => {
+  test('test failover on an isolated network, then planned failover: the guest reads on host-b the file it wrote on host-a', async () => {
+    const site = s!;
+    await virsh('start', name);
+    await waitForLine(dom.serial, new RegExp(`DRSITE wrote /files/a.txt sha256=${sha256(A)}`), 90_000);
+    expect((await waitForLine(dom.serial, /DRSITE seed (\S+)/, 5000))[1]).toBe('none');
+    const id = await protect(site, name);
+    await cycle(site.a, id);
+
+    // Test failover: <vm>-Test on the isolated network, from the latest point; replication goes on.
+    const testVm = `${name}-Test`;
+    const tf = (await site.b.request('POST', `/v1/relationships/${id}/test-failover`, { network: nets.test })).json<{ testVm: string }>();
+    expect(tf.testVm).toBe(testVm);
+    const testDomain = `${site.prefixB}${testVm}`;
+    expect(await domState(testDomain)).toBe('running');
+    const testXml = await virsh('dumpxml', testDomain);
+    expect(testXml).toContain(`<source network='${nets.test}'`);
+    expect(testXml).toContain(`<mac address='${dom.mac}'/>`);
+    expect(testXml).toMatch(/<source protocol='nbd' name='vda'/);
+    await waitForLine(consoleOnB(testVm), new RegExp(`DRSITE have /files/a.txt sha256=${sha256(A)}`), 90_000);
+    await cycle(site.a, id); // replication keeps running meanwhile
+    expect((await site.b.request('POST', `/v1/relationships/${id}/cleanup-test-failover`)).json<{ removed: string[] }>().removed).toEqual([testVm]);
+    expect(await domState(testDomain)).toBe('absent');
+    expect(existsSync(join(site.runDirs[1]!, 'vms', testVm))).toBe(false);
+    expect(existsSync(join(site.cluster.host('host-b').dataDir, 'vms', testVm))).toBe(false);
+
+    // Planned failover: shut down through libvirt, final delta from the shut-off image, host-b.
+    await site.a.request('POST', `/v1/vms/${name}/power`, { power: 'Off' });
+    await waitForLine(dom.serial, /DRSITE power button/, 30_000);
+    expect(await domState(name)).toBe('shut off');
+    const prep = (await site.a.request('POST', `/v1/relationships/${id}/prepare-planned-failover`)).json<{ sequence: number; state: string }>();
+    expect(prep.state).toBe('PreparedForPlannedFailover');
+    expect(await pointSha(site.b, id, prep.sequence)).toBe(await imageSha(dom.disk));
+    const fo = (await site.b.request('POST', `/v1/relationships/${id}/failover`, {
+      recoveryPoint: 'latest',
+      adapters: [{ name: 'eth0', network: nets.b, ipv4: { address: '10.20.0.11/24', gateway: '10.20.0.1' } }],
+    })).json<{ vm: string; state: string; recoveryPoint: { sequence: number } }>();
+    expect(fo).toMatchObject({ vm: name, state: 'FailoverWaitingCompletion', recoveryPoint: { sequence: prep.sequence } });
+    const target = `${site.prefixB}${name}`;
+    const onB = consoleOnB(name);
+    await waitForLine(onB, new RegExp(`DRSITE have /files/a.txt sha256=${sha256(A)}`), 90_000);
+    await waitForLine(onB, new RegExp(`DRSITE wrote /files/b.txt sha256=${sha256(B)}`), 30_000);
+    expect((await waitForLine(onB, /DRSITE seed hostname (\S+)/, 5000))[1]).toBe(name);
+    expect((await waitForLine(onB, /DRSITE seed addr \S+ (\S+) (\S+)/, 5000)).slice(1)).toEqual([dom.mac, '10.20.0.11/24']);
+    const xml = await virsh('dumpxml', target);
+    expect(xml).toContain(`<source network='${nets.b}'`);
+    expect(xml).toContain(`<mac address='${dom.mac}'/>`);
+    // Exactly one copy of the VM runs: host-b's; host-a's domain is shut off, still defined.
+    expect((await runningDomains()).filter((d) => d.includes(name))).toEqual([target]);
+    expect(await domState(name)).toBe('shut off');
+    expect((await view(site.a, id)).state).toBe('PreparedForPlannedFailover');
+  }, 240_000);
+});
