@@ -6,6 +6,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { parse } from 'yaml';
 import { TerminalError } from '../model/errors.ts';
+import { DEFAULT_REPLICA_PORT } from '../model/site.ts';
 import type { AllowedPrimary, LibvirtSiteSettings, QemuSiteSettings } from '../model/types.generated.ts';
 import { parseDuration } from '../model/units.ts';
 import type { LibvirtSettings, QemuSettings } from './hypervisor/index.ts';
@@ -123,7 +124,7 @@ export function parseAgentConfig(text: string, file: string): AgentConfig {
   return {
     name: c.name,
     dataDir,
-    listen: { host: c.listen?.host ?? '127.0.0.1', port: c.listen?.port ?? 8443 },
+    listen: { host: c.listen?.host ?? '127.0.0.1', port: c.listen?.port ?? DEFAULT_REPLICA_PORT },
     tlsDir: abs(c.tlsDir ?? 'certs'),
     operators: c.operators ?? ['drsite-operator'],
     replicaServer: {

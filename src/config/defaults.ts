@@ -6,7 +6,9 @@ import type {
   Resource, ResolvedReplicationPolicy, Site,
 } from '../model/desired.ts';
 
-export const DEFAULT_REPLICA_PORT = 8443;
+import { DEFAULT_REPLICA_PORT } from '../model/site.ts';
+
+export { DEFAULT_REPLICA_PORT };
 export const DEFAULT_SCRIPT_TIMEOUT = '5m';
 export const ALL_FAILOVER_TYPES = ['test', 'planned', 'unplanned', 'failback'] as const;
 

@@ -17,7 +17,7 @@ import { declarationsOf, keyOf, participating, sitesInUse, type Declarations } f
 import { Informer } from './informer.ts';
 import { JobEvents } from './job-events.ts';
 import { httpStatusOf, KubeApi, type CustomObject } from './kube-api.ts';
-import { LeaderElector } from './leader-election.ts';
+import { DEFAULT_LEASE_SECONDS, LeaderElector } from './leader-election.ts';
 import { mergePatch, statusFor } from './status.ts';
 import type { KubeConfig } from '@kubernetes/client-node';
 
@@ -194,7 +194,7 @@ export class Controller {
       desired, vaultPath: this.opts.vaultPath ?? `${this.opts.stateDir}/vault.db`, stateDir: this.opts.stateDir, report: this.report,
       command: `drsite controller (${this.opts.identity})`,
       // A previous leader in this state directory may still be finishing its last pass.
-      waitLockMs: (this.opts.leaseDurationSeconds ?? 15) * 1000,
+      waitLockMs: (this.opts.leaseDurationSeconds ?? DEFAULT_LEASE_SECONDS) * 1000,
       onLeaseLost: () => {
         this.report('the vault was taken over by another drsite; stepping down');
         this.leading = false;

@@ -8,6 +8,9 @@ import { V1MicroTime, type V1Lease } from '@kubernetes/client-node';
 import type { KubeApi } from './kube-api.ts';
 import { httpStatusOf } from './kube-api.ts';
 
+/** How long a leader that stopped renewing keeps the Lease when none is given (client-go's default). */
+export const DEFAULT_LEASE_SECONDS = 15;
+
 export interface LeaderElectionOptions {
   api: KubeApi;
   leaseName: string;
@@ -36,7 +39,7 @@ export class LeaderElector {
 
   constructor(opts: LeaderElectionOptions) {
     this.opts = opts;
-    this.durationMs = (opts.leaseDurationSeconds ?? 15) * 1000;
+    this.durationMs = (opts.leaseDurationSeconds ?? DEFAULT_LEASE_SECONDS) * 1000;
   }
 
   get isLeader(): boolean {

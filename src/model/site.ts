@@ -17,6 +17,9 @@ import type {
 } from './replication-api.ts';
 import type { ResolvedPolicySpec, SiteSpec } from './desired.ts';
 
+/** The Replica server's port when a Site does not set one (Hyper-V Replica's HTTPS default). */
+export const DEFAULT_REPLICA_PORT = 8443;
+
 /** A VM as a site's hypervisor reports it. */
 export interface SiteVm {
   name: string;

@@ -5,6 +5,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { Agent } from '../agent/agent.ts';
 import { libvirtSettingsOf, qemuSettingsOf, type AgentConfig } from '../agent/config.ts';
 import type { AllowedPrimary, Site as SiteResource } from '../model/desired.ts';
+import { DEFAULT_REPLICA_PORT } from '../model/site.ts';
 import type { CertBundle } from '../transport/certs.ts';
 import type { Logger } from '../transport/logger.ts';
 import { HostSite } from './host-site.ts';
@@ -41,7 +42,7 @@ export function embeddedAgentConfig(site: SiteResource, opts: Pick<EmbeddedSiteO
     name,
     dataDir,
     // Without a Replica server nothing dials this site but the reconciler: any free port will do.
-    listen: { host: '127.0.0.1', port: rs?.enabled ? (rs.port ?? 8443) : 0 },
+    listen: { host: '127.0.0.1', port: rs?.enabled ? (rs.port ?? DEFAULT_REPLICA_PORT) : 0 },
     tlsDir: resolve(opts.cwd, opts.certsDir),
     operators: [OPERATOR_NAME],
     replicaServer: {
