@@ -173,7 +173,7 @@ export class Agent implements AgentContext {
     if (!replica.azure) {
       let link = this.#links.get(replica.endpoint);
       if (!link) {
-        link = new HttpReplicaLink(replica.endpoint, this.#tls);
+        link = new HttpReplicaLink(replica.endpoint, this.#tls, this.config.linkTimeoutMs);
         this.#links.set(replica.endpoint, link);
       }
       return link;

@@ -32,6 +32,8 @@ export interface AgentConfig {
   qemu: QemuSettings;
   /** Settings of the libvirt driver (the Site's `libvirt` block). */
   libvirt?: LibvirtSettings;
+  /** The replica links' no-progress timeout: a stalled transfer gives up after it. @default 60 s */
+  linkTimeoutMs?: number;
 }
 
 /** The libvirt driver's settings from the Site's `libvirt` block (the same block in an agent's configuration file). */
@@ -68,6 +70,7 @@ const schema = {
       properties: { host: { type: 'string', minLength: 1 }, port: { type: 'integer', minimum: 0, maximum: 65535 } },
     },
     tlsDir: { type: 'string', minLength: 1 },
+    linkTimeout: { type: 'string', pattern: '^[0-9]+(ms|s|m|h)$' },
     hypervisor: { enum: ['files', 'qemu', 'libvirt'] },
     // The Site's own `qemu` and `libvirt` blocks, so the two places say it the same way.
     qemu: { $ref: QEMU_BLOCK },
@@ -117,7 +120,7 @@ export function parseAgentConfig(text: string, file: string): AgentConfig {
     const problems = (validate.errors ?? []).map((e) => `${e.instancePath || '(top)'} ${e.message}`).join('; ');
     throw new TerminalError('invalid-argument', `${file}: invalid agent configuration: ${problems}`);
   }
-  const c = doc as Partial<Omit<AgentConfig, 'qemu' | 'libvirt'>> & { name: string; dataDir: string; qemu?: QemuSiteSettings; libvirt?: LibvirtSiteSettings };
+  const c = doc as Partial<Omit<AgentConfig, 'qemu' | 'libvirt'>> & { name: string; dataDir: string; qemu?: QemuSiteSettings; libvirt?: LibvirtSiteSettings; linkTimeout?: string };
   const base = dirname(resolve(file));
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
   const dataDir = abs(c.dataDir);
@@ -136,6 +139,7 @@ export function parseAgentConfig(text: string, file: string): AgentConfig {
       })),
     },
     hypervisor: c.hypervisor ?? 'files',
+    ...(c.linkTimeout !== undefined && { linkTimeoutMs: parseDuration(c.linkTimeout) }),
     qemu: qemuSettingsOf(c.qemu),
     ...(c.libvirt && { libvirt: libvirtSettingsOf(c.libvirt) }),
   };

@@ -235,20 +235,15 @@ function isReadable(b: unknown): b is Readable {
   return b instanceof Readable || (typeof b === 'object' && b !== null && typeof (b as Readable).pipe === 'function');
 }
 
-// The environment can shorten the default so a network-fault test sees a stalled link give up
-// within seconds (the agent's replica links take the default; they have no option of their own).
-function defaultTimeoutMs(): number {
-  const raw = process.env.DRSITE_HTTP_TIMEOUT_MS;
-  const n = raw !== undefined && /^\d{1,9}$/.test(raw) ? Number(raw) : 0;
-  return n > 0 ? n : 60_000;
-}
+/** No progress for this long fails a request (an agent's replica links set theirs: `linkTimeout`). */
+const DEFAULT_TIMEOUT_MS = 60_000;
 
 export function createMtlsClient(opts: MtlsClientOptions): MtlsClient {
   const base = new URL(opts.baseUrl);
   if (base.protocol !== 'https:') {
     throw new TerminalError('invalid-argument', `baseUrl must be an https:// URL, got "${opts.baseUrl}"`);
   }
-  const timeoutMs = opts.timeoutMs ?? defaultTimeoutMs();
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   const counters = opts.counters ?? new TransferCounters();
   // Certificates on the agent make every pooled connection present them; Node leaves SNI empty
   // for IP hosts and checks the IP against the certificate's IP SANs.

@@ -19,10 +19,10 @@ import { UPLOAD_CHECKSUM, UPLOAD_LENGTH, UPLOAD_OFFSET, uploadFile } from '../..
 import { Cluster, policy30s, sha256File } from '../agent/cluster.ts';
 import { TcpProxy } from './tcp-proxy.ts';
 
-// The replica link's no-progress timeout, read when the agent creates its link (in a test, after
-// this module ran): seconds, so a stall past it costs seconds, not a minute.
+// The replica link's no-progress timeout (the agents' `linkTimeout`): seconds, so a stall past it
+// costs seconds, not a minute.
 const LINK_TIMEOUT_MS = 4_000;
-process.env.DRSITE_HTTP_TIMEOUT_MS = String(LINK_TIMEOUT_MS);
+const linkTimeout = [`linkTimeout: ${LINK_TIMEOUT_MS}ms`];
 
 const MiB = 1 << 20;
 const DISK = 32 * MiB;
@@ -35,7 +35,7 @@ let b: MtlsClient;
 let asPrimary: MtlsClient;
 
 beforeAll(async () => {
-  cluster = await Cluster.create([{ name: 'host-a' }, { name: 'host-b' }]);
+  cluster = await Cluster.create([{ name: 'host-a', config: linkTimeout }, { name: 'host-b', config: linkTimeout }]);
   await cluster.startInProcess('host-a');
   await cluster.startInProcess('host-b');
   proxy = await TcpProxy.start({ port: cluster.host('host-b').port });

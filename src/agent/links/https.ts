@@ -14,8 +14,9 @@ export class HttpReplicaLink implements ReplicaLink {
   readonly counters = new TransferCounters();
   readonly #client: MtlsClient;
 
-  constructor(endpoint: string, tls: CertBundle) {
-    this.#client = createMtlsClient({ ca: tls.ca, cert: tls.cert, key: tls.key, baseUrl: endpoint, counters: this.counters });
+  /** `timeoutMs`: how long a request may make no progress before it fails (retryable). */
+  constructor(endpoint: string, tls: CertBundle, timeoutMs?: number) {
+    this.#client = createMtlsClient({ ca: tls.ca, cert: tls.cert, key: tls.key, baseUrl: endpoint, counters: this.counters, ...(timeoutMs !== undefined && { timeoutMs }) });
   }
 
   async createReplica(req: CreateReplicaRequest): Promise<ReplicaStatus> {
