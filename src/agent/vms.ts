@@ -93,6 +93,11 @@ export async function listVms(ctx: AgentContext): Promise<SiteVm[]> {
     const view = adoptedView(vm);
     out.push(vm.domain ? { ...view, power: await vm.domain.power().catch(() => view.power) } : view);
   }
+  // A libvirt site: its other domains are VMs a ProtectedVM may name (adopted once protected).
+  const listed = new Set(out.map((v) => v.name));
+  for (const vm of (await ctx.hv.externalVms?.()) ?? []) {
+    if (!listed.has(vm.name)) out.push({ name: vm.name, disks: vm.disks.map((d) => ({ name: d.name, size: d.size })), adapters: vm.adapters, power: vm.power });
+  }
   return out;
 }
 

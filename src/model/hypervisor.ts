@@ -107,6 +107,8 @@ export interface Hypervisor {
   pause?(name: string): Promise<void>;
   /** Lets a paused guest run on. */
   resume?(name: string): Promise<void>;
+  /** VMs of the host that the driver did not define and could protect (libvirt: the connection's other domains). */
+  externalVms?(): Promise<VmDefinition[]>;
   /** Re-attaches to guests that kept running while the agent was down; called once at start. */
   adopt?(): Promise<void>;
   /** Releases the driver's handles; running guests keep running. */

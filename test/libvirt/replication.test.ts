@@ -51,6 +51,9 @@ describe('a libvirt domain protected through checkpoints', () => {
   test('initial copy and deltas while the guest writes, each point equal to the image at its cut; a libvirtd restart keeps the chain', async () => {
     await virsh('start', name);
     await moreWrites(10);
+    // Listed before protection (what the reconciler checks a ProtectedVM against), not yet tracked.
+    const before = (await s!.a.request('GET', '/v1/vms')).json<{ name: string; power: string; tracking?: string; disks: { name: string; size: number }[] }[]>();
+    expect(before.find((v) => v.name === name)).toEqual({ name, power: 'Running', adapters: [], disks: [{ name: 'vda', size: 32 << 20 }] });
     const id = await protect(s!, name);
     expect((await view(s!.a, id)).state).toBe('Replicating');
     const vms = (await s!.a.request('GET', '/v1/vms')).json<{ name: string; tracking?: string; disks: { name: string }[] }[]>();

@@ -16,7 +16,7 @@ import { TerminalError } from '../../../model/errors.ts';
 import type { Hypervisor, PowerOptions, PowerState, VmDefinition, VmDisk, VmRuntimeStatus } from '../../../model/hypervisor.ts';
 import { silentLogger, type Logger } from '../../../transport/logger.ts';
 import { FilesHypervisor } from '../files.ts';
-import { rewriteForTarget } from './domain-xml.ts';
+import { readDomain, rewriteForTarget } from './domain-xml.ts';
 import { DEFAULT_URI, Virsh, isNotFound } from './virsh.ts';
 
 export interface LibvirtSettings {
@@ -97,6 +97,34 @@ export class LibvirtHypervisor implements Hypervisor {
   domainName(vm: string): string {
     this.vmDir(vm);
     return `${this.settings.domainPrefix ?? ''}${vm}`;
+  }
+
+  /**
+   * The connection's domains drsite did not define, as VMs a ProtectedVM may name: disks by target
+   * (`vda`) with their capacity, interfaces as `eth<n>` on their libvirt network, power.
+   */
+  async externalVms(): Promise<VmDefinition[]> {
+    const own = new Set((await this.list()).map((vm) => this.domainName(vm.name)));
+    const out: VmDefinition[] = [];
+    const lines = (await this.virsh.run(['list', '--all'])).split('\n').map((l) => l.trim()).filter(Boolean);
+    for (const line of lines) {
+      const m = /^(\S+)\s+(\S+)\s+(.+)$/.exec(line);
+      if (!m || own.has(m[2]!)) continue;
+      const name = m[2]!;
+      try {
+        const info = readDomain(await this.virsh.run(['dumpxml', '--inactive', name], { domain: name }), `libvirt domain "${name}"`);
+        const disks: VmDisk[] = [];
+        for (const d of info.disks) {
+          const size = await this.virsh.run(['domblkinfo', name, d.target], { domain: name }).then((o) => Number(/^Capacity:\s+(\d+)/m.exec(o)?.[1] ?? 0), () => 0);
+          disks.push({ name: d.target, file: d.path ?? d.protocol ?? '', size });
+        }
+        const adapters = info.interfaces.map((i) => ({ name: i.name, ...(i.network && { network: i.network }), ...(i.mac && { mac: i.mac }) }));
+        out.push({ name, disks, adapters, power: m[3]!.trim() === 'shut off' ? 'Off' : 'Running' });
+      } catch (e) {
+        if (!isNotFound(e)) throw e; // undefined while being listed
+      }
+    }
+    return out;
   }
 
   async domainExists(name: string): Promise<boolean> {
