@@ -238,7 +238,7 @@ export class QemuHypervisor implements Hypervisor {
         }
         if (s.status !== 'shutdown') return { power: 'Running', detail: s.status };
         // Powered off and being let go: answer once that is recorded, so status and vm.json agree.
-        await Promise.race([g.gone, sleep(10_000)]);
+        await Promise.race([g.gone, sleep(10_000, undefined, { ref: false })]);
       } catch (e) {
         if (!QmpError.is(e) || e.kind !== 'closed') return { power: 'Running', detail: `unknown (${(e as Error).message})` };
         await g.gone;
@@ -472,7 +472,8 @@ export class QemuHypervisor implements Hypervisor {
     await g.qmp.execute('system_powerdown').catch((e: unknown) => {
       if (!QmpError.is(e) || e.kind !== 'closed') throw e;
     });
-    const stopped = await Promise.race([g.gone.then(() => true), sleep(timeoutMs).then(() => false)]);
+    // Unref'd: the losing timeout of the race must not hold the process (drsite apply) for a minute.
+    const stopped = await Promise.race([g.gone.then(() => true), sleep(timeoutMs, undefined, { ref: false }).then(() => false)]);
     if (stopped) return;
     if (!opts.force) {
       throw new TerminalError('invalid-state', `VM "${g.vm}" did not power off within ${timeoutMs} ms of an ACPI power-down (system_powerdown); it is still running. Retry with a longer timeout, or force to stop it hard`);
@@ -490,7 +491,7 @@ export class QemuHypervisor implements Hypervisor {
   async #quit(g: Guest): Promise<void> {
     g.quitting = true;
     await g.qmp.execute('quit', undefined, { timeoutMs: 5000 }).catch(() => {});
-    const gone = await Promise.race([g.gone.then(() => true), sleep(10_000).then(() => false)]);
+    const gone = await Promise.race([g.gone.then(() => true), sleep(10_000, undefined, { ref: false }).then(() => false)]);
     if (gone) return;
     try {
       process.kill(g.pid, 'SIGKILL');
