@@ -3,7 +3,9 @@
 // and every delta come from libvirt checkpoints and pull-mode backup jobs while the guest keeps
 // writing. Each point is sha256-equal to the domain's image at its cut (the test pauses the domain
 // for the cut, so it knows what the image held). A libvirtd restart loses nothing: the checkpoint
-// bitmaps are persistent, so the next delta is incremental and still equal, with no resync.
+// bitmaps are persistent, so the next delta is incremental and still equal, with no resync; so
+// does an agent restart. A checkpoint deleted behind drsite's back makes the relationship
+// ResynchronizationRequired, and the resync's point is equal again, after which deltas resume.
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { waitForLine } from '../qemu/guest.ts';
@@ -48,7 +50,7 @@ async function pausedCut(id: string): Promise<{ seq: number; image: string; acti
 }
 
 describe('a libvirt domain protected through checkpoints', () => {
-  test('initial copy and deltas while the guest writes, each point equal to the image at its cut; a libvirtd restart keeps the chain', async () => {
+  test('initial copy and deltas while the guest writes, each point equal to the image at its cut; libvirtd and agent restarts keep the chain; a lost checkpoint resyncs', async () => {
     await virsh('start', name);
     await moreWrites(10);
     // Listed before protection (what the reconciler checks a ProtectedVM against), not yet tracked.
@@ -92,5 +94,37 @@ describe('a libvirt domain protected through checkpoints', () => {
     const v = await view(s!.a, id);
     expect(v.state).toBe('Replicating');
     expect(v.health).toBe('Normal');
+
+    // The agent restarts: the next one goes on from the same checkpoint, still incremental.
+    await s!.cluster.stopInProcess('host-a');
+    await moreWrites(10);
+    await s!.cluster.startInProcess('host-a');
+    s!.a = await s!.cluster.client('host-a', undefined, 180_000);
+    expect((await view(s!.a, id)).state).toBe('Replicating');
+    const restarted = await pausedCut(id);
+    expect(restarted.action).toBe('delta');
+    expect(await pointSha(s!.b, id, restarted.seq)).toBe(restarted.image);
+
+    // Someone deletes drsite's checkpoint: writes since the last cut are unknown, so the
+    // relationship resynchronises (block compare) instead of shipping a delta it cannot trust.
+    const [cp] = (await virsh('checkpoint-list', name, '--name')).trim().split('\n');
+    await virsh('checkpoint-delete', name, cp!);
+    await moreWrites(10);
+    await expect(s!.a.request('POST', `/v1/relationships/${id}/replicate-now`)).rejects.toThrow(/resynchronization required/);
+    const lost = await view(s!.a, id);
+    expect(lost.state).toBe('ResynchronizationRequired');
+    await virsh('suspend', name);
+    try {
+      const r = (await s!.a.request('POST', `/v1/relationships/${id}/resync`)).json<{ action: string; sequence: number }>();
+      expect(r.action).toBe('resync');
+      expect(await pointSha(s!.b, id, r.sequence)).toBe(await imageSha(dom.disk));
+    } finally {
+      await virsh('resume', name);
+    }
+    expect((await view(s!.a, id)).state).toBe('Replicating');
+    await moreWrites(10);
+    const healed = await pausedCut(id);
+    expect(healed.action).toBe('delta');
+    expect(await pointSha(s!.b, id, healed.seq)).toBe(healed.image);
   }, 240_000);
 });
