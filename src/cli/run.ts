@@ -53,8 +53,8 @@ export async function runCommand(paths: string[], flags: RunFlags, g: GlobalOpti
       io.out(`lost the lead of ${g.vault}; standing by again`);
       continue;
     }
-    // Everything is closed: a timer left behind below (a race's losing timeout, such as the QEMU
-    // driver's 60 s power-off wait) must not keep the process alive for another minute.
+    // Everything is closed: a timer left behind below (a race's losing timeout, as the QEMU
+    // driver's 60 s power-off wait was) must not keep the process alive for another minute.
     setTimeout(() => process.exit(code), EXIT_AFTER_CLOSE_MS).unref();
     return code;
   }
