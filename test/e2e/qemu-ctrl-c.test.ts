@@ -24,6 +24,8 @@ interface OnPty {
 
 const plain = (s: string) => s.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '').replace(/\r/g, '');
 
+const started: OnPty[] = [];
+
 function runOnPty(q: Quickstart): OnPty {
   const cmd = `exec ${process.execPath} ${DRSITE} run qs --state-dir ${q.state} --poll 500ms`;
   const script = spawn('script', ['-qefc', cmd, '/dev/null'], { cwd: q.root, env: { ...process.env, ...q.env }, stdio: ['pipe', 'pipe', 'pipe'] });
@@ -31,7 +33,7 @@ function runOnPty(q: Quickstart): OnPty {
   script.stdout!.on('data', (d) => (out += d));
   script.stderr!.on('data', (d) => (out += d));
   const exited = new Promise<number | null>((resolve) => script.once('exit', (code) => resolve(code)));
-  return {
+  const run: OnPty = {
     script,
     output: () => plain(out),
     exited,
@@ -42,6 +44,8 @@ function runOnPty(q: Quickstart): OnPty {
         return child > 0 ? child : undefined;
       }, 10_000),
   };
+  started.push(run);
+  return run;
 }
 
 const within = <T>(ms: number, p: Promise<T>, what: string) =>
@@ -61,7 +65,16 @@ beforeAll(async () => {
   await testGuest();
   q = await quickstart('qemu');
 }, 120_000);
-afterAll(() => q?.cleanup());
+afterAll(async () => {
+  // A failed test can leave a run going: stop it (and its pty) before the guests and the files go.
+  for (const r of started) {
+    if (r.script.exitCode !== null || r.script.signalCode !== null) continue;
+    const pid = await r.pid().catch(() => undefined);
+    if (pid) process.kill(pid, 'SIGKILL');
+    r.script.kill('SIGKILL');
+  }
+  q?.cleanup();
+});
 
 test('Ctrl-C after a planned failover stops within seconds and names the guest that keeps running, with the command that stops it', async () => {
   const first = runOnPty(q);
