@@ -147,11 +147,13 @@ export interface RewriteOptions {
   readonly seedImage?: string;
   /** Where the guest's file-backed serial console goes on this site. */
   readonly serialLog?: string;
+  /** The uuid of the domain when it is defined already on this site (a redefinition keeps it). */
+  readonly uuid?: string;
 }
 
 /**
- * The source domain's definition for a failover domain on this site: its name, no uuid (libvirt
- * gives it a new one), its disks on the agent's exports, its interfaces on the mapped networks
+ * The source domain's definition for a failover domain on this site: its name, not the source's
+ * uuid (libvirt gives it a new one; a redefinition keeps the one it has here), its disks on the agent's exports, its interfaces on the mapped networks
  * with their MACs kept, the seed disk, and no paths that belonged to the source host's runtime.
  */
 export function rewriteForTarget(sourceXml: string, opts: RewriteOptions): string {
@@ -162,6 +164,7 @@ export function rewriteForTarget(sourceXml: string, opts: RewriteOptions): strin
   const name = child(root, 'name');
   if (name) name.children = [{ tag: '#text', attrs: {}, children: [], text: opts.name }];
   else root.children.unshift(textEl('name', opts.name));
+  if (opts.uuid) root.children.splice(root.children.findIndex((c) => c.tag === 'name') + 1, 0, textEl('uuid', opts.uuid));
   const devices = child(root, 'devices');
   if (!devices) throw new TerminalError('invalid-argument', `replicated definition of ${opts.name}: no <devices>`);
   const byTarget = new Map(opts.disks.map((d) => [d.target, d]));

@@ -226,9 +226,15 @@ export class LibvirtHypervisor implements Hypervisor {
     return { power: 'Off', detail: state === 'shut off' ? 'stopped' : state };
   }
 
+  /**
+   * Refused: a domain this site defined runs on the agent's NBD exports, and libvirt (9.0) gives
+   * its NBD disks no reconnect delay, so QEMU could not follow them to new exports (a commit
+   * serves the committed images on a new server). Refusing here, before anything changed, keeps
+   * the guest running on its overlays; once it is off, commit needs no pause.
+   */
   async pause(name: string): Promise<void> {
     const domain = this.domainName(name);
-    await this.virsh.run(['suspend', domain], { domain });
+    throw new TerminalError('invalid-state', `VM ${name} runs as libvirt domain "${domain}" on the agent's NBD exports of its recovery point, and libvirt cannot move a running domain's NBD disks to the committed images; shut it down (power Off), then commit: it starts again on its committed disks`);
   }
 
   async resume(name: string): Promise<void> {
@@ -267,8 +273,11 @@ export class LibvirtHypervisor implements Hypervisor {
       await this.shareWithQemu(seedImage);
     }
     const networks = Object.fromEntries(vm.adapters.map((a) => [a.name, a.network]));
+    const domain = this.domainName(vm.name);
+    const uuid = (await this.#state(domain)) === undefined ? undefined : (await this.virsh.run(['domuuid', domain], { domain })).trim();
     const xml = rewriteForTarget(vm.domainXml, {
-      name: this.domainName(vm.name),
+      name: domain,
+      ...(uuid && { uuid }),
       disks: vm.disks.map((d) => ({ target: d.name, socket: resolve(opts.nbdSocket), exportName: d.name })),
       networks,
       ...(seedImage && { seedImage }),
