@@ -249,7 +249,7 @@ test('leader, its agent and its etcd member killed -9 mid-plan: a follower takes
 
   const next = await waitFor('a follower to take over', () => [controller('a'), controller('witness')].find((c) => /took over the reconcile lease/.test(c.run.output())), 60_000, allOutput);
   const other = next.name === 'a' ? controller('witness') : controller('a');
-  expect(next.run.output()).toMatch(new RegExp(`took over the reconcile lease of etcd://\\S+ from pid ${b.pid}, \`drsite run\`, since \\S+: its lease expired`));
+  expect(next.run.output()).toMatch(new RegExp(`took over the reconcile lease of etcd://\\S+ from pid ${b.pid}, \`drsite run --poll \\S+\`, since \\S+: its lease expired`));
   await waitFor(`controller ${next.name} to lead`, () => leads(next), 30_000, allOutput);
   expect(leaseHolder()).toBe(next.pid);
   expect(leaders()).toEqual([next.name]);
