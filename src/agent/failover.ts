@@ -26,6 +26,8 @@ import type { ReplicaReplication } from '../core/replication/replica.ts';
 import type { RecoveryPoint } from '../core/recovery-points.ts';
 import { createRelationship } from './relationships.ts';
 import { dropVm, serveOverlays, serveVm, setPower } from './vms.ts';
+import { LibvirtHypervisor, shutdownDomain } from './hypervisor/libvirt/libvirt-hypervisor.ts';
+import { findOriginal, forgetOriginal, restoreIntoOriginal, type OriginalDomain } from './hypervisor/libvirt/original-domain.ts';
 
 function adaptersOf(req: { adapters?: FailoverAdapterSettings[]; network?: string | null }): VmAdapter[] {
   const list = req.adapters?.length ? req.adapters : [{ name: 'eth0' }];
@@ -113,6 +115,8 @@ export async function failover(ctx: AgentContext, id: string, req: FailoverReque
   if (state === 'FailedOver') throw new TerminalError('invalid-state', `replica of ${rep.record.vm} is already failed over and committed`);
   const next = changePoint ? state : rep.next('failover');
   rep.resolvePoint(req.recoveryPoint); // refused before the current failover VM is dropped
+  const original = ctx.hv instanceof LibvirtHypervisor ? await findOriginal(ctx.hv, rep.record.vm) : undefined;
+  if (original) return failbackOntoOriginal(ctx, rep, original, req, next);
   if (rep.record.failover) await dropVm(ctx, rep.record.failover.vm); // change of point before commit
   const { point } = await overlayVm(ctx, rep, rep.record.vm, req.recoveryPoint, 'failover', adaptersOf(req), req.start === false ? 'Off' : 'Running');
   rep.record.failover = { vm: rep.record.vm, sequence: point.sequence };
@@ -122,12 +126,42 @@ export async function failover(ctx: AgentContext, id: string, req: FailoverReque
   return { vm: rep.record.vm, recoveryPoint: rep.pointInfo(point), state: rep.record.state };
 }
 
+/**
+ * Failback onto the libvirt domain this site protected before (it stays defined while the VM ran
+ * elsewhere): the point is written into its own images and the domain itself starts, so its
+ * original definition is what runs, not a second domain. A change of point stops it first.
+ */
+async function failbackOntoOriginal(ctx: AgentContext, rep: ReplicaReplication, original: OriginalDomain, req: FailoverRequest, next: ReplicaReplication['record']['state']): Promise<FailoverResult> {
+  const hv = ctx.hv as LibvirtHypervisor;
+  if (rep.record.failover) await shutdownDomain(hv.virsh, original.vm, 0, true);
+  const dir = join(ctx.config.dataDir, 'failback', rep.id);
+  await mkdir(dir, { recursive: true });
+  const opened = await rep.openPointOverlays(req.recoveryPoint ?? 'latest', dir);
+  try {
+    await restoreIntoOriginal(hv, original, opened.devices, req.start !== false);
+  } finally {
+    for (const d of opened.devices.values()) await d.close().catch(() => {});
+    await rm(dir, { recursive: true, force: true });
+  }
+  rep.record.failover = { vm: original.vm, sequence: opened.point.sequence };
+  rep.record.state = next;
+  await rep.save();
+  ctx.log.info('failback onto the original libvirt domain', { relationship: rep.id, vm: original.vm, point: opened.point.sequence });
+  return { vm: original.vm, recoveryPoint: rep.pointInfo(opened.point), state: rep.record.state };
+}
+
 /** Commit: the failed-over VM gets standalone disks; the other recovery points are discarded. */
 export async function commit(ctx: AgentContext, id: string): Promise<RelationshipView> {
   const rep = replicaOf(ctx, id);
   const active = rep.record.failover;
   if (rep.record.state !== 'FailoverWaitingCompletion' || !active) throw new TerminalError('invalid-state', `cannot commit ${rep.record.vm}: no failover is waiting for completion (${rep.record.state})`);
   const next = rep.next('commit');
+  // A failback onto the original libvirt domain: its own images hold the point already.
+  if (ctx.hv instanceof LibvirtHypervisor && (await findOriginal(ctx.hv, active.vm))) {
+    await rep.discardChain(next);
+    await forgetOriginal(ctx.hv, active.vm);
+    return rep.view(ctx.clock.now());
+  }
   const rt = ctx.runtimes.get(active.vm);
   const vm = await ctx.hv.get(active.vm);
   const dir = ctx.hv.vmDir(active.vm);
@@ -164,7 +198,9 @@ export async function cancel(ctx: AgentContext, id: string): Promise<Relationshi
   if (!rep && !ctx.primaries.has(id)) throw new TerminalError('not-found', `no relationship ${id} on ${ctx.config.name}`);
   if (rep?.record.state === 'FailoverWaitingCompletion' && rep.record.failover) {
     const next = rep.next('cancel');
-    await dropVm(ctx, rep.record.failover.vm);
+    // The original libvirt domain goes off again (it stays defined, as before the failback).
+    if (ctx.hv instanceof LibvirtHypervisor && (await findOriginal(ctx.hv, rep.record.failover.vm))) await shutdownDomain(ctx.hv.virsh, rep.record.failover.vm, 0, true);
+    else await dropVm(ctx, rep.record.failover.vm);
     delete rep.record.failover;
     rep.record.state = next;
     await rep.save();

@@ -14,7 +14,9 @@ import { createAtRestKey, keysFromWire, keysToWire, newRelationshipKeys, writeKe
 import { newPrimaryRecord, retentionOf } from '../core/replication/primary-record.ts';
 import { ReplicaReplication, type ReplicaRecord } from '../core/replication/replica.ts';
 import { stopVm } from './vms.ts';
-import { adoptDomain } from './adopted.ts';
+import { adoptDomain, releaseVm } from './adopted.ts';
+import { LibvirtHypervisor } from './hypervisor/libvirt/libvirt-hypervisor.ts';
+import { seedFromOriginal } from './hypervisor/libvirt/original-domain.ts';
 
 export type CreateRelationship = CreateRelationshipRequest & { seedFromVm?: string; discardSeed?: boolean };
 
@@ -175,8 +177,19 @@ export async function createReplica(ctx: AgentContext, req: CreateReplicaRequest
  * relationship for the VM ends here; the VM itself now exists only as a replica.
  */
 async function seedReplica(ctx: AgentContext, vmName: string, storageDir: string, disks: CreateReplicaRequest['disks'], useDisks: boolean): Promise<void> {
-  if (ctx.adopted.get(vmName)?.domain) {
-    throw new TerminalError('invalid-argument', `VM ${vmName} on ${ctx.config.name} is a libvirt domain drsite did not define: reverse replication onto it is not supported yet; undefine it (keeping its disks) or use the full-download method on a new name`);
+  // A libvirt domain drsite did not define: its images seed the replica and it stays defined, the
+  // original a failback restores (hypervisor/libvirt/original-domain.ts).
+  const domain = ctx.adopted.get(vmName)?.domain;
+  if (domain && ctx.hv instanceof LibvirtHypervisor) {
+    if ((await domain.power()) !== 'Off') throw new TerminalError('invalid-state', `VM ${vmName} is running on ${ctx.config.name}: shut it down before reverse replication`);
+    for (const p of [...ctx.primaries.values()].filter((x) => x.record.vm === vmName)) {
+      ctx.primaries.delete(p.id);
+      await p.remove({ replicaToo: false });
+    }
+    await releaseVm(ctx, vmName);
+    await seedFromOriginal(ctx.hv, vmName, storageDir, disks.map((d) => d.id), useDisks);
+    ctx.log.info('replica seeded from the original libvirt domain, which stays defined', { vm: vmName, storage: storageDir });
+    return;
   }
   const vm = await ctx.hv.find(vmName);
   if (!vm) return; // nothing to seed from: a full compare against zeroes

@@ -8,7 +8,8 @@
 // agent and guest restarts, so continuity survives them too; a bitmap libvirt or QEMU no longer
 // trusts (a crash left it inconsistent, someone deleted the checkpoint) makes the relationship
 // resynchronise, reported once through onContinuityLost.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { promisify } from 'node:util';
 import { chmod, chown, mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -19,6 +20,8 @@ import { NbdClient } from '../../../nbd/client.ts';
 import { allExtents, dirtyExtents } from '../qemu/dirty-bitmap-tracker.ts';
 import { child, children, parseXml, readDomain, untrackableReason, type DomainDisk } from './domain-xml.ts';
 import type { Virsh } from './virsh.ts';
+
+const run = promisify(execFile);
 
 /** Prefix of the checkpoints drsite makes; a domain's other checkpoints are left alone. */
 const PREFIX = 'drsite-';
@@ -196,7 +199,12 @@ export class LibvirtCheckpointSource implements CutSource {
     await this.close();
     const { virsh, domain } = this.#opts;
     for (const c of (await listCheckpoints(virsh, domain).catch(() => [] as string[])).reverse()) {
-      await virsh.run(['checkpoint-delete', domain, c], { domain }).catch(() => {});
+      // libvirt deletes the bitmaps of a running domain's checkpoint only; a shut-off domain's
+      // metadata goes, and its bitmaps are removed from the images with qemu-img.
+      const deleted = await virsh.run(['checkpoint-delete', domain, c], { domain }).then(() => true, () => false);
+      if (deleted) continue;
+      await virsh.run(['checkpoint-delete', domain, c, '--metadata'], { domain }).catch(() => {});
+      for (const d of this.#tracked) await run('qemu-img', ['bitmap', '--remove', '-f', d.format, d.image, c]).catch(() => {});
     }
     await rm(this.#opts.workDir, { recursive: true, force: true });
   }
