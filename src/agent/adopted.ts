@@ -53,7 +53,7 @@ async function open(ctx: AgentContext, req: AdoptedRecord): Promise<AdoptedVm> {
   if (req.libvirt) {
     if (!(ctx.hv instanceof LibvirtHypervisor)) throw new TerminalError('invalid-state', `VM ${req.name} was a libvirt domain, but ${ctx.config.name} no longer runs the libvirt hypervisor`);
     const domain = await openProtectedDomain(ctx.hv, req.name, onContinuityLost);
-    return { name: req.name, disks: domain.check.disks.map((d) => ({ name: d.target, node: d.target })), source: domain.source, persistent: true, vmConfig: domain.vmConfig, domain };
+    return { name: req.name, disks: domain.check.disks.map((d) => ({ name: d.target, node: d.target })), source: domain.source, persistent: domain.persistent, vmConfig: domain.vmConfig, domain };
   }
   if (!req.qmpSocket || !req.disks) throw new TerminalError('invalid-argument', `adopted VM record ${req.name} names no QMP socket`);
   const qmpSocket = req.qmpSocket;

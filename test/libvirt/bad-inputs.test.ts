@@ -1,6 +1,6 @@
 // What the libvirt driver refuses, each with one clear error naming the domain, and leaving
 // nothing behind: a domain that does not exist, a transient domain, a disk on a network protocol
-// and a raw image (which checkpoints cannot track), libvirtd not running (really stopped, then
+// and an image format drsite cannot track (vmdk), libvirtd not running (really stopped, then
 // started again), and a failover whose domain name already exists on the recovery site.
 import { execFile } from 'node:child_process';
 import { readFile, writeFile } from 'node:fs/promises';
@@ -25,7 +25,7 @@ afterAll(async () => {
   const b = s?.prefixB ?? '';
   await s?.destroy();
   await ensureLibvirtd();
-  await cleanup([n('transient'), n('netdisk'), n('raw'), n('web'), `${b}${n('web')}`, n('down')]);
+  await cleanup([n('transient'), n('netdisk'), n('vmdk'), n('web'), `${b}${n('web')}`, n('down')]);
 }, 60_000);
 
 async function protectError(vm: string, opts: { listable?: boolean } = {}): Promise<string> {
@@ -66,10 +66,10 @@ describe('bad inputs on a libvirt site', () => {
     expect(await protectError(vm)).toMatch(new RegExp(`libvirt domain "${vm}": disk vdb cannot be tracked: it is a network disk \\(protocol nbd\\)`));
   });
 
-  test('a raw image (checkpoints need qcow2)', async () => {
-    const vm = n('raw');
-    await defineGuestDomain(vm, { run: { run: 'wait' }, format: 'raw' });
-    expect(await protectError(vm)).toMatch(new RegExp(`libvirt domain "${vm}": disk vda cannot be tracked: its format is raw: .*qemu-img convert -O qcow2`));
+  test('an image format drsite cannot track (vmdk)', async () => {
+    const vm = n('vmdk');
+    await defineGuestDomain(vm, { run: { run: 'wait' }, format: 'vmdk' });
+    expect(await protectError(vm)).toMatch(new RegExp(`libvirt domain "${vm}": disk vda cannot be tracked: its format is vmdk: drsite tracks qcow2 images \\(libvirt checkpoints\\) and raw ones \\(QEMU dirty bitmaps\\)`));
   });
 
   test('libvirtd not running', async () => {

@@ -57,7 +57,7 @@ export interface GuestDomain {
 export interface GuestDomainOptions {
   readonly run: GuestRun;
   /** @default qcow2 */
-  readonly format?: 'qcow2' | 'raw';
+  readonly format?: 'qcow2' | 'raw' | 'vmdk';
   /** Files on the guest's ext4 disk. */
   readonly files?: Record<string, string | Buffer>;
   /** libvirt network of its one interface; absent = no interface. */
@@ -80,9 +80,9 @@ export async function defineGuestDomain(name: string, opts: GuestDomainOptions):
   await makeGuestDisk(raw, opts.files ?? {});
   const format = opts.format ?? 'qcow2';
   let disk = raw;
-  if (format === 'qcow2') {
-    disk = join(dir, 'os.qcow2');
-    await run('qemu-img', ['convert', '-q', '-O', 'qcow2', raw, disk]);
+  if (format !== 'raw') {
+    disk = join(dir, `os.${format}`);
+    await run('qemu-img', ['convert', '-q', '-O', format, raw, disk]);
     await rm(raw);
   }
   const serial = join(dir, 'serial.log');
@@ -149,7 +149,7 @@ export async function runningDomains(): Promise<string[]> {
 }
 
 /** sha256 of a domain's image as raw bytes (the domain paused or off: its writes flushed). */
-export async function imageSha(disk: string, format: 'qcow2' | 'raw' = 'qcow2'): Promise<string> {
+export async function imageSha(disk: string, format: 'qcow2' | 'raw' | 'vmdk' = 'qcow2'): Promise<string> {
   const out = `${disk}.sha-${randomBytes(4).toString('hex')}.raw`;
   try {
     await run('qemu-img', ['convert', '-U', '-q', '-f', format, '-O', 'raw', disk, out]);

@@ -120,12 +120,12 @@ export function readDomain(xml: string, what = 'domain XML'): DomainInfo {
   return { name: textOf(child(root, 'name')) ?? '', uuid: textOf(child(root, 'uuid')), type: root.attrs.type ?? 'kvm', disks, interfaces };
 }
 
-/** Why a disk's writes cannot be tracked through libvirt checkpoints, or undefined when they can. */
+/** Why a disk's writes cannot be tracked, or undefined when they can (qcow2 or raw local images). */
 export function untrackableReason(d: DomainDisk): string | undefined {
   if (d.type === 'network') return `it is a network disk (protocol ${d.protocol ?? 'unknown'}): its data lives on a remote server, which libvirt's checkpoints and backup jobs cannot track here; protect it on its storage system, or exclude it`;
   if (d.type !== 'file' && d.type !== 'block' && d.type !== 'volume') return `libvirt disk type "${d.type}" has no image drsite can track`;
-  if (d.format !== 'qcow2') {
-    return `its format is ${d.format}: libvirt keeps checkpoints (persistent dirty bitmaps) only in qcow2 images; convert it with \`qemu-img convert -O qcow2\` while the domain is off and point the domain at the copy`;
+  if (d.format !== 'qcow2' && d.format !== 'raw') {
+    return `its format is ${d.format}: drsite tracks qcow2 images (libvirt checkpoints) and raw ones (QEMU dirty bitmaps); convert it with \`qemu-img convert -O qcow2\` while the domain is off and point the domain at the copy`;
   }
   if (d.backing) return 'it has a backing chain (an external snapshot overlay): commit it (`virsh blockcommit --active --pivot`) before protecting the domain';
   return undefined;

@@ -7,12 +7,16 @@ import { quiescedSource, type CutSource, type Quiescer } from '../../../core/rep
 import type { PowerState } from '../../../model/hypervisor.ts';
 import type { VmConfig } from '../../../model/replication-api.ts';
 import { checkDomain, domState, LibvirtCheckpointSource, type DomainCheck } from './checkpoint-source.ts';
+import { LibvirtQmpSource } from './qmp-source.ts';
 import { shutdownDomain, type LibvirtHypervisor } from './libvirt-hypervisor.ts';
 
 export interface ProtectedDomain {
   readonly name: string;
   readonly check: DomainCheck;
-  readonly tracker: LibvirtCheckpointSource;
+  /** Checkpoints when every disk is qcow2; QEMU's dirty bitmaps through the monitor passthrough otherwise. */
+  readonly tracker: LibvirtCheckpointSource | LibvirtQmpSource;
+  /** The tracking survives agent restarts (checkpoints). */
+  readonly persistent: boolean;
   /** The tracker, its app-consistent cuts frozen through the guest agent. */
   readonly source: CutSource & { readonly disks: LibvirtCheckpointSource['disks']; close(): Promise<void> };
   readonly vmConfig: VmConfig;
@@ -26,7 +30,13 @@ export async function openProtectedDomain(hv: LibvirtHypervisor, name: string, o
   const workDir = join(hv.runDir, 'protected', name);
   await hv.prepareDir(workDir);
   const gid = await hv.qemuGid();
-  const tracker = await LibvirtCheckpointSource.open({ virsh: hv.virsh, domain: name, workDir, ...(gid !== undefined && { qemuGroup: gid }), onContinuityLost }, check.disks);
+  // One tracker for all disks, so a cut is one instant across them: checkpoints need every disk
+  // in qcow2; a raw one puts the whole domain on QEMU's (non-persistent) dirty bitmaps.
+  const persistent = check.disks.every((d) => d.format === 'qcow2');
+  const group = gid !== undefined ? { qemuGroup: gid } : {};
+  const tracker = persistent
+    ? await LibvirtCheckpointSource.open({ virsh: hv.virsh, domain: name, workDir, ...group, onContinuityLost }, check.disks)
+    : await LibvirtQmpSource.open({ virsh: hv.virsh, domain: name, workDir, ...group, onContinuityLost, disks: check.disks });
   const inner = quiescedSource(tracker, virshQuiescer(hv, name));
   const source = { disks: tracker.disks, cut: inner.cut.bind(inner), close: () => tracker.close() };
   const macs = Object.fromEntries(check.info.interfaces.filter((i) => i.mac).map((i) => [i.name, i.mac!]));
@@ -36,6 +46,7 @@ export async function openProtectedDomain(hv: LibvirtHypervisor, name: string, o
     name,
     check,
     tracker,
+    persistent,
     source,
     vmConfig,
     power,

@@ -13,7 +13,7 @@ import { BLOCK_SIZE } from '../../../core/types.ts';
 import { RetryableError, TerminalError } from '../../../model/errors.ts';
 import { rangesWith, STATE, STATE_DIRTY } from '../../../nbd/block-status.ts';
 import { NbdClient } from '../../../nbd/client.ts';
-import { QmpClient, QmpError } from './qmp.ts';
+import { QmpClient, QmpError, type QmpEvent } from './qmp.ts';
 
 const run = promisify(execFile);
 /** Largest read from the point-in-time view in one request. */
@@ -26,9 +26,21 @@ export interface AdoptedDisk {
   readonly node: string;
 }
 
+/** The QMP calls the tracker makes: a QmpClient's, or a monitor reached another way (libvirt's passthrough). */
+export interface QmpConnection {
+  readonly isClosed: boolean;
+  execute<T = unknown>(command: string, args?: Record<string, unknown>, opts?: { timeoutMs?: number }): Promise<T>;
+  waitForEvent(name: string, opts: { timeoutMs: number; filter?: (e: QmpEvent) => boolean }): Promise<QmpEvent>;
+  close(): void;
+}
+
 export interface AdoptOptions {
-  /** The VM's QMP socket (a monitor drsite may use; QEMU allows one client per monitor). */
+  /** The VM's QMP socket (a monitor drsite may use; QEMU allows one client per monitor); with `connect`, only a label for messages. */
   readonly qmpSocket: string;
+  /** How the monitor is reached. @default a QmpClient on qmpSocket */
+  readonly connect?: () => Promise<QmpConnection>;
+  /** Called on each fleecing image once created (before QEMU opens it): a QEMU running as another user must be able to write it. */
+  readonly onScratchFile?: (path: string) => Promise<void>;
   readonly disks: readonly AdoptedDisk[];
   /** Scratch space: fleecing images (sparse, only old data of blocks written during a cut) and the NBD socket. */
   readonly workDir: string;
@@ -59,7 +71,7 @@ export class QemuDirtyBitmapSource implements CutSource {
   readonly #sized: readonly (AdoptedDisk & { size: number })[];
   readonly #token = randomBytes(4).toString('hex');
   readonly #pending = new Map<string, number>();
-  #qmp: QmpClient;
+  #qmp: QmpConnection;
   #generation = 0;
   /** The bitmap that records writes since the last released cut; undefined once untrusted. */
   #current: string | undefined;
@@ -67,7 +79,7 @@ export class QemuDirtyBitmapSource implements CutSource {
   #lost: string | undefined;
   #open: OpenCut | undefined;
 
-  private constructor(opts: AdoptOptions, qmp: QmpClient, sized: (AdoptedDisk & { size: number })[]) {
+  private constructor(opts: AdoptOptions, qmp: QmpConnection, sized: (AdoptedDisk & { size: number })[]) {
     this.#opts = opts;
     this.#qmp = qmp;
     this.#sized = sized;
@@ -80,7 +92,7 @@ export class QemuDirtyBitmapSource implements CutSource {
    */
   static async adopt(opts: AdoptOptions): Promise<QemuDirtyBitmapSource> {
     if (!opts.disks.length) throw new TerminalError('invalid-argument', `adopting the VM on ${opts.qmpSocket}: no disks given`);
-    const qmp = await connect(opts.qmpSocket);
+    const qmp = await (opts.connect ? opts.connect() : connect(opts.qmpSocket));
     try {
       const nodes = await namedNodes(qmp);
       const sized = opts.disks.map((d) => {
@@ -148,6 +160,7 @@ export class QemuDirtyBitmapSource implements CutSource {
     try {
       for (const d of open.disks) {
         await run('qemu-img', ['create', '-q', '-f', 'qcow2', d.file, String(d.disk.size)]);
+        await this.#opts.onScratchFile?.(d.file);
         // Reads of the view fall through to the disk for blocks not overwritten since the cut.
         await qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': d.fleece, file: { driver: 'file', filename: d.file }, backing: d.disk.node });
       }
@@ -240,8 +253,8 @@ export class QemuDirtyBitmapSource implements CutSource {
   }
 
   /** The QMP connection, opened again if it closed (QEMU may have restarted behind the same socket). */
-  async #connection(): Promise<QmpClient> {
-    if (this.#qmp.isClosed) this.#qmp = await connect(this.#opts.qmpSocket);
+  async #connection(): Promise<QmpConnection> {
+    if (this.#qmp.isClosed) this.#qmp = await (this.#opts.connect ? this.#opts.connect() : connect(this.#opts.qmpSocket));
     return this.#qmp;
   }
 }
@@ -258,7 +271,7 @@ async function connect(socket: string): Promise<QmpClient> {
   }
 }
 
-async function namedNodes(qmp: QmpClient): Promise<Map<string, NodeInfo>> {
+async function namedNodes(qmp: QmpConnection): Promise<Map<string, NodeInfo>> {
   const list = await qmp.execute<NodeInfo[]>('query-named-block-nodes', { flat: true });
   return new Map(list.filter((n) => n['node-name']).map((n) => [n['node-name']!, n]));
 }
