@@ -15,6 +15,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { KeyedMutex } from '../core/async-mutex.ts';
 import { fsyncDir, readJsonIfExists, writeJsonAtomic } from '../core/atomic-file.ts';
 import { systemClock, type Clock } from '../model/clock.ts';
 import { RetryableError, TerminalError } from '../model/errors.ts';
@@ -65,21 +66,8 @@ function paths(dir: string, name: string): { part: string; final: string; marker
 
 // One request at a time per upload: a HEAD must not report an offset while an earlier,
 // interrupted PUT is still flushing bytes, or the resumed PUT would be refused as out of order.
-const locks = new Map<string, Promise<void>>();
-async function withLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
-  const prev = locks.get(key) ?? Promise.resolve();
-  let release!: () => void;
-  const mine = new Promise<void>((r) => (release = r));
-  const chained = prev.then(() => mine);
-  locks.set(key, chained);
-  await prev;
-  try {
-    return await fn();
-  } finally {
-    release();
-    if (locks.get(key) === chained) locks.delete(key);
-  }
-}
+const locks = new KeyedMutex();
+const withLock = <T>(key: string, fn: () => Promise<T>): Promise<T> => locks.run(key, fn);
 
 async function sizeIfExists(path: string): Promise<number | undefined> {
   try {

@@ -7,6 +7,7 @@ import { spawn } from 'node:child_process';
 import { open, readFile, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { KeyedMutex } from '../../../core/async-mutex.ts';
 import { readJsonIfExists, writeJsonAtomic } from '../../../core/atomic-file.ts';
 import { TerminalError } from '../../../model/errors.ts';
 import type { GuestLiveness, Hypervisor, PowerOptions, PowerState, VmDefinition, VmDisk, VmRuntimeStatus } from '../../../model/hypervisor.ts';
@@ -80,7 +81,7 @@ export class QemuHypervisor implements Hypervisor {
   readonly #onStopped: QemuHypervisorOptions['onStopped'];
   readonly #guests = new Map<string, Guest>();
   /** One start, stop or adoption at a time per VM. */
-  readonly #locks = new Map<string, Promise<unknown>>();
+  readonly #locks = new KeyedMutex();
   /** The `auto` probe's result per machine type and kernel (what the probe booted). */
   readonly #accels = new Map<string, Promise<{ accel: Accel; reason: string }>>();
 
@@ -276,15 +277,8 @@ export class QemuHypervisor implements Hypervisor {
     return join(this.vmDir(name), 'crashed.json');
   }
 
-  async #serial<T>(name: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.#locks.get(name) ?? Promise.resolve();
-    const next = prev.catch(() => {}).then(fn);
-    this.#locks.set(name, next);
-    try {
-      return await next;
-    } finally {
-      if (this.#locks.get(name) === next) this.#locks.delete(name);
-    }
+  #serial<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    return this.#locks.run(name, fn);
   }
 
   /** The attached guest, attaching to a QEMU left by an earlier agent if its pidfile names a live one. */

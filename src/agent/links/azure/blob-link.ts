@@ -2,7 +2,7 @@
 // model): each disk is a page blob laid out as a fixed VHD, each recovery point a snapshot of every
 // disk's blob. Logs are verified and decrypted here, on the primary, because Azure stores plain
 // disk data (it encrypts at rest itself); the relationship keys never leave this process.
-import { AsyncMutex } from '../../../core/async-mutex.ts';
+import { KeyedMutex } from '../../../core/async-mutex.ts';
 import { createHash, createHmac } from 'node:crypto';
 import type { ContainerClient } from '@azure/storage-blob';
 import type { BlockDigests } from '../../../core/block-checksums.ts';
@@ -81,7 +81,7 @@ export class AzureBlobLink implements ReplicaLink {
   readonly #log: Logger;
   readonly #primary: string;
   /** One operation at a time per relationship, as the Replica server does. */
-  readonly #busy = new Map<string, AsyncMutex>();
+  readonly #busy = new KeyedMutex();
 
   constructor(opts: AzureBlobLinkOptions) {
     this.container = opts.container;
@@ -97,9 +97,7 @@ export class AzureBlobLink implements ReplicaLink {
   }
 
   #serial<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    let m = this.#busy.get(id);
-    if (!m) this.#busy.set(id, (m = new AsyncMutex()));
-    return m.run(fn);
+    return this.#busy.run(id, fn);
   }
 
   keysFor(id: string): RelationshipKeys {
