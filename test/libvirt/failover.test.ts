@@ -8,8 +8,8 @@
 // starts the domain on host-b: its disk is the agent's export of the recovery point, its interface
 // on the mapped libvirt network with its MAC kept, its address from the NoCloud seed disk. The
 // guest reads the file it wrote on host-a, and `virsh list` shows exactly one running copy.
-// Commit is refused while that domain runs (its NBD disks cannot follow new exports), and works
-// once it is shut down: it boots again from its committed disks.
+// Commit of the running domain shuts it down cleanly (its NBD disks cannot follow new exports)
+// and starts it again from its committed disks.
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -102,19 +102,12 @@ describe('failover of a libvirt domain to another libvirt site', () => {
     expect(await domState(name)).toBe('shut off');
     expect((await view(site.a, id)).state).toBe('PreparedForPlannedFailover');
 
-    // Commit: refused while the domain runs on the recovery point's exports (libvirt cannot move
-    // its NBD disks), with nothing changed; once it is shut down, commit gives it its own disks,
-    // and it boots again from them with both files.
-    await expect(site.b.request('POST', `/v1/relationships/${id}/commit`)).rejects.toThrow(/shut it down \(power Off\), then commit/);
-    expect((await view(site.b, id)).state).toBe('FailoverWaitingCompletion');
-    expect(await domState(target)).toBe('running');
-    await site.b.request('POST', `/v1/vms/${name}/power`, { power: 'Off' });
-    await waitForLine(onB, /DRSITE power button/, 30_000);
-    expect(await domState(target)).toBe('shut off');
+    // Commit while it runs: the guest shuts down cleanly (libvirt cannot move a running domain's
+    // NBD disks), its disks become images, and it boots again from them with both files.
     await site.b.request('POST', `/v1/relationships/${id}/commit`);
     expect((await view(site.b, id)).state).toBe('FailedOver');
-    await site.b.request('POST', `/v1/vms/${name}/power`, { power: 'Running' });
     await waitForLine(onB, new RegExp(`DRSITE have /files/b.txt sha256=${sha256(B)}`), 90_000);
+    expect(await domState(target)).toBe('running');
     expect((await runningDomains()).filter((d) => d.includes(name))).toEqual([target]);
   }, 240_000);
 });

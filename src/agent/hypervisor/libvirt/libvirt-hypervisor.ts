@@ -227,19 +227,24 @@ export class LibvirtHypervisor implements Hypervisor {
   }
 
   /**
-   * Refused: a domain this site defined runs on the agent's NBD exports, and libvirt (9.0) gives
-   * its NBD disks no reconnect delay, so QEMU could not follow them to new exports (a commit
-   * serves the committed images on a new server). Refusing here, before anything changed, keeps
-   * the guest running on its overlays; once it is off, commit needs no pause.
+   * What a commit asks of a running guest before its disks move from the recovery point's
+   * overlays to images. libvirt (9.0) gives NBD disks no reconnect delay, so QEMU could not follow
+   * a paused guest's disks to the new exports: instead the guest shuts down cleanly (`virsh
+   * shutdown`, the site's shutdownTimeout) and `resume` starts it again on the committed disks.
    */
   async pause(name: string): Promise<void> {
     const domain = this.domainName(name);
-    throw new TerminalError('invalid-state', `VM ${name} runs as libvirt domain "${domain}" on the agent's NBD exports of its recovery point, and libvirt cannot move a running domain's NBD disks to the committed images; shut it down (power Off), then commit: it starts again on its committed disks`);
+    await shutdownDomain(this.virsh, domain, this.settings.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_MS, false);
   }
 
+  /** After pause: starts the domain again (its definition names the same export socket, served anew). */
   async resume(name: string): Promise<void> {
     const domain = this.domainName(name);
-    await this.virsh.run(['resume', domain], { domain });
+    const state = await this.#state(domain);
+    if (state === 'paused') return void (await this.virsh.run(['resume', domain], { domain }));
+    if (state !== 'shut off') return;
+    await this.shareWithQemu(join(this.socketDir, `${name}.sock`));
+    await this.virsh.run(['start', domain], { domain });
   }
 
   /** Stops the domain drsite defined (hard), undefines it and removes its files. */
