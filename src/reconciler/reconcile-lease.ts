@@ -4,6 +4,7 @@
 // lease that the next process takes over at once on the same host (its pid is gone), or after
 // it expires from anywhere else.
 import { hostname } from 'node:os';
+import { systemClock, type Clock } from '../model/clock.ts';
 import { TerminalError } from '../model/errors.ts';
 import { parseDuration } from '../model/units.ts';
 import type { Lease, LeaseHolder, Vault } from '../vault/vault.ts';
@@ -31,6 +32,8 @@ export interface ReconcileLeaseOptions {
   report?: (line: string) => void;
   /** Called once if the lease is found taken over (this process stalled past its expiry). */
   onLost?: (by: Lease | undefined) => void;
+  /** Time for the wait's deadline and retries. @default systemClock */
+  clock?: Clock;
 }
 
 export interface HeldLease {
@@ -60,7 +63,8 @@ export async function holdReconcileLease(opts: ReconcileLeaseOptions): Promise<H
   const ttlMs = opts.ttlMs ?? 30_000;
   const me: LeaseHolder = { pid: process.pid, host: hostname(), command: opts.command };
   const isGone = (h: Lease) => h.host === me.host && !pidAlive(h.pid);
-  const deadline = Date.now() + (opts.waitMs ?? 0);
+  const clock = opts.clock ?? systemClock;
+  const deadline = clock.now() + (opts.waitMs ?? 0);
   let said = false;
   for (;;) {
     const r = vault.takeLease(RECONCILE_LEASE, me, ttlMs, isGone);
@@ -69,16 +73,16 @@ export async function holdReconcileLease(opts: ReconcileLeaseOptions): Promise<H
       if (r.tookOverFrom) opts.report?.(`took over the reconcile lease of ${vault.path} from ${describe(r.tookOverFrom)}: ${gone}`);
       break;
     }
-    if (Date.now() >= deadline) throw new TerminalError('invalid-state', refusal(r.holder, opts.command, vault.path));
+    if (clock.now() >= deadline) throw new TerminalError('invalid-state', refusal(r.holder, opts.command, vault.path));
     if (!said) {
       opts.report?.(
         deadline === Infinity
           ? `standing by: ${describe(r.holder)} leads ${vault.path}; taking over if its lease lapses`
-          : `waiting up to ${Math.ceil((deadline - Date.now()) / 1000)}s for the drsite reconciling ${vault.path} (${describe(r.holder)})`,
+          : `waiting up to ${Math.ceil((deadline - clock.now()) / 1000)}s for the drsite reconciling ${vault.path} (${describe(r.holder)})`,
       );
     }
     said = true;
-    await new Promise((res) => setTimeout(res, Math.min(RETRY_MS, Math.max(0, deadline - Date.now()))));
+    await clock.sleep(Math.min(RETRY_MS, Math.max(0, deadline - clock.now())));
   }
   let lost = false;
   const timer = setInterval(() => {

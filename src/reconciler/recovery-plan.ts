@@ -259,7 +259,7 @@ async function runScriptStep(ctx: ExecContext, plan: Job, input: PlanJobInput, g
   const dirFor = (attempt: number) => join(ctx.stateDir, 'journal', plan.id, slug, String(attempt));
   const prior = vault.getJob(plan.id)?.steps.find((x) => x.name === name);
   let result: ScriptResult | undefined;
-  if (prior?.state === 'Running') result = await resumeScript(dirFor(prior.attempt), timeoutMs);
+  if (prior?.state === 'Running') result = await resumeScript(dirFor(prior.attempt), timeoutMs, ctx.clock);
   if (!result) {
     const step = vault.startStep(plan.id, name);
     result = await runScript(dirFor(step.attempt), {

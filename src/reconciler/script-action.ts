@@ -7,6 +7,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { systemClock, type Clock } from '../model/clock.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface ScriptResult {
@@ -58,7 +59,7 @@ function completed(dir: string): ScriptResult | undefined {
  * What the journal in `dir` says about an earlier run: its result if it completed (waiting for it
  * when it is still running), or undefined when it never completed.
  */
-export async function resumeScript(dir: string, timeoutMs: number): Promise<ScriptResult | undefined> {
+export async function resumeScript(dir: string, timeoutMs: number, clock: Clock = systemClock): Promise<ScriptResult | undefined> {
   const done = completed(dir);
   if (done) return { ...done, resumed: true };
   let pid: number | undefined;
@@ -67,9 +68,9 @@ export async function resumeScript(dir: string, timeoutMs: number): Promise<Scri
   } catch {
     return undefined;
   }
-  const deadline = Date.now() + timeoutMs;
+  const deadline = clock.now() + timeoutMs;
   while (pid && alive(pid)) {
-    if (Date.now() > deadline) {
+    if (clock.now() > deadline) {
       try {
         process.kill(-pid, 'SIGKILL');
       } catch {

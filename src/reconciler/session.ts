@@ -2,6 +2,7 @@
 // and whatever the command runs beside them (the demo's sample workload). One place opens and
 // closes them in order.
 import { resolve } from 'node:path';
+import { systemClock, type Clock } from '../model/clock.ts';
 import type { DesiredState } from '../model/desired.ts';
 import { openSites, type SiteSet } from '../sites/open-sites.ts';
 import { Vault } from '../vault/vault.ts';
@@ -28,6 +29,8 @@ export interface SessionOptions {
   onLeaseLost?: () => void;
   /** How long the reconcile lease outlives its last renewal. @default 30000 */
   leaseTtlMs?: number;
+  /** Time for the lease wait and the observations. @default systemClock */
+  clock?: Clock;
 }
 
 /** Something that runs beside the reconciler for the session's lifetime. */
@@ -48,12 +51,13 @@ export interface Session {
 export async function openSession(opts: SessionOptions): Promise<Session> {
   const stateDir = resolve(opts.stateDir);
   const vault = Vault.open(opts.vaultPath);
+  const clock = opts.clock ?? systemClock;
   // The lease comes before the sites: a second reconciler must not even start embedded agents.
   let lease: HeldLease;
   try {
     lease = await holdReconcileLease({
       vault, command: opts.command, ...(opts.waitLockMs !== undefined && { waitMs: opts.waitLockMs }), ...(opts.leaseTtlMs !== undefined && { ttlMs: opts.leaseTtlMs }),
-      ...(opts.report && { report: opts.report }), ...(opts.onLeaseLost && { onLost: opts.onLeaseLost }),
+      ...(opts.report && { report: opts.report }), ...(opts.onLeaseLost && { onLost: opts.onLeaseLost }), clock,
     });
   } catch (e) {
     vault.close();
@@ -83,12 +87,12 @@ export async function openSession(opts: SessionOptions): Promise<Session> {
     stateDir,
     async quiesce() {
       await companion?.stop();
-      const obs = await observeSites(opts.desired, sites, vault, new Date());
+      const obs = await observeSites(opts.desired, sites, vault, new Date(clock.now()));
       for (const [name, cur] of obs.current) {
         if (cur.primaryView?.state !== 'Replicating') continue;
         await sites.get(cur.primarySite).replicateNow(cur.id).catch((e: Error) => opts.report?.(`final cycle of ${name}: ${e.message}`));
       }
-      recordObservation(vault, opts.desired, await observeSites(opts.desired, sites, vault, new Date()));
+      recordObservation(vault, opts.desired, await observeSites(opts.desired, sites, vault, new Date(clock.now())));
     },
     async close() {
       await companion?.stop();

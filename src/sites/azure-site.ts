@@ -14,6 +14,7 @@ import { azureCall } from '../agent/links/azure/errors.ts';
 import { AzureFailoverState, type AzureFailoverRecord, type AzureTestFailoverRecord } from '../agent/links/azure/failover-state.ts';
 import { selectPoint } from '../core/point-selector.ts';
 import { transition } from '../core/replication-state.ts';
+import { systemClock, type Clock } from '../model/clock.ts';
 import type { DesiredState, Site as SiteResource } from '../model/desired.ts';
 import { TerminalError } from '../model/errors.ts';
 import { formatDiagnostic } from '../model/diagnostics.ts';
@@ -29,6 +30,8 @@ export interface AzureSiteOptions {
   stateDir: string;
   /** @default process.env */
   env?: NodeJS.ProcessEnv;
+  /** Time for views (lag), test-failover records and job names. @default systemClock */
+  clock?: Clock;
 }
 
 /** What a failover verb brings to the Azure site: the point, the job id and (failover) planned or unplanned (@default unplanned). */
@@ -65,6 +68,10 @@ export class AzureSite implements Site {
   #link: AzureBlobLink | undefined;
   #state: AzureFailoverState | undefined;
 
+  #now(): number {
+    return (this.#opts.clock ?? systemClock).now();
+  }
+
   constructor(resource: SiteResource, opts: AzureSiteOptions) {
     if (resource.spec.type !== 'azure') throw new TerminalError('invalid-argument', `site ${resource.metadata.name} is not an azure site`);
     this.name = resource.metadata.name;
@@ -83,7 +90,7 @@ export class AzureSite implements Site {
   async snapshot(): Promise<SiteSnapshot> {
     try {
       const rels = await this.#relationships();
-      const now = Date.now();
+      const now = this.#now();
       return { name: this.name, reachable: true, vms: rels.flatMap((r) => this.#vms(r)), relationships: rels.map((r) => this.#view(r, now)) };
     } catch (e) {
       return { name: this.name, reachable: false, error: (e as Error).message };
@@ -91,7 +98,7 @@ export class AzureSite implements Site {
   }
 
   vms = async (): Promise<SiteVm[]> => (await this.#relationships()).flatMap((r) => this.#vms(r));
-  relationships = async (): Promise<RelationshipView[]> => (await this.#relationships()).map((r) => this.#view(r, Date.now()));
+  relationships = async (): Promise<RelationshipView[]> => (await this.#relationships()).map((r) => this.#view(r, this.#now()));
   recoveryPoints = async (id: string): Promise<RecoveryPointInfo[]> =>
     (await this.#relationship(id)).points.map((p) => ({ sequence: p.sequence, time: new Date(p.cutTime).toISOString(), consistency: p.consistency, cutId: p.cutId }));
 
@@ -200,7 +207,7 @@ export class AzureSite implements Site {
     const r = await this.#relationship(id);
     if (r.test) throw new TerminalError('invalid-state', `${r.vm} already has a test failover in Azure (${r.test.vm}, Terraform in ${r.test.terraformDir}): clean it up first`);
     const out = await this.#terraform(r, b, true);
-    await this.#open().state.setTest(id, { vm: out.vm, sequence: out.recoveryPoint.sequence, job: b.job ?? '', terraformDir: out.terraformDir, at: new Date().toISOString() });
+    await this.#open().state.setTest(id, { vm: out.vm, sequence: out.recoveryPoint.sequence, job: b.job ?? '', terraformDir: out.terraformDir, at: new Date(this.#now()).toISOString() });
     return out;
   }
 
@@ -226,7 +233,7 @@ export class AzureSite implements Site {
       sequence: out.recoveryPoint.sequence,
       job: b.job ?? '',
       terraformDir: out.terraformDir,
-      at: new Date().toISOString(),
+      at: new Date(this.#now()).toISOString(),
     };
     await this.#open().state.setFailover(id, rec);
     return { ...out, state: rec.state };
@@ -237,7 +244,7 @@ export class AzureSite implements Site {
     if (r.failover?.state !== 'FailoverWaitingCompletion') throw new TerminalError('invalid-state', `cannot commit ${r.vm}: no failover to Azure is waiting for completion`);
     r.failover = { ...r.failover, state: transition(r.failover.state, 'commit') as AzureFailoverRecord['state'] };
     await this.#open().state.setFailover(id, r.failover);
-    return this.#view(r, Date.now());
+    return this.#view(r, this.#now());
   }
 
   /**
@@ -252,7 +259,7 @@ export class AzureSite implements Site {
     const dir = r.failover.terraformDir;
     await this.#open().state.clearFailover(id);
     delete r.failover;
-    return { ...this.#view(r, Date.now()), terraformDir: dir };
+    return { ...this.#view(r, this.#now()), terraformDir: dir };
   }
 
   /** Resolves the point and writes the failover Terraform for it into `<stateDir>/azure/<job>/`. */
@@ -268,7 +275,7 @@ export class AzureSite implements Site {
       if (!snap) throw new TerminalError('not-found', `recovery point ${point.sequence} of ${r.vm} has no snapshot of disk ${d.id}`);
       disks.push({ name: d.id, blobUrl: `${this.#containerUrl()}/${diskBlobName(r.id, d.id)}`, snapshotTime: snap.disk });
     }
-    const job = b.job && /^[A-Za-z0-9][-A-Za-z0-9_.]*$/.test(b.job) ? b.job : `${test ? 'test-failover' : 'failover'}-${r.id}-${Date.now()}`;
+    const job = b.job && /^[A-Za-z0-9][-A-Za-z0-9_.]*$/.test(b.job) ? b.job : `${test ? 'test-failover' : 'failover'}-${r.id}-${this.#now()}`;
     const out = resolve(this.#opts.stateDir, 'azure', job);
     await mkdir(out, { recursive: true });
     const constructs = await loadConstructs();
