@@ -9,7 +9,8 @@
 // on the mapped libvirt network with its MAC kept, its address from the NoCloud seed disk. The
 // guest reads the file it wrote on host-a, and `virsh list` shows exactly one running copy.
 // Commit of the running domain shuts it down cleanly (its NBD disks cannot follow new exports)
-// and starts it again from its committed disks.
+// and starts it again from its committed disks; an agent restart on host-b shuts it down with the
+// agent and starts it again after.
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -109,5 +110,13 @@ describe('failover of a libvirt domain to another libvirt site', () => {
     await waitForLine(onB, new RegExp(`DRSITE have /files/b.txt sha256=${sha256(B)}`), 90_000);
     expect(await domState(target)).toBe('running');
     expect((await runningDomains()).filter((d) => d.includes(name))).toEqual([target]);
+
+    // host-b's agent restarts: its exports go away, so the domain shuts down cleanly with it and
+    // the next agent starts it again on its new exports.
+    await site.cluster.stopInProcess('host-b');
+    expect(await domState(target)).toBe('shut off');
+    await site.cluster.startInProcess('host-b');
+    expect(await domState(target)).toBe('running');
+    await waitForLine(onB, new RegExp(`DRSITE have /files/b.txt sha256=${sha256(B)}`), 90_000);
   }, 240_000);
 });

@@ -247,6 +247,39 @@ export class LibvirtHypervisor implements Hypervisor {
     await this.virsh.run(['start', domain], { domain });
   }
 
+  /**
+   * The agent stops: the domains this site defined run on its NBD exports, which go away with it,
+   * and libvirt gives NBD disks no reconnect delay. They shut down cleanly now (destroyed past the
+   * shutdown timeout) rather than meet I/O errors; their VMs stay Running, so `adopt` starts them
+   * again on the next agent's exports.
+   */
+  async close(): Promise<void> {
+    for (const vm of await this.list().catch(() => [] as VmDefinition[])) {
+      const domain = this.domainName(vm.name);
+      const state = await this.#state(domain).catch(() => undefined);
+      if (state === undefined || state === 'shut off') continue;
+      await shutdownDomain(this.virsh, domain, this.settings.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_MS, true).catch((e: unknown) =>
+        this.#log.warn('libvirt domain not shut down at agent stop', { vm: vm.name, domain, error: (e as Error).message }),
+      );
+    }
+  }
+
+  /** At agent start, once the exports are served: the VMs recorded Running whose domain is off start again. */
+  async adopt(): Promise<void> {
+    for (const vm of await this.list()) {
+      if (vm.power !== 'Running') continue;
+      const domain = this.domainName(vm.name);
+      if ((await this.#state(domain)) !== 'shut off') continue;
+      try {
+        await this.shareWithQemu(join(this.socketDir, `${vm.name}.sock`));
+        await this.virsh.run(['start', domain], { domain });
+        this.#log.info('libvirt domain started again on the agent\'s exports', { vm: vm.name, domain });
+      } catch (e) {
+        this.#log.warn('libvirt domain not started again', { vm: vm.name, domain, error: (e as Error).message });
+      }
+    }
+  }
+
   /** Stops the domain drsite defined (hard), undefines it and removes its files. */
   async remove(name: string): Promise<void> {
     const own = await this.#defs.find(name);
