@@ -30,6 +30,8 @@ export interface AdoptedVm {
   readonly vmConfig?: VmConfig;
   /** A libvirt domain (powered and tracked through libvirt). */
   readonly domain?: ProtectedDomain;
+  /** A libvirt domain's disks left out (not tracked). */
+  readonly exclude?: readonly string[];
 }
 
 /** How an adopted VM's writes are tracked, as its view says. */
@@ -42,6 +44,7 @@ interface AdoptedRecord {
   readonly qmpSocket?: string;
   readonly disks?: AdoptVmRequest['disks'];
   readonly libvirt?: true;
+  readonly exclude?: readonly string[];
 }
 
 const dirOf = (ctx: AgentContext) => join(ctx.config.dataDir, 'adopted');
@@ -52,8 +55,9 @@ async function open(ctx: AgentContext, req: AdoptedRecord): Promise<AdoptedVm> {
   };
   if (req.libvirt) {
     if (!(ctx.hv instanceof LibvirtHypervisor)) throw new TerminalError('invalid-state', `VM ${req.name} was a libvirt domain, but ${ctx.config.name} no longer runs the libvirt hypervisor`);
-    const domain = await openProtectedDomain(ctx.hv, req.name, onContinuityLost);
-    return { name: req.name, disks: domain.check.disks.map((d) => ({ name: d.target, node: d.target })), source: domain.source, persistent: domain.persistent, vmConfig: domain.vmConfig, domain };
+    const exclude = req.exclude ?? [];
+    const domain = await openProtectedDomain(ctx.hv, req.name, onContinuityLost, exclude);
+    return { name: req.name, disks: domain.check.disks.map((d) => ({ name: d.target, node: d.target })), source: domain.source, persistent: domain.persistent, vmConfig: domain.vmConfig, domain, exclude };
   }
   if (!req.qmpSocket || !req.disks) throw new TerminalError('invalid-argument', `adopted VM record ${req.name} names no QMP socket`);
   const qmpSocket = req.qmpSocket;
@@ -72,11 +76,14 @@ async function open(ctx: AgentContext, req: AdoptedRecord): Promise<AdoptedVm> {
  * A libvirt site: the libvirt domain `name` (which drsite did not define) is checked and tracked
  * from now on, and recorded so the next agent goes on from its checkpoints.
  */
-export async function adoptDomain(ctx: AgentContext, name: string): Promise<AdoptedVm> {
+export async function adoptDomain(ctx: AgentContext, name: string, exclude: readonly string[] = []): Promise<AdoptedVm> {
   const known = ctx.adopted.get(name);
-  if (known) return known;
-  const vm = await open(ctx, { name, libvirt: true });
-  await writeJsonAtomic(join(dirOf(ctx), `${name}.json`), { name, libvirt: true } satisfies AdoptedRecord);
+  const same = (a: readonly string[] = []) => a.length === exclude.length && a.every((x) => exclude.includes(x));
+  if (known && same(known.exclude)) return known;
+  // Adopted before with other disks left out (and no relationship on it now): tracked anew.
+  if (known) await releaseVm(ctx, name);
+  const vm = await open(ctx, { name, libvirt: true, exclude });
+  await writeJsonAtomic(join(dirOf(ctx), `${name}.json`), { name, libvirt: true, ...(exclude.length && { exclude }) } satisfies AdoptedRecord);
   ctx.adopted.set(name, vm);
   ctx.log.info('libvirt domain adopted', { vm: name, disks: vm.disks.map((d) => d.name).join(','), tracking: trackingOf(vm) });
   return vm;

@@ -34,10 +34,11 @@ export async function createRelationship(ctx: AgentContext, req: CreateRelations
   }
   const rt = ctx.runtimes.get(req.vm);
   // On a libvirt site, a ProtectedVM names a libvirt domain drsite did not define: adopted here.
-  const adopted = ctx.adopted.get(req.vm) ?? (!rt && ctx.hv.kind === 'libvirt' ? await adoptDomain(ctx, req.vm) : undefined);
+  // Its excluded disks are left out of the tracking too (a network disk can be, say).
+  const adopted = !rt && ctx.hv.kind === 'libvirt' ? await adoptDomain(ctx, req.vm, req.excludeDisks ?? []) : ctx.adopted.get(req.vm);
   if (!rt && !adopted) throw new TerminalError('not-found', `VM ${req.vm} not found on ${ctx.config.name}`);
   const exclude = new Set(req.excludeDisks ?? []);
-  if (adopted && exclude.size) throw new TerminalError('invalid-argument', `VM ${req.vm} is adopted: every disk it was adopted with replicates (adopt it with fewer disks instead of excludeDisks)`);
+  if (adopted && !adopted.domain && exclude.size) throw new TerminalError('invalid-argument', `VM ${req.vm} is adopted: every disk it was adopted with replicates (adopt it with fewer disks instead of excludeDisks)`);
   const all = rt ? rt.vm.disks : adopted!.source.disks.map((d) => ({ name: d.id, size: d.size }));
   const disks = all.filter((d) => !exclude.has(d.name)).map((d) => ({ id: d.name, size: d.size }));
   if (!disks.length) throw new TerminalError('invalid-argument', `VM ${req.vm}: every disk is excluded`);

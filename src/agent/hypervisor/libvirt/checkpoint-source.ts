@@ -36,6 +36,8 @@ export interface CheckpointSourceOptions {
   /** Group of the QEMU processes libvirt runs (workDir is made theirs). */
   readonly qemuGroup?: number;
   readonly onContinuityLost?: (why: string) => Promise<void>;
+  /** Disks of the domain that are not tracked (excluded): named with backup='no' and checkpoint='no'. */
+  readonly excluded?: readonly string[];
 }
 
 interface TrackedDisk extends DomainDisk {
@@ -54,7 +56,10 @@ interface OpenCut {
 
 export interface DomainCheck {
   readonly info: ReturnType<typeof readDomain>;
+  /** The disks that replicate (every disk but the excluded ones). */
   readonly disks: readonly TrackedDisk[];
+  /** Disks left out (ProtectedVM disks.exclude): not checked, tracked or replicated. */
+  readonly excluded: readonly string[];
   /** The inactive (persistent) definition, as it is replicated for failover. */
   readonly inactiveXml: string;
 }
@@ -63,7 +68,7 @@ export interface DomainCheck {
  * Checks that `domain` can be protected: it exists, is persistent, and every disk is one
  * checkpoints can track. Each refusal is one error naming the domain (and the disk).
  */
-export async function checkDomain(virsh: Virsh, domain: string): Promise<DomainCheck> {
+export async function checkDomain(virsh: Virsh, domain: string, exclude: readonly string[] = []): Promise<DomainCheck> {
   const dominfo = await virsh.run(['dominfo', domain], { domain });
   if (/^Persistent:\s+no/m.test(dominfo)) {
     throw new TerminalError('invalid-argument', `libvirt domain "${domain}" at ${virsh.uri} is transient (created with virsh create, not defined): it has no definition to replicate or to come back to; define it with \`virsh dumpxml ${domain} > ${domain}.xml && virsh define ${domain}.xml\``);
@@ -71,8 +76,11 @@ export async function checkDomain(virsh: Virsh, domain: string): Promise<DomainC
   const inactiveXml = await virsh.run(['dumpxml', '--inactive', domain], { domain });
   const info = readDomain(inactiveXml, `libvirt domain "${domain}"`);
   if (!info.disks.length) throw new TerminalError('invalid-argument', `libvirt domain "${domain}" at ${virsh.uri} has no disks to replicate`);
+  for (const x of exclude) {
+    if (!info.disks.some((d) => d.target === x)) throw new TerminalError('invalid-argument', `libvirt domain "${domain}" has no disk ${x} to exclude (its disks: ${info.disks.map((d) => d.target).join(', ')})`);
+  }
   const disks: TrackedDisk[] = [];
-  for (const d of info.disks) {
+  for (const d of info.disks.filter((x) => !exclude.includes(x.target))) {
     const why = untrackableReason(d);
     if (why) throw new TerminalError('invalid-argument', `libvirt domain "${domain}": disk ${d.target} cannot be tracked: ${why}`);
     const image = d.volume ? (await virsh.run(['vol-path', '--pool', d.volume.pool, d.volume.volume], { domain })).trim() : d.path;
@@ -81,7 +89,8 @@ export async function checkDomain(virsh: Virsh, domain: string): Promise<DomainC
     if (!size || size % BLOCK_SIZE) throw new TerminalError('invalid-argument', `libvirt domain "${domain}": disk ${d.target} has size ${size}, not a multiple of ${BLOCK_SIZE}`);
     disks.push({ ...d, size, image });
   }
-  return { info, disks, inactiveXml };
+  if (!disks.length) throw new TerminalError('invalid-argument', `libvirt domain "${domain}": every disk is excluded`);
+  return { info, disks, excluded: [...exclude], inactiveXml };
 }
 
 function capacity(domblkinfo: string): number {
@@ -221,6 +230,7 @@ export class LibvirtCheckpointSource implements CutSource {
       `  <server transport='unix' socket='${socket}'/>`,
       '  <disks>',
       ...this.#tracked.map((d) => `    <disk name='${d.target}' backup='yes' type='file'><scratch file='${scratch(d)}'/></disk>`),
+      ...(this.#opts.excluded ?? []).map((t) => `    <disk name='${t}' backup='no'/>`),
       '  </disks>',
       '</domainbackup>',
     ].join('\n');
@@ -316,7 +326,7 @@ export class LibvirtCheckpointSource implements CutSource {
 
   async #writeCheckpointXml(name: string): Promise<string> {
     const file = join(this.#opts.workDir, 'checkpoint.xml');
-    await writeFile(file, [`<domaincheckpoint>`, `  <name>${name}</name>`, '  <disks>', ...this.#tracked.map((d) => `    <disk name='${d.target}' checkpoint='bitmap'/>`), '  </disks>', '</domaincheckpoint>'].join('\n'));
+    await writeFile(file, [`<domaincheckpoint>`, `  <name>${name}</name>`, '  <disks>', ...this.#tracked.map((d) => `    <disk name='${d.target}' checkpoint='bitmap'/>`), ...(this.#opts.excluded ?? []).map((t) => `    <disk name='${t}' checkpoint='no'/>`), '  </disks>', '</domaincheckpoint>'].join('\n'));
     return file;
   }
 

@@ -13,6 +13,7 @@ import { TerminalError } from '../../../model/errors.ts';
 import type { BlockDevice } from '../../../model/block-device.ts';
 import { NbdClient } from '../../../nbd/client.ts';
 import { checkDomain, domState } from './checkpoint-source.ts';
+import { readDomain } from './domain-xml.ts';
 import type { LibvirtHypervisor } from './libvirt-hypervisor.ts';
 
 const run = promisify(execFile);
@@ -41,7 +42,8 @@ export async function forgetOriginal(hv: LibvirtHypervisor, vm: string): Promise
  */
 export async function seedFromOriginal(hv: LibvirtHypervisor, vm: string, storageDir: string, diskIds: readonly string[], useDisks: boolean): Promise<void> {
   if ((await domState(hv.virsh, vm)) !== 'shut off') throw new TerminalError('invalid-state', `libvirt domain "${vm}" is running on this site: shut it down before reverse replication onto it`);
-  const { disks } = await checkDomain(hv.virsh, vm);
+  const all = readDomain(await hv.virsh.run(['dumpxml', '--inactive', vm], { domain: vm }), `libvirt domain "${vm}"`).disks.map((d) => d.target);
+  const { disks } = await checkDomain(hv.virsh, vm, all.filter((t) => !diskIds.includes(t)));
   await mkdir(storageDir, { recursive: true });
   for (const id of useDisks ? diskIds : []) {
     const d = disks.find((x) => x.target === id);

@@ -24,16 +24,16 @@ export interface ProtectedDomain {
   setPower(power: PowerState, opts: { timeoutMs?: number; force?: boolean }): Promise<PowerState>;
 }
 
-export async function openProtectedDomain(hv: LibvirtHypervisor, name: string, onContinuityLost: (why: string) => Promise<void>): Promise<ProtectedDomain> {
+export async function openProtectedDomain(hv: LibvirtHypervisor, name: string, onContinuityLost: (why: string) => Promise<void>, exclude: readonly string[] = []): Promise<ProtectedDomain> {
   hv.vmDir(name); // refuses names that are not VM names
-  const check = await checkDomain(hv.virsh, name);
+  const check = await checkDomain(hv.virsh, name, exclude);
   const workDir = join(hv.runDir, 'protected', name);
   await hv.prepareDir(workDir);
   const gid = await hv.qemuGid();
   // One tracker for all disks, so a cut is one instant across them: checkpoints need every disk
   // in qcow2; a raw one puts the whole domain on QEMU's (non-persistent) dirty bitmaps.
   const persistent = check.disks.every((d) => d.format === 'qcow2');
-  const group = gid !== undefined ? { qemuGroup: gid } : {};
+  const group = { ...(gid !== undefined && { qemuGroup: gid }), excluded: check.excluded };
   const tracker = persistent
     ? await LibvirtCheckpointSource.open({ virsh: hv.virsh, domain: name, workDir, ...group, onContinuityLost }, check.disks)
     : await LibvirtQmpSource.open({ virsh: hv.virsh, domain: name, workDir, ...group, onContinuityLost, disks: check.disks });
