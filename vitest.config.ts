@@ -1,8 +1,9 @@
-// Two lanes. `fast`: unit and in-process tests (real sockets, TLS, SQLite, embedded sites), two
-// files at a time. `serial`, after it: what needs the machine to itself — kill loops and timing-
-// tuned fault injection, real guests under QEMU (TCG eats a core per guest), etcd clusters and the
-// bench smoke run — one file at a time. `npm test` runs the fast lane, then the serial one
-// (`npm run test:fast`, `npm run test:serial` run one).
+// Two lanes. `fast`: unit and in-process tests (real sockets, TLS, SQLite, embedded sites).
+// `serial`: what must not share the machine with another file of its kind — kill loops and
+// timing-tuned fault injection, real guests under QEMU (TCG eats a core per guest), etcd clusters
+// and the bench smoke run — one file at a time, on a machine the fast lane has left: run beside
+// it, the timing-tuned fault tests still fail now and then (a stall's give-up in network-faults).
+// `npm test` runs the fast lane, then the serial one; `npm run test:fast` / `test:serial` one.
 import { defineConfig } from 'vitest/config';
 
 /** Test files that must not share the machine with another test file. */
@@ -27,8 +28,8 @@ const shared = { testTimeout: 60_000, hookTimeout: 60_000 };
 export default defineConfig({
   test: {
     pool: 'forks',
-    // The fast lane's two at a time; `npm test` runs the serial lane with --no-file-parallelism
-    // (vitest takes worker counts per run, not per project).
+    // The fast lane takes both cores; the serial lane runs with --no-file-parallelism (vitest
+    // takes worker counts per run, not per project).
     maxWorkers: 2,
     minWorkers: 1,
     projects: [

@@ -1,7 +1,7 @@
 // `npm run bench`: runs every case (each in its own process), then writes bench/RESULTS.md and
 // bench/results.json. `--quick` is the CI smoke run (small sizes, about a minute) and never fails
 // on speed; any run exits non-zero only when a result is not byte-identical or a case crashes.
-// Options: --quick, --only <case[,case]>, --runs <n> (>= 3), --out <dir> (default: bench/ for a
+// Options: --quick, --only <case[,case]>, --runs <n> (>= 3; --quick alone runs each subject once), --out <dir> (default: bench/ for a
 // full run of every case, bench/.work/ otherwise, so a partial run never replaces RESULTS.md).
 import { spawn } from 'node:child_process';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -33,7 +33,8 @@ if (values.help) {
   process.exit(0);
 }
 const quick = values.quick!;
-const runs = Math.max(3, Number(values.runs ?? 3));
+// The smoke run checks results, not speed: one run per subject unless --runs says otherwise.
+const runs = quick && values.runs === undefined ? 1 : Math.max(3, Number(values.runs ?? 3));
 const only = values.only?.split(',').map((s) => s.trim()).filter(Boolean);
 const unknown = only?.filter((n) => !CASES.some((c) => c.name === n)) ?? [];
 if (unknown.length) {

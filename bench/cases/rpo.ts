@@ -63,7 +63,7 @@ function rpoCase(spec: RpoSpec): BenchCase {
     const size = ctx.quick ? 128 * MiB : GiB;
     const rates = ctx.quick ? [10] : spec.rates;
     // Two 30 s cycles of writes at the judged rate; 15 s otherwise (keeps the whole bench under 15 minutes).
-    const writeMsFor = (rate: number) => (ctx.quick ? 8_000 : !continuous && rate === JUDGED_RATE ? 60_000 : 15_000);
+    const writeMsFor = (rate: number) => (ctx.quick ? 5_000 : !continuous && rate === JUDGED_RATE ? 60_000 : 15_000);
     // --quick shortens the 30 s policy: the bench asks for a cycle every 3 s instead of waiting 30 s.
     const driveEveryMs = ctx.quick && !continuous ? 3_000 : 0;
     const pair = await AgentPair.start(join(ctx.workDir, 'agents'));

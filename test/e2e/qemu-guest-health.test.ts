@@ -2,7 +2,7 @@
 // kernel hangs (never prints, no guest agent), as a Linux kernel does under a KVM that cannot run
 // it. `drsite run` starts both on site-a with `accel: auto` (the probe boots each VM's kernel, and
 // falls back to TCG for the one that hangs); `drsite status` shows the hung one Warning with reason
-// guest-not-booting once its boot timeout (set to 30s here) passes, while web-01, the test guest,
+// guest-not-booting once its boot timeout (set to 15s here) passes, while web-01, the test guest,
 // boots and carries no such reason.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -21,7 +21,7 @@ beforeAll(async () => {
   const sites = join(q.qs, 'sites.yaml');
   // accel auto, as the example has it (the helper sets tcg): the probe decides per kernel. A kernel
   // that hangs fails it under any accelerator, so stuck-01 always runs under TCG.
-  writeFileSync(sites, readFileSync(sites, 'utf8').replace(/accel: tcg/g, 'accel: auto').replace(/bootTimeout: 45s/g, 'bootTimeout: 30s'));
+  writeFileSync(sites, readFileSync(sites, 'utf8').replace(/accel: tcg/g, 'accel: auto').replace(/bootTimeout: 45s/g, 'bootTimeout: 15s'));
   const sample = JSON.parse(readFileSync(join(q.qs, 'sample-vms.json'), 'utf8')) as { vms: unknown[] };
   sample.vms.push({ name: 'stuck-01', disks: [{ name: 'os', size: '16MiB' }], boot: { kernel: 'hang.mb' } });
   writeFileSync(join(q.qs, 'sample-vms.json'), JSON.stringify(sample, null, 2));
@@ -54,7 +54,7 @@ test('a guest whose kernel hangs is Warning with a reason; the test guest that b
     }
   }, 90_000, run.output);
 
-  // Within 60 s of its start (30 s timeout plus passes), and seen through the CLI as a user would.
+  // Within 60 s of its start (15 s timeout plus passes), and seen through the CLI as a user would.
   let rows: StatusRow[] = [];
   for (const deadline = Date.now() + 60_000; ; ) {
     rows = await status();
@@ -63,7 +63,7 @@ test('a guest whose kernel hangs is Warning with a reason; the test guest that b
     await new Promise((r) => setTimeout(r, 1000));
   }
   const stuck = rel(rows, 'stuck-01')!;
-  expect(stuck.healthReasons).toContain('guest-not-booting: VM "stuck-01" runs but shows no boot progress: no serial console output and no guest agent reply within 30 s since QEMU started it (accel tcg)');
+  expect(stuck.healthReasons).toContain('guest-not-booting: VM "stuck-01" runs but shows no boot progress: no serial console output and no guest agent reply within 15 s since QEMU started it (accel tcg)');
 
   // web-01 started before stuck-01, so it is past its boot timeout too: it booted, and says so by not warning.
   const web = rel(rows, 'web-01')!;
