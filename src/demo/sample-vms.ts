@@ -92,10 +92,18 @@ export async function findSampleVms(paths: readonly string[]): Promise<SampleVms
   return undefined;
 }
 
-/** Creates the sample VMs that do not exist yet; returns the names created. Only on an embedded site. */
-export async function ensureSampleVms(site: Site, sample: SampleVms): Promise<string[]> {
+/**
+ * Creates the sample VMs that exist on no site yet; returns the names created. Only on an embedded
+ * site. A VM a failover moved to another site is there, not missing: creating it again at home
+ * would make a second copy of it.
+ */
+export async function ensureSampleVms(site: Site, sample: SampleVms, others: readonly Site[] = []): Promise<string[]> {
   if (!site.embedded) return [];
   const have = new Set((await site.vms()).map((v) => v.name));
+  for (const other of others) {
+    if (other === site || !other.embedded) continue;
+    for (const v of await other.vms().catch(() => [])) have.add(v.name);
+  }
   const created: string[] = [];
   for (const { guest, ...vm } of sample.vms) {
     if (have.has(vm.name)) continue;
@@ -169,7 +177,7 @@ export async function startSampleCompanion(
   const sample = await findSampleVms(paths);
   const site = sample && sites.sites.get(sample.site);
   if (!sample || !site) return undefined;
-  const created = await ensureSampleVms(site, sample);
+  const created = await ensureSampleVms(site, sample, [...sites.sites.values()]);
   if (created.length) report?.(`created sample VM(s) ${created.join(', ')} on ${site.name} (${sample.file})`);
   const workload = new AbortController();
   const running = startSampleWorkload(site, sample, workload.signal);
