@@ -21,9 +21,15 @@ export interface HostSiteOptions {
   dataDir?: string;
   /** Runs after the client is closed (the embedded driver stops its agent here). */
   onClose?: () => Promise<void>;
-  /** @default 30000 */
+  /** How long a call may make no progress. @default 30000 */
   timeoutMs?: number;
 }
+
+/**
+ * A power change waits for the guest: a shutdown waits out the site's shutdownTimeout (60 s by
+ * default) before it is refused, so its call may be silent that long, and longer than `timeoutMs`.
+ */
+const POWER_TIMEOUT_MS = 10 * 60_000;
 
 /** The route's path with its `:name` segments filled in (percent-encoded). */
 export function routePath(route: RouteSpec, params: Record<string, string | number> = {}): string {
@@ -40,6 +46,8 @@ export class HostSite implements Site {
   readonly embedded: boolean;
   readonly dataDir: string | undefined;
   readonly #client: MtlsClient;
+  /** For power changes (POWER_TIMEOUT_MS); the same TLS identity, its own connections. */
+  readonly #powerClient: MtlsClient;
   readonly #onClose: (() => Promise<void>) | undefined;
 
   constructor(opts: HostSiteOptions) {
@@ -48,12 +56,14 @@ export class HostSite implements Site {
     this.embedded = opts.embedded ?? false;
     this.dataDir = opts.dataDir;
     this.#onClose = opts.onClose;
-    this.#client = createMtlsClient({ ca: opts.tls.ca, cert: opts.tls.cert, key: opts.tls.key, baseUrl: opts.endpoint, timeoutMs: opts.timeoutMs ?? 30_000 });
+    const tls = { ca: opts.tls.ca, cert: opts.tls.cert, key: opts.tls.key, baseUrl: opts.endpoint };
+    this.#client = createMtlsClient({ ...tls, timeoutMs: opts.timeoutMs ?? 30_000 });
+    this.#powerClient = createMtlsClient({ ...tls, timeoutMs: Math.max(opts.timeoutMs ?? 30_000, POWER_TIMEOUT_MS) });
   }
 
-  async #call<T>(route: RouteSpec, params: Record<string, string | number> = {}, body?: object, query = ''): Promise<T> {
+  async #call<T>(route: RouteSpec, params: Record<string, string | number> = {}, body?: object, query = '', client = this.#client): Promise<T> {
     const method = route.method === 'HEAD' ? 'GET' : route.method;
-    const res = await this.#client.request(method, routePath(route, params) + query, body ?? (route.body ? {} : undefined));
+    const res = await client.request(method, routePath(route, params) + query, body ?? (route.body ? {} : undefined));
     return (res.body.length ? res.json<T>() : undefined) as T;
   }
 
@@ -72,7 +82,7 @@ export class HostSite implements Site {
   pointDigest = (id: string, seq: number, disk: string): Promise<{ sha256: string }> => this.#call(ROUTES.pointDigest, { id, seq, disk });
   createVm = (req: CreateVmRequest): Promise<SiteVm> => this.#call(ROUTES.createVm, {}, req);
   setVmPower = (vm: string, power: PowerState, opts: { timeoutMs?: number; force?: boolean } = {}): Promise<SiteVm> =>
-    this.#call(ROUTES.setVmPower, { name: vm }, { power, ...opts });
+    this.#call(ROUTES.setVmPower, { name: vm }, { power, ...opts }, '', this.#powerClient);
   createRelationship = (req: CreateRelationshipRequest): Promise<RelationshipView> => this.#call(ROUTES.createRelationship, {}, req);
   removeRelationship = (id: string): Promise<{ removed: string }> => this.#call(ROUTES.removeRelationship, { id });
   startReplication = (id: string): Promise<RelationshipView> => this.#call(ROUTES.startReplication, { id });
@@ -99,6 +109,7 @@ export class HostSite implements Site {
 
   async close(): Promise<void> {
     this.#client.close();
+    this.#powerClient.close();
     await this.#onClose?.();
   }
 }
