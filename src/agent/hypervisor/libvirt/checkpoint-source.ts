@@ -151,6 +151,10 @@ export class LibvirtCheckpointSource implements CutSource {
       xml = await virsh.run(['checkpoint-dumpxml', domain, this.#base, '--size', '--no-domain'], { domain });
     } catch (e) {
       if (RetryableError.is(e)) throw e;
+      // Shutting down meanwhile: nothing is lost, the next cut reads the shut-off images.
+      const now = await domState(virsh, domain);
+      if (now !== 'running' && now !== 'paused') throw new RetryableError('busy', `libvirt domain "${domain}" is ${now}: its cut waits until it is shut off or running`);
+      if (!/bitmap|checkpoint/i.test((e as Error).message)) throw new RetryableError('busy', (e as Error).message, { cause: e });
       return this.#loseTrust(`libvirt cannot read checkpoint ${this.#base} of domain "${domain}" (its bitmap is missing or inconsistent, e.g. after a crash): ${(e as Error).message}`);
     }
     for (const d of children(child(parseXml(xml, 'checkpoint'), 'disks'), 'disk')) {
@@ -184,6 +188,11 @@ export class LibvirtCheckpointSource implements CutSource {
       await this.#teardown(open).catch(() => {});
       this.#open = undefined;
       if (open.next) await virsh.run(['checkpoint-delete', domain, open.next], { domain }).catch(() => {});
+      // The domain started or stopped under the cut (a power-off in progress, say): tried again.
+      const now = await domState(virsh, domain).catch(() => undefined);
+      if (!RetryableError.is(e) && now !== undefined && (now === 'shut off') !== !online) {
+        throw new RetryableError('busy', `libvirt domain "${domain}" changed state during the cut (now ${now}): ${(e as Error).message}`, { cause: e });
+      }
       throw e;
     }
     return {

@@ -37,6 +37,7 @@ export interface LibvirtHypervisorOptions {
 }
 
 const DEFAULT_SHUTDOWN_MS = 60_000;
+const SHUTDOWN_REPEAT_MS = 3000;
 
 export class LibvirtHypervisor implements Hypervisor {
   readonly kind = 'libvirt';
@@ -348,8 +349,15 @@ export async function shutdownDomain(virsh: Virsh, name: string, timeoutMs: numb
   if ((await state()) === 'paused') await virsh.run(['resume', name], { domain: name }).catch(() => {});
   await virsh.run(['shutdown', name], { domain: name });
   const until = Date.now() + timeoutMs;
+  // A guest still booting misses an ACPI power button pressed before its handler runs: pressed
+  // again every few seconds until it stops (a guest handles the first it sees).
+  let pressed = Date.now();
   while (Date.now() < until) {
     if ((await state()) === 'shut off') return;
+    if (Date.now() - pressed >= SHUTDOWN_REPEAT_MS) {
+      pressed = Date.now();
+      await virsh.run(['shutdown', name], { domain: name }).catch(() => {});
+    }
     await sleep(250);
   }
   if (!force) {
