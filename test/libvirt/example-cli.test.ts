@@ -33,6 +33,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await drsite?.stop();
+  await ensureLibvirtd();
   await run(process.execPath, [SETUP, '--down']).catch(() => {});
   // The embedded sites' default runDirs (named by a hash of each site's VM folder).
   for (const site of ['site-a', 'site-b']) {

@@ -126,8 +126,12 @@ export async function defineIsolatedNetwork(name: string): Promise<void> {
   await rm(file, { force: true });
 }
 
-/** Destroys and undefines domains and networks (each only if it exists), and removes their folders. */
+/**
+ * Destroys and undefines domains and networks (each only if it exists), and removes their folders.
+ * libvirtd is started first if it is down (a test that stopped it may have failed midway).
+ */
 export async function cleanup(domains: string[], networks: string[] = []): Promise<void> {
+  await ensureLibvirtd();
   for (const d of domains) {
     await virsh('destroy', d).catch(() => {});
     await virsh('undefine', d, '--checkpoints-metadata').catch(() => virsh('undefine', d).catch(() => {}));
