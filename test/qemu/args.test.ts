@@ -74,6 +74,6 @@ describe('hypervisorFor', () => {
     const q = hypervisorFor('qemu', '/r', { accel: 'tcg' });
     expect(q).toBeInstanceOf(QemuHypervisor);
     expect((q as QemuHypervisor).settings).toEqual({ accel: 'tcg' });
-    expect(() => hypervisorFor('vmware', '/r')).toThrow('unknown hypervisor "vmware" (expected files or qemu)');
+    expect(() => hypervisorFor('vmware', '/r')).toThrow('unknown hypervisor "vmware" (expected files, qemu or libvirt)');
   });
 });
