@@ -1,40 +1,40 @@
-// Two lanes. `fast`: unit and in-process tests (real sockets, TLS, SQLite, embedded sites).
-// `serial`: what must not share the machine with another file of its kind — kill loops and
-// timing-tuned fault injection, real guests under QEMU (TCG eats a core per guest), etcd clusters
-// and the bench smoke run — one file at a time, on a machine the fast lane has left: run beside
-// it, the timing-tuned fault tests still fail now and then (a stall's give-up in network-faults).
-// `npm test` runs the fast lane, then the serial one; `npm run test:fast` / `test:serial` one.
+// The test lanes (scripts/test-lanes.ts runs them in this order for `npm test`):
+//   fast     unit and in-process tests (real sockets, TLS, SQLite, embedded sites) and the bench
+//            smoke run (it never judges speed): two files at a time.
+//   qemu     real guests under QEMU (TCG takes a core per booting guest), and
+//   libvirt  libvirt domains: these two lanes run beside each other, one file at a time each, so
+//            at most two guests boot at once and libvirt tests never share libvirtd with another.
+//   serial   kill loops, timing-tuned fault injection, etcd clusters: one file at a time, alone
+//            on the machine (beside another lane, network-faults' stall give-up failed once).
+// `npm run test:<lane>` runs one lane alone.
 import { defineConfig } from 'vitest/config';
 
-/** Test files that must not share the machine with another test file. */
-export const SERIAL = [
-  'test/reliability/**/*.test.ts',
-  'test/qemu/**/*.test.ts',
-  'test/qemu-failover/**/*.test.ts',
-  'test/qemu-track/**/*.test.ts',
-  'test/libvirt/**/*.test.ts',
-  'test/e2e/qemu*.test.ts',
-  'test/etcd/**/*.test.ts',
-  'test/vault/etcd.test.ts',
-  'test/bench/**/*.test.ts',
-  // Injected stalls and paced uploads: their outcomes depend on timers firing on time.
-  'test/agent/faults.test.ts',
-  'test/transport/upload-pace.test.ts',
-  'test/core-primary/bandwidth.test.ts',
-];
+export const LANES = {
+  qemu: ['test/qemu/**/*.test.ts', 'test/qemu-failover/**/*.test.ts', 'test/qemu-track/**/*.test.ts', 'test/e2e/qemu*.test.ts'],
+  libvirt: ['test/libvirt/**/*.test.ts'],
+  serial: [
+    'test/reliability/**/*.test.ts',
+    'test/etcd/**/*.test.ts',
+    'test/vault/etcd.test.ts',
+    // Injected stalls and paced uploads: their outcomes depend on timers firing on time.
+    'test/agent/faults.test.ts',
+    'test/transport/upload-pace.test.ts',
+    'test/core-primary/bandwidth.test.ts',
+  ],
+};
 
 const shared = { testTimeout: 60_000, hookTimeout: 60_000 };
 
 export default defineConfig({
   test: {
     pool: 'forks',
-    // The fast lane takes both cores; the serial lane runs with --no-file-parallelism (vitest
-    // takes worker counts per run, not per project).
+    // The fast lane takes both cores; the others run with --no-file-parallelism (vitest takes
+    // worker counts per run, not per project).
     maxWorkers: 2,
     minWorkers: 1,
     projects: [
-      { test: { ...shared, name: 'fast', include: ['test/**/*.test.ts'], exclude: SERIAL } },
-      { test: { ...shared, name: 'serial', include: SERIAL } },
+      { test: { ...shared, name: 'fast', include: ['test/**/*.test.ts'], exclude: Object.values(LANES).flat() } },
+      ...Object.entries(LANES).map(([name, include]) => ({ test: { ...shared, name, include } })),
     ],
   },
 });
