@@ -6,10 +6,11 @@
 // bitmaps are persistent, so the next delta is incremental and still equal, with no resync; so
 // does an agent restart. A checkpoint deleted behind drsite's back makes the relationship
 // ResynchronizationRequired, and the resync's point is equal again, after which deltas resume.
+// A guest shutdown and start keep the chain too (the bitmap is saved in, and loaded from, the qcow2).
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { waitForLine } from '../qemu/guest.ts';
-import { cleanup, defineGuestDomain, ensureLibvirtd, imageSha, suffix, virsh, type GuestDomain } from './libvirt.ts';
+import { cleanup, defineGuestDomain, domState, ensureLibvirtd, imageSha, suffix, virsh, type GuestDomain } from './libvirt.ts';
 import { cycleOutcome, libvirtSites, pointSha, protect, view, type LibvirtSites } from './sites.ts';
 
 const sfx = suffix();
@@ -50,7 +51,7 @@ async function pausedCut(id: string): Promise<{ seq: number; image: string; acti
 }
 
 describe('a libvirt domain protected through checkpoints', () => {
-  test('initial copy and deltas while the guest writes, each point equal to the image at its cut; libvirtd and agent restarts keep the chain; a lost checkpoint resyncs', async () => {
+  test('initial copy and deltas while the guest writes, each point equal to the image at its cut; libvirtd, agent and guest restarts keep the chain; a lost checkpoint resyncs', async () => {
     await virsh('start', name);
     await moreWrites(10);
     // Listed before protection (what the reconciler checks a ProtectedVM against), not yet tracked.
@@ -126,5 +127,19 @@ describe('a libvirt domain protected through checkpoints', () => {
     const healed = await pausedCut(id);
     expect(healed.action).toBe('delta');
     expect(await pointSha(s!.b, id, healed.seq)).toBe(healed.image);
+
+    // The guest shuts down (a cut of the shut-off domain reads its saved bitmap) and starts again
+    // (a new QEMU loads it from the qcow2): still deltas, still equal, no resync.
+    await virsh('shutdown', name);
+    for (let i = 0; i < 600 && (await domState(name)) !== 'shut off'; i++) await new Promise((r) => setTimeout(r, 100));
+    const offline = await cycleOutcome(s!.a, id);
+    expect(offline.action).toBe('delta');
+    expect(await pointSha(s!.b, id, offline.sequence)).toBe(await imageSha(dom.disk));
+    await virsh('start', name);
+    await waitForLine(dom.serial, /DRSITE churn 20\b/, 90_000); // a fresh console: the new boot's rounds
+    const restarted2 = await pausedCut(id);
+    expect(restarted2.action).toBe('delta');
+    expect(await pointSha(s!.b, id, restarted2.seq)).toBe(restarted2.image);
+    expect((await view(s!.a, id)).state).toBe('Replicating');
   }, 240_000);
 });
