@@ -31,6 +31,26 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * `n` distinct free ports: every listener stays open until all are taken, so the kernel cannot
+ * hand the same port out twice (calling freePort() n times can, and did: an etcd cluster whose
+ * initial-cluster listed one peer URL for two members).
+ */
+export async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () =>
+      new Promise<ReturnType<typeof createServer>>((resolve, reject) => {
+        const s = createServer();
+        s.once('error', reject);
+        s.listen(0, '127.0.0.1', () => resolve(s));
+      }),
+    ),
+  );
+  const ports = servers.map((s) => (s.address() as { port: number }).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
 export interface HostSpec {
   name: string;
   replicaServer?: boolean;
@@ -65,8 +85,9 @@ export class Cluster {
     const c = new Cluster(opts.root ?? mkdtempSync(join(tmpdir(), 'drsite-cluster-')));
     mkdirSync(c.root, { recursive: true });
     await initCertificates(c.certs, [...specs.map((s) => s.name), OPERATOR, ...extraCerts]);
-    for (const s of specs) {
-      const port = await freePort();
+    const ports = await freePorts(specs.length);
+    for (const [i, s] of specs.entries()) {
+      const port = ports[i];
       const dataDir = join(c.root, s.name);
       const config = join(c.root, `${s.name}.yaml`);
       const primaries = s.allowedPrimaries ?? specs.filter((x) => x.name !== s.name).map((x) => x.name);

@@ -9,7 +9,9 @@ import { quickstart, type Quickstart } from './helpers.ts';
 let q: Quickstart;
 beforeAll(async () => {
   q = await quickstart();
-  const pc = await freePort();
+  // Not one of the quickstart's ports (those are free too until its sites start).
+  let pc = await freePort();
+  while (readFileSync(join(q.qs, 'sites.yaml'), 'utf8').includes(`port: ${pc}`)) pc = await freePort();
   appendFileSync(
     join(q.qs, 'sites.yaml'),
     ['---', 'apiVersion: drsite.dev/v1', 'kind: Site', 'metadata:', '  name: site-c', 'spec:', '  type: host', '  replicaServer:', '    enabled: true', `    port: ${pc}`, '    allowedPrimaries:', '      - server: site-b', ''].join('\n'),

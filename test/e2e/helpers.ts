@@ -5,7 +5,7 @@ import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Vault } from '../../src/vault/vault.ts';
-import { freePort, killGuestsUnder } from '../agent/cluster.ts';
+import { freePorts, killGuestsUnder } from '../agent/cluster.ts';
 import { DRSITE, ROOT, drsite, type CliResult } from '../cli/run-cli.ts';
 
 export interface Quickstart {
@@ -29,7 +29,9 @@ export async function quickstart(example = 'quickstart'): Promise<Quickstart> {
   const qs = join(root, 'qs');
   cpSync(join(ROOT, 'examples', example), qs, { recursive: true });
   let sites = readFileSync(join(qs, 'sites.yaml'), 'utf8');
-  for (const port of sites.match(/port: \d+/g) ?? []) sites = sites.replace(port, `port: ${await freePort()}`);
+  const declared = sites.match(/port: \d+/g) ?? [];
+  const free = await freePorts(declared.length);
+  declared.forEach((port, i) => (sites = sites.replace(port, `port: ${free[i]}`)));
   // Real guests run under TCG in tests, sparing each run the `auto` probe (which boots the VM's kernel
   // under KVM first); test/e2e/qemu-guest-health.test.ts runs `auto`.
   sites = sites.replace(/accel: auto/g, 'accel: tcg');

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { Vault } from '../../src/vault/vault.ts';
-import { freePort, killGuestsUnder } from '../agent/cluster.ts';
+import { freePorts, killGuestsUnder } from '../agent/cluster.ts';
 import { ROOT, drsite } from '../cli/run-cli.ts';
 import { vmStatus } from './helpers.ts';
 
@@ -34,7 +34,9 @@ beforeAll(async () => {
   cpSync(join(ROOT, 'examples', 'quickstart'), join(root, 'examples', 'quickstart'), { recursive: true });
   const sites = join(root, 'examples', 'quickstart', 'sites.yaml');
   let text = readFileSync(sites, 'utf8');
-  for (const port of text.match(/port: \d+/g) ?? []) text = text.replace(port, `port: ${await freePort()}`);
+  const declared = text.match(/port: \d+/g) ?? [];
+  const free = await freePorts(declared.length);
+  declared.forEach((port, i) => (text = text.replace(port, `port: ${free[i]}`)));
   writeFileSync(sites, text);
 });
 afterAll(() => {

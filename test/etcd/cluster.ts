@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePort } from '../agent/cluster.ts';
+import { freePorts } from '../agent/cluster.ts';
 
 export const ETCD = process.env.DRSITE_ETCD ?? '/usr/bin/etcd';
 
@@ -46,8 +46,8 @@ export interface EtcdOptions {
 export async function startEtcd(opts: EtcdOptions = {}): Promise<EtcdCluster> {
   const count = opts.members ?? 3;
   const root = mkdtempSync(join(tmpdir(), 'drsite-etcd-'));
-  const ports: { client: number; peer: number }[] = [];
-  for (let i = 0; i < count; i++) ports.push({ client: await freePort(), peer: await freePort() });
+  const free = await freePorts(2 * count);
+  const ports = Array.from({ length: count }, (_, i) => ({ client: free[2 * i], peer: free[2 * i + 1] }));
   const names = ports.map((_, i) => `m${i}`);
   const token = `drsite-test-${process.pid}-${ports[0].peer}`;
   const initialCluster = ports.map((p, i) => `${names[i]}=http://127.0.0.1:${p.peer}`).join(',');

@@ -9,7 +9,7 @@ import { CustomObjectsApi, KubeConfig, PatchStrategy, setHeaderOptions } from '@
 import { loadDesiredStateFromSources } from '../../src/config/index.ts';
 import { generateCrds } from '../../src/k8s/crds.ts';
 import { openSites } from '../../src/sites/open-sites.ts';
-import { freePort, killGuestsUnder } from '../agent/cluster.ts';
+import { freePorts, killGuestsUnder } from '../agent/cluster.ts';
 import { FakeApiServer } from './fake-api-server.ts';
 
 export const NS = 'dr';
@@ -42,7 +42,7 @@ export async function setUp(): Promise<Env> {
     kc.loadFromFile(kubeconfigFile);
     return kc;
   };
-  const [pa, pb] = [await freePort(), await freePort()];
+  const [pa, pb] = await freePorts(2);
   const sites = [
     { apiVersion: 'drsite.dev/v1', kind: 'Site', metadata: { name: 'site-a' }, spec: { type: 'host', hypervisor: 'files', replicaServer: { enabled: true, port: pa, allowedPrimaries: [{ server: 'site-b' }] } } },
     { apiVersion: 'drsite.dev/v1', kind: 'Site', metadata: { name: 'site-b' }, spec: { type: 'host', hypervisor: 'files', replicaServer: { enabled: true, port: pb, allowedPrimaries: [{ server: 'site-a' }] } } },
