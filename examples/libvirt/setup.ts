@@ -6,7 +6,7 @@
 //   npx node examples/libvirt/setup.ts --down   # destroy and undefine all of it again
 // Then: npx node bin/drsite.mjs run examples/libvirt --state-dir .drsite-libvirt
 import { execFile } from 'node:child_process';
-import { mkdir, rm, truncate, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { buildTestGuest, makeGuestDisk } from '../../src/demo/test-guest.ts';
@@ -32,8 +32,13 @@ async function down(): Promise<void> {
 }
 
 async function up(): Promise<void> {
-  const g = await buildTestGuest();
+  const built = await buildTestGuest();
   await mkdir(DIR, { recursive: true });
+  // The kernel and initrd beside the image: libvirt's QEMU runs as libvirt-qemu, which may not reach
+  // the checkout (a home or `mktemp -d` folder is private).
+  const g = { kernel: join(DIR, 'vmlinuz'), initrd: join(DIR, 'initrd.img') };
+  await copyFile(built.kernel, g.kernel);
+  await copyFile(built.initrd, g.initrd);
   for (const [i, n] of NETWORKS.entries()) {
     if (await virsh('net-info', n).then(() => true, () => false)) continue;
     const file = join(DIR, `${n}.xml`);

@@ -4,9 +4,9 @@
 // and a cleanup that undefines whatever a test defined, also when it failed.
 import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { chmod, mkdir, readFile, rm, truncate, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { existsSync, statSync } from 'node:fs';
+import { chmod, chown, copyFile, mkdir, readFile, rename, rm, truncate, writeFile } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { makeGuestDisk } from '../../src/demo/test-guest.ts';
@@ -25,8 +25,14 @@ async function answers(): Promise<boolean> {
   return virsh('uri').then(() => true, () => false);
 }
 
-/** Starts virtlogd and libvirtd (as daemons) unless libvirtd answers already. */
+/**
+ * Starts virtlogd and libvirtd (as daemons) unless libvirtd answers already. First gives /dev/kvm
+ * to group kvm (0660), as Debian's udev rule does where udev runs: with /dev/kvm root-only,
+ * libvirtd probes QEMU as root, finds KVM, then finds libvirt-qemu cannot open it, and probes
+ * again on every `virsh define` (80 s each on this machine). The test guests run TCG either way.
+ */
 export async function ensureLibvirtd(): Promise<void> {
+  await kvmForGroupKvm();
   if (!existsSync('/run/libvirt/virtlogd-sock')) await daemon('virtlogd');
   if (await answers()) return;
   await daemon('libvirtd');
@@ -35,6 +41,16 @@ export async function ensureLibvirtd(): Promise<void> {
     await sleep(100);
   }
   throw new Error('libvirtd did not answer on qemu:///system within 30 s of `libvirtd -d`');
+}
+
+async function kvmForGroupKvm(): Promise<void> {
+  if (!existsSync('/dev/kvm') || process.getuid?.() !== 0) return;
+  const { stdout } = await run('getent', ['group', 'kvm']).catch(() => ({ stdout: '' }));
+  const gid = Number(stdout.split(':')[2]);
+  if (!Number.isInteger(gid)) return;
+  const s = statSync('/dev/kvm');
+  if (s.gid !== gid) await chown('/dev/kvm', s.uid, gid);
+  if ((s.mode & 0o060) !== 0o060) await chmod('/dev/kvm', (s.mode & 0o7777) | 0o060);
 }
 
 async function daemon(cmd: string): Promise<void> {
@@ -67,9 +83,29 @@ export interface GuestDomainOptions {
   readonly size?: number;
 }
 
+/**
+ * The test guest's kernel and initrd copied under IMAGES: libvirt's QEMU runs as libvirt-qemu, which
+ * cannot reach a checkout under a private directory (a CI clone in a `mktemp -d` folder is 0700).
+ */
+async function guestBoot(): Promise<{ kernel: string; initrd: string }> {
+  const g = await testGuest();
+  const dir = join(IMAGES, `boot-${basename(dirname(g.kernel))}`);
+  const kernel = join(dir, 'vmlinuz');
+  const initrd = join(dir, 'initrd.img');
+  if (!existsSync(initrd)) {
+    await mkdir(dir, { recursive: true });
+    await chmod(IMAGES, 0o711);
+    await copyFile(g.kernel, kernel);
+    await copyFile(g.initrd, `${initrd}.part`);
+    await rename(`${initrd}.part`, initrd); // last: its presence says both are whole
+  }
+  return { kernel, initrd };
+}
+
 /** The test guest as a libvirt domain drsite did not create: its image, its XML, `virsh define`. */
 export async function defineGuestDomain(name: string, opts: GuestDomainOptions): Promise<GuestDomain> {
-  const g = await testGuest();
+  await kvmForGroupKvm();
+  const g = await guestBoot();
   const dir = join(IMAGES, name);
   await rm(dir, { recursive: true, force: true });
   await mkdir(dir, { recursive: true });
