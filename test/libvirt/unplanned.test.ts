@@ -1,0 +1,72 @@
+// Unplanned failover of a libvirt domain: the source is lost (`virsh destroy`, as a dead host
+// leaves it, no shutdown), and host-b starts the domain from the latest recovery point without
+// hearing from host-a. The guest on host-b reads the file it wrote on host-a before the last
+// point, gets its failover address from the seed disk, and only host-b's copy runs; commit makes
+// it FailedOver.
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { sha256, waitForLine } from '../qemu/guest.ts';
+import { cleanup, defineGuestDomain, defineIsolatedNetwork, domState, runningDomains, suffix, virsh, type GuestDomain } from './libvirt.ts';
+import { cycle, libvirtSites, protect, view, type LibvirtSites } from './sites.ts';
+
+const sfx = suffix();
+const name = `drt-${sfx}-lost`;
+const nets = { a: `drt-${sfx}-ula`, b: `drt-${sfx}-ulb` };
+let s: LibvirtSites | undefined;
+let dom: GuestDomain;
+
+const A = randomBytes(2500);
+const B = randomBytes(1500);
+// Report every file, then write the next one: a.txt on host-a, b.txt once failed over.
+const RUN_SH = `#!/bin/sh
+mkdir -p /mnt/files
+for f in /mnt/files/*; do [ -f "$f" ] && echo "DRSITE have \${f#/mnt} sha256=$(sha256sum "$f" | cut -d' ' -f1)"; done
+put() { echo "$2" | base64 -d > "/mnt/files/$1"; sync; echo "DRSITE wrote /files/$1 sha256=$(sha256sum "/mnt/files/$1" | cut -d' ' -f1)"; }
+if [ ! -f /mnt/files/a.txt ]; then put a.txt ${A.toString('base64')}
+elif [ ! -f /mnt/files/b.txt ]; then put b.txt ${B.toString('base64')}
+fi
+`;
+
+beforeAll(async () => {
+  s = await libvirtSites(sfx);
+  for (const n of Object.values(nets)) await defineIsolatedNetwork(n);
+  dom = await defineGuestDomain(name, { run: { run: 'seed,script,wait' }, files: { '/drsite/run.sh': RUN_SH }, network: nets.a });
+}, 180_000);
+
+afterAll(async () => {
+  const b = s?.prefixB ?? '';
+  await s?.destroy();
+  await cleanup([name, `${b}${name}`], Object.values(nets));
+}, 60_000);
+
+describe('unplanned failover of a libvirt domain', () => {
+  test('after virsh destroy of the source, host-b boots the latest point: the file written on host-a is there, one running copy', async () => {
+    const site = s!;
+    await virsh('start', name);
+    await waitForLine(dom.serial, new RegExp(`DRSITE wrote /files/a.txt sha256=${sha256(A)}`), 90_000);
+    const id = await protect(site, name);
+    const seq = await cycle(site.a, id);
+
+    // host-a is lost: its domain is pulled like a power cord, nothing is shut down or shipped.
+    await virsh('destroy', name);
+    expect(await domState(name)).toBe('shut off');
+
+    const fo = (await site.b.request('POST', `/v1/relationships/${id}/failover`, {
+      recoveryPoint: 'latest',
+      adapters: [{ name: 'eth0', network: nets.b, ipv4: { address: '10.30.0.7/24', gateway: '10.30.0.1' } }],
+    })).json<{ vm: string; state: string; recoveryPoint: { sequence: number } }>();
+    expect(fo).toMatchObject({ vm: name, state: 'FailoverWaitingCompletion', recoveryPoint: { sequence: seq } });
+    const target = `${site.prefixB}${name}`;
+    const onB = join(site.runDirs[1]!, 'vms', name, 'serial.log');
+    await waitForLine(onB, new RegExp(`DRSITE have /files/a.txt sha256=${sha256(A)}`), 90_000);
+    await waitForLine(onB, new RegExp(`DRSITE wrote /files/b.txt sha256=${sha256(B)}`), 30_000);
+    expect((await waitForLine(onB, /DRSITE seed addr \S+ (\S+) (\S+)/, 5000)).slice(1)).toEqual([dom.mac, '10.30.0.7/24']);
+    expect(await virsh('dumpxml', target)).toContain(`<source network='${nets.b}'`);
+    expect((await runningDomains()).filter((d) => d.includes(name))).toEqual([target]);
+
+    await site.b.request('POST', `/v1/relationships/${id}/commit`);
+    expect((await view(site.b, id)).state).toBe('FailedOver');
+    expect((await runningDomains()).filter((d) => d.includes(name))).toEqual([target]);
+  }, 240_000);
+});
