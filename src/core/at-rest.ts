@@ -1,5 +1,5 @@
 // Encryption at rest for replica images and their undo segments: AES-256-XTS over 4 KiB data
-// units, the unit's number as the tweak (dm-crypt's plain64), so a unit's ciphertext sits where
+// units, the unit's number as the tweak (dm-crypt's plain64; batched in xts.ts), so a unit's ciphertext sits where
 // its plaintext would and every offset, undo range and sparse hole keeps its meaning.
 //
 // One rule keeps images sparse: a unit whose stored bytes are all zero reads as zeroes, and a unit
@@ -10,8 +10,8 @@
 // XTS is not authenticated: it keeps data from being read off the replica's disks, not from being
 // changed there. Integrity on the way in is the logs' AES-GCM; at rest the resync compare finds
 // blocks that differ from the primary.
-import { createCipheriv, createDecipheriv, createHmac, createSecretKey, randomBytes } from 'node:crypto';
-import type { KeyObject } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
+import { BatchXts } from './xts.ts';
 import { TerminalError } from '../model/errors.ts';
 
 export const AT_REST_CIPHER = 'aes-256-xts';
@@ -41,14 +41,13 @@ export function newAtRestKey(): Buffer {
 export class ImageCipher {
   readonly unit = AT_REST_UNIT;
   readonly info: AtRestInfo;
-  readonly #key: KeyObject;
-  readonly #tweak = Buffer.alloc(16);
+  readonly #xts: BatchXts;
 
   constructor(key: Buffer) {
     if (key.length !== AT_REST_KEY_BYTES) throw new TerminalError('invalid-argument', `an at-rest key is ${AT_REST_KEY_BYTES} bytes, not ${key.length}`);
     // OpenSSL refuses XTS keys whose halves are equal (they would make the tweak predictable).
     if (key.subarray(0, 32).equals(key.subarray(32))) throw new TerminalError('invalid-argument', 'an at-rest key must have two different halves');
-    this.#key = createSecretKey(key);
+    this.#xts = new BatchXts(key);
     this.info = { cipher: AT_REST_CIPHER, unit: AT_REST_UNIT, keyCheck: createHmac('sha256', key).update('drsite at-rest key check').digest('hex').slice(0, 32) };
   }
 
@@ -67,15 +66,15 @@ export class ImageCipher {
     if (offset % u !== 0 || buf.length % u !== 0) {
       throw new TerminalError('invalid-argument', `at-rest ${encrypt ? 'encryption' : 'decryption'} of ${buf.length} bytes at ${offset}: not whole ${u}-byte units`);
     }
-    for (let at = 0; at < buf.length; at += u) {
-      const unit = buf.subarray(at, at + u);
-      if (unit.equals(ZERO_UNIT)) continue;
-      const n = (offset + at) / u;
-      this.#tweak.writeUInt32LE(n % 0x1_0000_0000, 0);
-      this.#tweak.writeUInt32LE(Math.floor(n / 0x1_0000_0000), 4);
-      const c = encrypt ? createCipheriv('aes-256-xts', this.#key, this.#tweak) : createDecipheriv('aes-256-xts', this.#key, this.#tweak);
-      c.update(unit).copy(unit);
-      c.final();
+    // Runs of units that are not all zero go through the batched XTS together.
+    let start = -1;
+    for (let at = 0; at <= buf.length; at += u) {
+      const zero = at === buf.length || buf.subarray(at, at + u).equals(ZERO_UNIT);
+      if (!zero && start < 0) start = at;
+      if (zero && start >= 0) {
+        this.#xts.run(buf, start, (offset + start) / u, (at - start) / u, encrypt);
+        start = -1;
+      }
     }
   }
 }
