@@ -11,12 +11,12 @@
 // changed there. Integrity on the way in is the logs' AES-GCM; at rest the resync compare finds
 // blocks that differ from the primary.
 import { createHmac, randomBytes } from 'node:crypto';
-import { BatchXts } from './xts.ts';
+import { BatchXts, XTS_UNIT } from './xts.ts';
 import { TerminalError } from '../model/errors.ts';
 
 export const AT_REST_CIPHER = 'aes-256-xts';
 /** Bytes per data unit (one tweak): the engine's block size. */
-export const AT_REST_UNIT = 4096;
+export const AT_REST_UNIT = XTS_UNIT;
 /** XTS takes two AES-256 keys. */
 export const AT_REST_KEY_BYTES = 64;
 

@@ -15,7 +15,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { sha256, waitForLine } from '../qemu/guest.ts';
+import { sha256, waitForLine, writeNextFileScript } from '../qemu/guest.ts';
 import { cleanup, defineGuestDomain, defineIsolatedNetwork, domState, imageSha, runningDomains, suffix, virsh, type GuestDomain } from './libvirt.ts';
 import { cycle, libvirtSites, pointSha, protect, view, type LibvirtSites } from './sites.ts';
 
@@ -27,15 +27,7 @@ let dom: GuestDomain;
 
 const A = randomBytes(3000);
 const B = randomBytes(2000);
-// The guest's own logic, on its disk: report every file it has, then write the next one.
-const RUN_SH = `#!/bin/sh
-mkdir -p /mnt/files
-for f in /mnt/files/*; do [ -f "$f" ] && echo "DRSITE have \${f#/mnt} sha256=$(sha256sum "$f" | cut -d' ' -f1)"; done
-put() { echo "$2" | base64 -d > "/mnt/files/$1"; sync; echo "DRSITE wrote /files/$1 sha256=$(sha256sum "/mnt/files/$1" | cut -d' ' -f1)"; }
-if [ ! -f /mnt/files/a.txt ]; then put a.txt ${A.toString('base64')}
-elif [ ! -f /mnt/files/b.txt ]; then put b.txt ${B.toString('base64')}
-fi
-`;
+const RUN_SH = writeNextFileScript(A, B);
 
 beforeAll(async () => {
   s = await libvirtSites(sfx);

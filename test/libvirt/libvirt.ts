@@ -43,7 +43,14 @@ export async function ensureLibvirtd(): Promise<void> {
   throw new Error('libvirtd did not answer on qemu:///system within 30 s of `libvirtd -d`');
 }
 
-async function kvmForGroupKvm(): Promise<void> {
+let kvmDone: Promise<void> | undefined;
+/** Once per process (see ensureLibvirtd). */
+function kvmForGroupKvm(): Promise<void> {
+  kvmDone ??= kvmForGroupKvmNow();
+  return kvmDone;
+}
+
+async function kvmForGroupKvmNow(): Promise<void> {
   if (!existsSync('/dev/kvm') || process.getuid?.() !== 0) return;
   const { stdout } = await run('getent', ['group', 'kvm']).catch(() => ({ stdout: '' }));
   const gid = Number(stdout.split(':')[2]);

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { policy30s } from '../agent/cluster.ts';
+import { writeNextFileScript } from '../qemu/guest.ts';
 import { createGuest, cycle, exportSha, line, pointSha, powerState, protect, qemuSites, sha256, view, type QemuSites } from './sites.ts';
 
 let s: QemuSites;
@@ -18,15 +19,7 @@ afterAll(async () => s?.cluster.destroy());
 
 const A = randomBytes(3000);
 const B = randomBytes(5000);
-// The guest's own logic, on its disk: report every file it has, then write the next one.
-const RUN_SH = `#!/bin/sh
-mkdir -p /mnt/files
-for f in /mnt/files/*; do [ -f "$f" ] && echo "DRSITE have \${f#/mnt} sha256=$(sha256sum "$f" | cut -d' ' -f1)"; done
-put() { echo "$2" | base64 -d > "/mnt/files/$1"; sync; echo "DRSITE wrote /files/$1 sha256=$(sha256sum "/mnt/files/$1" | cut -d' ' -f1)"; }
-if [ ! -f /mnt/files/a.txt ]; then put a.txt ${A.toString('base64')}
-elif [ ! -f /mnt/files/b.txt ]; then put b.txt ${B.toString('base64')}
-fi
-`;
+const RUN_SH = writeNextFileScript(A, B);
 
 describe('planned failover and failback of a real guest', () => {
   test('the guest writes on host-a, boots on host-b from its replica with its file and its address, and comes home with both files', async () => {

@@ -99,6 +99,23 @@ export async function fileInImage(image: string, path: string): Promise<Buffer> 
   return stdout;
 }
 
+/**
+ * The guest's own logic for failover tests (/drsite/run.sh on its disk): report every file it
+ * has (`DRSITE have /files/x sha256=...`), then write the next one: `a` as a.txt on the first
+ * boot, `b` as b.txt on the next (`DRSITE wrote ...`), then `DRSITE script done`.
+ */
+export function writeNextFileScript(a: Buffer, b: Buffer): string {
+  return `#!/bin/sh
+mkdir -p /mnt/files
+for f in /mnt/files/*; do [ -f "$f" ] && echo "DRSITE have \${f#/mnt} sha256=$(sha256sum "$f" | cut -d' ' -f1)"; done
+put() { echo "$2" | base64 -d > "/mnt/files/$1"; sync; echo "DRSITE wrote /files/$1 sha256=$(sha256sum "/mnt/files/$1" | cut -d' ' -f1)"; }
+if [ ! -f /mnt/files/a.txt ]; then put a.txt ${a.toString('base64')}
+elif [ ! -f /mnt/files/b.txt ]; then put b.txt ${b.toString('base64')}
+fi
+echo "DRSITE script done"
+`;
+}
+
 export function sha256(data: Buffer | string): string {
   return createHash('sha256').update(data).digest('hex');
 }
