@@ -6,6 +6,7 @@ import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
 import { chmod, chown, copyFile, mkdir, readFile, rename, rm, truncate, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { basename, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -33,14 +34,39 @@ async function answers(): Promise<boolean> {
  */
 export async function ensureLibvirtd(): Promise<void> {
   await kvmForGroupKvm();
-  if (!existsSync('/run/libvirt/virtlogd-sock')) await daemon('virtlogd');
+  if (!(await listening(VIRTLOGD_SOCK))) {
+    await daemon('virtlogd');
+    await until(() => listening(VIRTLOGD_SOCK), `virtlogd did not listen on ${VIRTLOGD_SOCK} within 30 s of \`virtlogd -d\``);
+  }
   if (await answers()) return;
   await daemon('libvirtd');
+  await until(answers, 'libvirtd did not answer on qemu:///system within 30 s of `libvirtd -d`');
+}
+
+const VIRTLOGD_SOCK = '/run/libvirt/virtlogd-sock';
+
+/**
+ * Whether a daemon accepts connections on a UNIX socket. The socket file alone says nothing: a
+ * virtlogd that died (or a machine whose /run outlived its processes) leaves it behind, and then
+ * every `virsh start` fails with "Failed to connect socket to '/run/libvirt/virtlogd-sock'".
+ */
+function listening(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+async function until(ready: () => Promise<boolean>, failure: string): Promise<void> {
   for (let i = 0; i < 300; i++) {
-    if (await answers()) return;
+    if (await ready()) return;
     await sleep(100);
   }
-  throw new Error('libvirtd did not answer on qemu:///system within 30 s of `libvirtd -d`');
+  throw new Error(failure);
 }
 
 let kvmDone: Promise<void> | undefined;
