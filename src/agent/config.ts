@@ -39,8 +39,12 @@ export interface AgentConfig {
 /** The libvirt driver's settings from the Site's `libvirt` block (the same block in an agent's configuration file). */
 export function libvirtSettingsOf(block: LibvirtSiteSettings | undefined): LibvirtSettings {
   if (!block) return {};
-  const { shutdownTimeout, ...rest } = block;
-  return { ...rest, ...(shutdownTimeout !== undefined && { shutdownTimeoutMs: parseDuration(shutdownTimeout) }) };
+  const { shutdownTimeout, bootTimeout, ...rest } = block;
+  return {
+    ...rest,
+    ...(shutdownTimeout !== undefined && { shutdownTimeoutMs: parseDuration(shutdownTimeout) }),
+    ...(bootTimeout !== undefined && { bootTimeoutMs: parseDuration(bootTimeout) }),
+  };
 }
 
 /** The qemu driver's settings from the Site's `qemu` block (the same block in an agent's configuration file). */

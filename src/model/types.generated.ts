@@ -129,6 +129,10 @@ export interface LibvirtSiteSettings {
    * How long a domain may take to shut down after virsh shutdown (planned failover, power off). @default 60s
    */
   shutdownTimeout?: string;
+  /**
+   * How long a domain this site starts (a failover's or test failover's) has to print on its file serial console before its relationship turns Warning with reason guest-not-booting; 0 turns the check off. A domain whose definition has no file serial console is not watched. @default 45s
+   */
+  bootTimeout?: string;
 }
 
 /**

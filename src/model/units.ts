@@ -18,6 +18,11 @@ export function formatDuration(ms: number): string {
   return `${ms}ms`;
 }
 
+/** Whole seconds for a message: `45 s`. */
+export function formatSeconds(ms: number): string {
+  return `${Math.round(ms / 1000)} s`;
+}
+
 const SIZE = /^(\d+)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?$/;
 const SIZE_FACTOR: Record<string, number> = {
   B: 1, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3, TiB: 1024 ** 4,

@@ -41,6 +41,7 @@ afterAll(async () => {
   await cleanup([name, `${b}${name}`, `${b}${name}-Test`], Object.values(nets));
 }, 60_000);
 
+const guestOf = async (c: LibvirtSites['b'], vm: string) => (await c.request('GET', `/v1/vms/${vm}`)).json<{ guest?: { state: string; since: number; evidence: string } }>();
 const consoleOnB = (vm: string) => join(s!.runDirs[1]!, 'vms', vm, 'serial.log');
 
 describe('failover of a libvirt domain to another libvirt site', () => {
@@ -63,6 +64,7 @@ describe('failover of a libvirt domain to another libvirt site', () => {
     expect(testXml).toContain(`<mac address='${dom.mac}'/>`);
     expect(testXml).toMatch(/<source protocol='nbd' name='vda'/);
     await waitForLine(consoleOnB(testVm), new RegExp(`DRSITE have /files/a.txt sha256=${sha256(A)}`), 90_000);
+    expect((await guestOf(site.b, testVm)).guest).toEqual({ state: 'alive', since: expect.any(Number), evidence: 'serial console output' });
     await cycle(site.a, id); // replication keeps running meanwhile
     expect((await site.b.request('POST', `/v1/relationships/${id}/cleanup-test-failover`)).json<{ removed: string[] }>().removed).toEqual([testVm]);
     expect(await domState(testDomain)).toBe('absent');
@@ -87,6 +89,9 @@ describe('failover of a libvirt domain to another libvirt site', () => {
     await waitForLine(onB, new RegExp(`DRSITE wrote /files/b.txt sha256=${sha256(B)}`), 30_000);
     expect((await waitForLine(onB, /DRSITE seed hostname (\S+)/, 5000))[1]).toBe(name);
     expect((await waitForLine(onB, /DRSITE seed addr \S+ (\S+) (\S+)/, 5000)).slice(1)).toEqual([dom.mac, '10.20.0.11/24']);
+    // Health on host-b knows the guest booted (its console printed since libvirt started it).
+    expect((await guestOf(site.b, name)).guest).toMatchObject({ state: 'alive', evidence: 'serial console output' });
+    expect((await view(site.b, id)).healthReasons.filter((r) => r.startsWith('guest-'))).toEqual([]);
     const xml = await virsh('dumpxml', target);
     expect(xml).toContain(`<source network='${nets.b}'`);
     expect(xml).toContain(`<mac address='${dom.mac}'/>`);

@@ -9,11 +9,13 @@
 // libvirt's QEMU runs as its own user, so everything it opens that drsite makes (NBD sockets,
 // scratch files, seed disks, consoles) lives under runDir, group-owned by the QEMU group.
 import { createHash } from 'node:crypto';
+import { statSync } from 'node:fs';
 import { chmod, chown, copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TerminalError } from '../../../model/errors.ts';
-import type { Hypervisor, PowerOptions, PowerState, VmDefinition, VmDisk, VmRuntimeStatus } from '../../../model/hypervisor.ts';
+import type { GuestLiveness, Hypervisor, PowerOptions, PowerState, VmDefinition, VmDisk, VmRuntimeStatus } from '../../../model/hypervisor.ts';
+import { formatSeconds } from '../../../model/units.ts';
 import { silentLogger, type Logger } from '../../../transport/logger.ts';
 import { FilesHypervisor } from '../files.ts';
 import { readDomain, rewriteForTarget } from './domain-xml.ts';
@@ -30,6 +32,8 @@ export interface LibvirtSettings {
   readonly qemuGroup?: string;
   /** @default 60000 */
   readonly shutdownTimeoutMs?: number;
+  /** How long a domain this site starts has to print on its file serial console (0: not watched). @default 45000 */
+  readonly bootTimeoutMs?: number;
 }
 
 export interface LibvirtHypervisorOptions {
@@ -37,6 +41,7 @@ export interface LibvirtHypervisorOptions {
 }
 
 const DEFAULT_SHUTDOWN_MS = 60_000;
+const DEFAULT_BOOT_MS = 45_000;
 const SHUTDOWN_REPEAT_MS = 3000;
 
 export class LibvirtHypervisor implements Hypervisor {
@@ -50,6 +55,8 @@ export class LibvirtHypervisor implements Hypervisor {
   readonly #defs: FilesHypervisor;
   readonly #log: Logger;
   #gid: Promise<number | undefined> | undefined;
+  /** When this agent started (or found running) each domain it defined, for liveness. */
+  readonly #started = new Map<string, { since: number; attached: boolean }>();
 
   constructor(root: string, settings: LibvirtSettings = {}, opts: LibvirtHypervisorOptions = {}) {
     this.root = resolve(root);
@@ -204,7 +211,7 @@ export class LibvirtHypervisor implements Hypervisor {
     if (power === 'Running') {
       if (state !== 'running' && state !== 'paused') {
         await this.#define(vm, opts);
-        await this.virsh.run(['start', domain], { domain });
+        await this.#start(name, domain);
         this.#log.info('libvirt domain started', { vm: name, domain, uri: this.virsh.uri });
       } else if (state === 'paused') {
         await this.virsh.run(['resume', domain], { domain });
@@ -245,7 +252,7 @@ export class LibvirtHypervisor implements Hypervisor {
     if (state === 'paused') return void (await this.virsh.run(['resume', domain], { domain }));
     if (state !== 'shut off') return;
     await this.shareWithQemu(join(this.socketDir, `${name}.sock`));
-    await this.virsh.run(['start', domain], { domain });
+    await this.#start(name, domain);
   }
 
   /**
@@ -270,10 +277,14 @@ export class LibvirtHypervisor implements Hypervisor {
     for (const vm of await this.list()) {
       if (vm.power !== 'Running') continue;
       const domain = this.domainName(vm.name);
-      if ((await this.#state(domain)) !== 'shut off') continue;
+      const state = await this.#state(domain);
+      const defined = await readFile(join(this.runVmDir(vm.name), 'domain.xml'), 'utf8').catch(() => '');
+      if (defined.includes(this.consolePath(vm.name))) this.#consoles.add(vm.name);
+      if (state === 'running' || state === 'paused') this.#started.set(vm.name, { since: Date.now(), attached: true });
+      if (state !== 'shut off') continue;
       try {
         await this.shareWithQemu(join(this.socketDir, `${vm.name}.sock`));
-        await this.virsh.run(['start', domain], { domain });
+        await this.#start(vm.name, domain);
         this.#log.info('libvirt domain started again on the agent\'s exports', { vm: vm.name, domain });
       } catch (e) {
         this.#log.warn('libvirt domain not started again', { vm: vm.name, domain, error: (e as Error).message });
@@ -286,8 +297,37 @@ export class LibvirtHypervisor implements Hypervisor {
     const own = await this.#defs.find(name);
     if (!own) return; // a domain drsite did not define is never undefined by it
     await this.#undefine(this.domainName(name));
+    this.#started.delete(name);
     await rm(this.runVmDir(name), { recursive: true, force: true });
     await this.#defs.remove(name);
+  }
+
+  /**
+   * Boot signs of a running domain this site defined: `alive` once it printed on its file serial
+   * console (the rewritten definition puts it at consolePath), `not-booting` when it did not within
+   * the site's bootTimeout of its start. Undefined for a domain without a file console, one this
+   * agent did not start or find running, and with bootTimeout 0.
+   */
+  liveness(name: string): GuestLiveness | undefined {
+    const started = this.#started.get(name);
+    const timeout = this.settings.bootTimeoutMs ?? DEFAULT_BOOT_MS;
+    if (!started || timeout === 0 || !this.#consoles.has(name)) return undefined;
+    let console: { size: number; mtimeMs: number } | undefined;
+    try {
+      console = statSync(this.consolePath(name));
+    } catch {
+      console = undefined;
+    }
+    return consoleLiveness(started, console, timeout, Date.now());
+  }
+
+  /** VMs whose definition (as last defined here) has a file serial console at consolePath. */
+  readonly #consoles = new Set<string>();
+
+  async #start(name: string, domain: string): Promise<void> {
+    const since = Date.now();
+    await this.virsh.run(['start', domain], { domain });
+    this.#started.set(name, { since, attached: false });
   }
 
   async #state(name: string): Promise<string | undefined> {
@@ -323,6 +363,8 @@ export class LibvirtHypervisor implements Hypervisor {
       serialLog: this.consolePath(vm.name),
     });
     const file = join(dir, 'domain.xml');
+    if (xml.includes(this.consolePath(vm.name))) this.#consoles.add(vm.name);
+    else this.#consoles.delete(vm.name);
     await writeFile(file, xml);
     // Defined again at every start, so the definition always says what vm.json says.
     await this.virsh.run(['define', file], { domain: this.domainName(vm.name) });
@@ -336,6 +378,22 @@ export class LibvirtHypervisor implements Hypervisor {
       await this.virsh.run(['undefine', name], { domain: name });
     });
   }
+}
+
+/**
+ * A domain's boot signs from its file console: alive when it holds output written since the start
+ * (a console left from an earlier run does not count), else booting until `timeoutMs`, then
+ * not-booting.
+ */
+export function consoleLiveness(started: { since: number; attached: boolean }, console: { size: number; mtimeMs: number } | undefined, timeoutMs: number, now: number): GuestLiveness {
+  const { since, attached } = started;
+  // An attached domain ran before this agent: any output counts. mtime has coarse granularity on
+  // some file systems, hence the second of slack.
+  if (console && console.size > 0 && (attached || console.mtimeMs >= since - 1000)) return { state: 'alive', since, evidence: 'serial console output' };
+  const from = attached ? 'the agent found it running' : 'libvirt started it';
+  const elapsed = now - since;
+  if (elapsed >= timeoutMs) return { state: 'not-booting', since, evidence: `no serial console output within ${formatSeconds(timeoutMs)} since ${from}` };
+  return { state: 'booting', since, evidence: `no serial console output yet, ${formatSeconds(elapsed)} since ${from}` };
 }
 
 /** `virsh shutdown` (ACPI) and a wait; then `virsh destroy` with `force`, or a clear error. */

@@ -10,6 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { KeyedMutex } from '../../../core/async-mutex.ts';
 import { readJsonIfExists, writeJsonAtomic } from '../../../core/atomic-file.ts';
 import { TerminalError } from '../../../model/errors.ts';
+import { formatSeconds } from '../../../model/units.ts';
 import type { GuestLiveness, Hypervisor, PowerOptions, PowerState, VmDefinition, VmDisk, VmRuntimeStatus } from '../../../model/hypervisor.ts';
 import { silentLogger, type Logger } from '../../../transport/logger.ts';
 import { FilesHypervisor } from '../files.ts';
@@ -495,10 +496,6 @@ export class QemuHypervisor implements Hypervisor {
     g.qmp.close();
     await g.gone;
   }
-}
-
-function formatSeconds(ms: number): string {
-  return `${Math.round(ms / 1000)} s`;
 }
 
 /** The first `bytes` of a file as latin1 ('' when it is missing). */
