@@ -114,6 +114,8 @@ export interface GuestDomainOptions {
   /** Extra `<disk>` elements. */
   readonly extraDisks?: string[];
   readonly size?: number;
+  /** The kernel command line instead of the test guest's (`append(run)`). */
+  readonly cmdline?: string;
 }
 
 /**
@@ -164,7 +166,7 @@ export async function defineGuestDomain(name: string, opts: GuestDomainOptions):
     <type arch='x86_64' machine='q35'>hvm</type>
     <kernel>${g.kernel}</kernel>
     <initrd>${g.initrd}</initrd>
-    <cmdline>${append(opts.run)}</cmdline>
+    <cmdline>${opts.cmdline ?? append(opts.run)}</cmdline>
   </os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>

@@ -18,14 +18,15 @@ export interface LibvirtSites {
   destroy(): Promise<void>;
 }
 
-export async function libvirtSites(sfx: string): Promise<LibvirtSites> {
+/** `recoveryBootTimeout`: host-b's libvirt bootTimeout (its default otherwise). */
+export async function libvirtSites(sfx: string, opts: { recoveryBootTimeout?: string } = {}): Promise<LibvirtSites> {
   await ensureLibvirtd();
   await testGuest();
   const runDirs = [`/var/lib/libvirt/drsite/test-${sfx}-a`, `/var/lib/libvirt/drsite/test-${sfx}-b`];
   const prefixB = `b${sfx}-`;
   const cluster = await Cluster.create([
     { name: 'host-a', config: ['hypervisor: libvirt', `libvirt: { runDir: ${runDirs[0]}, shutdownTimeout: 60s }`] },
-    { name: 'host-b', config: ['hypervisor: libvirt', `libvirt: { runDir: ${runDirs[1]}, domainPrefix: ${prefixB}, shutdownTimeout: 60s }`] },
+    { name: 'host-b', config: ['hypervisor: libvirt', `libvirt: { runDir: ${runDirs[1]}, domainPrefix: ${prefixB}, shutdownTimeout: 60s${opts.recoveryBootTimeout ? `, bootTimeout: ${opts.recoveryBootTimeout}` : ''} }`] },
   ]);
   await cluster.startInProcess('host-a');
   await cluster.startInProcess('host-b');
