@@ -229,6 +229,19 @@ export const replicationGroupNeedsConsistency: Rule = (input) => {
       `policy "${d.resource.spec.policy}" does not set multiVmConsistency: true; set it there or remove spec.replicationGroup`));
 };
 
+/**
+ * `multiVmConsistency: true` only acts through replication groups: a policy that sets it while no
+ * VM using it names a spec.replicationGroup takes every VM's points on its own (a warning, so the
+ * operator does not believe their VMs are consistent with each other).
+ */
+export const consistencyWithoutGroup: Rule = (input) => {
+  const grouped = new Set(input.protectedVms.filter((d) => d.resource.spec.replicationGroup !== undefined).map((d) => d.resource.spec.policy));
+  return input.policies
+    .filter((p) => p.resource.spec.multiVmConsistency === true && !grouped.has(p.resource.metadata.name))
+    .map((p) => diag(p, ['spec', 'multiVmConsistency'], `multiVmConsistency has no effect: no VM of policy "${p.resource.metadata.name}" is in a replication group`,
+      'each VM still gets recovery points of its own; give the VMs that must be consistent with each other the same spec.replicationGroup, or remove multiVmConsistency', 'warning'));
+};
+
 /** Members of one replication group share cut instants, so they share primary, replica and policy. */
 export const replicationGroupSameSites: Rule = (input) => {
   const out: Diagnostic[] = [];
@@ -415,6 +428,7 @@ export const RULES: readonly Rule[] = [
   extendedReplicaSite,
   extendedReplicaFrequency,
   replicationGroupNeedsConsistency,
+  consistencyWithoutGroup,
   replicationGroupSameSites,
   externalMediaNeedsPath,
   appConsistentWithinRetention,

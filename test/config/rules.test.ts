@@ -84,6 +84,10 @@ const CASES: Record<string, Case[]> = {
     { reason: 'policy with multi-VM consistency', yaml: BASE + policy('mvc', '{multiVmConsistency: true}') + vm('web-01', ', replicationGroup: shop', 'web-01', 'site-a', 'site-b', 'mvc'), want: [] },
     { reason: 'policy without it (default false)', yaml: BASE + vm('web-01', ', replicationGroup: shop'), want: ['spec.replicationGroup replication group "shop" needs multi-VM consistency'] },
   ],
+  consistencyWithoutGroup: [
+    { reason: 'a grouped VM uses the policy', yaml: BASE + policy('mvc', '{multiVmConsistency: true}') + vm('web-01', ', replicationGroup: shop', 'web-01', 'site-a', 'site-b', 'mvc'), want: [] },
+    { reason: 'no VM of the policy is grouped', yaml: BASE + policy('mvc', '{multiVmConsistency: true}') + vm('web-01', '', 'web-01', 'site-a', 'site-b', 'mvc'), want: ['spec.multiVmConsistency multiVmConsistency has no effect: no VM of policy "mvc" is in a replication group'], severity: 'warning' },
+  ],
   replicationGroupSameSites: [
     { reason: 'members share sites and policy', yaml: BASE + policy('mvc', '{multiVmConsistency: true}') + vm('web-01', ', replicationGroup: shop', 'web-01', 'site-a', 'site-b', 'mvc') + vm('db-01', ', replicationGroup: shop', 'db-01', 'site-a', 'site-b', 'mvc'), want: [] },
     { reason: 'members with different replica sites', yaml: BASE + SITE_C + policy('mvc', '{multiVmConsistency: true}') + vm('web-01', ', replicationGroup: shop', 'web-01', 'site-a', 'site-b', 'mvc') + vm('db-01', ', replicationGroup: shop', 'db-01', 'site-a', 'site-c', 'mvc'), want: ['spec.replicationGroup replication group "shop" mixes sites or policies'] },
