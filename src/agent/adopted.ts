@@ -49,14 +49,14 @@ interface AdoptedRecord {
 
 const dirOf = (ctx: AgentContext) => join(ctx.config.dataDir, 'adopted');
 
-async function open(ctx: AgentContext, req: AdoptedRecord): Promise<AdoptedVm> {
+async function open(ctx: AgentContext, req: AdoptedRecord, restarted = false): Promise<AdoptedVm> {
   const onContinuityLost = async (why: string) => {
     for (const p of ctx.primaries.values()) if (p.record.vm === req.name) await p.markContinuityLost(why);
   };
   if (req.libvirt) {
     if (!(ctx.hv instanceof LibvirtHypervisor)) throw new TerminalError('invalid-state', `VM ${req.name} was a libvirt domain, but ${ctx.config.name} no longer runs the libvirt hypervisor`);
     const exclude = req.exclude ?? [];
-    const domain = await openProtectedDomain(ctx.hv, req.name, onContinuityLost, exclude);
+    const domain = await openProtectedDomain(ctx.hv, req.name, onContinuityLost, exclude, restarted);
     return { name: req.name, disks: domain.check.disks.map((d) => ({ name: d.target, node: d.target })), source: domain.source, persistent: domain.persistent, vmConfig: domain.vmConfig, domain, exclude };
   }
   if (!req.qmpSocket || !req.disks) throw new TerminalError('invalid-argument', `adopted VM record ${req.name} names no QMP socket`);
@@ -108,7 +108,7 @@ export async function readoptAll(ctx: AgentContext): Promise<void> {
     const rec = await readJsonIfExists<AdoptedRecord>(join(dirOf(ctx), f));
     if (!rec) continue;
     try {
-      ctx.adopted.set(rec.name, await open(ctx, rec));
+      ctx.adopted.set(rec.name, await open(ctx, rec, true));
     } catch (e) {
       ctx.log.warn(rec.libvirt ? 'libvirt domain not adopted again' : 'adopted VM not adopted again: its QEMU does not answer', { vm: rec.name, qmp: rec.qmpSocket, error: (e as Error).message });
     }

@@ -87,6 +87,22 @@ describe('a libvirt domain on a raw image', () => {
     const off = await cycleOutcome(s!.a, id);
     expect(await pointSha(s!.b, id, off.sequence)).toBe(await imageSha(dom.disk, 'raw'));
 
+    // The agent restarts while the domain is off: nothing watched it meanwhile, so the relationship
+    // is taken up again (not skipped until the domain runs) and resynchronises from its images.
+    await s!.cluster.stopInProcess('host-a');
+    await s!.cluster.startInProcess('host-a');
+    // (Its first cycle, the scheduler's or this one, finds that out and fails; a forced one resyncs.)
+    type Cycle = { action: string; sequence: number };
+    let offResync = await s!.a.request('POST', `/v1/relationships/${id}/replicate-now`).then((r) => r.json<Cycle>(), (e: Error) => e);
+    if (offResync instanceof Error) {
+      expect(offResync.message).toMatch(/was shut off when the agent started again: .*resynchronization required/);
+      offResync = (await s!.a.request('POST', `/v1/relationships/${id}/resync`)).json<Cycle>();
+    }
+    expect(offResync.action).toBe('resync');
+    expect((await view(s!.a, id)).state).toBe('Replicating');
+    expect(await pointSha(s!.b, id, offResync.sequence)).toBe(await imageSha(dom.disk, 'raw'));
+    expect((await view(s!.a, id)).state).toBe('Replicating');
+
     // Started again: new bitmaps, so the relationship resynchronises, saying why.
     await virsh('start', name);
     await moreWrites(10);

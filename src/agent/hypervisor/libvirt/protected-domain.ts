@@ -24,7 +24,8 @@ export interface ProtectedDomain {
   setPower(power: PowerState, opts: { timeoutMs?: number; force?: boolean }): Promise<PowerState>;
 }
 
-export async function openProtectedDomain(hv: LibvirtHypervisor, name: string, onContinuityLost: (why: string) => Promise<void>, exclude: readonly string[] = []): Promise<ProtectedDomain> {
+/** `restarted`: the agent starting again on a domain it protected (see LibvirtQmpSource.open). */
+export async function openProtectedDomain(hv: LibvirtHypervisor, name: string, onContinuityLost: (why: string) => Promise<void>, exclude: readonly string[] = [], restarted = false): Promise<ProtectedDomain> {
   hv.vmDir(name); // refuses names that are not VM names
   const check = await checkDomain(hv.virsh, name, exclude);
   const workDir = join(hv.runDir, 'protected', name);
@@ -36,7 +37,7 @@ export async function openProtectedDomain(hv: LibvirtHypervisor, name: string, o
   const group = { ...(gid !== undefined && { qemuGroup: gid }), excluded: check.excluded };
   const tracker = persistent
     ? await LibvirtCheckpointSource.open({ virsh: hv.virsh, domain: name, workDir, ...group, onContinuityLost }, check.disks)
-    : await LibvirtQmpSource.open({ virsh: hv.virsh, domain: name, workDir, ...group, onContinuityLost, disks: check.disks });
+    : await LibvirtQmpSource.open({ virsh: hv.virsh, domain: name, workDir, ...group, onContinuityLost, disks: check.disks }, restarted);
   const inner = quiescedSource(tracker, virshQuiescer(hv, name));
   const source = { disks: tracker.disks, cut: inner.cut.bind(inner), close: () => tracker.close() };
   const macs = Object.fromEntries(check.info.interfaces.filter((i) => i.mac).map((i) => [i.name, i.mac!]));

@@ -99,13 +99,24 @@ export class LibvirtQmpSource implements CutSource {
     this.disks = opts.disks.map((d) => ({ id: d.target, size: d.size, pendingBytes: () => this.#inner?.disks.find((x) => x.id === d.target)?.pendingBytes() ?? 0 }));
   }
 
-  /** Starts tracking a running domain: one new bitmap per disk, added in one transaction. */
-  static async open(opts: QmpSourceOptions): Promise<LibvirtQmpSource> {
+  /**
+   * Starts tracking a running domain: one new bitmap per disk, added in one transaction. With
+   * `restarted` (an agent starting again on a domain it protected), a shut-off domain is taken too:
+   * nothing tracked what it wrote while no agent ran, so its first cut asks for a resync (read
+   * from its images through qemu-nbd) instead of the relationship waiting for the domain to run.
+   */
+  static async open(opts: QmpSourceOptions, restarted = false): Promise<LibvirtQmpSource> {
     if ((await domState(opts.virsh, opts.domain)) === 'shut off') {
-      throw new TerminalError('invalid-state', `libvirt domain "${opts.domain}" is shut off: start it to begin protection (its raw disks are tracked by QEMU's dirty bitmaps, which need it running)`);
+      if (!restarted) throw new TerminalError('invalid-state', `libvirt domain "${opts.domain}" is shut off: start it to begin protection (its raw disks are tracked by QEMU's dirty bitmaps, which need it running)`);
+      const src = new LibvirtQmpSource(opts, undefined);
+      src.#unknown = `libvirt domain "${opts.domain}" was shut off when the agent started again: no QEMU dirty bitmap saw what it wrote while no agent ran`;
+      return src;
     }
     return new LibvirtQmpSource(opts, await LibvirtQmpSource.#adopt(opts));
   }
+
+  /** Why the writes since the last point are unknown, until a full cut (the resync) is taken. */
+  #unknown: string | undefined;
 
   static async #adopt(opts: QmpSourceOptions): Promise<QemuDirtyBitmapSource> {
     const qmp = new VirshQmp(opts.virsh, opts.domain);
@@ -130,6 +141,13 @@ export class LibvirtQmpSource implements CutSource {
 
   async cut(opts: { cutId: string; time: number; full?: boolean }): ReturnType<CutSource['cut']> {
     const { virsh, domain } = this.#opts;
+    if (this.#unknown) {
+      if (!opts.full) {
+        await this.#opts.onContinuityLost?.(this.#unknown);
+        throw new RetryableError('integrity', `${this.#unknown}: resynchronization required`);
+      }
+      this.#unknown = undefined;
+    }
     if ((await domState(virsh, domain)) === 'shut off') return this.#offlineCut(opts);
     if (!this.#inner) {
       // QEMU started again after the domain was off: new bitmaps, which say nothing of what it
