@@ -57,6 +57,8 @@ export class LibvirtHypervisor implements Hypervisor {
   #gid: Promise<number | undefined> | undefined;
   /** When this agent started (or found running) each domain it defined, for liveness. */
   readonly #started = new Map<string, { since: number; attached: boolean }>();
+  /** VMs whose definition (as last defined here) has a file serial console at consolePath. */
+  readonly #consoles = new Set<string>();
 
   constructor(root: string, settings: LibvirtSettings = {}, opts: LibvirtHypervisorOptions = {}) {
     this.root = resolve(root);
@@ -320,9 +322,6 @@ export class LibvirtHypervisor implements Hypervisor {
     }
     return consoleLiveness(started, console, timeout, Date.now());
   }
-
-  /** VMs whose definition (as last defined here) has a file serial console at consolePath. */
-  readonly #consoles = new Set<string>();
 
   async #start(name: string, domain: string): Promise<void> {
     const since = Date.now();
