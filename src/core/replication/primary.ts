@@ -15,7 +15,7 @@ import { RetryState } from '../retry.ts';
 import { ReplicationStatistics } from '../statistics.ts';
 import { BLOCK_SIZE, type Extent, type LogHeader, type RelationshipKeys } from '../types.ts';
 import type { Clock } from '../../model/clock.ts';
-import { RetryableError, TerminalError, isRecoverable } from '../../model/errors.ts';
+import { RetryableError, TerminalError } from '../../model/errors.ts';
 import type { ResolvedPolicySpec } from '../../model/desired.ts';
 import type { RelationshipView, ReplicaStatus } from '../../model/replication-api.ts';
 import type { Logger } from '../../model/logger.ts';
@@ -150,11 +150,12 @@ export class PrimaryReplication {
     const decision = this.#retry.failure(e);
     this.#stats.recordError();
     this.#stats.recordMissed();
-    if (!decision.retry && !isRecoverable(e)) {
-      const err = e as { code?: string; message?: string };
-      this.record.terminalError = { code: err.code ?? 'unknown', message: err.message ?? String(e) };
+    // retry.ts decides (the error's type, and whether an operator must reset first); this only acts on it.
+    if (!decision.retry) {
+      const err = this.#retry.lastError!;
+      this.record.terminalError = { code: err.code ?? 'unknown', message: err.message };
       if (this.record.state !== 'Critical') this.record.state = transition(this.record.state, 'terminalError');
-      this.#log.error('replication stopped: an operator must act', { relationship: this.id, error: this.record.terminalError.message });
+      this.#log.error('replication stopped: an operator must act', { relationship: this.id, error: err.message, reason: decision.reason });
     } else {
       this.#log.warn('replication cycle failed; will retry', { relationship: this.id, error: (e as Error).message, nextAttemptAt: this.#retry.nextAttemptAt });
     }
