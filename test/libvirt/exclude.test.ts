@@ -5,13 +5,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { policy30s } from '../agent/cluster.ts';
 import { waitForLine } from '../qemu/guest.ts';
 import { cleanup, defineGuestDomain, IMAGES, imageSha, suffix, virsh, type GuestDomain } from './libvirt.ts';
 import { cycle, libvirtSites, pointSha, view, type LibvirtSites } from './sites.ts';
+import { untilListening } from '../support/sockets.ts';
 
 const sfx = suffix();
 const name = `drt-${sfx}-ex`;
@@ -31,7 +30,7 @@ beforeAll(async () => {
   await writeFile(data, '');
   await truncate(data, 8 << 20);
   nbd = spawn('qemu-nbd', ['-t', '-f', 'raw', '-x', 'data', '--socket', socket, data], { stdio: 'ignore' });
-  for (let i = 0; i < 100 && !existsSync(socket); i++) await sleep(50);
+  await untilListening(socket, { proc: nbd, what: 'qemu-nbd' });
   await chmod(socket, 0o666); // libvirt's QEMU connects as its own user
 }, 180_000);
 

@@ -6,12 +6,12 @@ import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
 import { chmod, chown, copyFile, mkdir, readFile, rename, rm, truncate, writeFile } from 'node:fs/promises';
-import { connect } from 'node:net';
 import { basename, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { makeGuestDisk } from '../../src/demo/test-guest.ts';
 import { append, testGuest, type GuestRun } from '../qemu/guest.ts';
+import { listening } from '../support/sockets.ts';
 
 const run = promisify(execFile);
 export const URI = 'qemu:///system';
@@ -43,23 +43,9 @@ export async function ensureLibvirtd(): Promise<void> {
   await until(answers, 'libvirtd did not answer on qemu:///system within 30 s of `libvirtd -d`');
 }
 
+// Asked, not inferred from the file: a virtlogd that died leaves its socket file behind, and then
+// every `virsh start` fails "Failed to connect socket to '/run/libvirt/virtlogd-sock'".
 const VIRTLOGD_SOCK = '/run/libvirt/virtlogd-sock';
-
-/**
- * Whether a daemon accepts connections on a UNIX socket. The socket file alone says nothing: a
- * virtlogd that died (or a machine whose /run outlived its processes) leaves it behind, and then
- * every `virsh start` fails with "Failed to connect socket to '/run/libvirt/virtlogd-sock'".
- */
-function listening(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
 
 async function until(ready: () => Promise<boolean>, failure: string): Promise<void> {
   for (let i = 0; i < 300; i++) {

@@ -3,7 +3,6 @@
 // `-B`; the dirty extents we read are exactly the written ranges, and structured READs return the
 // bytes (and holes as zeroes). Our own server refuses structured replies with a clear error.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { rangesWith, STATE, STATE_DIRTY } from '../../src/nbd/block-status.ts';
@@ -13,6 +12,7 @@ import { FileBlockDevice } from './file-block-device.ts';
 import { qemuImg, sha256, tempDir } from './helpers.ts';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { untilListening } from '../support/sockets.ts';
 
 const run = promisify(execFile);
 const MiB = 1024 * 1024;
@@ -31,7 +31,7 @@ beforeAll(async () => {
   await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0xab 1M 64k', '-c', 'write -P 0xcd 5M 4k', '-c', 'write -P 0xef 8388608 12k', img]);
   socketPath = join(dir.path, 'nbd.sock');
   nbd = spawn('qemu-nbd', ['-k', socketPath, '-t', '-e', '4', '-f', 'qcow2', '-r', '-B', 'b0', '-x', 'disk', img], { stdio: 'ignore' });
-  for (let i = 0; i < 200 && !existsSync(socketPath); i++) await new Promise((r) => setTimeout(r, 25));
+  await untilListening(socketPath, { proc: nbd, what: 'qemu-nbd' });
 });
 
 afterAll(async () => {

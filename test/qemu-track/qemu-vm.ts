@@ -2,10 +2,10 @@
 // devices and no guest OS (nothing boots: the CPUs stay stopped with -S). Guest-like writes go
 // through the devices with HMP `qemu-io -d`, the path a guest's writes take.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { QmpClient } from '../../src/agent/hypervisor/qemu/qmp.ts';
+import { untilListening } from '../support/sockets.ts';
 
 export interface TestVm {
   /** The monitor the test drives. */
@@ -33,9 +33,10 @@ export async function startVm(dir: string, disks: readonly string[]): Promise<Te
   let stderr = '';
   proc.stderr!.on('data', (d) => (stderr += d));
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  for (let i = 0; i < 400 && !(existsSync(testSocket) && existsSync(drsiteSocket)); i++) {
-    if (proc.exitCode !== null) throw new Error(`qemu-system-x86_64 exited: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 25));
+  for (const socket of [testSocket, drsiteSocket]) {
+    await untilListening(socket, { proc, what: 'qemu-system-x86_64' }).catch((e: Error) => {
+      throw new Error(`${e.message}: ${stderr}`);
+    });
   }
   const qmp = await QmpClient.connect(testSocket);
   return {
