@@ -5,38 +5,24 @@
 // original's own qcow2 and starts that same domain: same uuid, same definition, both files, and
 // no second domain of the VM on host-a. Protecting it again towards host-b removes host-b's copy.
 import { randomBytes } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { policy30s } from '../agent/cluster.ts';
-import { sha256, waitForLine, writeNextFileScript } from '../qemu/guest.ts';
+import { sha256, waitForLine } from '../qemu/guest.ts';
 import { join } from 'node:path';
-import { cleanup, defineGuestDomain, defineIsolatedNetwork, domState, runningDomains, suffix, virsh, type GuestDomain } from './libvirt.ts';
-import { cycle, libvirtSites, protect, view, type LibvirtSites } from './sites.ts';
+import { domState, runningDomains, suffix, virsh } from './libvirt.ts';
+import { cycle, protect, view, writingGuest } from './sites.ts';
 
 const sfx = suffix();
 const name = `drt-${sfx}-fb`;
 const nets = { a: `drt-${sfx}-fa`, b: `drt-${sfx}-fbn` };
-let s: LibvirtSites | undefined;
-let dom: GuestDomain;
-
 const A = randomBytes(1500);
 const B = randomBytes(2500);
-const RUN_SH = writeNextFileScript(A, B);
-
-beforeAll(async () => {
-  s = await libvirtSites(sfx);
-  for (const n of Object.values(nets)) await defineIsolatedNetwork(n);
-  dom = await defineGuestDomain(name, { run: { run: 'script,wait' }, files: { '/drsite/run.sh': RUN_SH }, network: nets.a });
-}, 180_000);
-
-afterAll(async () => {
-  const b = s?.prefixB ?? '';
-  await s?.destroy();
-  await cleanup([name, `${b}${name}`], Object.values(nets));
-}, 60_000);
+const g = writingGuest(sfx, name, Object.values(nets), 'script,wait', { A, B });
 
 describe('failback to the original libvirt domain', () => {
   test('the original domain comes back with the recovery point in its own image, not a second domain', async () => {
-    const site = s!;
+    const site = g.sites;
+    const dom = g.dom;
     const uuid = (await virsh('domuuid', name)).trim();
     await virsh('start', name);
     // As libvirt completed it at the first start (addresses, controllers).

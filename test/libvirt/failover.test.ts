@@ -14,39 +14,25 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { sha256, waitForLine, writeNextFileScript } from '../qemu/guest.ts';
-import { cleanup, defineGuestDomain, defineIsolatedNetwork, domState, imageSha, runningDomains, suffix, virsh, type GuestDomain } from './libvirt.ts';
-import { cycle, libvirtSites, pointSha, protect, view, type LibvirtSites } from './sites.ts';
+import { describe, expect, test } from 'vitest';
+import { sha256, waitForLine } from '../qemu/guest.ts';
+import { domState, imageSha, runningDomains, suffix, virsh } from './libvirt.ts';
+import { cycle, pointSha, protect, view, writingGuest, type LibvirtSites } from './sites.ts';
 
 const sfx = suffix();
 const name = `drt-${sfx}-app`;
 const nets = { a: `drt-${sfx}-lan-a`, b: `drt-${sfx}-lan-b`, test: `drt-${sfx}-test` };
-let s: LibvirtSites | undefined;
-let dom: GuestDomain;
-
 const A = randomBytes(3000);
 const B = randomBytes(2000);
-const RUN_SH = writeNextFileScript(A, B);
-
-beforeAll(async () => {
-  s = await libvirtSites(sfx);
-  for (const n of Object.values(nets)) await defineIsolatedNetwork(n);
-  dom = await defineGuestDomain(name, { run: { run: 'seed,script,wait' }, files: { '/drsite/run.sh': RUN_SH }, network: nets.a });
-}, 180_000);
-
-afterAll(async () => {
-  const b = s?.prefixB ?? '';
-  await s?.destroy();
-  await cleanup([name, `${b}${name}`, `${b}${name}-Test`], Object.values(nets));
-}, 60_000);
+const g = writingGuest(sfx, name, Object.values(nets), 'seed,script,wait', { A, B });
 
 const guestOf = async (c: LibvirtSites['b'], vm: string) => (await c.request('GET', `/v1/vms/${vm}`)).json<{ guest?: { state: string; since: number; evidence: string } }>();
-const consoleOnB = (vm: string) => join(s!.runDirs[1]!, 'vms', vm, 'serial.log');
+const consoleOnB = (vm: string) => join(g.sites.runDirs[1]!, 'vms', vm, 'serial.log');
 
 describe('failover of a libvirt domain to another libvirt site', () => {
   test('test failover on an isolated network, then planned failover: the guest reads on host-b the file it wrote on host-a', async () => {
-    const site = s!;
+    const site = g.sites;
+    const dom = g.dom;
     await virsh('start', name);
     await waitForLine(dom.serial, new RegExp(`DRSITE wrote /files/a.txt sha256=${sha256(A)}`), 90_000);
     expect((await waitForLine(dom.serial, /DRSITE seed (\S+)/, 5000))[1]).toBe('none');

@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { makeGuestDisk } from '../../src/demo/test-guest.ts';
 import { append, testGuest, type GuestRun } from '../qemu/guest.ts';
-import { listening } from '../support/sockets.ts';
+import { listening, untilListening } from '../support/sockets.ts';
 
 const run = promisify(execFile);
 export const URI = 'qemu:///system';
@@ -36,24 +36,20 @@ export async function ensureLibvirtd(): Promise<void> {
   await kvmForGroupKvm();
   if (!(await listening(VIRTLOGD_SOCK))) {
     await daemon('virtlogd');
-    await until(() => listening(VIRTLOGD_SOCK), `virtlogd did not listen on ${VIRTLOGD_SOCK} within 30 s of \`virtlogd -d\``);
+    await untilListening(VIRTLOGD_SOCK, { timeoutMs: 30_000, what: 'virtlogd (started with `virtlogd -d`)' });
   }
   if (await answers()) return;
   await daemon('libvirtd');
-  await until(answers, 'libvirtd did not answer on qemu:///system within 30 s of `libvirtd -d`');
+  for (let i = 0; i < 300; i++) {
+    if (await answers()) return;
+    await sleep(100);
+  }
+  throw new Error('libvirtd did not answer on qemu:///system within 30 s of `libvirtd -d`');
 }
 
 // Asked, not inferred from the file: a virtlogd that died leaves its socket file behind, and then
 // every `virsh start` fails "Failed to connect socket to '/run/libvirt/virtlogd-sock'".
 const VIRTLOGD_SOCK = '/run/libvirt/virtlogd-sock';
-
-async function until(ready: () => Promise<boolean>, failure: string): Promise<void> {
-  for (let i = 0; i < 300; i++) {
-    if (await ready()) return;
-    await sleep(100);
-  }
-  throw new Error(failure);
-}
 
 let kvmDone: Promise<void> | undefined;
 /** Once per process (see ensureLibvirtd). */

@@ -4,9 +4,10 @@
 import type { RelationshipView } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s } from '../agent/cluster.ts';
-import { testGuest } from '../qemu/guest.ts';
-import { ensureLibvirtd } from './libvirt.ts';
 import { rm } from 'node:fs/promises';
+import { afterAll, beforeAll } from 'vitest';
+import { testGuest, writeNextFileScript } from '../qemu/guest.ts';
+import { cleanup, defineGuestDomain, defineIsolatedNetwork, ensureLibvirtd, type GuestDomain } from './libvirt.ts';
 
 export interface LibvirtSites {
   cluster: Cluster;
@@ -39,6 +40,35 @@ export async function libvirtSites(sfx: string, opts: { recoveryBootTimeout?: st
     async destroy() {
       await cluster.destroy();
       for (const d of runDirs) await rm(d, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * The failover tests' setup, as hooks of the calling file: both sites, isolated libvirt networks
+ * (the guest's interface on the first), and domain `name` running the test guest with `run`, whose
+ * script writes a.txt (A) on its first boot and b.txt (B) on the next. Cleanup undefines the domain,
+ * host-b's copy and its `-Test`, and the networks.
+ */
+export function writingGuest(sfx: string, name: string, nets: readonly string[], run: string, files: { A: Buffer; B: Buffer }): { readonly sites: LibvirtSites; readonly dom: GuestDomain } {
+  let sites: LibvirtSites | undefined;
+  let dom: GuestDomain | undefined;
+  beforeAll(async () => {
+    sites = await libvirtSites(sfx);
+    for (const n of nets) await defineIsolatedNetwork(n);
+    dom = await defineGuestDomain(name, { run: { run }, files: { '/drsite/run.sh': writeNextFileScript(files.A, files.B) }, network: nets[0] });
+  }, 180_000);
+  afterAll(async () => {
+    const b = sites?.prefixB ?? '';
+    await sites?.destroy();
+    await cleanup([name, `${b}${name}`, `${b}${name}-Test`], [...nets]);
+  }, 60_000);
+  return {
+    get sites() {
+      return sites!;
+    },
+    get dom() {
+      return dom!;
     },
   };
 }

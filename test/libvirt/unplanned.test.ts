@@ -5,36 +5,22 @@
 // it FailedOver.
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { sha256, waitForLine, writeNextFileScript } from '../qemu/guest.ts';
-import { cleanup, defineGuestDomain, defineIsolatedNetwork, domState, runningDomains, suffix, virsh, type GuestDomain } from './libvirt.ts';
-import { cycle, libvirtSites, protect, view, type LibvirtSites } from './sites.ts';
+import { describe, expect, test } from 'vitest';
+import { sha256, waitForLine } from '../qemu/guest.ts';
+import { domState, runningDomains, suffix, virsh } from './libvirt.ts';
+import { cycle, protect, view, writingGuest } from './sites.ts';
 
 const sfx = suffix();
 const name = `drt-${sfx}-lost`;
 const nets = { a: `drt-${sfx}-ula`, b: `drt-${sfx}-ulb` };
-let s: LibvirtSites | undefined;
-let dom: GuestDomain;
-
 const A = randomBytes(2500);
 const B = randomBytes(1500);
-const RUN_SH = writeNextFileScript(A, B);
-
-beforeAll(async () => {
-  s = await libvirtSites(sfx);
-  for (const n of Object.values(nets)) await defineIsolatedNetwork(n);
-  dom = await defineGuestDomain(name, { run: { run: 'seed,script,wait' }, files: { '/drsite/run.sh': RUN_SH }, network: nets.a });
-}, 180_000);
-
-afterAll(async () => {
-  const b = s?.prefixB ?? '';
-  await s?.destroy();
-  await cleanup([name, `${b}${name}`], Object.values(nets));
-}, 60_000);
+const g = writingGuest(sfx, name, Object.values(nets), 'seed,script,wait', { A, B });
 
 describe('unplanned failover of a libvirt domain', () => {
   test('after virsh destroy of the source, host-b boots the latest point: the file written on host-a is there, one running copy', async () => {
-    const site = s!;
+    const site = g.sites;
+    const dom = g.dom;
     await virsh('start', name);
     await waitForLine(dom.serial, new RegExp(`DRSITE wrote /files/a.txt sha256=${sha256(A)}`), 90_000);
     const id = await protect(site, name);
