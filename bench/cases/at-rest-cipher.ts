@@ -1,5 +1,5 @@
 // Case 11b, the at-rest cipher alone (a microbenchmark, in this process): CPU per GiB of
-// AES-256-XTS over 4 KiB data units as the replica runs it (src/core/xts.ts: three OpenSSL ECB
+// AES-256-XTS over 4 KiB data units as the replica runs it (src/core/disk/xts.ts: three OpenSSL ECB
 // passes per batch of units, the tweak masks in WebAssembly), against the candidates it replaced
 // and the bounds, all in the same run on the same random data:
 //   - one OpenSSL aes-256-xts cipher object per 4 KiB unit (what at-rest.ts did before),
@@ -9,7 +9,7 @@
 //   - a plain copy of the same bytes (what the apply does without encryption).
 // Correctness: ours' ciphertext is byte-equal to the per-unit OpenSSL cipher's, and decrypts back.
 import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
-import { ImageCipher, newAtRestKey } from '../../src/core/at-rest.ts';
+import { ImageCipher, newAtRestKey } from '../../src/core/disk/at-rest.ts';
 import { measureOwn } from '../lib/measure.ts';
 import { MiB, fmtSize } from '../lib/report-helpers.ts';
 import type { BenchCase, BenchContext, CaseResult, Sample } from '../lib/types.ts';
@@ -77,7 +77,7 @@ export const atRestCipher: BenchCase = {
           name: `encrypt then decrypt ${fmtSize(size)} of random data in place (4 KiB units, tweak = unit number)`,
           inputBytes: 2 * size,
           subjects: [
-            { name: 'drsite at rest: batched AES-256-XTS (src/core/xts.ts)', ours: true, samples: samples.batched },
+            { name: 'drsite at rest: batched AES-256-XTS (src/core/disk/xts.ts)', ours: true, samples: samples.batched },
             { name: 'node:crypto aes-256-xts, one cipher per 4 KiB unit (before)', ours: false, samples: samples.perUnit },
             { name: 'node:crypto aes-256-xts over 1 MiB units (the XTS floor)', ours: false, samples: samples.mib },
             { name: 'plain copy, twice (no encryption)', ours: false, samples: samples.copy },
@@ -88,7 +88,7 @@ export const atRestCipher: BenchCase = {
       ],
       notes: [
         `CPU per GiB encrypted and decrypted once each (medians): batched ${perGiB(samples.batched).toFixed(2)} s, one cipher per unit ${perGiB(samples.perUnit).toFixed(2)} s, OpenSSL XTS over 1 MiB units ${perGiB(samples.mib).toFixed(2)} s, plain copy ${perGiB(samples.copy).toFixed(2)} s.`,
-        'The on-disk format is unchanged (XTS per 4 KiB unit, dm-crypt plain64 tweak): replicas written before read the same. The cost per unit was the cipher object (key schedule, allocation), not AES; the batch keeps three ECB cipher objects for the life of the replica and computes the tweak chain in 30 lines of WebAssembly (src/core/xts.wat).',
+        'The on-disk format is unchanged (XTS per 4 KiB unit, dm-crypt plain64 tweak): replicas written before read the same. The cost per unit was the cipher object (key schedule, allocation), not AES; the batch keeps three ECB cipher objects for the life of the replica and computes the tweak chain in 30 lines of WebAssembly (src/core/disk/xts.wat).',
       ],
     };
   },

@@ -6,7 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { newAtRestKey } from '../../src/core/at-rest.ts';
+import { newAtRestKey } from '../../src/core/disk/at-rest.ts';
 import { encodeChain } from '../lib/chain.ts';
 import { measureOwn } from '../lib/measure.ts';
 import { ReplicaPeer } from '../lib/replica-peer.ts';

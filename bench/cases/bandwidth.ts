@@ -4,7 +4,7 @@
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { sha256File } from '../../src/core/disk.ts';
+import { sha256File } from '../../src/core/disk/disk.ts';
 import { AgentPair, POLICY_30S } from '../lib/agents.ts';
 import { noise } from '../lib/data.ts';
 import { measureOwn } from '../lib/measure.ts';

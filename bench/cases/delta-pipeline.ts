@@ -7,8 +7,8 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { sha256File } from '../../src/core/disk.ts';
-import { coalesce, encode } from '../../src/core/log-format.ts';
+import { sha256File } from '../../src/core/disk/disk.ts';
+import { coalesce, encode } from '../../src/core/log/log-format.ts';
 import { BLOCK_SIZE } from '../../src/core/types.ts';
 import type { Extent, LogHeader, RelationshipKeys } from '../../src/core/types.ts';
 import { createRng, mixedData } from '../lib/data.ts';

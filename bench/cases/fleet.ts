@@ -5,7 +5,7 @@
 // pass (observe, plan, a no-op apply, observe again) over 1,000 converged ProtectedVMs on 10 sites.
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { sha256File } from '../../src/core/disk.ts';
+import { sha256File } from '../../src/core/disk/disk.ts';
 import { runWorkload } from '../../src/demo/workload.ts';
 import { reconcileOnce } from '../../src/reconciler/apply.ts';
 import { observeSites } from '../../src/reconciler/observe-sites.ts';

@@ -3,7 +3,7 @@
 // offsets on the replica as they arrive, checkpointed, point 1) vs `dd` copying the same image with fsync.
 import { open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { sha256File } from '../../src/core/disk.ts';
+import { sha256File } from '../../src/core/disk/disk.ts';
 import { AgentPair, POLICY_30S } from '../lib/agents.ts';
 import { mixedData } from '../lib/data.ts';
 import { measureOwn, runTool } from '../lib/measure.ts';
@@ -79,7 +79,7 @@ export const initialReplication: BenchCase = {
         verified: `sha256 of the replica's applied point = primary image (${ours.length}/${ctx.runs} runs); dd copies verified too`,
       }],
       notes: [
-        'Ours is timed from POST /start?wait=true to its answer: the streamed initial copy (core/initial-stream.ts). The primary freezes every block and encodes 32 MiB segments straight into HTTPS requests with mutual TLS (read, zero blocks as metadata, zstd-1, AES-256-GCM frames, HMAC seal; the next segment encodes while one travels); the replica agent authenticates each frame as it arrives, writes it at its offsets (AES-256-XTS at rest, gathered writes through the thread pool), fsyncs and checkpoints each segment, and makes point 1 when all are in. No outbox or inbox copy. CPU and peak RSS are those of the two agent processes (/proc). Wire = bytesShipped (sealed segment bytes, before TLS framing).',
+        'Ours is timed from POST /start?wait=true to its answer: the streamed initial copy (core/replication/initial-stream.ts). The primary freezes every block and encodes 32 MiB segments straight into HTTPS requests with mutual TLS (read, zero blocks as metadata, zstd-1, AES-256-GCM frames, HMAC seal; the next segment encodes while one travels); the replica agent authenticates each frame as it arrives, writes it at its offsets (AES-256-XTS at rest, gathered writes through the thread pool), fsyncs and checkpoints each segment, and makes point 1 when all are in. No outbox or inbox copy. CPU and peak RSS are those of the two agent processes (/proc). Wire = bytesShipped (sealed segment bytes, before TLS framing).',
         'Mixed data: 40% incompressible, 40% half-compressible, 20% zero 4 KiB blocks. dd reads the same (page-cached) image and fsyncs its copy.',
       ],
     };

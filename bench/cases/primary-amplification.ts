@@ -6,9 +6,9 @@
 import { open, rm } from 'node:fs/promises';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { cutVm } from '../../src/core/cut.ts';
-import { RawDisk, sha256File } from '../../src/core/disk.ts';
-import { TrackedDisk } from '../../src/core/tracker.ts';
+import { cutVm } from '../../src/core/tracking/cut.ts';
+import { RawDisk, sha256File } from '../../src/core/disk/disk.ts';
+import { TrackedDisk } from '../../src/core/tracking/tracker.ts';
 import type { BlockDevice } from '../../src/model/block-device.ts';
 import { runWorkload } from '../../src/demo/workload.ts';
 import { measureOwn } from '../lib/measure.ts';

@@ -6,9 +6,9 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { differingExtents } from '../../src/core/differing-extents.ts';
-import { RawDisk } from '../../src/core/disk.ts';
-import { coalesce, encodeLog } from '../../src/core/log-format.ts';
+import { differingExtents } from '../../src/core/replication/differing-extents.ts';
+import { RawDisk } from '../../src/core/disk/disk.ts';
+import { coalesce, encodeLog } from '../../src/core/log/log-format.ts';
 import { BLOCK_SIZE } from '../../src/core/types.ts';
 import type { Extent, LogHeader, RelationshipKeys } from '../../src/core/types.ts';
 import { copySynced, firstDifference, mutatedCopy, restoreBlocks, writeNoiseImage } from '../lib/data.ts';

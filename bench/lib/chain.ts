@@ -2,8 +2,8 @@
 // random 4 KiB writes, with the SHA-256 of the disk each point leaves (index = sequence).
 import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { sha256File } from '../../src/core/disk.ts';
-import { coalesce, encodeLog } from '../../src/core/log-format.ts';
+import { sha256File } from '../../src/core/disk/disk.ts';
+import { coalesce, encodeLog } from '../../src/core/log/log-format.ts';
 import { BLOCK_SIZE } from '../../src/core/types.ts';
 import type { Extent, LogHeader, RelationshipKeys } from '../../src/core/types.ts';
 import { createRng, noise } from './data.ts';

@@ -4,8 +4,8 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { COMPARE_DIGEST_BYTES, indexesToRuns } from '../../src/core/block-checksums.ts';
-import type { BlockDigests, RemoteDigests } from '../../src/core/block-checksums.ts';
+import { COMPARE_DIGEST_BYTES, indexesToRuns } from '../../src/core/replication/block-checksums.ts';
+import type { BlockDigests, RemoteDigests } from '../../src/core/replication/block-checksums.ts';
 import type { RelationshipKeys } from '../../src/core/types.ts';
 import { FrameChannel } from './frames.ts';
 import type { ProcessUsage } from './measure.ts';

@@ -10,8 +10,8 @@
 // Keys come in the environment (BENCH_ENC_KEY, BENCH_MAC_KEY, hex) so they stay off the command line;
 // BENCH_AT_REST_KEY (hex), when set, makes the replica encrypted at rest as an agent makes it.
 import { createHash } from 'node:crypto';
-import { compareChecksums, compareKeys } from '../../src/core/block-checksums.ts';
-import { ReplicaStore } from '../../src/core/replica-store.ts';
+import { compareChecksums, compareKeys } from '../../src/core/replication/block-checksums.ts';
+import { ReplicaStore } from '../../src/core/replica/replica-store.ts';
 import { FrameChannel } from '../lib/frames.ts';
 
 const [dir, relationshipId, diskId, sizeArg, additionalArg] = process.argv.slice(2);

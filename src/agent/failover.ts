@@ -1,9 +1,9 @@
 // The failover family on this host: test failover on throw-away overlays, planned failover's
 // primary half, failover to a point, commit, cancel, reverse replication, and failback from Azure.
-// Which side may do what is the replication state machine's (core/replication-state.ts) to say.
+// Which side may do what is the replication state machine's (core/replication/replication-state.ts) to say.
 import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { transition } from '../core/replication-state.ts';
+import { transition } from '../core/replication/replication-state.ts';
 import { TerminalError } from '../model/errors.ts';
 import type { VmAdapter, VmDefinition } from '../model/hypervisor.ts';
 import type {
@@ -20,10 +20,10 @@ import type {
 } from '../transport/agent-api.ts';
 import { primaryOf, replicaOf, type AgentContext } from './context.ts';
 import type { VmRuntime, ClosableDevice } from './hypervisor/vm-runtime.ts';
-import { AzureBlobLink } from './links/azure/blob-link.ts';
-import { failbackFromAzure as downloadFromAzure } from './links/azure/failback.ts';
+import { AzureBlobLink } from '../azure/blob-link.ts';
+import { failbackFromAzure as downloadFromAzure } from '../azure/failback.ts';
 import type { ReplicaReplication } from '../core/replication/replica.ts';
-import type { RecoveryPoint } from '../core/recovery-points.ts';
+import type { RecoveryPoint } from '../core/replica/recovery-points.ts';
 import { createRelationship } from './relationships.ts';
 import { dropVm, serveOverlays, serveVm, setPower } from './vms.ts';
 import { LibvirtHypervisor, shutdownDomain } from './hypervisor/libvirt/libvirt-hypervisor.ts';

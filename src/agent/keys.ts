@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readJsonIfExists, writeFileAtomic } from '../core/atomic-file.ts';
-import { AT_REST_KEY_BYTES, newAtRestKey } from '../core/at-rest.ts';
+import { AT_REST_KEY_BYTES, newAtRestKey } from '../core/disk/at-rest.ts';
 import type { RelationshipKeys } from '../core/types.ts';
 import { TerminalError } from '../model/errors.ts';
 

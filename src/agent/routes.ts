@@ -1,7 +1,7 @@
 // The agent API's handlers, one per route of transport/agent-api.ts's table: each reads its
 // (already checked) body and calls the verb that does the work.
 import { join } from 'node:path';
-import { compareRequestFromJSON, digestsToJSON } from '../core/block-checksums.ts';
+import { compareRequestFromJSON, digestsToJSON } from '../core/replication/block-checksums.ts';
 import { TerminalError } from '../model/errors.ts';
 import type { ResolvedPolicySpec } from '../model/desired.ts';
 import type {

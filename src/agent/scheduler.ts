@@ -1,8 +1,8 @@
 // The shipping schedule: each relationship cycles every policy period (or at its retry time after
 // a failure); the members of a multi-VM consistency group cycle together, cut at one instant.
 import { randomUUID } from 'node:crypto';
-import { cutGroup } from '../core/cut.ts';
-import type { TrackedDisk } from '../core/tracker.ts';
+import { cutGroup } from '../core/tracking/cut.ts';
+import type { TrackedDisk } from '../core/tracking/tracker.ts';
 import type { AgentContext } from './context.ts';
 import type { GroupMemberSource } from '../core/replication/ports.ts';
 import type { PrimaryReplication } from '../core/replication/primary.ts';

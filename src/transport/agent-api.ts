@@ -185,7 +185,7 @@ export const ROUTES = {
   uploadLog: R('PUT', '/v1/replica/relationships/:id/logs/:seq/:disk', 'primary', { raw: true }),
   uploadOffset: R('HEAD', '/v1/replica/relationships/:id/logs/:seq/:disk', 'primary', { raw: true }),
   replicaApply: R('POST', '/v1/replica/relationships/:id/apply', 'primary'),
-  // A segment of a streamed initial copy (core/initial-stream.ts): one sealed log, read as it arrives.
+  // A segment of a streamed initial copy (core/replication/initial-stream.ts): one sealed log, read as it arrives.
   uploadInitialSegment: R('PUT', '/v1/replica/relationships/:id/initial/:disk/:segment', 'primary', { raw: true }),
   replicaDiscardPending: R('POST', '/v1/replica/relationships/:id/discard-pending', 'primary'),
   replicaChecksums: R('GET', '/v1/replica/relationships/:id/disks/:disk/checksums', 'primary'),

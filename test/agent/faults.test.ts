@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { NbdClient } from '../../src/nbd/client.ts';
 import { randomWrites } from '../../src/demo/workload.ts';
-import { readLogHeader, writeLog } from '../../src/core/log-format.ts';
+import { readLogHeader, writeLog } from '../../src/core/log/log-format.ts';
 import { RetryableError, TerminalError } from '../../src/model/errors.ts';
 import type { RecoveryPointInfo, RelationshipView, ReplicaStatus } from '../../src/transport/agent-api.ts';
 import { createCa, issueCertificate } from '../../src/transport/certs.ts';

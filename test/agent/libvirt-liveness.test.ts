@@ -3,7 +3,7 @@
 // domain after a failover).
 import { describe, expect, test } from 'vitest';
 import { consoleLiveness } from '../../src/agent/hypervisor/libvirt/libvirt-hypervisor.ts';
-import { guestHealthReason } from '../../src/core/health.ts';
+import { guestHealthReason } from '../../src/core/replication/health.ts';
 
 const since = 1_000_000;
 const started = { since, attached: false };

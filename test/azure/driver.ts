@@ -4,12 +4,12 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { copyFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { cutVm } from '../../src/core/cut.ts';
-import { sha256File } from '../../src/core/disk.ts';
-import { writeLog } from '../../src/core/log-format.ts';
-import { TrackedDisk } from '../../src/core/tracker.ts';
+import { cutVm } from '../../src/core/tracking/cut.ts';
+import { sha256File } from '../../src/core/disk/disk.ts';
+import { writeLog } from '../../src/core/log/log-format.ts';
+import { TrackedDisk } from '../../src/core/tracking/tracker.ts';
 import { BLOCK_SIZE, type RelationshipKeys } from '../../src/core/types.ts';
-import type { AzureBlobLink } from '../../src/agent/links/azure/blob-link.ts';
+import type { AzureBlobLink } from '../../src/azure/blob-link.ts';
 import type { CreateReplicaRequest, ReplicaStatus } from '../../src/transport/agent-api.ts';
 
 export interface PointCopy {

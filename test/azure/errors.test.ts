@@ -8,8 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   AccountSASPermissions, AccountSASResourceTypes, AccountSASServices, BlobServiceClient, StorageSharedKeyCredential, generateAccountSASQueryParameters, type ContainerClient,
 } from '@azure/storage-blob';
-import { AzureBlobLink, azureLinkFromSite } from '../../src/agent/links/azure/blob-link.ts';
-import { diskBlobName } from '../../src/agent/links/azure/disk-blobs.ts';
+import { AzureBlobLink, azureLinkFromSite } from '../../src/azure/blob-link.ts';
+import { diskBlobName } from '../../src/azure/disk-blobs.ts';
 import { RetryableError, TerminalError } from '../../src/model/errors.ts';
 import type { Site } from '../../src/model/types.generated.ts';
 import { ManualClock } from '../../src/model/clock.ts';

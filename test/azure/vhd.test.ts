@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TerminalError } from '../../src/model/errors.ts';
-import { VHD_FOOTER_BYTES, parseVhdFooter, vhdChecksum, vhdFooter, vhdGeometry, vhdTimeToMs } from '../../src/core/vhd.ts';
+import { VHD_FOOTER_BYTES, parseVhdFooter, vhdChecksum, vhdFooter, vhdGeometry, vhdTimeToMs } from '../../src/core/disk/vhd.ts';
 
 const run = promisify(execFile);
 

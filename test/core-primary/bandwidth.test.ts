@@ -11,7 +11,7 @@ import { vmSource, type ReplicaLink } from '../../src/core/replication/ports.ts'
 import { PrimaryReplication } from '../../src/core/replication/primary.ts';
 import { newPrimaryRecord, retentionOf } from '../../src/core/replication/primary-record.ts';
 import { BandwidthCap, TokenBucket, burstFor, pacedChunkSize, throttledLink } from '../../src/core/replication/throttle.ts';
-import { TrackedDisk } from '../../src/core/tracker.ts';
+import { TrackedDisk } from '../../src/core/tracking/tracker.ts';
 import { ManualClock } from '../../src/model/clock.ts';
 import type { ResolvedPolicySpec } from '../../src/model/desired.ts';
 import { loadCertBundle } from '../../src/transport/certs.ts';

@@ -5,11 +5,11 @@ import { describe, it, expect, afterAll, beforeAll } from 'vitest';
 import { writeFile } from 'node:fs/promises';
 import { createHmac } from 'node:crypto';
 import { join } from 'node:path';
-import { RawDisk } from '../../src/core/disk.ts';
+import { RawDisk } from '../../src/core/disk/disk.ts';
 import {
   blockChecksums, diffBlocks, differingBlocks, blocksWithin, digestsFromJSON, digestsToJSON, COARSE_BLOCK_SIZE,
   compareChecksums, compareKeys, compareRequestFromJSON, compareRequestToJSON, COMPARE_DIGEST_BYTES, COMPARE_LEVELS,
-} from '../../src/core/block-checksums.ts';
+} from '../../src/core/replication/block-checksums.ts';
 import { BLOCK_SIZE } from '../../src/core/types.ts';
 import { TerminalError } from '../../src/model/errors.ts';
 import { tempDir, prng, random } from './helpers.ts';

@@ -5,8 +5,8 @@ import { spawn } from 'node:child_process';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { writeFile } from 'node:fs/promises';
-import { TrackedDisk } from '../../src/core/tracker.ts';
-import { cutVm } from '../../src/core/cut.ts';
+import { TrackedDisk } from '../../src/core/tracking/tracker.ts';
+import { cutVm } from '../../src/core/tracking/cut.ts';
 import { collect, tempDir } from './helpers.ts';
 
 const fixture = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'tracked-writer.ts');

@@ -2,8 +2,8 @@
 // blocks that differ from the replica come out, zero blocks as zero extents, across windows and
 // with a short last block; applied to the replica's bytes they give the primary's.
 import { describe, it, expect } from 'vitest';
-import { compareChecksums, compareKeys, COMPARE_LEVELS, type RemoteDigests } from '../../src/core/block-checksums.ts';
-import { differingExtents } from '../../src/core/differing-extents.ts';
+import { compareChecksums, compareKeys, COMPARE_LEVELS, type RemoteDigests } from '../../src/core/replication/block-checksums.ts';
+import { differingExtents } from '../../src/core/replication/differing-extents.ts';
 import { BLOCK_SIZE, type Extent } from '../../src/core/types.ts';
 import { TerminalError } from '../../src/model/errors.ts';
 import { prng, random } from './helpers.ts';

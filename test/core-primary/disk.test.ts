@@ -3,7 +3,7 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
-import { RawDisk, sha256Device, sha256File } from '../../src/core/disk.ts';
+import { RawDisk, sha256Device, sha256File } from '../../src/core/disk/disk.ts';
 import { TerminalError } from '../../src/model/errors.ts';
 import { tempDir, random } from './helpers.ts';
 

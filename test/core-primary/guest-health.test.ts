@@ -1,7 +1,7 @@
 // A VM that runs but does not boot makes its relationship Warning with reason guest-not-booting;
 // a booting or booted one adds nothing, and a worse health already there stays.
 import { describe, expect, it } from 'vitest';
-import { guestHealthReason, withHealthReasons } from '../../src/core/health.ts';
+import { guestHealthReason, withHealthReasons } from '../../src/core/replication/health.ts';
 import type { GuestLiveness } from '../../src/model/hypervisor.ts';
 import type { RelationshipView } from '../../src/model/replication-api.ts';
 

@@ -3,10 +3,10 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { TrackedDisk } from '../../src/core/tracker.ts';
-import { cutVm } from '../../src/core/cut.ts';
-import { RawDisk, sha256Device, sha256File } from '../../src/core/disk.ts';
-import { initialCopyExtents, exportToMedia, importFromMedia } from '../../src/core/initial-copy.ts';
+import { TrackedDisk } from '../../src/core/tracking/tracker.ts';
+import { cutVm } from '../../src/core/tracking/cut.ts';
+import { RawDisk, sha256Device, sha256File } from '../../src/core/disk/disk.ts';
+import { initialCopyExtents, exportToMedia, importFromMedia } from '../../src/core/replication/initial-copy.ts';
 import { TerminalError } from '../../src/model/errors.ts';
 import { BLOCK_SIZE } from '../../src/core/types.ts';
 import type { Extent } from '../../src/core/types.ts';

@@ -1,8 +1,8 @@
 // The replication state machine, table-driven: every case has a reason, and refusals leave the
 // state unchanged.
 import { describe, it, expect } from 'vitest';
-import { transition, allowedEvents, STATES, EVENTS, isState } from '../../src/core/replication-state.ts';
-import type { State, ReplicationEvent } from '../../src/core/replication-state.ts';
+import { transition, allowedEvents, STATES, EVENTS, isState } from '../../src/core/replication/replication-state.ts';
+import type { State, ReplicationEvent } from '../../src/core/replication/replication-state.ts';
 import { TerminalError } from '../../src/model/errors.ts';
 import { replicaTransition } from '../../src/core/replication/replica.ts';
 

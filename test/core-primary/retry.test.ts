@@ -3,7 +3,7 @@
 import { describe, it, expect } from 'vitest';
 import { ManualClock } from '../../src/model/clock.ts';
 import { RetryableError, TerminalError } from '../../src/model/errors.ts';
-import { RetryState, nextRetryDelay } from '../../src/core/retry.ts';
+import { RetryState, nextRetryDelay } from '../../src/core/replication/retry.ts';
 
 const MIN = 60_000;
 

@@ -1,9 +1,9 @@
 // Measure-VMReplication statistics (record, reset, JSON) and the health rules with their reasons.
 import { describe, it, expect } from 'vitest';
 import { ManualClock } from '../../src/model/clock.ts';
-import { ReplicationStatistics } from '../../src/core/statistics.ts';
-import { assessHealth } from '../../src/core/health.ts';
-import type { HealthFacts } from '../../src/core/health.ts';
+import { ReplicationStatistics } from '../../src/core/replication/statistics.ts';
+import { assessHealth } from '../../src/core/replication/health.ts';
+import type { HealthFacts } from '../../src/core/replication/health.ts';
 
 const MIN = 60_000;
 

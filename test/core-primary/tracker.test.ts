@@ -3,9 +3,9 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { copyFile, writeFile, access } from 'node:fs/promises';
 import { join } from 'node:path';
-import { TrackedDisk } from '../../src/core/tracker.ts';
-import { cutVm, cutGroup } from '../../src/core/cut.ts';
-import { RawDisk, sha256File, sha256Device } from '../../src/core/disk.ts';
+import { TrackedDisk } from '../../src/core/tracking/tracker.ts';
+import { cutVm, cutGroup } from '../../src/core/tracking/cut.ts';
+import { RawDisk, sha256File, sha256Device } from '../../src/core/disk/disk.ts';
 import { TerminalError } from '../../src/model/errors.ts';
 import { BLOCK_SIZE } from '../../src/core/types.ts';
 import { tempDir, applyExtents, collect, prng, random } from './helpers.ts';

@@ -6,9 +6,9 @@ import { copyFile, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { TerminalError } from '../../src/model/errors.ts';
-import { ImageCipher, newAtRestKey } from '../../src/core/at-rest.ts';
-import { ReplicaStore } from '../../src/core/replica-store.ts';
-import type { BlockReader } from '../../src/core/replica-store.ts';
+import { ImageCipher, newAtRestKey } from '../../src/core/disk/at-rest.ts';
+import { ReplicaStore } from '../../src/core/replica/replica-store.ts';
+import type { BlockReader } from '../../src/core/replica/replica-store.ts';
 import type { Extent } from '../../src/core/types.ts';
 import { MiB, applyToReference, buildLog, header, newKeys, randomWrites, sha, tempDir } from './helpers.ts';
 
@@ -87,7 +87,7 @@ function perUnitXts(key: Buffer, plain: Buffer, offset: number, encrypt: boolean
   return out;
 }
 
-describe('the batched XTS (src/core/xts.ts)', () => {
+describe('the batched XTS (src/core/disk/xts.ts)', () => {
   it('writes and reads exactly what one OpenSSL aes-256-xts cipher per unit does: across batches, zero runs and unit numbers past 2^32', () => {
     const key = newAtRestKey();
     const c = new ImageCipher(key);
@@ -107,9 +107,9 @@ describe('the batched XTS (src/core/xts.ts)', () => {
     }
   });
 
-  it('the compiled module in src/core/xts-wasm.ts is the build of src/core/xts.wat', async () => {
+  it('the compiled module in src/core/disk/xts-wasm.ts is the build of src/core/disk/xts.wat', async () => {
     const { compileXtsWasm } = await import('../../scripts/build-xts-wasm.ts');
-    expect(await compileXtsWasm()).toBe(await readFile(new URL('../../src/core/xts-wasm.ts', import.meta.url), 'utf8'));
+    expect(await compileXtsWasm()).toBe(await readFile(new URL('../../src/core/disk/xts-wasm.ts', import.meta.url), 'utf8'));
   });
 });
 

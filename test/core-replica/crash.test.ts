@@ -8,10 +8,10 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, expect, it } from 'vitest';
-import { ReplicaStore } from '../../src/core/replica-store.ts';
-import type { BlockReader } from '../../src/core/replica-store.ts';
-import { newAtRestKey } from '../../src/core/at-rest.ts';
-import { STATE_FILE } from '../../src/core/replica-state.ts';
+import { ReplicaStore } from '../../src/core/replica/replica-store.ts';
+import type { BlockReader } from '../../src/core/replica/replica-store.ts';
+import { newAtRestKey } from '../../src/core/disk/at-rest.ts';
+import { STATE_FILE } from '../../src/core/replica/replica-state.ts';
 import { MiB, applyToReference, buildLog, header, newKeys, randomWrites, rng, sha, tempDir } from './helpers.ts';
 
 const CHILD = fileURLToPath(new URL('./fixtures/apply-child.ts', import.meta.url));

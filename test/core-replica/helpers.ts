@@ -5,7 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Extent, LogHeader, RelationshipKeys } from '../../src/core/types.ts';
-import { coalesce, writeLog } from '../../src/core/log-format.ts';
+import { coalesce, writeLog } from '../../src/core/log/log-format.ts';
 
 export const MiB = 1 << 20;
 

@@ -1,11 +1,11 @@
-// The streamed initial copy on the replica side (core/initial-stream.ts, ReplicaStore
+// The streamed initial copy on the replica side (core/replication/initial-stream.ts, ReplicaStore
 // receiveInitialSegment): segments written as they arrive, the point visible only once every
 // segment of every disk verified; forged, misplaced and torn segments change nothing visible.
 import { createHash, randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ReplicaStore } from '../../src/core/replica-store.ts';
-import { encode } from '../../src/core/log-format.ts';
-import { SEGMENT_BYTES, segmentCount, segmentRange } from '../../src/core/initial-stream.ts';
+import { ReplicaStore } from '../../src/core/replica/replica-store.ts';
+import { encode } from '../../src/core/log/log-format.ts';
+import { SEGMENT_BYTES, segmentCount, segmentRange } from '../../src/core/replication/initial-stream.ts';
 import type { Extent, LogHeader, RelationshipKeys } from '../../src/core/types.ts';
 import { newKeys, tempDir } from './helpers.ts';
 

@@ -6,7 +6,7 @@ import { RetryableError, TerminalError } from '../../src/model/errors.ts';
 import type { Extent } from '../../src/core/types.ts';
 import {
   ENTRY_BYTES, FOOTER_BYTES, FRAME_HEADER_BYTES, PREAMBLE_BYTES, MAX_RECORD_BYTES, coalesce, encodeLog, openLog, readLogHeader, writeLog,
-} from '../../src/core/log-format.ts';
+} from '../../src/core/log/log-format.ts';
 import { MiB, applyToReference, header, newKeys, randomWrites, sha, tempDir } from './helpers.ts';
 
 const keys = newKeys();

@@ -3,9 +3,9 @@ import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RetryableError, TerminalError } from '../../src/model/errors.ts';
-import { ReplicaStore } from '../../src/core/replica-store.ts';
-import type { RetentionPolicy } from '../../src/core/recovery-points.ts';
-import { selectRetained } from '../../src/core/recovery-points.ts';
+import { ReplicaStore } from '../../src/core/replica/replica-store.ts';
+import type { RetentionPolicy } from '../../src/core/replica/recovery-points.ts';
+import { selectRetained } from '../../src/core/replica/recovery-points.ts';
 import type { Extent } from '../../src/core/types.ts';
 import { MiB, applyToReference, buildLog, header, newKeys, randomWrites, sha, tempDir } from './helpers.ts';
 

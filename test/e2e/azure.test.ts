@@ -9,9 +9,9 @@ import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
-import { AzureBlobLink } from '../../src/agent/links/azure/blob-link.ts';
-import { diskBlobName } from '../../src/agent/links/azure/disk-blobs.ts';
-import { AzureFailoverState } from '../../src/agent/links/azure/failover-state.ts';
+import { AzureBlobLink } from '../../src/azure/blob-link.ts';
+import { diskBlobName } from '../../src/azure/disk-blobs.ts';
+import { AzureFailoverState } from '../../src/azure/failover-state.ts';
 import { loadDesiredState } from '../../src/config/index.ts';
 import { openSites } from '../../src/sites/open-sites.ts';
 import { Vault } from '../../src/vault/vault.ts';

@@ -14,8 +14,8 @@ import { RetryableError } from '../../src/model/errors.ts';
 import type { RelationshipView, ReplicaStatus } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s, sha256File } from '../agent/cluster.ts';
-import { newAtRestKey } from '../../src/core/at-rest.ts';
-import { ReplicaStore } from '../../src/core/replica-store.ts';
+import { newAtRestKey } from '../../src/core/disk/at-rest.ts';
+import { ReplicaStore } from '../../src/core/replica/replica-store.ts';
 import type { Extent } from '../../src/core/types.ts';
 import { applyToReference, buildLog, header, newKeys, sha } from '../core-replica/helpers.ts';
 
@@ -302,7 +302,7 @@ describe('disk full during retention pruning (the replica store on the same smal
 
 describe('disk full on the primary (its data directory)', () => {
   test('initial copy with the data directory full: it streams to the replica (nothing staged in an outbox) and completes', async () => {
-    // Before the streamed initial copy (core/initial-stream.ts) the full log was sealed into the
+    // Before the streamed initial copy (core/replication/initial-stream.ts) the full log was sealed into the
     // outbox first, so a full primary disk stopped the copy until space was freed. Now the cut goes
     // straight from the disk to the replica: only the relationship's small state files are written.
     const id = await createVm('p-init', 16);

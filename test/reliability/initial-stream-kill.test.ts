@@ -10,7 +10,7 @@ import type { RelationshipView, ReplicaStatus } from '../../src/transport/agent-
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s } from '../agent/cluster.ts';
 import { killPlan } from '../support/kills.ts';
-import { SEGMENT_BYTES } from '../../src/core/initial-stream.ts';
+import { SEGMENT_BYTES } from '../../src/core/replication/initial-stream.ts';
 import { untilSegments, vmWithData } from './stream-copy.ts';
 
 // Seeded kill moments (test/support/kills.ts): DRSITE_SEED replays them, DRSITE_KILLS sets how many (at most 20 here).

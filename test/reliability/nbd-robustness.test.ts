@@ -10,7 +10,7 @@ import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, afterEach, beforeAll, describe, expect, test } from 'vitest';
-import { TrackedDisk } from '../../src/core/tracker.ts';
+import { TrackedDisk } from '../../src/core/tracking/tracker.ts';
 import { tempDir } from '../nbd/helpers.ts';
 import { CMD, ERRNO, IHAVEOPT, OPT, RawNbd, REP, u32, WireClosed } from './nbd-wire.ts';
 

@@ -16,7 +16,7 @@ import { randomWrites } from '../../src/demo/workload.ts';
 import { NbdClient } from '../../src/nbd/client.ts';
 import type { RelationshipView, ReplicaStatus } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
-import { SEGMENT_BYTES } from '../../src/core/initial-stream.ts';
+import { SEGMENT_BYTES } from '../../src/core/replication/initial-stream.ts';
 import { killPlan } from '../support/kills.ts';
 import { Cluster, policy30s } from '../agent/cluster.ts';
 import { untilSegments, vmWithData } from './stream-copy.ts';

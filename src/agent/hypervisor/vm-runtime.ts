@@ -4,7 +4,7 @@
 // created by a failover runs on overlays of a recovery point until it is committed.
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { TrackedDisk } from '../../core/tracker.ts';
+import { TrackedDisk } from '../../core/tracking/tracker.ts';
 import type { BlockDevice } from '../../model/block-device.ts';
 import type { Logger } from '../../transport/logger.ts';
 import type { Hypervisor, VmDefinition } from '../../model/hypervisor.ts';

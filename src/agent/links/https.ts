@@ -1,6 +1,6 @@
 // The primary's link to a Replica server over HTTPS with mutual TLS: the agent API's replica
 // verbs, and log transfers that resume where the server's durable offset stands.
-import { compareRequestToJSON, digestsFromJSON, type BlockDigests, type BlockDigestsJSON, type CompareRequest } from '../../core/block-checksums.ts';
+import { compareRequestToJSON, digestsFromJSON, type BlockDigests, type BlockDigestsJSON, type CompareRequest } from '../../core/replication/block-checksums.ts';
 import { Readable } from 'node:stream';
 import { TerminalError } from '../../model/errors.ts';
 import { API, type CreateReplicaRequest, type ReplicaStatus } from '../../transport/agent-api.ts';

@@ -2,8 +2,8 @@
 // existing replica and for a resynchronisation: the multi-level keyed compare when the replica
 // can answer it, else its whole-disk 4 KiB digests.
 import { createHmac } from 'node:crypto';
-import { COMPARE_DIGEST_BYTES, COMPARE_LEVELS, DIGEST_BYTES, type BlockDigests, type RemoteDigests } from '../block-checksums.ts';
-import { differingExtents } from '../differing-extents.ts';
+import { COMPARE_DIGEST_BYTES, COMPARE_LEVELS, DIGEST_BYTES, type BlockDigests, type RemoteDigests } from './block-checksums.ts';
+import { differingExtents } from './differing-extents.ts';
 import { BLOCK_SIZE, type Extent } from '../types.ts';
 import type { Logger } from '../../model/logger.ts';
 import type { ReplicaLink } from './ports.ts';

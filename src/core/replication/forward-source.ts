@@ -4,8 +4,8 @@
 // a pinned point-in-time view, so the extended replica only ever holds points the replica held.
 import { join } from 'node:path';
 import { readJsonIfExists, writeJsonAtomic } from '../atomic-file.ts';
-import { DirtyBitmap } from '../dirty-bitmap.ts';
-import type { BlockReader, ReplicaStore } from '../replica-store.ts';
+import { DirtyBitmap } from '../tracking/dirty-bitmap.ts';
+import type { BlockReader, ReplicaStore } from '../replica/replica-store.ts';
 import { BLOCK_SIZE, type Extent } from '../types.ts';
 import { TerminalError } from '../../model/errors.ts';
 import type { CutSource, FrozenSource } from './ports.ts';

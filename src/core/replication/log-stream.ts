@@ -5,7 +5,7 @@
 // primary. On a failed send the tee is sealed into the outbox, so the ordinary upload resumes
 // from the replica's durable offset with exactly the bytes it already holds.
 import { classifyDiskFull, isDiskFull } from '../disk-full.ts';
-import { SealedFileWriter } from '../log-io.ts';
+import { SealedFileWriter } from '../log/log-io.ts';
 import { dirname } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 

@@ -1,9 +1,9 @@
 // What the primary engine talks to: the link to its Replica server (HTTPS with mutual TLS, or an
 // Azure container), and the source of its cuts (a VM's tracked disks, a group's shared cut, or a
 // replica forwarding its applied points to an extended replica).
-import type { BlockDigests, CompareRequest } from '../block-checksums.ts';
-import { cutVm, type FrozenCut } from '../cut.ts';
-import type { TrackedDisk } from '../tracker.ts';
+import type { BlockDigests, CompareRequest } from './block-checksums.ts';
+import { cutVm, type FrozenCut } from '../tracking/cut.ts';
+import type { TrackedDisk } from '../tracking/tracker.ts';
 import type { Consistency, Extent } from '../types.ts';
 import { TerminalError } from '../../model/errors.ts';
 import type { CreateReplicaRequest, ReplicaStatus } from '../../model/replication-api.ts';
@@ -27,7 +27,7 @@ export interface ReplicaLink {
   settings(id: string, retention: CreateReplicaRequest['retention']): Promise<void>;
   remove(id: string): Promise<void>;
   /**
-   * Sends one segment of a streamed initial copy (core/initial-stream.ts) as `body` produces it;
+   * Sends one segment of a streamed initial copy (core/replication/initial-stream.ts) as `body` produces it;
    * resolves with the replica's status once the segment is durable there. Absent: the link only
    * ships whole logs, and the initial copy goes through the outbox.
    */

@@ -1,9 +1,9 @@
 // What the primary persists about a relationship, and the policy arithmetic it needs (cycle
 // period, retention sent to the replica, the resync window).
-import { transition } from '../replication-state.ts';
-import type { State } from '../replication-state.ts';
-import type { RetryStateJSON } from '../retry.ts';
-import type { ReplicationStatisticsJSON } from '../statistics.ts';
+import { transition } from './replication-state.ts';
+import type { State } from './replication-state.ts';
+import type { RetryStateJSON } from './retry.ts';
+import type { ReplicationStatisticsJSON } from './statistics.ts';
 import type { ResolvedPolicySpec } from '../../model/desired.ts';
 import type { SiteSpec } from '../../model/types.generated.ts';
 import { parseDuration } from '../../model/units.ts';

@@ -1,8 +1,8 @@
 // The primary side of a relationship as the agent API reports it (Measure-VMReplication's fields,
 // health with its reasons): a pure function of the record, the statistics and the retry state.
-import { assessHealth, type HealthReason } from '../health.ts';
-import type { RetryState } from '../retry.ts';
-import type { ReplicationStatistics } from '../statistics.ts';
+import { assessHealth, type HealthReason } from './health.ts';
+import type { RetryState } from './retry.ts';
+import type { ReplicationStatistics } from './statistics.ts';
 import type { RelationshipView } from '../../model/replication-api.ts';
 import type { PrimaryRecord } from './primary-record.ts';
 

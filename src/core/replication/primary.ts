@@ -7,12 +7,12 @@ import { AsyncMutex } from '../async-mutex.ts';
 import { randomUUID } from 'node:crypto';
 import { mkdir, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { exportToMedia } from '../initial-copy.ts';
-import { encode, writeLog } from '../log-format.ts';
-import { ExtentCursor, SEGMENT_BYTES, SegmentBuffer, segmentCount, segmentRange } from '../initial-stream.ts';
-import { transition, type ReplicationEvent, type State } from '../replication-state.ts';
-import { RetryState } from '../retry.ts';
-import { ReplicationStatistics } from '../statistics.ts';
+import { exportToMedia } from './initial-copy.ts';
+import { encode, writeLog } from '../log/log-format.ts';
+import { ExtentCursor, SEGMENT_BYTES, SegmentBuffer, segmentCount, segmentRange } from './initial-stream.ts';
+import { transition, type ReplicationEvent, type State } from './replication-state.ts';
+import { RetryState } from './retry.ts';
+import { ReplicationStatistics } from './statistics.ts';
 import { BLOCK_SIZE, type Extent, type LogHeader, type RelationshipKeys } from '../types.ts';
 import type { Clock } from '../../model/clock.ts';
 import { RetryableError, TerminalError } from '../../model/errors.ts';
@@ -359,7 +359,7 @@ export class PrimaryReplication {
   }
 
   /**
-   * Whether the initial copy streams (core/initial-stream.ts): the link must take segments, and a
+   * Whether the initial copy streams (core/replication/initial-stream.ts): the link must take segments, and a
    * bandwidth cap must let one segment through in about two minutes (a request the replica's
    * server keeps open); below that the copy goes through the outbox in paced chunks.
    */

@@ -4,21 +4,21 @@
 import { AsyncMutex } from '../async-mutex.ts';
 import { cp, readdir, rename, rm, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { selectPoint } from '../point-selector.ts';
+import { selectPoint } from '../replica/point-selector.ts';
 import { writeJsonAtomic } from '../atomic-file.ts';
-import { blockChecksums, compareChecksums, compareKeys, type BlockDigests, type BlockReader, type CompareKeys, type CompareRequest } from '../block-checksums.ts';
-import { importFromMedia } from '../initial-copy.ts';
-import { openLog, writeLog } from '../log-format.ts';
-import { ReplicaStore } from '../replica-store.ts';
+import { blockChecksums, compareChecksums, compareKeys, type BlockDigests, type BlockReader, type CompareKeys, type CompareRequest } from './block-checksums.ts';
+import { importFromMedia } from './initial-copy.ts';
+import { openLog, writeLog } from '../log/log-format.ts';
+import { ReplicaStore } from '../replica/replica-store.ts';
 import { isDiskFull } from '../disk-full.ts';
 import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../types.ts';
 import type { Clock } from '../../model/clock.ts';
 import { RetryableError, TerminalError } from '../../model/errors.ts';
 import type { DiskInfo, RecoveryPointInfo, RecoveryPointSelector, RelationshipView, ReplicaStatus, VmConfig } from '../../model/replication-api.ts';
-import { OverlayDevice } from '../overlay-device.ts';
-import { transition, type ReplicationEvent } from '../replication-state.ts';
+import { OverlayDevice } from '../replica/overlay-device.ts';
+import { transition, type ReplicationEvent } from './replication-state.ts';
 import { ForwardSource } from './forward-source.ts';
-import type { RecoveryPoint } from '../recovery-points.ts';
+import type { RecoveryPoint } from '../replica/recovery-points.ts';
 import type { Logger } from '../../model/logger.ts';
 import { open } from 'node:fs/promises';
 import { createHash, randomUUID } from 'node:crypto';
@@ -146,7 +146,7 @@ export class ReplicaReplication {
   }
 
   /**
-   * One segment of a streamed initial copy (core/initial-stream.ts), written as it arrives and
+   * One segment of a streamed initial copy (core/replication/initial-stream.ts), written as it arrives and
    * acknowledged once durable; a damaged or forged one is refused (and counted) and sent again.
    */
   async receiveInitialSegment(diskId: string, index: number, body: AsyncIterable<Buffer | Uint8Array>): Promise<ReplicaStatus> {
