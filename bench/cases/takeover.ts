@@ -12,7 +12,7 @@ import { RECONCILE_LEASE } from '../../src/reconciler/reconcile-lease.ts';
 import { Vault } from '../../src/vault/vault.ts';
 import { Cluster } from '../../test/agent/cluster.ts';
 import { DRSITE } from '../../test/cli/run-cli.ts';
-import { ETCD, startEtcd, type EtcdCluster } from '../../test/etcd/cluster.ts';
+import { ETCD, startEtcd, type EtcdCluster } from '../../test/support/etcd-cluster.ts';
 import { procUsage } from '../lib/agents.ts';
 import { spread } from '../lib/measure.ts';
 import { MiB } from '../lib/report-helpers.ts';

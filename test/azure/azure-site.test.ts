@@ -14,7 +14,7 @@ import { AzureSite } from '../../src/sites/azure-site.ts';
 import { ACCOUNT, startAzurite, type Azurite } from './azurite.ts';
 import { AzureFailoverState } from '../../src/azure/failover-state.ts';
 import { ManualClock } from '../../src/model/clock.ts';
-import { prng } from '../core-primary/helpers.ts';
+import { prng } from '../core/helpers.ts';
 import { provideTerraform } from '../../src/model/terraform.ts';
 
 // What bin/drsite.mjs does at start: the entry point provides src/'s Terraform port.

@@ -13,7 +13,7 @@ import { diskBlobName } from '../../src/azure/disk-blobs.ts';
 import { RetryableError, TerminalError } from '../../src/model/errors.ts';
 import type { Site } from '../../src/model/types.generated.ts';
 import { ManualClock } from '../../src/model/clock.ts';
-import { prng } from '../core-primary/helpers.ts';
+import { prng } from '../core/helpers.ts';
 import { ACCOUNT, ACCOUNT_KEY, startAzurite, type Azurite } from './azurite.ts';
 import { TestVm, createRequest } from './driver.ts';
 

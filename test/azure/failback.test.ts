@@ -10,7 +10,7 @@ import { diskBlobName } from '../../src/azure/disk-blobs.ts';
 import { failbackFromAzure } from '../../src/azure/failback.ts';
 import { RawDisk } from '../../src/core/disk/disk.ts';
 import { ManualClock } from '../../src/model/clock.ts';
-import { prng } from '../core-primary/helpers.ts';
+import { prng } from '../core/helpers.ts';
 import { startAzurite, type Azurite } from './azurite.ts';
 import { TestVm, createRequest, type PointCopy } from './driver.ts';
 

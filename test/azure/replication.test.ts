@@ -11,7 +11,7 @@ import { blockChecksums } from '../../src/core/replication/block-checksums.ts';
 import { RawDisk } from '../../src/core/disk/disk.ts';
 import { parseVhdFooter } from '../../src/core/disk/vhd.ts';
 import { ManualClock } from '../../src/model/clock.ts';
-import { prng } from '../core-primary/helpers.ts';
+import { prng } from '../core/helpers.ts';
 import { startAzurite, type Azurite } from './azurite.ts';
 import { TestVm, createRequest, type PointCopy } from './driver.ts';
 

@@ -17,7 +17,7 @@ import { openSites } from '../../src/sites/open-sites.ts';
 import { Vault } from '../../src/vault/vault.ts';
 import { ROOT, drsite } from '../cli/run-cli.ts';
 import { startAzurite, type Azurite } from '../azure/azurite.ts';
-import { prng } from '../core-primary/helpers.ts';
+import { prng } from '../core/helpers.ts';
 import { planJob, vmStatus } from './helpers.ts';
 
 const MiB = 1 << 20;

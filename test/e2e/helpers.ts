@@ -33,7 +33,7 @@ export async function quickstart(example = 'quickstart'): Promise<Quickstart> {
   const free = await freePorts(declared.length);
   declared.forEach((port, i) => (sites = sites.replace(port, `port: ${free[i]}`)));
   // Real guests run under TCG in tests, sparing each run the `auto` probe (which boots the VM's kernel
-  // under KVM first); test/e2e/qemu-guest-health.test.ts runs `auto`.
+  // under KVM first); test/e2e/guest-health.qemu.test.ts runs `auto`.
   sites = sites.replace(/accel: auto/g, 'accel: tcg');
   writeFileSync(join(qs, 'sites.yaml'), sites);
   const state = join(root, 'state');

@@ -3,7 +3,7 @@
 // starts from an empty vault as with a new SQLite file).
 import { join } from 'node:path';
 import { afterAll, beforeAll } from 'vitest';
-import { startEtcd, type EtcdCluster } from '../etcd/cluster.ts';
+import { startEtcd, type EtcdCluster } from '../support/etcd-cluster.ts';
 import { useTempDir } from './temp-dir.ts';
 
 export type Backend = 'sqlite' | 'etcd';
