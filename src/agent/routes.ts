@@ -15,7 +15,7 @@ import type {
   SetPowerRequest,
   TestFailoverRequest,
 } from '../transport/agent-api.ts';
-import { discardUploads, handleUpload } from '../transport/upload.ts';
+import { discardUploads, handleUpload } from '../transport/upload-server.ts';
 import type { Agent } from './agent.ts';
 import { ownReplica } from './authorization.ts';
 import { primaryOf, replicaOf } from './context.ts';

@@ -83,7 +83,7 @@ export class Controller {
     this.events = new JobEvents(this.api, opts.identity);
     for (const kind of KINDS) {
       this.informers.set(kind, new Informer({ api: this.api, plural: namesOf(kind).plural, report: this.report, onChange: (c) => {
-        if (!c || specChanged(c.prev, c.next)) this.poke();
+        if (specChanged(c.prev, c.next)) this.poke();
       } }));
     }
     this.elector = new LeaderElector({

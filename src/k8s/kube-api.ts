@@ -1,9 +1,9 @@
-// The few Kubernetes API calls the controller makes, on @kubernetes/client-node: list and watch
-// custom objects, merge-patch their metadata and /status subresource, create Events, and read /
+// The few Kubernetes API calls the controller makes, on @kubernetes/client-node: list custom
+// objects (and name the collection and configuration an informer watches), merge-patch their metadata and /status subresource, create Events, and read /
 // create / replace a coordination.k8s.io Lease. Failures become typed errors with one readable
 // line (the client's ApiException message carries the whole response and headers).
 import {
-  ApiException, CoordinationV1Api, CoreV1Api, CustomObjectsApi, PatchStrategy, Watch, setHeaderOptions,
+  ApiException, CoordinationV1Api, CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions,
   type CoreV1Event, type KubeConfig, type V1Lease,
 } from '@kubernetes/client-node';
 import { RetryableError, TerminalError } from '../model/errors.ts';
@@ -36,8 +36,6 @@ export interface WatchEvent {
 }
 
 const MERGE = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
-/** A watch the server ends by itself before the client's 30 s inactivity timeout would abort it. */
-const WATCH_TIMEOUT_SECONDS = 25;
 
 /** The HTTP status of a failed call, if the API server answered. */
 export function statusCode(e: unknown): number | undefined {
@@ -106,26 +104,18 @@ export class KubeApi {
     return { group: GROUP, version: VERSION, namespace: this.namespace, plural };
   }
 
-  async list(plural: string): Promise<{ items: CustomObject[]; resourceVersion: string }> {
-    const r = (await this.call(`list ${plural} in ${this.namespace}`, () => this.custom.listNamespacedCustomObject(this.ref(plural)))) as {
-      items?: CustomObject[];
-      metadata?: { resourceVersion?: string };
-    };
-    return { items: r.items ?? [], resourceVersion: r.metadata?.resourceVersion ?? '' };
+  /** The configuration the calls are made with (an informer's Watch uses it too). */
+  get kubeConfig(): KubeConfig {
+    return this.kc;
   }
 
-  /**
-   * Watches from resourceVersion (with bookmarks). `done` gets the error that ended it (undefined
-   * when the server closed it normally); an expired resourceVersion arrives as an ERROR event.
-   */
-  watch(plural: string, resourceVersion: string, onEvent: (e: WatchEvent) => void, done: (err: unknown) => void): Promise<AbortController> {
-    const path = `/apis/${GROUP}/${VERSION}/namespaces/${encodeURIComponent(this.namespace)}/${plural}`;
-    return new Watch(this.kc).watch(
-      path,
-      { resourceVersion, allowWatchBookmarks: true, timeoutSeconds: WATCH_TIMEOUT_SECONDS },
-      (type, object) => onEvent({ type: type as WatchEvent['type'], object: object as WatchEvent['object'] }),
-      (err) => done(err ?? undefined),
-    );
+  /** Where a kind's objects in the namespace are listed and watched. */
+  collectionPath(plural: string): string {
+    return `/apis/${GROUP}/${VERSION}/namespaces/${encodeURIComponent(this.namespace)}/${plural}`;
+  }
+
+  async list(plural: string): Promise<{ items: CustomObject[]; metadata?: { resourceVersion?: string } }> {
+    return (await this.call(`list ${plural} in ${this.namespace}`, () => this.custom.listNamespacedCustomObject(this.ref(plural)))) as { items: CustomObject[] };
   }
 
   /** JSON merge patch of the object (metadata, e.g. finalizers guarded by resourceVersion). */

@@ -12,7 +12,7 @@ import { RetryableError, TerminalError } from '../../src/model/errors.ts';
 import type { RecoveryPointInfo, RelationshipView, ReplicaStatus } from '../../src/transport/agent-api.ts';
 import { createCa, issueCertificate } from '../../src/transport/certs.ts';
 import { createMtlsClient, type MtlsClient } from '../../src/transport/mtls.ts';
-import { uploadFile } from '../../src/transport/upload.ts';
+import { uploadFile } from '../../src/transport/upload-client.ts';
 import { Cluster, policy30s, sha256File } from './cluster.ts';
 import { killPlan } from '../support/kills.ts';
 

@@ -15,7 +15,8 @@ import { randomWrites } from '../../src/demo/workload.ts';
 import { RetryableError, TerminalError } from '../../src/model/errors.ts';
 import type { RecoveryPointInfo, RelationshipView, ReplicaStatus } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
-import { UPLOAD_CHECKSUM, UPLOAD_LENGTH, UPLOAD_OFFSET, uploadFile } from '../../src/transport/upload.ts';
+import { uploadFile } from '../../src/transport/upload-client.ts';
+import { UPLOAD_CHECKSUM, UPLOAD_LENGTH, UPLOAD_OFFSET } from '../../src/transport/upload-protocol.ts';
 import { Cluster, policy30s, sha256File } from './cluster.ts';
 import { TcpProxy } from '../support/tcp-proxy.ts';
 

@@ -6,7 +6,8 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMtlsClient, createMtlsServer, type MtlsClient, type MtlsServer } from '../../src/transport/mtls.ts';
-import { PACE_SLICE, handleUpload, uploadFile } from '../../src/transport/upload.ts';
+import { PACE_SLICE, uploadFile } from '../../src/transport/upload-client.ts';
+import { handleUpload } from '../../src/transport/upload-server.ts';
 import { makePki, recordingLogger, startCuttingProxy, tempDir, type Pki } from './helpers.ts';
 
 let pki: Pki;

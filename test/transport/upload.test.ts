@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RetryableError, TerminalError } from '../../src/model/errors.ts';
 import { createMtlsClient, createMtlsServer, type MtlsClient, type MtlsServer } from '../../src/transport/mtls.ts';
-import { handleUpload, uploadFile, uploadStream, type UploadCompletion } from '../../src/transport/upload.ts';
+import { uploadFile, uploadStream } from '../../src/transport/upload-client.ts';
+import type { UploadCompletion } from '../../src/transport/upload-protocol.ts';
+import { handleUpload } from '../../src/transport/upload-server.ts';
 import { makePki, recordingLogger, startCuttingProxy, tempDir, type Pki } from './helpers.ts';
 
 let pki: Pki;

@@ -6,7 +6,8 @@ import { TerminalError } from '../../model/errors.ts';
 import { API, type CreateReplicaRequest, type ReplicaStatus } from '../../transport/agent-api.ts';
 import type { CertBundle } from '../../transport/certs.ts';
 import { createMtlsClient, type MtlsClient } from '../../transport/mtls.ts';
-import { TransferCounters, uploadFile, uploadStream } from '../../transport/upload.ts';
+import { TransferCounters } from '../../transport/transfer-counters.ts';
+import { uploadFile, uploadStream } from '../../transport/upload-client.ts';
 import { CONTENT_TYPE_OCTETS } from '../../transport/wire.ts';
 import type { ReplicaLink, UploadOptions } from '../../core/replication/ports.ts';
 

@@ -6,7 +6,7 @@ import type { Clock } from '../../model/clock.ts';
 import { TerminalError } from '../../model/errors.ts';
 import type { ReplicaLink, UploadOptions } from './ports.ts';
 
-/** Slices a paced stream is sent in (as transport/upload.ts paces a file). */
+/** Slices a paced stream is sent in (as transport/upload-client.ts paces a file). */
 const PACE_SLICE = 64 << 10;
 
 /**

@@ -16,7 +16,7 @@ import { ManualClock } from '../../../src/model/clock.ts';
 import type { ResolvedPolicySpec } from '../../../src/model/desired.ts';
 import { loadCertBundle } from '../../../src/transport/certs.ts';
 import { silentLogger } from '../../../src/transport/logger.ts';
-import { PACE_SLICE } from '../../../src/transport/upload.ts';
+import { PACE_SLICE } from '../../../src/transport/upload-client.ts';
 import { Cluster, policy30s } from '../../agent/cluster.ts';
 import { prng, tempDir } from '../helpers.ts';
 

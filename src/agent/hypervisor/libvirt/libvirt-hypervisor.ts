@@ -7,10 +7,11 @@
 //   for this site (disks on the agent's NBD exports of the recovery point, mapped networks, the
 //   NoCloud seed disk, MACs kept). Removing one undefines the domain and removes its files.
 // libvirt's QEMU runs as its own user, so everything it opens that drsite makes (NBD sockets,
-// scratch files, seed disks, consoles) lives under runDir, group-owned by the QEMU group.
+// scratch files, seed disks, consoles) lives under runDir, group-owned by the QEMU group
+// (qemu-files.ts).
 import { createHash } from 'node:crypto';
 import { statSync } from 'node:fs';
-import { chmod, chown, copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TerminalError } from '../../../model/errors.ts';
@@ -19,6 +20,7 @@ import { formatSeconds } from '../../../model/units.ts';
 import { silentLogger, type Logger } from '../../../transport/logger.ts';
 import { FilesHypervisor } from '../files.ts';
 import { readDomain, rewriteForTarget } from './domain-xml.ts';
+import { QemuFiles } from './qemu-files.ts';
 import { DEFAULT_URI, Virsh, isNotFound } from './virsh.ts';
 
 export interface LibvirtSettings {
@@ -52,9 +54,10 @@ export class LibvirtHypervisor implements Hypervisor {
   /** Where the agent's NBD sockets go (QEMU must reach them). */
   readonly socketDir: string;
   readonly runDir: string;
+  /** The run directory's files, shared with libvirt's QEMU. */
+  readonly qemuFiles: QemuFiles;
   readonly #defs: FilesHypervisor;
   readonly #log: Logger;
-  #gid: Promise<number | undefined> | undefined;
   /** When this agent started (or found running) each domain it defined, for liveness. */
   readonly #started = new Map<string, { since: number; attached: boolean }>();
   /** VMs whose definition (as last defined here) has a file serial console at consolePath. */
@@ -66,6 +69,7 @@ export class LibvirtHypervisor implements Hypervisor {
     this.virsh = new Virsh(settings.uri ?? DEFAULT_URI);
     this.runDir = resolve(settings.runDir ?? join('/var/lib/libvirt/drsite', createHash('sha256').update(this.root).digest('hex').slice(0, 12)));
     this.socketDir = join(this.runDir, 'nbd');
+    this.qemuFiles = new QemuFiles(this.runDir, settings.qemuGroup);
     this.#defs = new FilesHypervisor(this.root);
     this.#log = opts.log ?? silentLogger;
   }
@@ -157,50 +161,6 @@ export class LibvirtHypervisor implements Hypervisor {
     return join(this.runVmDir(name), 'serial.log');
   }
 
-  /** Makes `dir` (and runDir above it) reachable by libvirt's QEMU: owned by its group, 0770. */
-  async prepareDir(dir: string): Promise<void> {
-    const gid = await this.qemuGid();
-    await mkdir(dir, { recursive: true });
-    for (let d = resolve(dir); d.startsWith(this.runDir); d = resolve(d, '..')) {
-      if (gid !== undefined) await chown(d, process.getuid?.() ?? 0, gid).catch(() => {});
-      await chmod(d, gid !== undefined ? 0o770 : 0o711).catch(() => {});
-      if (d === this.runDir) break;
-    }
-    // runDir's parent (by default /var/lib/libvirt/drsite) must be traversable by QEMU.
-    const parent = resolve(this.runDir, '..');
-    await mkdir(parent, { recursive: true });
-    await chmod(parent, 0o711).catch(() => {});
-  }
-
-  /** A file QEMU opens (a socket it connects to, the seed disk it reads): the QEMU group's, mode 0660. */
-  async shareWithQemu(path: string): Promise<void> {
-    const gid = await this.qemuGid();
-    if (gid !== undefined) await chown(path, process.getuid?.() ?? 0, gid);
-    await chmod(path, 0o660);
-  }
-
-  qemuGid(): Promise<number | undefined> {
-    this.#gid ??= (async () => {
-      const groups = await readFile('/etc/group', 'utf8').catch(() => '');
-      const gidOf = (n: string) => {
-        const line = groups.split('\n').find((l) => l.startsWith(`${n}:`));
-        return line ? Number(line.split(':')[2]) : undefined;
-      };
-      const wanted = this.settings.qemuGroup;
-      if (wanted !== undefined) {
-        const gid = gidOf(wanted);
-        if (gid === undefined) throw new TerminalError('invalid-argument', `libvirt site setting qemuGroup: no group "${wanted}" on this host`);
-        return gid;
-      }
-      for (const n of ['libvirt-qemu', 'qemu', 'kvm']) {
-        const gid = gidOf(n);
-        if (gid !== undefined) return gid;
-      }
-      return undefined;
-    })();
-    return this.#gid;
-  }
-
   /**
    * Running: defines the domain (from the replicated definition, rewritten for this site) on the
    * agent's exports and starts it. Off: `virsh shutdown` and a wait; past the timeout a clear error
@@ -253,7 +213,7 @@ export class LibvirtHypervisor implements Hypervisor {
     const state = await this.#state(domain);
     if (state === 'paused') return void (await this.virsh.run(['resume', domain], { domain }));
     if (state !== 'shut off') return;
-    await this.shareWithQemu(join(this.socketDir, `${name}.sock`));
+    await this.qemuFiles.share(join(this.socketDir, `${name}.sock`));
     await this.#start(name, domain);
   }
 
@@ -285,7 +245,7 @@ export class LibvirtHypervisor implements Hypervisor {
       if (state === 'running' || state === 'paused') this.#started.set(vm.name, { since: Date.now(), attached: true });
       if (state !== 'shut off') continue;
       try {
-        await this.shareWithQemu(join(this.socketDir, `${vm.name}.sock`));
+        await this.qemuFiles.share(join(this.socketDir, `${vm.name}.sock`));
         await this.#start(vm.name, domain);
         this.#log.info('libvirt domain started again on the agent\'s exports', { vm: vm.name, domain });
       } catch (e) {
@@ -341,14 +301,14 @@ export class LibvirtHypervisor implements Hypervisor {
   async #define(vm: VmDefinition, opts: PowerOptions): Promise<void> {
     if (!vm.domainXml) throw new TerminalError('invalid-state', `VM "${vm.name}" has no replicated libvirt domain definition to define it from (its primary was not a libvirt site)`);
     const dir = this.runVmDir(vm.name);
-    await this.prepareDir(dir);
-    await this.prepareDir(dirname(resolve(opts.nbdSocket)));
-    await this.shareWithQemu(opts.nbdSocket);
+    await this.qemuFiles.prepareDir(dir);
+    await this.qemuFiles.prepareDir(dirname(resolve(opts.nbdSocket)));
+    await this.qemuFiles.share(opts.nbdSocket);
     let seedImage: string | undefined;
     if (opts.seedImage) {
       seedImage = join(dir, 'seed.img');
       await copyFile(opts.seedImage, seedImage);
-      await this.shareWithQemu(seedImage);
+      await this.qemuFiles.share(seedImage);
     }
     const networks = Object.fromEntries(vm.adapters.map((a) => [a.name, a.network]));
     const domain = this.domainName(vm.name);

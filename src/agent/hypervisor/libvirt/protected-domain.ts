@@ -29,8 +29,8 @@ export async function openProtectedDomain(hv: LibvirtHypervisor, name: string, o
   hv.vmDir(name); // refuses names that are not VM names
   const check = await checkDomain(hv.virsh, name, exclude);
   const workDir = join(hv.runDir, 'protected', name);
-  await hv.prepareDir(workDir);
-  const gid = await hv.qemuGid();
+  await hv.qemuFiles.prepareDir(workDir);
+  const gid = await hv.qemuFiles.gid();
   // One tracker for all disks, so a cut is one instant across them: checkpoints need every disk
   // in qcow2; a raw one puts the whole domain on QEMU's (non-persistent) dirty bitmaps.
   const persistent = check.disks.every((d) => d.format === 'qcow2');

@@ -8,6 +8,7 @@ import { open, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from '../../../transport/logger.ts';
 import type { Accel } from './qemu-args.ts';
 
 export interface AccelProbe {
@@ -120,4 +121,38 @@ export async function chooseAccel(emulator: string, wanted: Accel | 'auto', gues
   if (wanted !== 'auto') return { accel: wanted, reason: 'set in the site settings' };
   const kvm = await probeAccel(emulator, 'kvm', guest, timeoutMs);
   return kvm.works ? { accel: 'kvm', reason: kvm.reason } : { accel: 'tcg', reason: `KVM not usable: ${kvm.reason}` };
+}
+
+/**
+ * `chooseAccel` once per machine type and kernel (what the probe booted), a fallback to TCG logged
+ * with its reason; a probe that could not run at all (no temp dir, say) is tried again next time.
+ */
+export class AccelChoices {
+  readonly #emulator: string;
+  readonly #wanted: Accel | 'auto';
+  readonly #log: Logger;
+  readonly #chosen = new Map<string, Promise<{ accel: Accel; reason: string }>>();
+
+  constructor(emulator: string, wanted: Accel | 'auto', log: Logger) {
+    this.#emulator = emulator;
+    this.#wanted = wanted;
+    this.#log = log;
+  }
+
+  for(guest: ProbeGuest): Promise<{ accel: Accel; reason: string }> {
+    const key = `${guest.machine}\0${guest.kernel ?? ''}`;
+    let chosen = this.#chosen.get(key);
+    if (!chosen) {
+      chosen = chooseAccel(this.#emulator, this.#wanted, guest);
+      if (this.#wanted === 'auto') {
+        chosen.then((c) => {
+          if (c.accel === 'kvm') this.#log.info('qemu accel: KVM', { machine: guest.machine, kernel: guest.kernel, reason: c.reason });
+          else this.#log.warn('qemu accel: falling back to TCG', { machine: guest.machine, kernel: guest.kernel, reason: c.reason });
+        }, () => {});
+      }
+      this.#chosen.set(key, chosen);
+      chosen.catch(() => this.#chosen.delete(key));
+    }
+    return chosen;
+  }
 }

@@ -3,20 +3,19 @@
 // pidfile and serial console log in the same folder. Disks are the agent's NBD exports; power goes
 // through QMP. A guest that stops without being asked is recorded as crashed; nothing here throws
 // into the agent for it, and an agent restart re-attaches through the pidfile and QMP socket.
-import { spawn } from 'node:child_process';
-import { open, readFile, rm, stat } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KeyedMutex } from '../../../core/async-mutex.ts';
 import { readJsonIfExists, writeJsonAtomic } from '../../../core/atomic-file.ts';
 import { TerminalError } from '../../../model/errors.ts';
-import { formatSeconds } from '../../../model/units.ts';
 import type { GuestLiveness, Hypervisor, PowerOptions, PowerState, VmDefinition, VmDisk, VmRuntimeStatus } from '../../../model/hypervisor.ts';
 import { silentLogger, type Logger } from '../../../transport/logger.ts';
 import { FilesHypervisor } from '../files.ts';
-import { chooseAccel, type ProbeGuest } from './accel.ts';
-import { GuestAgentClient } from './guest-agent.ts';
-import { QEMU_DEFAULTS, qemuArgs, type Accel, type GuestPaths, type QemuSettings } from './qemu-args.ts';
+import { AccelChoices } from './accel.ts';
+import { BootWatch } from './guest-boot.ts';
+import { QEMU_DEFAULTS, type Accel, type GuestPaths, type QemuSettings } from './qemu-args.ts';
+import { checkStartable, isQemuOf, launchQemu, readPid, waitGone } from './qemu-process.ts';
 import { QmpClient, QmpError } from './qmp.ts';
 
 export interface QemuHypervisorOptions {
@@ -44,31 +43,10 @@ interface Guest {
   readonly boot: BootWatch;
 }
 
-interface BootWatch {
-  /** When this driver started the guest, or attached to it (then `attached`). */
-  readonly since: number;
-  readonly attached: boolean;
-  /** The accelerator this driver started it with (unknown for an adopted guest). */
-  readonly accel?: Accel;
-  /** The first sign seen. */
-  seen?: string;
-  /** A guest agent ping is under way. */
-  pinging: boolean;
-  timer?: NodeJS.Timeout;
-}
-
-/** How often a booting guest's serial log is looked at. */
-const BOOT_POLL_MS = 1000;
-/** A guest agent ping (only while the console is silent): every few polls, each with this timeout. */
-const BOOT_PING_EVERY = 5;
-const BOOT_PING_TIMEOUT_MS = 1000;
-
 interface CrashRecord {
   at: number;
   message: string;
 }
-
-const UNIX_PATH_MAX = 107;
 
 /** QEMU run states in which the guest no longer runs though QEMU does. */
 const DEAD_STATES = new Set(['internal-error', 'guest-panicked', 'io-error']);
@@ -83,8 +61,7 @@ export class QemuHypervisor implements Hypervisor {
   readonly #guests = new Map<string, Guest>();
   /** One start, stop or adoption at a time per VM. */
   readonly #locks = new KeyedMutex();
-  /** The `auto` probe's result per machine type and kernel (what the probe booted). */
-  readonly #accels = new Map<string, Promise<{ accel: Accel; reason: string }>>();
+  readonly #accels: AccelChoices;
 
   constructor(root: string, settings: QemuSettings = {}, opts: QemuHypervisorOptions = {}) {
     // Absolute: a daemonized QEMU changes its directory to /, so no path it gets may be relative.
@@ -93,6 +70,7 @@ export class QemuHypervisor implements Hypervisor {
     this.#defs = new FilesHypervisor(this.root);
     this.#log = opts.log ?? silentLogger;
     this.#onStopped = opts.onStopped;
+    this.#accels = new AccelChoices(settings.emulator ?? QEMU_DEFAULTS.emulator, settings.accel ?? QEMU_DEFAULTS.accel, this.#log);
   }
 
   vmDir(name: string): string {
@@ -133,27 +111,11 @@ export class QemuHypervisor implements Hypervisor {
    * to TCG is logged with its reason.
    */
   accel(kernel?: string): Promise<{ accel: Accel; reason: string }> {
-    const guest: ProbeGuest = {
+    return this.#accels.for({
       machine: this.settings.machine ?? QEMU_DEFAULTS.machine,
       memoryMiB: this.settings.memoryMiB ?? QEMU_DEFAULTS.memoryMiB,
       ...(kernel !== undefined && { kernel: resolve(kernel) }),
-    };
-    const key = `${guest.machine}\0${guest.kernel ?? ''}`;
-    let chosen = this.#accels.get(key);
-    if (!chosen) {
-      const wanted = this.settings.accel ?? QEMU_DEFAULTS.accel;
-      chosen = chooseAccel(this.settings.emulator ?? QEMU_DEFAULTS.emulator, wanted, guest);
-      if (wanted === 'auto') {
-        chosen.then((c) => {
-          if (c.accel === 'kvm') this.#log.info('qemu accel: KVM', { machine: guest.machine, kernel: guest.kernel, reason: c.reason });
-          else this.#log.warn('qemu accel: falling back to TCG', { machine: guest.machine, kernel: guest.kernel, reason: c.reason });
-        }, () => {});
-      }
-      this.#accels.set(key, chosen);
-      // A probe that could not run at all (no temp dir, say) is tried again at the next start.
-      chosen.catch(() => this.#accels.delete(key));
-    }
-    return chosen;
+    });
   }
 
   /**
@@ -163,16 +125,7 @@ export class QemuHypervisor implements Hypervisor {
   liveness(name: string): GuestLiveness | undefined {
     const g = this.#guests.get(name);
     if (!g || g.qmp.isClosed || g.quitting || this.#bootTimeoutMs() === 0) return undefined;
-    const w = g.boot;
-    if (w.seen) return { state: 'alive', since: w.since, evidence: w.seen };
-    const elapsed = Date.now() - w.since;
-    const timeout = this.#bootTimeoutMs();
-    const from = w.attached ? 'the agent attached to it' : `QEMU started it${w.accel ? ` (accel ${w.accel})` : ''}`;
-    // Fixed wording once late (no running count): status records an event when a reason's text changes.
-    if (elapsed >= timeout) {
-      return { state: 'not-booting', since: w.since, evidence: `no serial console output and no guest agent reply within ${formatSeconds(timeout)} since ${from}` };
-    }
-    return { state: 'booting', since: w.since, evidence: `no serial console output or guest agent reply yet, ${formatSeconds(elapsed)} since ${from}` };
+    return g.boot.liveness();
   }
 
   async remove(name: string): Promise<void> {
@@ -262,7 +215,7 @@ export class QemuHypervisor implements Hypervisor {
   /** Drops the QMP connections; the guests keep running for the next driver to adopt. */
   async close(): Promise<void> {
     for (const g of this.#guests.values()) {
-      clearInterval(g.boot.timer);
+      g.boot.stop();
       g.detached = true;
       g.qmp.close();
     }
@@ -315,46 +268,12 @@ export class QemuHypervisor implements Hypervisor {
     return this.settings.bootTimeoutMs ?? QEMU_DEFAULTS.bootTimeoutMs;
   }
 
-  /** Looks for boot signs until one shows: the serial log first (cheap), a guest agent ping now and then. */
-  #watchBoot(g: Guest, paths: GuestPaths): void {
-    const w = g.boot;
-    let polls = 0;
-    const look = async () => {
-      if (w.seen || g.qmp.isClosed) return clearInterval(w.timer);
-      polls++;
-      const head = await readHead(paths.serial, 4096);
-      if (/\S/.test(head)) return this.#sawBoot(g, 'serial console output');
-      if (polls % BOOT_PING_EVERY !== 0 || w.pinging) return;
-      w.pinging = true;
-      try {
-        const c = await GuestAgentClient.connect(paths.qga, g.vm, BOOT_PING_TIMEOUT_MS);
-        c.close();
-        this.#sawBoot(g, 'guest agent answered');
-      } catch {
-        // No agent (yet, or at all): the serial log may still show the boot.
-      } finally {
-        w.pinging = false;
-      }
-    };
-    w.timer = setInterval(() => void look().catch(() => {}), BOOT_POLL_MS);
-    w.timer.unref();
-    void look().catch(() => {});
-  }
-
-  #sawBoot(g: Guest, what: string): void {
-    if (g.boot.seen) return;
-    g.boot.seen = what;
-    clearInterval(g.boot.timer);
-    const late = Date.now() - g.boot.since >= this.#bootTimeoutMs();
-    if (late) this.#log.info('qemu guest booted after its boot timeout', { vm: g.vm, sign: what });
-  }
-
   async #attach(name: string, pid: number, paths: GuestPaths, started?: { accel: Accel }): Promise<Guest> {
     const qmp = await QmpClient.connect(paths.qmp).catch((e: unknown) => {
       throw new TerminalError('invalid-state', `VM "${name}": cannot attach to its QEMU (pid ${pid}): ${(e as Error).message}`, { cause: e });
     });
     let resolveGone!: () => void;
-    const boot: BootWatch = { since: Date.now(), attached: !started, ...(started && { accel: started.accel }), pinging: false };
+    const boot = new BootWatch({ vm: name, attached: !started, ...(started && { accel: started.accel }), timeoutMs: this.#bootTimeoutMs(), paths, log: this.#log, isClosed: () => qmp.isClosed });
     const g: Guest = { vm: name, pid, qmp, requested: false, quitting: false, detached: false, shutdown: undefined, gone: new Promise((r) => (resolveGone = r)), boot };
     qmp.onEvent((e) => {
       if (e.event !== 'SHUTDOWN') return;
@@ -363,9 +282,9 @@ export class QemuHypervisor implements Hypervisor {
       if (g.shutdown?.guest === true && !g.quitting) void this.#quit(g).catch(() => {});
     });
     this.#guests.set(name, g);
-    if (this.#bootTimeoutMs() > 0) this.#watchBoot(g, paths);
+    if (this.#bootTimeoutMs() > 0) boot.start();
     void qmp.closed.then(async () => {
-      clearInterval(g.boot.timer);
+      g.boot.stop();
       if (g.detached) return resolveGone();
       await waitGone(pid, 5000);
       try {
@@ -410,41 +329,11 @@ export class QemuHypervisor implements Hypervisor {
   }
 
   async #start(vm: VmDefinition, opts: PowerOptions): Promise<void> {
-    const emulator = this.settings.emulator ?? QEMU_DEFAULTS.emulator;
     const paths = this.#paths(vm.name);
-    for (const p of [paths.qmp, paths.qga]) {
-      if (Buffer.byteLength(p) > UNIX_PATH_MAX) throw new TerminalError('invalid-argument', `VM "${vm.name}": socket path ${p} is longer than ${UNIX_PATH_MAX} bytes; use a shorter agent data directory`);
-    }
+    await checkStartable(vm, this.settings, opts, paths);
     const boot = vm.boot;
-    if (boot && 'kernel' in boot) {
-      for (const [what, p] of [['kernel', boot.kernel], ['initrd', boot.initrd]] as const) {
-        if (p !== undefined && !(await isFile(p))) throw new TerminalError('invalid-argument', `VM "${vm.name}": boot ${what} ${p} is not a readable file`);
-      }
-    } else if (boot?.firmware === 'uefi') {
-      const fw = this.settings.uefiFirmware ?? QEMU_DEFAULTS.uefiFirmware;
-      if (!(await isFile(fw))) throw new TerminalError('invalid-argument', `VM "${vm.name}": UEFI firmware ${fw} not found (install ovmf or set the site's qemu.uefiFirmware)`);
-    }
-    if (opts.seedImage !== undefined && !(await isFile(opts.seedImage))) throw new TerminalError('invalid-argument', `VM "${vm.name}": seed image ${opts.seedImage} is not a readable file`);
     const { accel } = await this.accel(boot && 'kernel' in boot ? boot.kernel : undefined);
-    const absolute = boot && 'kernel' in boot
-      ? { ...vm, boot: { ...boot, kernel: resolve(boot.kernel), ...(boot.initrd !== undefined ? { initrd: resolve(boot.initrd) } : {}) } }
-      : vm;
-    const seedImage = opts.seedImage !== undefined ? resolve(opts.seedImage) : undefined;
-    const args = qemuArgs({ vm: absolute, settings: this.settings, accel, paths, nbdSocket: resolve(opts.nbdSocket), seedImage });
-    for (const p of [paths.qmp, paths.qga, paths.pidfile]) await rm(p, { force: true });
-
-    // -daemonize: QEMU returns once the machine is built, with its errors (bad kernel, unreachable
-    // export) on our stderr and a non-zero exit; later output goes nowhere but the serial log.
-    const { code, stderr } = await runToExit(emulator, args).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') throw new TerminalError('not-found', `VM "${vm.name}": emulator "${emulator}" not found (the site's qemu.emulator; install qemu-system-x86)`);
-      throw new TerminalError('invalid-state', `VM "${vm.name}": cannot run emulator "${emulator}": ${e.message}`);
-    });
-    if (code !== 0) {
-      const why = stderr.trim().split('\n').filter((l) => l.trim()).slice(-3).join('; ') || `exit code ${code}`;
-      throw new TerminalError('invalid-state', `VM "${vm.name}": QEMU did not start: ${why}`);
-    }
-    const pid = await readPid(paths.pidfile);
-    if (pid === undefined) throw new TerminalError('invalid-state', `VM "${vm.name}": QEMU started but wrote no pidfile ${paths.pidfile}`);
+    const pid = await launchQemu(vm, this.settings, opts, paths, accel);
     let g: Guest;
     try {
       g = await this.#attach(vm.name, pid, paths, { accel });
@@ -496,62 +385,4 @@ export class QemuHypervisor implements Hypervisor {
     g.qmp.close();
     await g.gone;
   }
-}
-
-/** The first `bytes` of a file as latin1 ('' when it is missing). */
-async function readHead(path: string, bytes: number): Promise<string> {
-  const f = await open(path, 'r').catch(() => undefined);
-  if (!f) return '';
-  try {
-    const buf = Buffer.alloc(bytes);
-    const { bytesRead } = await f.read(buf, 0, bytes, 0);
-    return buf.subarray(0, bytesRead).toString('latin1');
-  } finally {
-    await f.close();
-  }
-}
-
-async function isFile(p: string): Promise<boolean> {
-  return stat(p).then((s) => s.isFile(), () => false);
-}
-
-async function readPid(pidfile: string): Promise<number | undefined> {
-  const text = await readFile(pidfile, 'utf8').catch(() => '');
-  const pid = Number.parseInt(text.trim(), 10);
-  return Number.isInteger(pid) && pid > 0 ? pid : undefined;
-}
-
-/** Live (not a zombie) and started with this QMP socket, so a reused pid is not mistaken for it. */
-async function isQemuOf(pid: number, qmpSocket: string): Promise<boolean> {
-  try {
-    const stat_ = await readFile(`/proc/${pid}/stat`, 'utf8');
-    if (/\) Z /.test(stat_)) return false;
-    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8');
-    return cmdline.includes(qmpSocket.replace(/,/g, ',,'));
-  } catch {
-    return false;
-  }
-}
-
-async function waitGone(pid: number, timeoutMs: number): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (Date.now() < until) {
-    try {
-      const s = await readFile(`/proc/${pid}/stat`, 'utf8');
-      if (/\) Z /.test(s)) return;
-    } catch {
-      return;
-    }
-    await sleep(25);
-  }
-}
-
-function runToExit(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    child.once('error', reject);
-    child.once('close', (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), stderr }));
-  });
 }
