@@ -231,18 +231,24 @@ export class PrimaryReplication {
     return force || (rs.automatic && inWindow(rs.window, this.#clock.now()));
   }
 
+  /** External media: once exported, the relationship waits for the replica site's import. */
   async #exportMedia(): Promise<CycleResult> {
     const result = await exportMedia(this.#transfer);
     await this.#apply('waitImport');
     return result;
   }
 
+  /** The initial copy (streamed, through the outbox or from an existing replica): done once the replica holds point 1. */
   async #initial(): Promise<CycleResult> {
     const result = await initialCopy(this.#transfer, this.#streamed);
     if (result.applied >= 1) await this.#apply('initialDone');
     return result;
   }
 
+  /**
+   * A cycle while replicating: the outbox's backlog ships, then a delta, unless the changes
+   * pending exceed the policy's share of a disk, which makes it a resync instead.
+   */
   async #delta(): Promise<CycleResult> {
     const r = this.record;
     const shipped = await shipBacklog(this.#transfer);
@@ -258,6 +264,7 @@ export class PrimaryReplication {
     return delta(this.#transfer, shipped);
   }
 
+  /** Resynchronisation: the relationship replicates again once the differing blocks are applied. */
   async #resync(): Promise<CycleResult> {
     const result = await resync(this.#transfer);
     await this.#apply('resyncDone');
