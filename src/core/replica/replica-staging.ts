@@ -61,7 +61,7 @@ export class ReplicaStaging {
     return incomingPath(core.dir, diskId, sequence);
   }
 
-  /** ReplicaStore.receive. */
+  /** See ReplicaStore.receive. */
   async receive(diskId: string, sequence: number, srcPath: string, opts: { move?: boolean }): Promise<boolean> {
     const core = this.#core;
     const dest = this.#checkReceive(diskId, sequence);
@@ -91,7 +91,7 @@ export class ReplicaStaging {
     return true;
   }
 
-  /** ReplicaStore.receiveStream. */
+  /** See ReplicaStore.receiveStream. */
   async receiveStream(diskId: string, sequence: number, body: Readable | AsyncIterable<Buffer>): Promise<boolean> {
     const core = this.#core;
     const dest = this.#checkReceive(diskId, sequence);
@@ -120,7 +120,7 @@ export class ReplicaStaging {
     return true;
   }
 
-  /** ReplicaStore.discardPending, under the store's lock. */
+  /** See ReplicaStore.discardPending; runs under the store's lock. */
   async discardPending(): Promise<number> {
     const core = this.#core;
     let n = 0;
@@ -160,7 +160,7 @@ export class ReplicaStaging {
     return c && { cutId: c.cutId, segments: { ...c.done } };
   }
 
-  /** ReplicaStore.receiveInitialSegment, under the store's lock. */
+  /** See ReplicaStore.receiveInitialSegment; runs under the store's lock. */
   async receiveInitialSegment(diskId: string, index: number, body: AsyncIterable<Buffer | Uint8Array>): Promise<InitialProgress> {
     const core = this.#core;
     const state = core.state;

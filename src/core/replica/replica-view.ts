@@ -71,7 +71,7 @@ export class ReplicaViews {
     this.#exclusive = exclusive;
   }
 
-  /** ReplicaStore.openImage. */
+  /** See ReplicaStore.openImage. */
   async openImage(diskId: string): Promise<BlockReader> {
     const core = this.#core;
     const size = core.diskSize(diskId);
@@ -87,7 +87,7 @@ export class ReplicaViews {
     };
   }
 
-  /** ReplicaStore.openView. */
+  /** See ReplicaStore.openView. */
   openView(sequence: number, diskId: string): Promise<BlockReader> {
     const core = this.#core;
     return this.#exclusive(async () => {
@@ -119,7 +119,7 @@ export class ReplicaViews {
     });
   }
 
-  /** ReplicaStore.exportView. */
+  /** See ReplicaStore.exportView. */
   async exportView(sequence: number, diskId: string, destPath: string): Promise<{ size: number; sha256: string }> {
     const view = await this.openView(sequence, diskId);
     const tmp = `${destPath}.${randomBytes(6).toString('hex')}.tmp`;
