@@ -1,4 +1,4 @@
-// The pieces of a streamed delta (primary.ts #streamDelta): a sealed log goes to the replica as it
+// The pieces of a streamed delta (transfer-delta.ts streamDelta): a sealed log goes to the replica as it
 // is encoded, through a bounded pipe (the encoder waits for the network), and a tee keeps the same
 // bytes until the replica acknowledged them, in memory up to a limit and then in the outbox file,
 // never fsynced. On success the tee is dropped: nothing of the log was staged durably on the

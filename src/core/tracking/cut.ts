@@ -2,7 +2,7 @@
 // one instant under one cutId, which makes the set one crash-consistent recovery point.
 import { TerminalError } from '../../model/errors.ts';
 import { TrackedDisk } from './tracker.ts';
-import type { FrozenDisk } from './tracker.ts';
+import type { FrozenDisk } from './frozen-disk.ts';
 
 export interface CutOptions {
   /** Shared by every disk's log of this cut (LogHeader.cutId). */
