@@ -26,7 +26,7 @@ function keepWriting(disk: TrackedDisk, seed: number): () => Promise<number> {
   let n = 0;
   const loop = (async () => {
     while (!stop) {
-      await disk.write(BLOCK_SIZE * Math.floor(rnd() * (disk.size / BLOCK_SIZE)), random(BLOCK_SIZE));
+      await disk.write(BLOCK_SIZE * Math.floor(rnd() * Math.floor(disk.size / BLOCK_SIZE)), random(BLOCK_SIZE)); // whole blocks inside the disk
       n++;
       await new Promise((r) => setImmediate(r));
     }
