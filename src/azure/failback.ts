@@ -9,9 +9,9 @@ import { BLOCK_SIZE } from '../core/types.ts';
 import type { BlockDevice } from '../model/block-device.ts';
 import { TerminalError } from '../model/errors.ts';
 import { AzureBlobLink } from './blob-link.ts';
-import { DiskBlobs, roundUp } from './disk-blobs.ts';
+import { DiskBlobs } from './disk-blobs.ts';
 import { azureCall } from './errors.ts';
-import { MAX_PUT_PAGE, TransferCount, readRange, writtenRanges } from './page-io.ts';
+import { MAX_PUT_PAGE, TransferCount, readRange, roundUp, writtenRanges } from './page-io.ts';
 
 export interface AzureFailbackOptions {
   /** The relationship's link; or `container` plus `keys`. */
