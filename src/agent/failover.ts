@@ -20,8 +20,6 @@ import type {
 } from '../transport/agent-api.ts';
 import { primaryOf, replicaOf, type AgentContext } from './context.ts';
 import type { VmRuntime, ClosableDevice } from './hypervisor/vm-runtime.ts';
-import { AzureBlobLink } from '../azure/blob-link.ts';
-import { failbackFromAzure as downloadFromAzure } from '../azure/failback.ts';
 import type { ReplicaReplication } from '../core/replication/replica.ts';
 import type { FailoverStarted, RecoveryVms } from '../core/replication/replica-failover.ts';
 import type { RecoveryPoint } from '../core/replica/recovery-points.ts';
@@ -248,7 +246,7 @@ export async function reverse(ctx: AgentContext, id: string, req: ReverseRequest
 export async function failbackFromAzure(ctx: AgentContext, id: string, req: FailbackFromAzureRequest): Promise<FailbackFromAzureResult> {
   const p = primaryOf(ctx, id);
   const link = ctx.linkTo(p.record.replica);
-  if (!(link instanceof AzureBlobLink)) throw new TerminalError('invalid-argument', `relationship ${id} replicates to ${p.record.replica.name}, not to Azure`);
+  if (!link.failback) throw new TerminalError('invalid-argument', `relationship ${id} replicates to ${p.record.replica.name}, not to Azure`);
   const vm = await ctx.hv.get(p.record.vm);
   if (vm.power !== 'Off') throw new TerminalError('invalid-state', `VM ${vm.name} is running on ${ctx.config.name}: shut it down before failing back onto its disks`);
   const method = req.method ?? 'minimize-downtime';
@@ -259,7 +257,7 @@ export async function failbackFromAzure(ctx: AgentContext, id: string, req: Fail
     if (!disk) throw new TerminalError('not-found', `VM ${vm.name} has no disk ${d.id} any more`);
     // Through the running runtime's device when there is one, so nothing it caches goes stale.
     const target = rt?.devices.get(d.id) ?? ctx.hv.diskPath(vm.name, disk);
-    const r = await downloadFromAzure({ link, relationshipId: id, diskId: d.id, snapshot: 'current', target, method, keys: ctx.keys.get(id)! });
+    const r = await link.failback(id, d.id, target, { method, keys: ctx.keys.get(id)! });
     out.bytesDownloaded += r.bytesDownloaded;
     out.diskBytes += r.diskSize;
     out.disks.push({ id: d.id, bytesDownloaded: r.bytesDownloaded, blocksChanged: r.blocksChanged, compare: r.compare });
@@ -276,7 +274,7 @@ export async function failbackFromAzure(ctx: AgentContext, id: string, req: Fail
  */
 export async function replicateToAzure(ctx: AgentContext, id: string): Promise<RelationshipView> {
   const p = primaryOf(ctx, id);
-  if (!(ctx.linkTo(p.record.replica) instanceof AzureBlobLink)) throw new TerminalError('invalid-argument', `relationship ${id} replicates to ${p.record.replica.name}, not to Azure`);
+  if (!ctx.linkTo(p.record.replica).failback) throw new TerminalError('invalid-argument', `relationship ${id} replicates to ${p.record.replica.name}, not to Azure`);
   if (p.state === 'PreparedForPlannedFailover') await p.cancelPrepared();
   if (p.state === 'Critical') await p.resume();
   await p.requestResync();
