@@ -71,10 +71,11 @@ async function overlayVm(ctx: AgentContext, rep: ReplicaReplication, name: strin
   }
 }
 
-type VmOptions = { adapters?: FailoverAdapterSettings[]; network?: string | null; start?: boolean };
+/** The caller's adapters and power for a recovered VM, and for reverse replication its request. */
+type VmOptions = { adapters?: FailoverAdapterSettings[]; network?: string | null; start?: boolean; reverse?: ReverseRequest };
 
-/** This host's VM plumbing behind a replica's failover verbs; `opts` are the caller's adapters and power. */
-function hostVms(ctx: AgentContext, rep: ReplicaReplication, opts: VmOptions = {}, reverseReq?: ReverseRequest): RecoveryVms {
+/** This host's VM plumbing behind a replica's failover verbs. */
+function hostVms(ctx: AgentContext, rep: ReplicaReplication, opts: VmOptions = {}): RecoveryVms {
   return {
     async startTest(name, selector) {
       const { rt, point } = await overlayVm(ctx, rep, name, selector, 'test', adaptersOf(opts), 'Running');
@@ -96,7 +97,8 @@ function hostVms(ctx: AgentContext, rep: ReplicaReplication, opts: VmOptions = {
     },
     ...commitOnHost(ctx),
     async replicateBack(vm) {
-      const req = reverseReq!;
+      const req = opts.reverse;
+      if (!req) throw new TerminalError('invalid-argument', `reverse replication of ${vm} needs its request (the new relationship's id and replica)`);
       const full = req.method === 'full-download';
       await createRelationship(ctx, {
         id: req.id,
@@ -231,7 +233,7 @@ export async function cancel(ctx: AgentContext, id: string): Promise<Relationshi
 /** Reverse replication from this host (which runs the failed-over VM) back to the former primary. */
 export async function reverse(ctx: AgentContext, id: string, req: ReverseRequest): Promise<RelationshipView> {
   const rep = replicaOf(ctx, id);
-  await rep.reverse(hostVms(ctx, rep, {}, req));
+  await rep.reverse(hostVms(ctx, rep, { reverse: req }));
   const p = primaryOf(ctx, req.id);
   if (req.start !== false) await p.startInitial();
   return p.view();
