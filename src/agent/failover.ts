@@ -1,9 +1,9 @@
 // The failover family on this host: test failover on throw-away overlays, planned failover's
 // primary half, failover to a point, commit, cancel, reverse replication, and failback from Azure.
-// Which side may do what is the replication state machine's (core/replication/replication-state.ts) to say.
+// The replica engine (core/replication/replica-failover.ts) decides and records every step; this
+// file is its VM plumbing on this host (overlay VMs, the original libvirt domain, committed disks).
 import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { transition } from '../core/replication/replication-state.ts';
 import { TerminalError } from '../model/errors.ts';
 import type { VmAdapter, VmDefinition } from '../model/hypervisor.ts';
 import type {
@@ -20,9 +20,8 @@ import type {
 } from '../transport/agent-api.ts';
 import { primaryOf, replicaOf, type AgentContext } from './context.ts';
 import type { VmRuntime, ClosableDevice } from './hypervisor/vm-runtime.ts';
-import { AzureBlobLink } from '../azure/blob-link.ts';
-import { failbackFromAzure as downloadFromAzure } from '../azure/failback.ts';
 import type { ReplicaReplication } from '../core/replication/replica.ts';
+import type { FailoverStarted, RecoveryVms } from '../core/replication/replica-failover.ts';
 import type { RecoveryPoint } from '../core/replica/recovery-points.ts';
 import { createRelationship } from './relationships.ts';
 import { dropVm, serveOverlays, serveVm, setPower } from './vms.ts';
@@ -72,28 +71,59 @@ async function overlayVm(ctx: AgentContext, rep: ReplicaReplication, name: strin
   }
 }
 
+/** The caller's adapters and power for a recovered VM, and for reverse replication its request. */
+type VmOptions = { adapters?: FailoverAdapterSettings[]; network?: string | null; start?: boolean; reverse?: ReverseRequest };
+
+/** This host's VM plumbing behind a replica's failover verbs. */
+function hostVms(ctx: AgentContext, rep: ReplicaReplication, opts: VmOptions = {}): RecoveryVms {
+  return {
+    async startTest(name, selector) {
+      const { rt, point } = await overlayVm(ctx, rep, name, selector, 'test', adaptersOf(opts), 'Running');
+      return { point, nbdSocket: rt.socketPath };
+    },
+    removeTest: (vm) => dropVm(ctx, vm),
+    async startFailover(selector, previous) {
+      const original = ctx.hv instanceof LibvirtHypervisor ? await findOriginal(ctx.hv, rep.record.vm) : undefined;
+      if (original) return failbackOntoOriginal(ctx, rep, original, selector, previous !== undefined, opts.start !== false);
+      if (previous) await dropVm(ctx, previous); // change of point before commit
+      const { point } = await overlayVm(ctx, rep, rep.record.vm, selector, 'failover', adaptersOf(opts), opts.start === false ? 'Off' : 'Running');
+      ctx.log.info('failover', { relationship: rep.id, vm: rep.record.vm, point: point.sequence });
+      return { vm: rep.record.vm, point };
+    },
+    async stopFailover(vm) {
+      // The original libvirt domain goes off again (it stays defined, as before the failback).
+      if (ctx.hv instanceof LibvirtHypervisor && (await findOriginal(ctx.hv, vm))) await shutdownDomain(ctx.hv.virsh, vm, 0, true);
+      else await dropVm(ctx, vm);
+    },
+    ...commitOnHost(ctx),
+    async replicateBack(vm) {
+      const req = opts.reverse;
+      if (!req) throw new TerminalError('invalid-argument', `reverse replication of ${vm} needs its request (the new relationship's id and replica)`);
+      const full = req.method === 'full-download';
+      await createRelationship(ctx, {
+        id: req.id,
+        vm,
+        replica: req.replica,
+        policy: { ...req.policy, initialReplication: { method: full ? 'network' : 'existing-replica', startAt: 'immediately' } },
+        seedFromVm: vm,
+        ...(full && { discardSeed: true }),
+      });
+      ctx.replicas.delete(rep.id);
+    },
+  };
+}
+
 /** Test failover: `<vm>-Test` from a chosen point on a throw-away overlay; replication keeps running. */
 export async function testFailover(ctx: AgentContext, id: string, req: TestFailoverRequest): Promise<TestFailoverResult> {
   const rep = replicaOf(ctx, id);
-  if (rep.record.testFailover) throw new TerminalError('invalid-state', `a test failover of ${rep.record.vm} is already active (${rep.record.testFailover.vm}); clean it up first`);
-  if (rep.record.committed) throw new TerminalError('invalid-state', `replica of ${rep.record.vm} was committed after a failover: no recovery points left to test`);
-  rep.resolvePoint(req.recoveryPoint); // refused here, before anything is created, when it names no point
-  const name = `${rep.record.vm}-Test`;
-  const { rt, point } = await overlayVm(ctx, rep, name, req.recoveryPoint, 'test', adaptersOf({ ...req, network: req.network ?? null }), 'Running');
-  rep.record.testFailover = { vm: name, sequence: point.sequence };
-  await rep.save();
-  ctx.log.info('test failover', { relationship: id, vm: name, point: point.sequence });
-  return { testVm: name, recoveryPoint: rep.pointInfo(point), nbdSocket: rt.socketPath };
+  const test = await rep.testFailover(hostVms(ctx, rep, { ...req, network: req.network ?? null }), req.recoveryPoint);
+  ctx.log.info('test failover', { relationship: id, vm: test.vm, point: test.point.sequence });
+  return { testVm: test.vm, recoveryPoint: rep.pointInfo(test.point), nbdSocket: test.nbdSocket };
 }
 
 export async function cleanupTestFailover(ctx: AgentContext, id: string): Promise<{ removed: string[] }> {
   const rep = replicaOf(ctx, id);
-  const active = rep.record.testFailover;
-  if (!active) throw new TerminalError('invalid-state', `no test failover of ${rep.record.vm} is active`);
-  await dropVm(ctx, active.vm);
-  delete rep.record.testFailover;
-  await rep.save();
-  return { removed: [active.vm] };
+  return { removed: [await rep.cleanupTestFailover(hostVms(ctx, rep))] };
 }
 
 export async function preparePlannedFailover(ctx: AgentContext, id: string): Promise<{ sequence: number; state: string }> {
@@ -107,23 +137,8 @@ export async function preparePlannedFailover(ctx: AgentContext, id: string): Pro
 /** Failover (planned or unplanned) to a point; the same call again before commit changes the point. */
 export async function failover(ctx: AgentContext, id: string, req: FailoverRequest): Promise<FailoverResult> {
   const rep = replicaOf(ctx, id);
-  const state = rep.record.state;
-  if (state === 'ReadyForInitialReplication' || state === 'WaitingForInitialReplicationImport') {
-    throw new TerminalError('invalid-state', `replica of ${rep.record.vm} has no complete copy yet (${state})`);
-  }
-  const changePoint = state === 'FailoverWaitingCompletion';
-  if (state === 'FailedOver') throw new TerminalError('invalid-state', `replica of ${rep.record.vm} is already failed over and committed`);
-  const next = changePoint ? state : rep.next('failover');
-  rep.resolvePoint(req.recoveryPoint); // refused before the current failover VM is dropped
-  const original = ctx.hv instanceof LibvirtHypervisor ? await findOriginal(ctx.hv, rep.record.vm) : undefined;
-  if (original) return failbackOntoOriginal(ctx, rep, original, req, next);
-  if (rep.record.failover) await dropVm(ctx, rep.record.failover.vm); // change of point before commit
-  const { point } = await overlayVm(ctx, rep, rep.record.vm, req.recoveryPoint, 'failover', adaptersOf(req), req.start === false ? 'Off' : 'Running');
-  rep.record.failover = { vm: rep.record.vm, sequence: point.sequence };
-  rep.record.state = next;
-  await rep.save();
-  ctx.log.info('failover', { relationship: id, vm: rep.record.vm, point: point.sequence });
-  return { vm: rep.record.vm, recoveryPoint: rep.pointInfo(point), state: rep.record.state };
+  const started = await rep.failover(hostVms(ctx, rep, req), req.recoveryPoint);
+  return { vm: started.vm, recoveryPoint: rep.pointInfo(started.point), state: rep.record.state };
 }
 
 /**
@@ -131,64 +146,71 @@ export async function failover(ctx: AgentContext, id: string, req: FailoverReque
  * elsewhere): the point is written into its own images and the domain itself starts, so its
  * original definition is what runs, not a second domain. A change of point stops it first.
  */
-async function failbackOntoOriginal(ctx: AgentContext, rep: ReplicaReplication, original: OriginalDomain, req: FailoverRequest, next: ReplicaReplication['record']['state']): Promise<FailoverResult> {
+async function failbackOntoOriginal(ctx: AgentContext, rep: ReplicaReplication, original: OriginalDomain, selector: RecoveryPointSelector | undefined, running: boolean, start: boolean): Promise<FailoverStarted> {
   const hv = ctx.hv as LibvirtHypervisor;
-  if (rep.record.failover) await shutdownDomain(hv.virsh, original.vm, 0, true);
+  if (running) await shutdownDomain(hv.virsh, original.vm, 0, true);
   const dir = join(ctx.config.dataDir, 'failback', rep.id);
   await mkdir(dir, { recursive: true });
-  const opened = await rep.openPointOverlays(req.recoveryPoint ?? 'latest', dir);
+  const opened = await rep.openPointOverlays(selector ?? 'latest', dir);
   try {
-    await restoreIntoOriginal(hv, original, opened.devices, req.start !== false);
+    await restoreIntoOriginal(hv, original, opened.devices, start);
   } finally {
     for (const d of opened.devices.values()) await d.close().catch(() => {});
     await rm(dir, { recursive: true, force: true });
   }
-  rep.record.failover = { vm: original.vm, sequence: opened.point.sequence };
-  rep.record.state = next;
-  await rep.save();
   ctx.log.info('failback onto the original libvirt domain', { relationship: rep.id, vm: original.vm, point: opened.point.sequence });
-  return { vm: original.vm, recoveryPoint: rep.pointInfo(opened.point), state: rep.record.state };
+  return { vm: original.vm, point: opened.point };
+}
+
+/**
+ * Commit's half on this host. A failback onto the original libvirt domain: its own images hold the
+ * point already, and the domain stops being marked as the original once the chain is gone.
+ * Otherwise a running guest is paused (its I/O drained) while its disks move from overlays to
+ * images, and goes on where it was: its NBD client reconnects to the same exports, now tracked.
+ */
+function commitOnHost(ctx: AgentContext): Pick<RecoveryVms, 'detachFromChain' | 'committed'> {
+  let original = false;
+  let paused = false;
+  let committed: VmDefinition | undefined;
+  return {
+    async detachFromChain(name) {
+      original = ctx.hv instanceof LibvirtHypervisor && (await findOriginal(ctx.hv, name)) !== undefined;
+      if (original) return;
+      const rt = ctx.runtimes.get(name);
+      const vm = await ctx.hv.get(name);
+      const dir = ctx.hv.vmDir(name);
+      paused = rt && vm.power === 'Running' && ctx.hv.pause ? (await ctx.hv.pause(vm.name), true) : false;
+      try {
+        for (const d of vm.disks) {
+          const dev = rt?.devices.get(d.name);
+          if (!dev) throw new TerminalError('invalid-state', `failed-over VM ${name} has no running disk ${d.name}`);
+          await materialize(dev, join(dir, `${d.name}.img.tmp`));
+        }
+      } catch (e) {
+        if (paused) await ctx.hv.resume!(vm.name).catch(() => {});
+        throw e;
+      }
+      await rt?.stop();
+      for (const d of vm.disks) {
+        await rename(join(dir, `${d.name}.img.tmp`), join(dir, `${d.name}.img`));
+        await rm(join(dir, `${d.name}.overlay`), { force: true });
+        await rm(join(dir, `${d.name}.overlay.map`), { force: true });
+      }
+      committed = { ...vm, disks: vm.disks.map((d) => ({ ...d, file: `${d.name}.img` })) };
+      await ctx.hv.save(committed);
+    },
+    async committed(name) {
+      if (original) return forgetOriginal(ctx.hv as LibvirtHypervisor, name);
+      await serveVm(ctx, committed!);
+      if (paused) await ctx.hv.resume!(committed!.name);
+    },
+  };
 }
 
 /** Commit: the failed-over VM gets standalone disks; the other recovery points are discarded. */
 export async function commit(ctx: AgentContext, id: string): Promise<RelationshipView> {
   const rep = replicaOf(ctx, id);
-  const active = rep.record.failover;
-  if (rep.record.state !== 'FailoverWaitingCompletion' || !active) throw new TerminalError('invalid-state', `cannot commit ${rep.record.vm}: no failover is waiting for completion (${rep.record.state})`);
-  const next = rep.next('commit');
-  // A failback onto the original libvirt domain: its own images hold the point already.
-  if (ctx.hv instanceof LibvirtHypervisor && (await findOriginal(ctx.hv, active.vm))) {
-    await rep.discardChain(next);
-    await forgetOriginal(ctx.hv, active.vm);
-    return rep.view(ctx.clock.now());
-  }
-  const rt = ctx.runtimes.get(active.vm);
-  const vm = await ctx.hv.get(active.vm);
-  const dir = ctx.hv.vmDir(active.vm);
-  // A running guest is paused (its I/O drained) while its disks move from overlays to images, and
-  // goes on where it was: its NBD client reconnects to the same exports, now tracked.
-  const paused = rt && vm.power === 'Running' && ctx.hv.pause ? (await ctx.hv.pause(vm.name), true) : false;
-  try {
-    for (const d of vm.disks) {
-      const dev = rt?.devices.get(d.name);
-      if (!dev) throw new TerminalError('invalid-state', `failed-over VM ${active.vm} has no running disk ${d.name}`);
-      await materialize(dev, join(dir, `${d.name}.img.tmp`));
-    }
-  } catch (e) {
-    if (paused) await ctx.hv.resume!(vm.name).catch(() => {});
-    throw e;
-  }
-  await rt?.stop();
-  for (const d of vm.disks) {
-    await rename(join(dir, `${d.name}.img.tmp`), join(dir, `${d.name}.img`));
-    await rm(join(dir, `${d.name}.overlay`), { force: true });
-    await rm(join(dir, `${d.name}.overlay.map`), { force: true });
-  }
-  const committed: VmDefinition = { ...vm, disks: vm.disks.map((d) => ({ ...d, file: `${d.name}.img` })) };
-  await ctx.hv.save(committed);
-  await rep.discardChain(next);
-  await serveVm(ctx, committed);
-  if (paused) await ctx.hv.resume!(committed.name);
+  await rep.commit(hostVms(ctx, rep));
   return rep.view(ctx.clock.now());
 }
 
@@ -196,14 +218,8 @@ export async function commit(ctx: AgentContext, id: string): Promise<Relationshi
 export async function cancel(ctx: AgentContext, id: string): Promise<RelationshipView> {
   const rep = ctx.replicas.get(id);
   if (!rep && !ctx.primaries.has(id)) throw new TerminalError('not-found', `no relationship ${id} on ${ctx.config.name}`);
-  if (rep?.record.state === 'FailoverWaitingCompletion' && rep.record.failover) {
-    const next = rep.next('cancel');
-    // The original libvirt domain goes off again (it stays defined, as before the failback).
-    if (ctx.hv instanceof LibvirtHypervisor && (await findOriginal(ctx.hv, rep.record.failover.vm))) await shutdownDomain(ctx.hv.virsh, rep.record.failover.vm, 0, true);
-    else await dropVm(ctx, rep.record.failover.vm);
-    delete rep.record.failover;
-    rep.record.state = next;
-    await rep.save();
+  if (rep?.waitingFailover) {
+    await rep.cancel(hostVms(ctx, rep));
     return rep.view(ctx.clock.now());
   }
   const p = ctx.primaries.get(id);
@@ -217,26 +233,10 @@ export async function cancel(ctx: AgentContext, id: string): Promise<Relationshi
 /** Reverse replication from this host (which runs the failed-over VM) back to the former primary. */
 export async function reverse(ctx: AgentContext, id: string, req: ReverseRequest): Promise<RelationshipView> {
   const rep = replicaOf(ctx, id);
-  if (rep.record.state === 'FailoverWaitingCompletion') await commit(ctx, id);
-  if (rep.record.state !== 'FailedOver') throw new TerminalError('invalid-state', `cannot reverse ${rep.record.vm}: it is not failed over (${rep.record.state})`);
-  transition(rep.record.state, 'reverse'); // refused here, before anything is created, when illegal
-  const full = req.method === 'full-download';
-  const view = await createRelationship(ctx, {
-    id: req.id,
-    vm: rep.record.vm,
-    replica: req.replica,
-    policy: { ...req.policy, initialReplication: { method: full ? 'network' : 'existing-replica', startAt: 'immediately' } },
-    seedFromVm: rep.record.vm,
-    ...(full && { discardSeed: true }),
-  });
-  ctx.replicas.delete(id);
-  await rep.remove();
-  if (req.start !== false) {
-    const p = primaryOf(ctx, req.id);
-    await p.startInitial();
-    return p.view();
-  }
-  return view;
+  await rep.reverse(hostVms(ctx, rep, { reverse: req }));
+  const p = primaryOf(ctx, req.id);
+  if (req.start !== false) await p.startInitial();
+  return p.view();
 }
 
 /**
@@ -248,7 +248,7 @@ export async function reverse(ctx: AgentContext, id: string, req: ReverseRequest
 export async function failbackFromAzure(ctx: AgentContext, id: string, req: FailbackFromAzureRequest): Promise<FailbackFromAzureResult> {
   const p = primaryOf(ctx, id);
   const link = ctx.linkTo(p.record.replica);
-  if (!(link instanceof AzureBlobLink)) throw new TerminalError('invalid-argument', `relationship ${id} replicates to ${p.record.replica.name}, not to Azure`);
+  if (!link.failback) throw new TerminalError('invalid-argument', `relationship ${id} replicates to ${p.record.replica.name}, not to Azure`);
   const vm = await ctx.hv.get(p.record.vm);
   if (vm.power !== 'Off') throw new TerminalError('invalid-state', `VM ${vm.name} is running on ${ctx.config.name}: shut it down before failing back onto its disks`);
   const method = req.method ?? 'minimize-downtime';
@@ -259,7 +259,7 @@ export async function failbackFromAzure(ctx: AgentContext, id: string, req: Fail
     if (!disk) throw new TerminalError('not-found', `VM ${vm.name} has no disk ${d.id} any more`);
     // Through the running runtime's device when there is one, so nothing it caches goes stale.
     const target = rt?.devices.get(d.id) ?? ctx.hv.diskPath(vm.name, disk);
-    const r = await downloadFromAzure({ link, relationshipId: id, diskId: d.id, snapshot: 'current', target, method, keys: ctx.keys.get(id)! });
+    const r = await link.failback(id, d.id, target, { method, keys: ctx.keys.get(id)! });
     out.bytesDownloaded += r.bytesDownloaded;
     out.diskBytes += r.diskSize;
     out.disks.push({ id: d.id, bytesDownloaded: r.bytesDownloaded, blocksChanged: r.blocksChanged, compare: r.compare });
@@ -276,7 +276,7 @@ export async function failbackFromAzure(ctx: AgentContext, id: string, req: Fail
  */
 export async function replicateToAzure(ctx: AgentContext, id: string): Promise<RelationshipView> {
   const p = primaryOf(ctx, id);
-  if (!(ctx.linkTo(p.record.replica) instanceof AzureBlobLink)) throw new TerminalError('invalid-argument', `relationship ${id} replicates to ${p.record.replica.name}, not to Azure`);
+  if (!ctx.linkTo(p.record.replica).failback) throw new TerminalError('invalid-argument', `relationship ${id} replicates to ${p.record.replica.name}, not to Azure`);
   if (p.state === 'PreparedForPlannedFailover') await p.cancelPrepared();
   if (p.state === 'Critical') await p.resume();
   await p.requestResync();

@@ -3,7 +3,6 @@
 // disk's blob. Logs are verified and decrypted here, on the primary, because Azure stores plain
 // disk data (it encrypts at rest itself); the relationship keys never leave this process.
 import { KeyedMutex } from '../core/async-mutex.ts';
-import { createHash, createHmac } from 'node:crypto';
 import type { ContainerClient } from '@azure/storage-blob';
 import type { BlockDigests } from '../core/replication/block-checksums.ts';
 import { openLog } from '../core/log/log-format.ts';
@@ -12,41 +11,17 @@ import { BLOCK_SIZE, type RelationshipKeys } from '../core/types.ts';
 import { systemClock, type Clock } from '../model/clock.ts';
 import { TerminalError } from '../model/errors.ts';
 import type { Site } from '../model/types.generated.ts';
-import type { CreateReplicaRequest, DiskInfo, RecoveryPointInfo, ReplicaStatus } from '../transport/agent-api.ts';
+import type { CreateReplicaRequest, RecoveryPointInfo, ReplicaStatus } from '../transport/agent-api.ts';
 import { silentLogger, type Logger } from '../transport/logger.ts';
 import { azureContainerFromSite, type AzureRetryOptions } from './credentials.ts';
-import { DiskBlobs, pointFromMetadata, type LiveState, type PointMetadata } from './disk-blobs.ts';
-import { azureCall, isBlobNotFound } from './errors.ts';
+import { DiskBlobs, type LiveState } from './disk-blobs.ts';
+import { azureCall } from './errors.ts';
 import { AzureFailoverState } from './failover-state.ts';
 import { TransferCount } from './page-io.ts';
-import type { ReplicaLink } from '../core/replication/ports.ts';
-
-/** `<relationshipId>/relationship.json`: what the replica side knows, keys excepted. */
-export interface AzureReplicaRecord {
-  id: string;
-  vm: string;
-  disks: DiskInfo[];
-  /** Identifies the keys the sums are computed with, without revealing them. */
-  keyFingerprint: string;
-  retention: CreateReplicaRequest['retention'];
-  /** Sequence of the latest complete point (every disk snapshotted); 0 before the initial copy. */
-  applied: number;
-  createdAt: string;
-  /** The primary host that created it (the Azure site reports it as the relationship's peer). */
-  primary?: string;
-}
-
-/** A retained recovery point of one disk: its two snapshots. */
-export interface DiskPoint {
-  readonly point: PointMetadata;
-  /** Snapshot id of the VHD blob. */
-  readonly disk: string;
-  /** Snapshot id of the digest blob. */
-  readonly sums: string;
-}
-
-/** Snapshots by sequence, then by disk id. */
-type SnapshotIndex = Map<number, Map<string, { point: PointMetadata; disk?: string; sums?: string }>>;
+import type { FailbackOptions, FailbackResult, ReplicaLink } from '../core/replication/ports.ts';
+import type { BlockDevice } from '../model/block-device.ts';
+import { failbackFromAzure } from './failback.ts';
+import { completePoints, diskPointsOf, diskUuid, keyFingerprint, readRecord, requireRecord, saveRecord, snapshotIndex, type AzureReplicaRecord, type DiskPoint, type SnapshotIndex } from './replica-index.ts';
 
 export interface AzureBlobLinkOptions {
   readonly container: ContainerClient;
@@ -58,15 +33,6 @@ export interface AzureBlobLinkOptions {
   readonly log?: Logger;
   /** Name reported as the relationship's primary in status. @default "" */
   readonly primary?: string;
-}
-
-export function keyFingerprint(keys: RelationshipKeys): string {
-  return createHmac('sha256', keys.macKey).update('drsite azure key fingerprint').update(createHash('sha256').update(keys.encryptionKey).digest()).digest('hex').slice(0, 32);
-}
-
-/** The relationship's VHD blobs' unique ids stay the same whoever creates them. */
-function diskUuid(relationshipId: string, diskId: string): string {
-  return createHash('sha256').update(`${relationshipId}\0${diskId}`).digest('hex').slice(0, 32);
 }
 
 export class AzureBlobLink implements ReplicaLink {
@@ -117,82 +83,23 @@ export class AzureBlobLink implements ReplicaLink {
     return `${u.toString().replace(/\/$/, '')}/${id}`;
   }
 
-  async record(id: string): Promise<AzureReplicaRecord> {
-    const rec = await this.#readRecord(id);
-    if (!rec) throw new TerminalError('not-found', `no replica of relationship ${id} in container ${this.container.containerName}`);
-    return rec;
-  }
-
-  async #readRecord(id: string): Promise<AzureReplicaRecord | undefined> {
-    const blob = this.container.getBlobClient(`${id}/relationship.json`);
-    let body: Buffer;
-    try {
-      body = await azureCall(`${this.container.containerName}/${blob.name}`, () => blob.downloadToBuffer());
-    } catch (e) {
-      if (isBlobNotFound(e)) return undefined;
-      throw e;
-    }
-    this.count.downloaded += body.length;
-    return JSON.parse(body.toString('utf8')) as AzureReplicaRecord;
-  }
-
-  async #saveRecord(rec: AzureReplicaRecord): Promise<void> {
-    const body = Buffer.from(JSON.stringify(rec, null, 2));
-    const blob = this.container.getBlockBlobClient(`${rec.id}/relationship.json`);
-    await azureCall(`${this.container.containerName}/${blob.name}`, () => blob.upload(body, body.length, { blobHTTPHeaders: { blobContentType: 'application/json' } }));
-    this.count.uploaded += body.length;
-  }
-
-  /** Every disk's snapshots grouped by sequence (complete points and leftovers of a crashed apply). */
-  async #snapshots(id: string): Promise<SnapshotIndex> {
-    const out: SnapshotIndex = new Map();
-    await azureCall(`${this.container.containerName}/${id}/`, async () => {
-      for await (const b of this.container.listBlobsFlat({ prefix: `${id}/`, includeSnapshots: true, includeMetadata: true })) {
-        if (!b.snapshot) continue;
-        const m = /^.*\/(.+)\.(vhd|sums)$/.exec(b.name);
-        const point = pointFromMetadata(b.metadata);
-        if (!m || !point) continue;
-        let bySeq = out.get(point.sequence);
-        if (!bySeq) out.set(point.sequence, (bySeq = new Map()));
-        const entry = bySeq.get(m[1]) ?? { point };
-        if (m[2] === 'vhd') entry.disk = b.snapshot;
-        else entry.sums = b.snapshot;
-        bySeq.set(m[1], entry);
-      }
-    });
-    return out;
+  record(id: string): Promise<AzureReplicaRecord> {
+    return requireRecord(this.container, id, this.count);
   }
 
   /** The retained, complete recovery points of one disk, oldest first. */
   async diskPoints(id: string, diskId: string): Promise<DiskPoint[]> {
-    const rec = await this.record(id);
-    return this.#diskPoints(rec, await this.#snapshots(id), diskId);
-  }
-
-  #diskPoints(rec: AzureReplicaRecord, snaps: SnapshotIndex, diskId: string): DiskPoint[] {
-    return this.#completePoints(rec, snaps).map((p) => {
-      const e = snaps.get(p.sequence)!.get(diskId)!;
-      return { point: e.point, disk: e.disk!, sums: e.sums! };
-    });
-  }
-
-  #completePoints(rec: AzureReplicaRecord, snaps: SnapshotIndex): PointMetadata[] {
-    const out: PointMetadata[] = [];
-    for (const [seq, disks] of [...snaps].sort((a, b) => a[0] - b[0])) {
-      if (seq > rec.applied) continue;
-      if (rec.disks.every((d) => disks.get(d.id)?.disk && disks.get(d.id)?.sums)) out.push(disks.get(rec.disks[0].id)!.point);
-    }
-    return out;
+    return diskPointsOf(await this.record(id), await snapshotIndex(this.container, id), diskId);
   }
 
   async #status(rec: AzureReplicaRecord, snaps?: SnapshotIndex): Promise<ReplicaStatus> {
-    snaps ??= await this.#snapshots(rec.id);
+    snaps ??= await snapshotIndex(this.container, rec.id);
     const received: Record<string, number[]> = {};
     for (const d of rec.disks) {
       const live = await this.diskBlobsFor(rec, d.id).live();
       if (live.written && live.written.sequence > rec.applied && !live.writing) received[d.id] = [live.written.sequence];
     }
-    const points: RecoveryPointInfo[] = this.#completePoints(rec, snaps).map((p) => ({
+    const points: RecoveryPointInfo[] = completePoints(rec, snaps).map((p) => ({
       sequence: p.sequence,
       time: new Date(p.cutTime).toISOString(),
       consistency: p.consistency,
@@ -221,7 +128,7 @@ export class AzureBlobLink implements ReplicaLink {
       if (keys.encryptionKey.length !== 32 || keys.macKey.length !== 32) throw new TerminalError('invalid-argument', `relationship ${req.id}: keys must be 32 bytes each`);
       checkRetention(req.retention);
       const fingerprint = keyFingerprint(keys);
-      const existing = await this.#readRecord(req.id);
+      const existing = await readRecord(this.container, req.id, this.count);
       if (existing) {
         if (existing.keyFingerprint !== fingerprint) {
           throw new TerminalError('invalid-state', `relationship ${req.id} already exists in container ${this.container.containerName} with other keys`);
@@ -244,7 +151,7 @@ export class AzureBlobLink implements ReplicaLink {
         await this.diskBlobsFor(rec, d.id).create(d.size, { uuid: diskUuid(rec.id, d.id), timestamp: this.#clock.now() });
       }
       // The record goes last: until it exists the relationship does not, and a retry re-creates.
-      await this.#saveRecord(rec);
+      await saveRecord(this.container, rec, this.count);
       this.#log.info('Azure replica created', { relationship: rec.id, container: this.container.containerName, disks: rec.disks.length });
       return this.#status(rec, new Map());
     });
@@ -290,7 +197,7 @@ export class AzureBlobLink implements ReplicaLink {
 
   /** Puts a disk's live blobs back to the applied point, dropping whatever was written since. */
   async #rollback(rec: AzureReplicaRecord, blobs: DiskBlobs, live: LiveState, snaps?: SnapshotIndex): Promise<LiveState> {
-    const base = this.#diskPoints(rec, snaps ?? (await this.#snapshots(rec.id)), blobs.diskId).find((p) => p.point.sequence === rec.applied);
+    const base = diskPointsOf(rec, snaps ?? (await snapshotIndex(this.container, rec.id)), blobs.diskId).find((p) => p.point.sequence === rec.applied);
     this.#log.warn('Azure replica: dropping writes not applied', { relationship: rec.id, disk: blobs.diskId, abandoned: live.writing?.sequence ?? live.written?.sequence, to: rec.applied });
     await blobs.rollback(base, live);
     return blobs.live();
@@ -301,7 +208,7 @@ export class AzureBlobLink implements ReplicaLink {
     return this.#serial(id, async () => {
       const rec = await this.record(id);
       await this.failoverState.assertNotFailedOver(id);
-      const snaps = await this.#snapshots(id);
+      const snaps = await snapshotIndex(this.container, id);
       for (const d of rec.disks) {
         const blobs = this.diskBlobsFor(rec, d.id);
         const live = await blobs.live();
@@ -326,7 +233,7 @@ export class AzureBlobLink implements ReplicaLink {
         return this.#status(rec);
       }
       const point = first;
-      const snaps = await this.#snapshots(id);
+      const snaps = await snapshotIndex(this.container, id);
       // Idempotent after a crash mid-apply: disks already snapshotted for this sequence are skipped.
       const done = snaps.get(point.sequence);
       for (const l of lives) {
@@ -336,15 +243,15 @@ export class AzureBlobLink implements ReplicaLink {
       }
       rec.applied = point.sequence;
       rec.disks = rec.disks.map((d, i) => ({ id: d.id, size: Math.max(d.size, lives[i].live.diskSize) }));
-      await this.#saveRecord(rec);
+      await saveRecord(this.container, rec, this.count);
       return this.#status(rec, await this.#prune(rec));
     });
   }
 
   /** Deletes the snapshots of points the retention no longer keeps; returns what is left. */
   async #prune(rec: AzureReplicaRecord): Promise<SnapshotIndex> {
-    const snaps = await this.#snapshots(rec.id);
-    const points: RecoveryPoint[] = this.#completePoints(rec, snaps).map((p) => ({ sequence: p.sequence, time: p.cutTime, consistency: p.consistency, cutId: p.cutId }));
+    const snaps = await snapshotIndex(this.container, rec.id);
+    const points: RecoveryPoint[] = completePoints(rec, snaps).map((p) => ({ sequence: p.sequence, time: p.cutTime, consistency: p.consistency, cutId: p.cutId }));
     const keep = selectRetained(points, rec.retention, this.#clock.now());
     // A test failover's point stays until its cleanup: its Terraform imports those snapshots
     // whenever the operator applies it, possibly long after retention would have moved on.
@@ -370,7 +277,7 @@ export class AzureBlobLink implements ReplicaLink {
       const disk = rec.disks.find((d) => d.id === diskId);
       if (!disk) throw new TerminalError('not-found', `relationship ${id} has no disk ${diskId}`);
       const blobs = this.diskBlobsFor(rec, diskId);
-      const latest = this.#diskPoints(rec, await this.#snapshots(id), diskId).at(-1);
+      const latest = diskPointsOf(rec, await snapshotIndex(this.container, id), diskId).at(-1);
       if (!latest) {
         const digests = Buffer.alloc(Math.ceil(disk.size / BLOCK_SIZE) * 32);
         for (let b = 0; b * BLOCK_SIZE < disk.size; b++) blobs.zeroDigest(Math.min(BLOCK_SIZE, disk.size - b * BLOCK_SIZE)).copy(digests, b * 32);
@@ -385,9 +292,14 @@ export class AzureBlobLink implements ReplicaLink {
       checkRetention(retention);
       const rec = await this.record(id);
       rec.retention = retention;
-      await this.#saveRecord(rec);
+      await saveRecord(this.container, rec, this.count);
       await this.#prune(rec);
     });
+  }
+
+  /** Failback from Azure: one disk's live blob (what the failed-over VM wrote) onto a local target. */
+  failback(id: string, diskId: string, target: BlockDevice | string, opts: FailbackOptions): Promise<FailbackResult> {
+    return failbackFromAzure({ link: this, relationshipId: id, diskId, snapshot: 'current', target, method: opts.method, keys: opts.keys });
   }
 
   /** Deletes every blob of the relationship with its snapshots; nothing to delete is not an error. */

@@ -8,7 +8,7 @@ import { DIGEST_BYTES, type BlockDigests } from '../core/replication/block-check
 import { BLOCK_SIZE, type Extent } from '../core/types.ts';
 import { VHD_FOOTER_BYTES, vhdFooter } from '../core/disk/vhd.ts';
 import { azureCall, isBlobNotFound } from './errors.ts';
-import { MAX_PUT_PAGE, PAGE, TransferCount, clearPages, readRange, writeBytes, writePages, writtenRanges, type ByteRange } from './page-io.ts';
+import { MAX_PUT_PAGE, PAGE, TransferCount, clearPages, mergeRanges, pageAligned, readRange, restoreRanges, roundUp, writeBytes, writePages, writtenRanges, type ByteRange } from './page-io.ts';
 
 /** Sums entries per 512-byte page of the sums blob. */
 const ENTRIES_PER_PAGE = PAGE / DIGEST_BYTES;
@@ -19,10 +19,6 @@ export function diskBlobName(relationshipId: string, diskId: string): string {
 }
 export function sumsBlobName(relationshipId: string, diskId: string): string {
   return `${relationshipId}/${diskId}.sums`;
-}
-
-export function roundUp(n: number, to: number): number {
-  return Math.ceil(n / to) * to;
 }
 
 /** Blob size for a disk of `diskSize` bytes: the data rounded to whole pages, then the footer. */
@@ -386,39 +382,4 @@ interface Intent {
   sequence: number;
   cutId: string;
   ranges: ByteRange[];
-}
-
-/** Sorted, overlapping and touching ranges merged. */
-export function mergeRanges(ranges: readonly ByteRange[]): ByteRange[] {
-  const sorted = [...ranges].filter((r) => r.length > 0).sort((a, b) => a.offset - b.offset);
-  const out: ByteRange[] = [];
-  for (const r of sorted) {
-    const last = out.at(-1);
-    if (last && last.offset + last.length >= r.offset) out[out.length - 1] = { offset: last.offset, length: Math.max(last.offset + last.length, r.offset + r.length) - last.offset };
-    else out.push({ offset: r.offset, length: r.length });
-  }
-  return out;
-}
-
-function pageAligned(ranges: readonly ByteRange[], limit: number): ByteRange[] {
-  return mergeRanges(ranges.map((r) => {
-    const s = Math.floor(r.offset / PAGE) * PAGE;
-    const e = Math.min(roundUp(r.offset + r.length, PAGE), limit);
-    return { offset: s, length: Math.max(0, e - s) };
-  }));
-}
-
-/** Makes page-aligned ranges of `blob` equal to `snapshot` (or zeroes when there is none). */
-async function restoreRanges(blob: PageBlobClient, snapshot: string | undefined, ranges: readonly ByteRange[], count: TransferCount): Promise<void> {
-  const src = snapshot ? blob.withSnapshot(snapshot) : undefined;
-  for (const r of ranges) {
-    await clearPages(blob, r.offset, r.length);
-    if (!src) continue;
-    for (const w of await writtenRanges(src, r.offset, r.length)) {
-      for (let at = w.offset; at < w.offset + w.length; at += MAX_PUT_PAGE) {
-        const n = Math.min(MAX_PUT_PAGE, w.offset + w.length - at);
-        await writePages(blob, at, await readRange(src, at, n, count), count);
-      }
-    }
-  }
 }

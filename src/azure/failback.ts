@@ -8,10 +8,11 @@ import { RawDisk } from '../core/disk/disk.ts';
 import { BLOCK_SIZE } from '../core/types.ts';
 import type { BlockDevice } from '../model/block-device.ts';
 import { TerminalError } from '../model/errors.ts';
-import { AzureBlobLink } from './blob-link.ts';
-import { DiskBlobs, roundUp } from './disk-blobs.ts';
+import type { AzureBlobLink } from './blob-link.ts';
+import { DiskBlobs } from './disk-blobs.ts';
+import { diskPointsOf, requireRecord, snapshotIndex } from './replica-index.ts';
 import { azureCall } from './errors.ts';
-import { MAX_PUT_PAGE, TransferCount, readRange, writtenRanges } from './page-io.ts';
+import { MAX_PUT_PAGE, TransferCount, readRange, roundUp, writtenRanges } from './page-io.ts';
 
 export interface AzureFailbackOptions {
   /** The relationship's link; or `container` plus `keys`. */
@@ -48,13 +49,15 @@ export interface AzureFailbackResult {
 }
 
 export async function failbackFromAzure(opts: AzureFailbackOptions): Promise<AzureFailbackResult> {
-  const link = opts.link ?? linkFor(opts);
   const id = opts.relationshipId;
-  const macKey = opts.keys?.macKey ?? link.keysFor(id).macKey;
-  const rec = await link.record(id);
+  const container = opts.link?.container ?? opts.container;
+  // Only the MAC key is used on this path: nothing is decrypted.
+  const macKey = opts.keys?.macKey ?? opts.link?.keysFor(id).macKey;
+  if (!container || !macKey) throw new TerminalError('invalid-argument', 'failback from Azure needs a link, or a container and the relationship MAC key');
+  const rec = opts.link ? await opts.link.record(id) : await requireRecord(container, id);
   if (!rec.disks.some((d) => d.id === opts.diskId)) throw new TerminalError('not-found', `relationship ${id} has no disk ${opts.diskId}`);
   const count = new TransferCount();
-  const blobs = new DiskBlobs(link.container, id, opts.diskId, macKey, count);
+  const blobs = new DiskBlobs(container, id, opts.diskId, macKey, count);
   const which = opts.snapshot ?? 'current';
 
   let diskSnap: string;
@@ -73,7 +76,7 @@ export async function failbackFromAzure(opts: AzureFailbackOptions): Promise<Azu
     // A write between the freshness check and the snapshots makes the sums unreliable for this pass.
     if ((await blobs.live()).etag !== before.etag) sumsFresh = false;
   } else {
-    const points = await link.diskPoints(id, opts.diskId);
+    const points = diskPointsOf(rec, await snapshotIndex(container, id), opts.diskId);
     const p = which === 'latest' ? points.at(-1) : points.find((x) => x.point.sequence === which);
     if (!p) throw new TerminalError('not-found', `relationship ${id} has no recovery point ${which} of disk ${opts.diskId} (kept: ${points.map((x) => x.point.sequence).join(', ') || 'none'})`);
     ({ disk: diskSnap, sums: sumsSnap } = p);
@@ -98,12 +101,6 @@ export async function failbackFromAzure(opts: AzureFailbackOptions): Promise<Azu
       await azureCall(blobs.sums.name, () => blobs.sums.withSnapshot(sumsSnap).deleteIfExists()).catch(() => {});
     }
   }
-}
-
-function linkFor(opts: AzureFailbackOptions): AzureBlobLink {
-  if (!opts.container || !opts.keys) throw new TerminalError('invalid-argument', 'failback from Azure needs a link, or a container and the relationship MAC key');
-  // Only the MAC key is used on this path: nothing is decrypted.
-  return new AzureBlobLink({ container: opts.container, keys: { encryptionKey: Buffer.alloc(32), macKey: opts.keys.macKey } });
 }
 
 async function openTarget(target: BlockDevice | string, diskSize: number): Promise<{ device: BlockDevice; close: () => Promise<void> }> {

@@ -1,6 +1,6 @@
 // The failover state of an Azure replica, kept beside its record in the container: a failover to
-// Azure in `<id>/failover.json`, a test failover in `<id>/test-failover.json`. The Azure site
-// (src/sites/azure-site.ts) writes them when it synthesises the failover Terraform; the link reads
+// Azure in `<id>/failover.json`, a test failover in `<id>/test-failover.json`. The Azure replica
+// side (src/azure/failover.ts) writes them when it synthesises the failover Terraform; the link reads
 // the first before every change, because once a VM has failed over to Azure its replica blobs are
 // what failback downloads, and a primary that comes back must not overwrite them.
 import type { ContainerClient } from '@azure/storage-blob';

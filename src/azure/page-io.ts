@@ -1,6 +1,7 @@
 // Page blob I/O under Azure's rules: writes in 512-byte pages of at most 4 MiB per call (a few in
 // flight), clears as metadata, reads and page-range listings that count every byte downloaded,
-// since "how much crossed the wire" is what failback is judged on.
+// since "how much crossed the wire" is what failback is judged on; and ranges of a blob put back
+// from one of its snapshots (a rollback costs the size of what is undone, not of the disk).
 import type { BlobClient, PageBlobClient } from '@azure/storage-blob';
 import { azureCall } from './errors.ts';
 
@@ -126,4 +127,44 @@ export async function writeBytes(blob: PageBlobClient, offset: number, length: n
   if (end - PAGE > start) (await readRange(blob, end - PAGE, PAGE, count)).copy(buf, end - PAGE - start);
   data.copy(buf, offset - start);
   await writePages(blob, start, buf, count);
+}
+
+export function roundUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
+
+/** Sorted, overlapping and touching ranges merged. */
+export function mergeRanges(ranges: readonly ByteRange[]): ByteRange[] {
+  const sorted = [...ranges].filter((r) => r.length > 0).sort((a, b) => a.offset - b.offset);
+  const out: ByteRange[] = [];
+  for (const r of sorted) {
+    const last = out.at(-1);
+    if (last && last.offset + last.length >= r.offset) out[out.length - 1] = { offset: last.offset, length: Math.max(last.offset + last.length, r.offset + r.length) - last.offset };
+    else out.push({ offset: r.offset, length: r.length });
+  }
+  return out;
+}
+
+/** Ranges widened to whole pages (not past `limit`), merged. */
+export function pageAligned(ranges: readonly ByteRange[], limit: number): ByteRange[] {
+  return mergeRanges(ranges.map((r) => {
+    const s = Math.floor(r.offset / PAGE) * PAGE;
+    const e = Math.min(roundUp(r.offset + r.length, PAGE), limit);
+    return { offset: s, length: Math.max(0, e - s) };
+  }));
+}
+
+/** Makes page-aligned ranges of `blob` equal to `snapshot` (or zeroes when there is none). */
+export async function restoreRanges(blob: PageBlobClient, snapshot: string | undefined, ranges: readonly ByteRange[], count: TransferCount): Promise<void> {
+  const src = snapshot ? blob.withSnapshot(snapshot) : undefined;
+  for (const r of ranges) {
+    await clearPages(blob, r.offset, r.length);
+    if (!src) continue;
+    for (const w of await writtenRanges(src, r.offset, r.length)) {
+      for (let at = w.offset; at < w.offset + w.length; at += MAX_PUT_PAGE) {
+        const n = Math.min(MAX_PUT_PAGE, w.offset + w.length - at);
+        await writePages(blob, at, await readRange(src, at, n, count), count);
+      }
+    }
+  }
 }

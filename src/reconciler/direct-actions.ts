@@ -7,6 +7,7 @@ import { failoverCalls, finish, startJob, type ExecContext, type VmStep } from '
 import { runJournaledCalls } from './journal.ts';
 import { relationshipId } from './relationship-ids.ts';
 import { setStatusFields } from './status-fields.ts';
+import { inGroup } from '../core/replication/replication-state.ts';
 
 export type DirectVerb = 'reverse' | 'resync' | 'pause' | 'resume';
 
@@ -28,7 +29,7 @@ export async function runDirectAction(ctx: ExecContext, verb: DirectVerb, name: 
     if (verb === 'resync') {
       await runJournaledCalls(vault, job.id, [{ name: 'resync', site: sites.get(cur.primarySite), run: (s) => s.resync(cur.id), done: async () => false }]);
     } else {
-      if (rel.state !== 'FailedOver' && rel.state !== 'FailoverWaitingCompletion') {
+      if (!inGroup(rel.state, 'failedOver')) {
         throw new TerminalError('invalid-state', `${name} is ${rel.state}: reverse replication follows a failover`);
       }
       const policy = desired.policies.find((p) => p.metadata.name === pvm.spec.policy);

@@ -14,6 +14,7 @@ import type { Observation } from './observe-sites.ts';
 import type { FailoverActionType, PlannedAction } from './plan-types.ts';
 import { extendedRelationshipId, relationshipId } from './relationship-ids.ts';
 import { setStatusFields } from './status-fields.ts';
+import { inGroup } from '../core/replication/replication-state.ts';
 
 export interface ExecContext {
   desired: DesiredState;
@@ -47,8 +48,6 @@ export const JOB_TYPE: Record<PlannedAction['type'], JobType> = {
   'reverse-replication': 'ReverseReplication',
   failback: 'PlannedFailover',
 };
-
-const FAILED_OVER: ReadonlySet<string> = new Set(['FailoverWaitingCompletion', 'FailedOver']);
 
 async function views(site: Site, id: string): Promise<RelationshipView[]> {
   return (await site.relationships()).filter((v) => v.id === id);
@@ -279,7 +278,7 @@ export function failoverCalls(sites: SiteSet, s: VmStep, jobId?: string): SiteCa
     name: 'failover',
     site,
     run: (x) => x.failover(id, { recoveryPoint: point, ...(s.adapters && { adapters: s.adapters }), ...(site.kind === 'azure' && { kind: s.type === 'unplanned-failover' ? 'unplanned' : 'planned', ...(jobId && { job: jobId }) }) }),
-    done: async () => FAILED_OVER.has((await stateOn(site, 'Replica')) ?? ''),
+    done: async () => inGroup(await stateOn(site, 'Replica'), 'failedOver'),
   });
   const commit = (site: Site): SiteCall => ({
     name: 'commit',
@@ -317,7 +316,7 @@ export function failoverCalls(sites: SiteSet, s: VmStep, jobId?: string): SiteCa
       return [commit(on(s.site))];
     case 'cancel-failover': {
       const site = on(s.site);
-      return [{ name: 'cancel', site, run: (x) => x.cancel(id), done: async () => !FAILED_OVER.has((await stateOn(site, 'Replica')) ?? '') }];
+      return [{ name: 'cancel', site, run: (x) => x.cancel(id), done: async () => !inGroup(await stateOn(site, 'Replica'), 'failedOver') }];
     }
     case 'reverse-replication': {
       const from = on(s.from);
@@ -353,13 +352,13 @@ function failbackFromAzureCalls(
       site: home,
       run: (x) => x.failbackFromAzure(id, { method: s.method ?? 'minimize-downtime' }),
       // Downloading again is safe (minimize-downtime compares first), so after a crash it just runs again.
-      done: async () => !FAILED_OVER.has((await h.stateOn(azure, 'Replica')) ?? ''),
+      done: async () => !inGroup(await h.stateOn(azure, 'Replica'), 'failedOver'),
     },
     {
       name: 'end-azure-failover',
       site: azure,
       run: (x) => x.endFailover(id),
-      done: async () => !FAILED_OVER.has((await h.stateOn(azure, 'Replica')) ?? ''),
+      done: async () => !inGroup(await h.stateOn(azure, 'Replica'), 'failedOver'),
     },
     {
       name: 'replicate-to-azure',

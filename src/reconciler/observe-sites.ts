@@ -17,6 +17,7 @@ import type { Vault } from '../vault/vault.ts';
 import { RELATIONSHIP_FIELD, observeRecoveryPlans } from './observe-vault.ts';
 import { parseExtendedId, parseRelationshipId } from './relationship-ids.ts';
 import { getIdentity } from './status-fields.ts';
+import { inGroup } from '../core/replication/replication-state.ts';
 
 /** Where the current relationship of a ProtectedVM lives: what the executor needs to act on it. */
 export interface CurrentRelationship {
@@ -35,11 +36,8 @@ export interface Observation {
   current: ReadonlyMap<string, CurrentRelationship>;
 }
 
-const FAILED_OVER: ReadonlySet<string> = new Set(['FailoverWaitingCompletion', 'FailedOver']);
 const asState = (s: string | undefined): ReplicationState =>
   (REPLICATION_STATES as readonly string[]).includes(s ?? '') ? (s as ReplicationState) : 'Critical';
-/** States in which the initial copy's progress means something (not after it, e.g. when failed over). */
-const INITIAL_STATES: ReadonlySet<ReplicationState> = new Set(['ReadyForInitialReplication', 'InitialReplicationInProgress', 'WaitingForInitialReplicationImport']);
 const HEALTH_RANK: Record<Health, number> = { Normal: 0, Warning: 1, Critical: 2 };
 
 export async function observeSites(desired: DesiredState, sites: SiteSet, vault: Vault, now: Date): Promise<Observation> {
@@ -136,7 +134,7 @@ function toObserved(
   const any = (p ?? r)!;
   let state = asState(p?.state ?? r?.state);
   let direction = { primary: primarySite, replica: replicaSite };
-  if (r && FAILED_OVER.has(r.state)) {
+  if (r && inGroup(r.state, 'failedOver')) {
     state = asState(r.state);
     direction = { primary: replicaSite, replica: primarySite };
   }
@@ -174,7 +172,7 @@ function toObserved(
     ...(point?.lastReplicationTime !== undefined && { lastReplicationTime: point.lastReplicationTime }),
     ...(point?.lagSeconds !== undefined && { lagSeconds: point.lagSeconds }),
     pendingBytes: p?.pendingBytes ?? 0,
-    ...(initial && INITIAL_STATES.has(state) && {
+    ...(initial && inGroup(state, 'initial') && {
       initialReplication: { method: initial.method as InitialReplicationProgress['method'], bytesDone: initial.bytesDone, bytesTotal: initial.bytesTotal },
     }),
     recoveryPoints: r?.recoveryPoints ?? 0,

@@ -7,10 +7,11 @@
 // group ordering is never half-honoured. The level-triggered loop reports it again every pass until
 // the state or the declaration changes.
 import type { DesiredState, FailoverRequest, ProtectedVM, RecoveryPlan } from '../model/desired.ts';
-import type { ObservedRelationship, ObservedState, ReplicationState } from '../model/observed.ts';
+import type { ObservedRelationship, ObservedState } from '../model/observed.ts';
 import { lookup } from '../model/observed.ts';
 import type { PlanBuilder } from './plan-builder.ts';
 import type { ActionDetails, FailoverActionType, FailoverOrigin, Target } from './plan-types.ts';
+import { inGroup } from '../core/replication/replication-state.ts';
 
 /** One planned step for one VM, before ids and dependencies are assigned. */
 type Step = {
@@ -19,10 +20,6 @@ type Step = {
 
 /** Test failover and its cleanup leave production alone; every other failover action does not. */
 const NON_DESTRUCTIVE: ReadonlySet<FailoverActionType> = new Set(['test-failover', 'cleanup-test-failover']);
-
-const TESTABLE: ReadonlySet<ReplicationState> = new Set(['Replicating', 'Suspended', 'ResynchronizationRequired', 'Resynchronizing']);
-/** Unplanned failover is for a lost primary, so a Critical relationship may still fail over. */
-const UNPLANNED_FROM: ReadonlySet<ReplicationState> = new Set([...TESTABLE, 'Critical']);
 
 interface Env {
   observed: ObservedState;
@@ -158,7 +155,7 @@ function stepsFor(env: Env, f: FailoverRequest, rel: ObservedRelationship): Step
         if (rel.testFailover !== 'active') return [];
         return needUp(dst) ?? [{ type: 'cleanup-test-failover', reason: `remove test VM(s) ${rel.testVms.join(', ')} on ${dst}`, details: { site: dst, testVms: [...rel.testVms] } }];
       }
-      if (!TESTABLE.has(rel.state)) return `${rel.name} is ${rel.state}: test failover needs a replicating relationship`;
+      if (!inGroup(rel.state, 'steady', 'resync')) return `${rel.name} is ${rel.state}: test failover needs a replicating relationship`;
       if (rel.testFailover === 'active') return `${rel.name} already has an active test failover (${rel.testVms.join(', ')}): clean it up first (cleanupTest: true)`;
       if (rel.recoveryPoints === 0) return `${rel.name} has no recovery point yet`;
       const testNetwork = env.testNetworks.get(`${src}\0${dst}`) ?? null;
@@ -179,7 +176,8 @@ function stepsFor(env: Env, f: FailoverRequest, rel: ObservedRelationship): Step
       return needUp(src, dst) ?? steps;
     }
     case 'unplanned': {
-      if (!UNPLANNED_FROM.has(rel.state)) return `${rel.name} is ${rel.state}: unplanned failover needs a replicating relationship`;
+      // Unplanned failover is for a lost primary, so a Critical relationship may still fail over.
+      if (!inGroup(rel.state, 'steady', 'resync', 'critical')) return `${rel.name} is ${rel.state}: unplanned failover needs a replicating relationship`;
       if (rel.recoveryPoints === 0) return `${rel.name} has no recovery point yet`;
       const steps: Step[] = [{ type: 'unplanned-failover', reason: `start ${rel.vm} on ${dst} from the ${point} recovery point (changes since it are lost)`, details: { from: src, to: dst, recoveryPoint: point } }];
       if (f.commit) steps.push({ type: 'commit-failover', reason: `commit on ${dst} (commit: true)`, details: { site: dst } });

@@ -6,18 +6,16 @@
 // resync, disk set, storage, extended replication); (3) recovery-plan failovers, by plan name,
 // groups in declared order (plan-failover.ts). Every index is a Map, so a pass is O(n log n).
 import type { DesiredState, ProtectedVM, ResolvedPolicySpec, ResolvedReplicationPolicy } from '../model/desired.ts';
-import type { AppliedPolicy, ObservedRelationship, ObservedState, ReplicationState } from '../model/observed.ts';
+import type { AppliedPolicy, ObservedRelationship, ObservedState } from '../model/observed.ts';
 import { lookup } from '../model/observed.ts';
 import { TerminalError } from '../model/errors.ts';
 import { canonicalJson } from '../vault/canonical-json.ts';
 import { PlanBuilder } from './plan-builder.ts';
 import { planFailovers } from './plan-failover.ts';
 import type { Plan, PlanWarning, PolicyFieldChange, Target } from './plan-types.ts';
+import { inGroup } from '../core/replication/replication-state.ts';
 
 export type * from './plan-types.ts';
-
-/** States in which the VM belongs to a failover in progress: protection changes would fight it. */
-export const FAILOVER_STATES: ReadonlySet<ReplicationState> = new Set(['PreparedForPlannedFailover', 'FailoverWaitingCompletion', 'FailedOver']);
 
 export function plan(desired: DesiredState, observed: ObservedState): Plan {
   const now = Date.parse(observed.observedAt);
@@ -115,7 +113,7 @@ function planProtection(ctx: Ctx, pvm: ProtectedVM): void {
   if (rel.vm !== spec.vm || rel.primary !== spec.primary || rel.replica !== spec.replica) {
     const was = `${rel.vm} ${rel.primary} -> ${rel.replica}`;
     const now = `${spec.vm} ${spec.primary} -> ${spec.replica}`;
-    if (FAILOVER_STATES.has(rel.state)) {
+    if (inGroup(rel.state, 'failover')) {
       b.warn('failover-state', target, `declaration changed (${was} to ${now}) but the relationship is ${rel.state}: replacement waits until the failover is resolved`);
       return;
     }
@@ -138,7 +136,7 @@ function planProtection(ctx: Ctx, pvm: ProtectedVM): void {
     return;
   }
 
-  if (FAILOVER_STATES.has(rel.state)) {
+  if (inGroup(rel.state, 'failover')) {
     const next = rel.state === 'FailedOver'
       ? `declare a recovery plan failover of type failback to return to ${rel.primary}`
       : rel.state === 'FailoverWaitingCompletion'

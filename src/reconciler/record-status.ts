@@ -9,8 +9,7 @@ import { finish } from './executor.ts';
 import type { Observation } from './observe-sites.ts';
 import type { Plan } from './plan-types.ts';
 import { RELATIONSHIP_FIELD, setStatusFields } from './status-fields.ts';
-
-const PROTECTED_STATES = new Set(['Replicating', 'Resynchronizing', 'ResynchronizationRequired', 'Suspended', 'PreparedForPlannedFailover', 'FailoverWaitingCompletion', 'FailedOver']);
+import { inGroup } from '../core/replication/replication-state.ts';
 
 export function recordObservation(vault: Vault, desired: DesiredState, obs: Observation): void {
   const now = Date.parse(obs.observed.observedAt);
@@ -28,7 +27,7 @@ export function recordObservation(vault: Vault, desired: DesiredState, obs: Obse
       const before = vault.getStatus('ProtectedVM', name)?.fields[RELATIONSHIP_FIELD] as ObservedRelationship | null | undefined;
       if (rel) recordHealthEvents(vault, name, before ?? undefined, rel);
       setStatusFields(vault, name, { [RELATIONSHIP_FIELD]: rel ?? null, ...(rel && { relationshipId: obs.current.get(name)?.id ?? null }) }, generation);
-      const everSynced = rel !== undefined && (rel.recoveryPoints > 0 || rel.state === 'Replicating') && PROTECTED_STATES.has(rel.state);
+      const everSynced = rel !== undefined && (rel.recoveryPoints > 0 || rel.state === 'Replicating') && inGroup(rel.state, 'steady', 'resync', 'failover');
       vault.setCondition('ProtectedVM', name, {
         type: 'Protected',
         status: everSynced ? 'True' : 'False',

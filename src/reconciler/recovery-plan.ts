@@ -20,6 +20,7 @@ import type { FailoverActionType, PlannedAction } from './plan-types.ts';
 import { relationshipId } from './relationship-ids.ts';
 import { resumeScript, runScript, type ScriptResult } from './script-action.ts';
 import { setStatusFields } from './status-fields.ts';
+import { inGroup } from '../core/replication/replication-state.ts';
 
 export interface PlanGroupInput {
   index: number;
@@ -48,7 +49,6 @@ export type PlanOutcome = 'Succeeded' | 'Failed' | 'Waiting' | 'Deferred';
 // A host that crashed (an embedded agent killed with its reconciler) loses change tracking, so its
 // relationships need a resync before a final delta can be shipped. A planned failover waits for
 // it rather than fail: the same pass's protection actions run the resync, a later pass goes on.
-const RESYNCING: ReadonlySet<string> = new Set(['ResynchronizationRequired', 'Resynchronizing']);
 
 class StepDeferred extends Error {}
 const lastDeferral = new Map<string, string>();
@@ -217,7 +217,7 @@ async function runVmStep(ctx: ExecContext, plan: Job, s: VmStep): Promise<void> 
   const prior = vault.getJob(plan.id)?.steps.find((x) => x.name === s.key);
   if (prior?.state === 'Succeeded') return;
   const state = lookup(ctx.observation.observed.relationships, s.protectedVm)?.state;
-  if (s.type === 'planned-failover' && state !== undefined && RESYNCING.has(state)) {
+  if (s.type === 'planned-failover' && inGroup(state, 'resync')) {
     throw new StepDeferred(`${s.protectedVm} is ${state} (its host restarted); its planned failover starts once it replicates again`);
   }
   vault.startStep(plan.id, s.key);

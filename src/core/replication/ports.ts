@@ -4,7 +4,8 @@
 import type { BlockDigests, CompareRequest } from './block-checksums.ts';
 import { cutVm, type FrozenCut } from '../tracking/cut.ts';
 import type { TrackedDisk } from '../tracking/tracker.ts';
-import type { Consistency, Extent } from '../types.ts';
+import type { Consistency, Extent, RelationshipKeys } from '../types.ts';
+import type { BlockDevice } from '../../model/block-device.ts';
 import { TerminalError } from '../../model/errors.ts';
 import type { CreateReplicaRequest, ReplicaStatus } from '../../model/replication-api.ts';
 
@@ -39,6 +40,29 @@ export interface ReplicaLink {
    * link only ships logs sealed in the outbox first.
    */
   uploadStream?(id: string, sequence: number, diskId: string, body: AsyncIterable<Buffer>): Promise<void>;
+  /**
+   * Failback from a replica a VM ran on (Azure: the page blobs the failed-over VM wrote): brings
+   * one disk's current content there onto `target`, downloading only the blocks that differ
+   * (minimize-downtime) or every written page (full-download). Absent: the replica is a Replica
+   * server, failed back from by reversing the relationship.
+   */
+  failback?(id: string, diskId: string, target: BlockDevice | string, opts: FailbackOptions): Promise<FailbackResult>;
+}
+
+export interface FailbackOptions {
+  readonly method: 'minimize-downtime' | 'full-download';
+  /** The relationship's keys (digests are keyed). */
+  readonly keys: RelationshipKeys;
+}
+
+export interface FailbackResult {
+  /** Every byte downloaded: disk data plus digests. */
+  readonly bytesDownloaded: number;
+  /** 4 KiB blocks written on the target. */
+  readonly blocksChanged: number;
+  readonly diskSize: number;
+  /** How the remote side was digested: from kept digests, or by downloading its written data. */
+  readonly compare: 'sums' | 'data' | 'none';
 }
 
 export interface UploadOptions {

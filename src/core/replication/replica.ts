@@ -1,41 +1,32 @@
 // The Replica server's side of one relationship: verifies each log before acknowledging it, keeps
 // it durable, applies complete points in sequence and serves checksums, recovery points and
-// point-in-time digests. External-media imports arrive here as sequence 1.
+// point-in-time digests; its state moves only through the transition table, and the failover
+// verbs (replica-failover.ts) run on its points. External-media imports arrive as sequence 1.
 import { AsyncMutex } from '../async-mutex.ts';
 import { cp, readdir, rename, rm, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { selectPoint } from '../replica/point-selector.ts';
 import { writeJsonAtomic } from '../atomic-file.ts';
 import { blockChecksums, compareChecksums, compareKeys, type BlockDigests, type BlockReader, type CompareKeys, type CompareRequest } from './block-checksums.ts';
-import { importFromMedia } from './initial-copy.ts';
-import { openLog, writeLog } from '../log/log-format.ts';
+import { mediaLogs } from './media-logs.ts';
+import { openLog } from '../log/log-format.ts';
 import { ReplicaStore } from '../replica/replica-store.ts';
 import { isDiskFull } from '../disk-full.ts';
-import { BLOCK_SIZE, type Extent, type RelationshipKeys } from '../types.ts';
+import { BLOCK_SIZE, type RelationshipKeys } from '../types.ts';
 import type { Clock } from '../../model/clock.ts';
 import { RetryableError, TerminalError } from '../../model/errors.ts';
 import type { DiskInfo, RecoveryPointInfo, RecoveryPointSelector, RelationshipView, ReplicaStatus, VmConfig } from '../../model/replication-api.ts';
 import { OverlayDevice } from '../replica/overlay-device.ts';
-import { transition, type ReplicationEvent } from './replication-state.ts';
+import { inGroup, replicaTransition, type ReplicaSideState, type ReplicationEvent } from './replication-state.ts';
+import { cancel, cleanupTestFailover, commit, failover, reverse, testFailover, type FailoverStarted, type RecoveryVms, type TestFailoverStarted } from './replica-failover.ts';
 import { ForwardSource } from './forward-source.ts';
+import { replicaView } from './replica-view.ts';
 import type { RecoveryPoint } from '../replica/recovery-points.ts';
 import type { Logger } from '../../model/logger.ts';
-import { open } from 'node:fs/promises';
-import { createHash, randomUUID } from 'node:crypto';
-
-/** The states a replica side takes (a subset of the replication state machine's). */
-export type ReplicaState = 'ReadyForInitialReplication' | 'WaitingForInitialReplicationImport' | 'Replicating' | 'FailoverWaitingCompletion' | 'FailedOver';
-const REPLICA_STATES: ReadonlySet<string> = new Set<ReplicaState>(['ReadyForInitialReplication', 'WaitingForInitialReplicationImport', 'Replicating', 'FailoverWaitingCompletion', 'FailedOver']);
-
-/** The replica side's move through the one transition table; a state the replica never takes is refused too. */
-export function replicaTransition(state: ReplicaState, event: ReplicationEvent): ReplicaState {
-  const next = transition(state, event);
-  if (!REPLICA_STATES.has(next)) throw new TerminalError('invalid-state', `cannot ${event} a replica while ${state}`);
-  return next as ReplicaState;
-}
+import { createHash } from 'node:crypto';
 
 /** The event that completes a replica's initial copy from its waiting state. */
-const initialDone = (state: ReplicaState): ReplicationEvent => (state === 'WaitingForInitialReplicationImport' ? 'imported' : 'initialDone');
+const initialDone = (state: ReplicaSideState): ReplicationEvent => (state === 'WaitingForInitialReplicationImport' ? 'imported' : 'initialDone');
 
 export interface ReplicaRecord {
   id: string;
@@ -49,7 +40,8 @@ export interface ReplicaRecord {
   retention: { additional: number; appConsistentEvery?: number };
   /** The primary's machine definition (vCPUs, memory, boot, MACs): a failover starts the same machine. */
   vmConfig?: VmConfig;
-  state: ReplicaState;
+  /** Changed only by `move`, through the transition table. */
+  state: ReplicaSideState;
   integrityErrors: number;
   /** A `<vm>-Test` VM running on overlays of `sequence` (replication continues). */
   testFailover?: { vm: string; sequence: number };
@@ -98,10 +90,7 @@ export class ReplicaReplication {
       ...(atRestKey && { atRestKey }),
     });
     const r = new ReplicaReplication(dir, record, store, keys, atRestKey, clock, log);
-    if (store.applied >= 1 && (record.state === 'ReadyForInitialReplication' || record.state === 'WaitingForInitialReplicationImport')) {
-      record.state = replicaTransition(record.state, initialDone(record.state));
-      await r.save();
-    }
+    await r.#initialCopied();
     return r;
   }
 
@@ -116,19 +105,38 @@ export class ReplicaReplication {
     return this.#saves.run(() => writeJsonAtomic(join(this.dir, 'state.json'), this.record));
   }
 
+  /** Moves the state through the transition table (refused there when illegal), with `change` to the record; then saves. */
+  async move(event: ReplicationEvent, change?: (r: ReplicaRecord) => void): Promise<void> {
+    const next = replicaTransition(this.record.state, event);
+    change?.(this.record);
+    this.record.state = next;
+    await this.save();
+  }
+
+  /** A change to the record that leaves the state as it is; then saves. */
+  async update(change: (r: ReplicaRecord) => void): Promise<void> {
+    change(this.record);
+    await this.save();
+  }
+
+  /** The first applied point ends the initial copy (also one a crash left applied but not recorded). */
+  async #initialCopied(): Promise<void> {
+    if (this.store.applied >= 1 && inGroup(this.record.state, 'initial')) await this.move(initialDone(this.record.state));
+  }
+
+  /** Replication into a replica stops while it is failed over (Hyper-V refuses it too). */
+  acceptingLogs(): void {
+    if (this.#moving) throw new RetryableError('busy', `replica of ${this.record.vm} is moving to new storage; replication resumes after the move`);
+    if (inGroup(this.record.state, 'failedOver')) {
+      throw new TerminalError('invalid-state', `replica of ${this.record.vm} is failed over (${this.record.state}); replication from ${this.record.primary} stopped`);
+    }
+  }
+
   /**
    * Verifies a transferred log (seal, relationship, disk, sequence) and makes it durable; only
    * then may the primary be acknowledged. A damaged log is deleted and refused, so the primary
    * sends it again; nothing of it is applied.
    */
-  /** Replication into a replica stops while it is failed over (Hyper-V refuses it too). */
-  acceptingLogs(): void {
-    if (this.#moving) throw new RetryableError('busy', `replica of ${this.record.vm} is moving to new storage; replication resumes after the move`);
-    if (this.record.state === 'FailoverWaitingCompletion' || this.record.state === 'FailedOver') {
-      throw new TerminalError('invalid-state', `replica of ${this.record.vm} is failed over (${this.record.state}); replication from ${this.record.primary} stopped`);
-    }
-  }
-
   async receive(diskId: string, sequence: number, path: string): Promise<void> {
     this.acceptingLogs();
     try {
@@ -187,10 +195,7 @@ export class ReplicaReplication {
       this.#log.warn('apply failed; the log will be requested again', { relationship: this.id, error: (e as Error).message });
     }
     await this.store.prune(this.#clock.now());
-    if (this.store.applied >= 1 && (this.record.state === 'ReadyForInitialReplication' || this.record.state === 'WaitingForInitialReplicationImport')) {
-      this.record.state = replicaTransition(this.record.state, initialDone(this.record.state));
-      await this.save();
-    }
+    await this.#initialCopied();
     return this.status();
   }
 
@@ -217,12 +222,7 @@ export class ReplicaReplication {
   }
 
   points(): RecoveryPointInfo[] {
-    return this.store.points().map((p) => ({
-      sequence: p.sequence,
-      time: new Date(p.time).toISOString(),
-      consistency: p.consistency,
-      cutId: p.cutId,
-    }));
+    return this.store.points().map((p) => this.pointInfo(p));
   }
 
   /**
@@ -288,32 +288,8 @@ export class ReplicaReplication {
    */
   async importMedia(folder: string): Promise<ReplicaStatus> {
     if (this.store.applied >= 1) throw new TerminalError('invalid-state', `replica ${this.id} already holds its initial copy`);
-    const { manifest, disks } = await importFromMedia(folder, { macKey: this.#keys.macKey, expect: this.record.disks });
-    for (const d of disks) {
-      const fh = await open(d.path, 'r');
-      const tmp = join(this.dir, `import-${d.id}.hrl`);
-      try {
-        await writeLog(
-          {
-            relationshipId: this.id,
-            diskId: d.id,
-            diskSize: d.size,
-            sequence: 1,
-            basePoint: 0,
-            blockSize: BLOCK_SIZE,
-            cutTime: manifest.cutTime,
-            consistency: 'crash',
-            kind: 'full',
-            cutId: manifest.cutId ?? randomUUID(),
-          },
-          readImage(fh, d.size),
-          this.#keys,
-          tmp,
-        );
-      } finally {
-        await fh.close();
-      }
-      await this.receive(d.id, 1, tmp);
+    for await (const log of mediaLogs(folder, { relationshipId: this.id, keys: this.#keys, expect: this.record.disks, dir: this.dir })) {
+      await this.receive(log.diskId, 1, log.path);
     }
     return this.apply();
   }
@@ -394,56 +370,21 @@ export class ReplicaReplication {
     return this.forward;
   }
 
-  /** Commit: the recovery points and the chain are discarded; the failed-over VM keeps its own disks. */
-  async discardChain(next: ReplicaState): Promise<void> {
-    await this.store.removeAll();
-    this.record.committed = true;
-    this.record.state = next;
-    await this.save();
+  /** The failover waiting for commit or cancel, if any. */
+  get waitingFailover(): ReplicaRecord['failover'] {
+    return this.record.state === 'FailoverWaitingCompletion' ? this.record.failover : undefined;
   }
 
-  /** The state `event` leads to from here (refused by the transition table when illegal); nothing changes yet. */
-  next(event: ReplicationEvent): ReplicaState {
-    return replicaTransition(this.record.state, event);
-  }
+  // The failover verbs (replica-failover.ts), over the host's VM plumbing.
+  testFailover = (vms: RecoveryVms, selector?: RecoveryPointSelector): Promise<TestFailoverStarted> => testFailover(this, vms, selector);
+  cleanupTestFailover = (vms: RecoveryVms): Promise<string> => cleanupTestFailover(this, vms);
+  failover = (vms: RecoveryVms, selector?: RecoveryPointSelector): Promise<FailoverStarted> => failover(this, vms, selector);
+  commit = (vms: RecoveryVms): Promise<void> => commit(this, vms);
+  cancel = (vms: RecoveryVms): Promise<void> => cancel(this, vms);
+  reverse = (vms: RecoveryVms): Promise<void> => reverse(this, vms);
 
   view(now: number): RelationshipView {
-    const pts = this.record.committed ? [] : this.store.points();
-    const latest = pts.at(-1);
-    const stats = this.store.stats();
-    const health = this.record.integrityErrors > 0 && this.record.lastIntegrityError && now - this.record.lastIntegrityError.at < 3_600_000 ? 'Warning' : 'Normal';
-    return {
-      id: this.id,
-      role: 'Replica',
-      vm: this.record.vm,
-      peer: this.record.primary,
-      state: this.record.state,
-      health,
-      healthReasons: health === 'Warning' ? [`log rejected: ${this.record.lastIntegrityError!.message}`] : [],
-      disks: this.record.disks,
-      excludeDisks: [],
-      ...(latest && { lastReplicationTime: new Date(latest.time).toISOString(), lagSeconds: Math.max(0, Math.round((now - latest.time) / 1000)) }),
-      pendingBytes: 0,
-      recoveryPoints: pts.length,
-      appliedSequence: this.record.committed ? 0 : this.store.applied,
-      storagePath: this.record.storagePath,
-      atRest: this.store.atRest,
-      ...(this.record.testFailover && { testFailover: this.record.testFailover }),
-      ...(this.record.failover && { failover: this.record.failover }),
-      statistics: {
-        state: this.record.state,
-        health,
-        ...(latest && { lastReplicationTime: new Date(latest.time).toISOString() }),
-        pendingReplicationSize: 0,
-        averageReplicationSize: stats.pointsApplied ? Math.round(stats.bytesApplied / stats.pointsApplied) : 0,
-        maximumReplicationSize: 0,
-        averageReplicationLatency: 0,
-        successfulReplicationCount: stats.pointsApplied,
-        missedReplicationCount: 0,
-        replicationErrors: this.record.integrityErrors,
-        monitoringStartTime: new Date(now).toISOString(),
-      },
-    };
+    return replicaView(this.record, this.store, now);
   }
 
   async remove(): Promise<void> {
@@ -453,27 +394,5 @@ export class ReplicaReplication {
 
   async close(): Promise<void> {
     if (!this.record.committed) await this.store.close();
-  }
-}
-
-async function readAt(fh: import('node:fs/promises').FileHandle, offset: number, length: number): Promise<Buffer> {
-  const buf = Buffer.allocUnsafe(length);
-  let done = 0;
-  while (done < length) {
-    const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
-    if (bytesRead === 0) break;
-    done += bytesRead;
-  }
-  return buf.fill(0, done); // past the end of a short file reads as zeroes
-}
-
-/** A raw image as extents: data in 1 MiB pieces, all-zero pieces as zero extents. */
-async function* readImage(fh: import('node:fs/promises').FileHandle, size: number): AsyncGenerator<Extent> {
-  const CHUNK = 1 << 20;
-  const zero = Buffer.alloc(CHUNK);
-  for (let at = 0; at < size; at += CHUNK) {
-    const data = await readAt(fh, at, Math.min(CHUNK, size - at));
-    if (data.equals(zero.subarray(0, data.length))) yield { offset: at, length: data.length, zero: true };
-    else yield { offset: at, data };
   }
 }

@@ -151,6 +151,48 @@ export function allowedEvents(state: State): ReplicationEvent[] {
   return EVENTS.filter((e) => TABLE[state]?.[e] !== undefined);
 }
 
+/** Whether `state` accepts `event` (the table's answer, without a transition). */
+export function accepts(state: State, event: ReplicationEvent): boolean {
+  return TABLE[state]?.[event] !== undefined;
+}
+
+/**
+ * The states callers ask about as a family, in one place (so a new state is placed once):
+ * - initial: no complete copy on the replica yet;
+ * - steady: replicating, or paused by an operator;
+ * - resync: the replica must be (or is being) compared and repaired;
+ * - failover: a failover is prepared, waiting for completion or committed;
+ * - failedOver: the replica side ran a failover (replication into it stopped);
+ * - critical: stopped on a non-recoverable error;
+ * - replicaSide: the states a Replica server's side takes (it never copies, resyncs or prepares:
+ *   the primary drives those).
+ */
+export const STATE_GROUPS = {
+  initial: ['ReadyForInitialReplication', 'InitialReplicationInProgress', 'WaitingForInitialReplicationImport'],
+  steady: ['Replicating', 'Suspended'],
+  resync: ['ResynchronizationRequired', 'Resynchronizing'],
+  failover: ['PreparedForPlannedFailover', 'FailoverWaitingCompletion', 'FailedOver'],
+  failedOver: ['FailoverWaitingCompletion', 'FailedOver'],
+  critical: ['Critical'],
+  replicaSide: ['ReadyForInitialReplication', 'WaitingForInitialReplicationImport', 'Replicating', 'FailoverWaitingCompletion', 'FailedOver'],
+} as const satisfies Record<string, readonly State[]>;
+export type StateGroup = keyof typeof STATE_GROUPS;
+
+/** The states a Replica server's side of a relationship takes. */
+export type ReplicaSideState = (typeof STATE_GROUPS.replicaSide)[number];
+
+/** The replica side's move through the one transition table; a state the replica never takes is refused too. */
+export function replicaTransition(state: ReplicaSideState, event: ReplicationEvent): ReplicaSideState {
+  const next = transition(state, event);
+  if (!inGroup(next, 'replicaSide')) throw new TerminalError('invalid-state', `cannot ${event} a replica while ${state}`);
+  return next as ReplicaSideState;
+}
+
+/** Whether `state` (as a site reported it, possibly unknown or absent) is in any of `groups`. */
+export function inGroup(state: string | undefined, ...groups: StateGroup[]): boolean {
+  return state !== undefined && groups.some((g) => (STATE_GROUPS[g] as readonly string[]).includes(state));
+}
+
 export function isState(value: unknown): value is State {
   return typeof value === 'string' && (STATES as readonly string[]).includes(value);
 }

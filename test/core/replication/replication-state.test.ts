@@ -1,10 +1,9 @@
 // The replication state machine, table-driven: every case has a reason, and refusals leave the
 // state unchanged.
 import { describe, it, expect } from 'vitest';
-import { transition, allowedEvents, STATES, EVENTS, isState } from '../../../src/core/replication/replication-state.ts';
+import { transition, allowedEvents, STATES, EVENTS, isState, STATE_GROUPS, inGroup, accepts, replicaTransition } from '../../../src/core/replication/replication-state.ts';
 import type { State, ReplicationEvent } from '../../../src/core/replication/replication-state.ts';
 import { TerminalError } from '../../../src/model/errors.ts';
-import { replicaTransition } from '../../../src/core/replication/replica.ts';
 
 interface Case {
   reason: string;
@@ -151,5 +150,27 @@ describe('the replica side moves through the same table', () => {
     const err = (() => { try { replicaTransition('Replicating', 'suspend'); } catch (e) { return e; } })();
     expect(TerminalError.is(err) && err.code).toBe('invalid-state');
     expect((err as Error).message).toBe('cannot suspend a replica while Replicating');
+  });
+});
+
+describe('state groups', () => {
+  it('initial, steady, resync, failover and critical cover every state but Disabled, each once', () => {
+    const main = ['initial', 'steady', 'resync', 'failover', 'critical'] as const;
+    const listed = main.flatMap((g) => [...STATE_GROUPS[g]]);
+    expect(new Set(listed).size).toBe(listed.length);
+    expect([...listed, 'Disabled'].sort()).toEqual([...STATES].sort());
+  });
+  it('the narrower groups are subsets, and inGroup reads unknown or absent states as in none', () => {
+    for (const s of STATE_GROUPS.failedOver) expect(inGroup(s, 'failover')).toBe(true);
+    for (const s of STATE_GROUPS.replicaSide) expect(isState(s)).toBe(true);
+    expect(inGroup('Resynchronizing', 'steady', 'resync')).toBe(true);
+    expect(inGroup('Critical', 'steady', 'resync')).toBe(false);
+    expect(inGroup(undefined, 'failedOver')).toBe(false);
+    expect(inGroup('Unknown', 'critical')).toBe(false);
+  });
+  it('accepts answers as the table does, without a transition', () => {
+    expect(accepts('Replicating', 'trackerLost')).toBe(true);
+    expect(accepts('ReadyForInitialReplication', 'trackerLost')).toBe(false);
+    expect(accepts('FailedOver', 'commit')).toBe(false);
   });
 });
