@@ -8,7 +8,7 @@ import { TerminalError } from '../../model/errors.ts';
 import type { RelationshipKeys } from '../types.ts';
 import type { ImageCipher } from '../disk/at-rest.ts';
 import type { RecoveryPoint } from './recovery-points.ts';
-import { writeState, type ReplicaState } from './replica-state.ts';
+import { writeState, type ReplicaJournal } from './replica-state.ts';
 import { UndoFile } from './replica-undo.ts';
 
 const DISK_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
@@ -44,9 +44,9 @@ export class ReplicaCore {
   /** Points open views read, with how many views each: retained whatever the policy says. */
   readonly pins = new Map<number, number>();
   readonly #undoFiles = new Map<string, UndoFile>();
-  #state: ReplicaState;
+  #state: ReplicaJournal;
 
-  constructor(dir: string, keys: RelationshipKeys, state: ReplicaState, cipher: ImageCipher | undefined) {
+  constructor(dir: string, keys: RelationshipKeys, state: ReplicaJournal, cipher: ImageCipher | undefined) {
     this.dir = dir;
     this.keys = keys;
     this.#state = state;
@@ -54,11 +54,11 @@ export class ReplicaCore {
   }
 
   /** The journal as last written. */
-  get state(): ReplicaState {
+  get state(): ReplicaJournal {
     return this.#state;
   }
 
-  async saveState(s: ReplicaState): Promise<void> {
+  async saveState(s: ReplicaJournal): Promise<void> {
     this.counters.journalBytesWritten += await writeState(this.dir, s);
     this.#state = s;
   }

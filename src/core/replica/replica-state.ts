@@ -21,7 +21,7 @@ export interface StoredPoint extends RecoveryPoint {
   readonly undo: Record<string, string[]> | null;
 }
 
-export interface ReplicaState {
+export interface ReplicaJournal {
   readonly format: 1;
   readonly relationshipId: string;
   /** Current disk sizes (the latest point's). */
@@ -39,7 +39,7 @@ export interface ReplicaState {
   readonly encryption?: AtRestInfo;
 }
 
-export async function readState(dir: string): Promise<ReplicaState | undefined> {
+export async function readState(dir: string): Promise<ReplicaJournal | undefined> {
   let text: string;
   try {
     text = await readFile(join(dir, STATE_FILE), 'utf8');
@@ -48,7 +48,7 @@ export async function readState(dir: string): Promise<ReplicaState | undefined> 
     throw e;
   }
   try {
-    const s = JSON.parse(text) as ReplicaState;
+    const s = JSON.parse(text) as ReplicaJournal;
     if (s.format !== 1) throw new Error(`format ${s.format}`);
     return s;
   } catch (e) {
@@ -57,7 +57,7 @@ export async function readState(dir: string): Promise<ReplicaState | undefined> 
 }
 
 /** Replaces the state durably; returns the bytes written (for write-amplification figures). */
-export async function writeState(dir: string, s: ReplicaState): Promise<number> {
+export async function writeState(dir: string, s: ReplicaJournal): Promise<number> {
   const data = Buffer.from(`${JSON.stringify(s)}\n`);
   await writeFileAtomic(join(dir, STATE_FILE), data, 0o600);
   return data.length;

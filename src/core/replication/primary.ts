@@ -9,7 +9,7 @@
 import { AsyncMutex } from '../async-mutex.ts';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { transition, type ReplicationEvent, type State } from './replication-state.ts';
+import { accepts, transition, type ReplicationEvent, type State } from './replication-state.ts';
 import { RetryState } from './retry.ts';
 import { ReplicationStatistics } from './statistics.ts';
 import type { RelationshipKeys } from '../types.ts';
@@ -127,7 +127,7 @@ export class PrimaryReplication {
 
   /** The tracker lost continuity (the primary stopped without a clean cut): the replica may miss changes. */
   async markContinuityLost(reason: string): Promise<void> {
-    if (['Replicating', 'Suspended', 'InitialReplicationInProgress', 'WaitingForInitialReplicationImport', 'Resynchronizing'].includes(this.record.state)) {
+    if (accepts(this.record.state, 'trackerLost')) {
       this.#log.warn('tracking continuity lost: resynchronization required', { relationship: this.id, reason });
       this.record.resync = { bytesDone: 0, bytesTotal: 0, reason };
       await this.#apply('trackerLost');
