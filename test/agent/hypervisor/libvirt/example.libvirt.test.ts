@@ -6,7 +6,7 @@ import { loadDesiredState } from '../../../../src/config/index.ts';
 
 describe('examples/libvirt', () => {
   test('loads with no diagnostics, both sites on the libvirt hypervisor', async () => {
-    const result = await loadDesiredState(['.'], { cwd: join(import.meta.dirname, '..', '..', 'examples', 'libvirt') });
+    const result = await loadDesiredState(['.'], { cwd: join(import.meta.dirname, '..', '..', '..', '..', 'examples', 'libvirt') });
     expect(result.diagnostics).toEqual([]);
     expect(result.ok).toBe(true);
     if (!result.ok) return;
