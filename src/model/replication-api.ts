@@ -1,9 +1,10 @@
 // The data the replication service exchanges: relationship views, replica status, recovery
-// points and the requests of the failover family. Plain types, shared by the engine (core), the
-// agent API (transport), the agents and the site drivers; the paths and routes are transport's.
+// points, the results of the failover family, and the agent API's request bodies (generated from
+// schemas/agent-api/requests.schema.json). Plain types, shared by the engine (core), the agent API
+// (transport), the agents and the site drivers; the paths and routes are transport's.
 import type { ResolvedPolicySpec } from './desired.ts';
-import type { VmBoot } from './hypervisor.ts';
-import type { SiteSpec } from './types.generated.ts';
+
+export type * from './generated/agent-api.ts';
 
 export interface DiskInfo {
   id: string;
@@ -11,44 +12,6 @@ export interface DiskInfo {
 }
 
 export type RelationshipRole = 'Primary' | 'Replica';
-
-/** CreateReplicationRelationship, sent by an operator to the primary host's agent. */
-export interface CreateRelationshipRequest {
-  /** Deterministic id chosen by the caller (the reconciler derives it from site and VM names). */
-  id: string;
-  vm: string;
-  /**
-   * The Replica server's agent (`endpoint`), or an Azure storage container (`azure`: the azure
-   * Site's spec, whose credentials name environment variables of the primary's agent).
-   */
-  replica: { name: string; endpoint: string; azure?: SiteSpec };
-  /** Defaults already applied (src/config/defaults.ts). */
-  policy: ResolvedPolicySpec;
-  excludeDisks?: string[];
-  replicaStoragePath?: string;
-  /** Multi-VM consistency: relationships of one group on this host share their cut instants. */
-  replicationGroup?: string;
-}
-
-/** Sent by the primary agent to the Replica server when the relationship is created. */
-export interface CreateReplicaRequest {
-  id: string;
-  vm: string;
-  disks: DiskInfo[];
-  /** Relationship keys, base64: the channel is mutual TLS; the replica needs them to verify and decrypt logs. */
-  keys: { encryptionKey: string; macKey: string };
-  retention: { additional: number; appConsistentEvery?: number };
-  storagePath?: string;
-  /**
-   * Reverse replication: the Replica server seeds the replica from its own VM of this name (the
-   * former primary, which must be off); its primary relationship for that VM, if any, ends.
-   */
-  seedFromVm?: string;
-  /** With seedFromVm: discard that VM's disks instead of seeding from them (a full download). */
-  discardSeed?: boolean;
-  /** The VM's machine definition, kept with the replica for failover. */
-  vmConfig?: VmConfig;
-}
 
 /** What a Replica server says about its side of a relationship. */
 export interface ReplicaStatus {
@@ -89,7 +52,7 @@ export interface ReplicationStatisticsView {
   monitoringStartTime: string;
 }
 
-/** One relationship as an agent reports it (GET /v1/relationships). */
+/** One relationship as an agent reports it (the listRelationships and getRelationship routes). */
 export interface RelationshipView {
   id: string;
   role: RelationshipRole;
@@ -128,54 +91,6 @@ export interface RelationshipView {
   statistics: ReplicationStatisticsView;
 }
 
-export interface CreateVmRequest {
-  name: string;
-  disks: { name: string; size: number }[];
-  adapters?: { name: string; network?: string; mac?: string }[];
-  power?: 'Running' | 'Off';
-  /** A real guest's vCPUs, memory and boot (the qemu hypervisor); absent = the site's defaults. */
-  cpus?: number;
-  memoryMiB?: number;
-  boot?: VmBootConfig;
-}
-
-export type VmBootConfig = VmBoot;
-
-/** POST /v1/vms/adopt: a running QEMU VM drsite did not start, tracked through QEMU's dirty bitmaps. */
-export interface AdoptVmRequest {
-  name: string;
-  /** A QMP monitor socket of the VM that drsite may use (QEMU serves one client per monitor). */
-  qmpSocket: string;
-  /** Each disk's name (the replicated disk id) and the block node its guest device writes through. */
-  disks: { name: string; node: string }[];
-}
-
-/** What of a VM's definition travels with its replica, so a failover starts the same machine. */
-export interface VmConfig {
-  cpus?: number;
-  memoryMiB?: number;
-  boot?: VmBootConfig;
-  /** The primary's adapters' fixed MACs, by adapter name (the guest's network config matches on them). */
-  macs?: Record<string, string>;
-  /** A libvirt domain's persistent definition (`virsh dumpxml --inactive`): a failover on a libvirt site defines its domain from it. */
-  domainXml?: string;
-}
-
-/** POST /v1/vms/:name/power. Off is a graceful shutdown (ACPI power button on a real guest). */
-export interface SetPowerRequest {
-  power: 'Running' | 'Off';
-  /** How long the guest may take to power off; absent = the site's default. */
-  timeoutMs?: number;
-  /** Off: stop the guest hard when it does not power off in time, instead of refusing. */
-  force?: boolean;
-}
-
-/** POST failback-from-azure (primary host, VM off): bring every disk home from its page blob. */
-export interface FailbackFromAzureRequest {
-  /** @default minimize-downtime */
-  method?: 'minimize-downtime' | 'full-download';
-}
-
 export interface FailbackFromAzureResult {
   method: 'minimize-downtime' | 'full-download';
   /** Every byte downloaded (disk data and digests) and the disks' total size. */
@@ -184,39 +99,10 @@ export interface FailbackFromAzureResult {
   disks: { id: string; bytesDownloaded: number; blocksChanged: number; compare: 'sums' | 'data' | 'none' }[];
 }
 
-/** Static addressing for one adapter of a failed-over VM (Hyper-V's Failover TCP/IP). */
-export interface FailoverAdapterSettings {
-  name: string;
-  /** Network to connect the adapter to; null or absent = disconnected. */
-  network?: string | null;
-  ipv4?: { address: string; gateway?: string; dns?: string[] };
-  ipv6?: { address: string; gateway?: string; dns?: string[] };
-}
-
-/** Which point a failover uses: `latest`, `latest-app-consistent`, an RFC 3339 time (newest point at or before it) or a sequence. */
-export type RecoveryPointSelector = 'latest' | 'latest-app-consistent' | string | number;
-
-/** POST test-failover (replica host): a `<vm>-Test` VM on a throw-away overlay of the point. */
-export interface TestFailoverRequest {
-  recoveryPoint?: RecoveryPointSelector;
-  /** Network for every adapter; null/absent: disconnected (Hyper-V's default for test VMs). */
-  network?: string | null;
-  adapters?: FailoverAdapterSettings[];
-}
-
 export interface TestFailoverResult {
   testVm: string;
   recoveryPoint: RecoveryPointInfo;
   nbdSocket: string;
-}
-
-/** POST failover (replica host): planned (after prepare-planned-failover) or unplanned. */
-export interface FailoverRequest {
-  recoveryPoint?: RecoveryPointSelector;
-  /** Failover TCP/IP and mapped network per adapter, written into the VM's vm.json. */
-  adapters?: FailoverAdapterSettings[];
-  /** Start the VM after failover. @default true */
-  start?: boolean;
 }
 
 export interface FailoverResult {
@@ -232,20 +118,3 @@ export interface PrepareResult {
   state: string;
 }
 
-/**
- * POST reverse (host that now runs the VM): replicate it back to the former primary, which
- * seeds the replica from its own copy of the VM's disks so only differing blocks ship.
- */
-export interface ReverseRequest {
-  /** Id of the new, reversed relationship. */
-  id: string;
-  replica: { name: string; endpoint: string };
-  policy: ResolvedPolicySpec;
-  /** Start the reverse initial sync now. @default true */
-  start?: boolean;
-  /**
-   * `minimize-downtime`: the former primary's disks seed the replica, only differing blocks ship.
-   * `full-download`: they are discarded and everything is copied again. @default minimize-downtime
-   */
-  method?: 'minimize-downtime' | 'full-download';
-}
