@@ -9,8 +9,15 @@ import { compile, type JSONSchema } from 'json-schema-to-typescript';
 export const GENERATED_DIR = 'src/model/generated';
 export const BARREL_FILE = 'src/model/types.generated.ts';
 export const KIND_FILES = ['site', 'replicationpolicy', 'networkmapping', 'protectedvm', 'recoveryplan'];
-/** Schema groups that are not kinds: every `$defs` entry becomes a type (no root type). */
-const DEFS_GROUPS = [{ schema: 'agent-api/requests', file: 'agent-api' }];
+/**
+ * Schema groups that are not kinds: every `$defs` entry becomes a type (no root type). `byName`:
+ * also a map from each definition's name to its type (the agent API's route table reads it).
+ */
+const DEFS_GROUPS = [
+  { schema: 'agent-api/requests', file: 'agent-api', strictIndexSignatures: true, byName: true },
+  // Views map disk ids to what the code looked up itself: indexed without `| undefined`.
+  { schema: 'agent-api/responses', file: 'agent-api-responses', strictIndexSignatures: false, byName: false },
+];
 
 type Json = Record<string, unknown>;
 
@@ -97,10 +104,11 @@ async function defsFile(read: (f: string) => Json, group: (typeof DEFS_GROUPS)[n
   delete schema.$id;
   const root = String(schema.title);
   // minItems would make arrays tuples ([T, ...T[]]), which callers building arrays cannot satisfy.
-  const ts = await compile(schema as JSONSchema, root, { ...compileOptions, unreachableDefinitions: true, ignoreMinAndMaxItems: true });
+  const options = { ...compileOptions, unreachableDefinitions: true, ignoreMinAndMaxItems: true, strictIndexSignatures: group.strictIndexSignatures };
+  const ts = await compile(schema as JSONSchema, root, options);
   const decls = declarations(withoutReferenceNotes(ts)).filter((d) => d.name !== root).map((d) => d.text);
   const names = Object.keys(schema.$defs as Json);
-  decls.push([
+  if (group.byName) decls.push([
     `/** Every definition of ${group.schema}.schema.json by its name: a schema's name names its type. */`,
     `export interface ${root} {`,
     ...names.map((n) => `  ${n}: ${n};`),
