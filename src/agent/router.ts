@@ -3,7 +3,7 @@
 // (400 naming the field) before the handler runs.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { TerminalError } from '../model/errors.ts';
-import { NO_FIELDS, ROUTES, type Caller, type ParamNames, type RequestOf, type RouteName, type RouteSpec } from '../transport/agent-api.ts';
+import { NO_FIELDS, ROUTES, type Caller, type ParamNames, type RequestOf, type ResponseOf, type RouteName, type RouteSpec } from '../transport/agent-api.ts';
 import { checkBody } from '../transport/body-validation.ts';
 import type { PeerIdentity } from '../transport/peer.ts';
 import { readJson } from '../transport/wire.ts';
@@ -35,7 +35,7 @@ async function bodyOf(spec: RouteSpec, req: IncomingMessage): Promise<unknown> {
 }
 
 /** A handler returns a JSON body (sent with the route's status) or undefined when it answered itself. */
-export type Handler<R extends RouteSpec = RouteSpec> = (ctx: RouteContext<R>) => Promise<unknown>;
+export type Handler<R extends RouteSpec = RouteSpec> = (ctx: RouteContext<R>) => Promise<ResponseOf<R> | undefined>;
 
 /** One handler for every entry of the table, each typed by its entry. */
 export type Handlers = { readonly [K in RouteName]: Handler<(typeof ROUTES)[K]> };

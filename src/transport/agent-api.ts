@@ -89,7 +89,7 @@ export const ROUTES = {
   health: route('GET', '/v1/health', 'operator', returns<AgentHealth>()),
   listVms: route('GET', '/v1/vms', 'operator', returns<SiteVm[]>()),
   createVm: route('POST', '/v1/vms', 'operator', returns<SiteVm>(), { status: 201, body: requestSchema('CreateVmRequest') }),
-  adoptVm: route('POST', '/v1/vms/adopt', 'operator', returns<SiteVm & { tracking: string }>(), { status: 201, body: requestSchema('AdoptVmRequest') }),
+  adoptVm: route('POST', '/v1/vms/adopt', 'operator', returns<SiteVm>(), { status: 201, body: requestSchema('AdoptVmRequest') }),
   getVm: route('GET', '/v1/vms/:name', 'operator', returns<SiteVm>()),
   setVmPower: route('POST', '/v1/vms/:name/power', 'operator', returns<SiteVm>(), { body: requestSchema('SetPowerRequest') }),
   listRelationships: route('GET', '/v1/relationships', 'operator', returns<RelationshipView[]>()),
