@@ -11,6 +11,7 @@ import { measureOwn } from '../lib/measure.ts';
 import { MiB, fmtRatio, fmtSize } from '../lib/report-helpers.ts';
 import type { BenchCase, BenchContext, CaseResult, Goal, Sample } from '../lib/types.ts';
 import { CorrectnessError } from '../lib/types.ts';
+import { ROUTES, send } from '../../test/support/agent-client.ts';
 
 const CAP = 4194304;
 const GOAL_MIBPS = 4.4;
@@ -41,11 +42,11 @@ export const bandwidth: BenchCase = {
       // One run: at the cap a 64 MiB copy takes 16 s, and its rate is the bucket's doing, not a noisy speed.
       const vm = 'bench-bw';
       const rel = `rel-${vm}`;
-      await a.request('POST', '/v1/vms', { name: vm, disks: [{ name: 'd0', size }] });
+      await send(a, ROUTES.createVm, {}, { name: vm, disks: [{ name: 'd0', size }] });
       const image = join(pair.primary.dataDir, 'vms', vm, 'd0.img');
       await fillNoise(image, size, 90);
       const want = await sha256File(image);
-      await a.request('POST', '/v1/relationships', {
+      await send(a, ROUTES.createRelationship, {}, {
         id: rel,
         vm,
         replica: { name: pair.replica.name, endpoint: pair.replica.url },
@@ -55,16 +56,16 @@ export const bandwidth: BenchCase = {
       // transfer is the whole call: cut, segments, point 1.
       type View = { state: string; appliedSequence: number; bytesShipped?: number };
       const run = await measureOwn(async () => {
-        return (await a.request('POST', `/v1/relationships/${rel}/start?wait=true`)).json();
+        return (await send(a, ROUTES.startReplication, { id: rel }, undefined, { query: { wait: 'true' } })).json();
       }, { helper: () => pair.usage() });
-      const view = (await a.request('GET', `/v1/relationships/${rel}`)).json<View>();
-      const got = (await pair.replica.client.request('GET', `/v1/relationships/${rel}/recovery-points/${view.appliedSequence}/disks/d0/sha256`)).json<{ sha256: string }>();
+      const view = (await send(a, ROUTES.getRelationship, { id: rel })).json<View>();
+      const got = (await send(pair.replica.client, ROUTES.pointDigest, { id: rel, seq: view.appliedSequence, disk: 'd0' })).json<{ sha256: string }>();
       if (got.sha256 !== want) throw new CorrectnessError(`capped initial copy: replica point ${view.appliedSequence} sha256 ${got.sha256} != primary ${want}`);
       const shipped = view.bytesShipped ?? 0;
       if (shipped < size) throw new CorrectnessError(`capped initial copy shipped ${shipped} bytes, less than the ${size}-byte incompressible disk`);
       const mibps = shipped / MiB / (run.sample.wallMs / 1000);
       samples.push({ ...run.sample, wireBytes: shipped, extra: { 'MiB/s': Number(mibps.toFixed(2)), 'x cap': Number(((mibps * MiB) / CAP).toFixed(3)), 'transfer s': Number((run.sample.wallMs / 1000).toFixed(2)) } });
-      await a.request('DELETE', `/v1/relationships/${rel}`).catch(() => undefined);
+      await send(a, ROUTES.removeRelationship, { id: rel }).catch(() => undefined);
     } finally {
       await pair.stop();
     }

@@ -12,6 +12,7 @@ import { measureOwn } from '../lib/measure.ts';
 import { GiB, MiB, fmtSize } from '../lib/report-helpers.ts';
 import type { BenchCase, BenchContext, CaseResult, Goal, Sample, Scenario } from '../lib/types.ts';
 import { CorrectnessError } from '../lib/types.ts';
+import { ROUTES, send } from '../../test/support/agent-client.ts';
 
 const VM = 'bench-fo';
 const DISK = 'd0';
@@ -68,27 +69,27 @@ export const failover: BenchCase = {
       const a = pair.primary.client;
       const b = pair.replica.client;
       const primarySock = join(pair.primary.dataDir, 'nbd', `${VM}.sock`);
-      await a.request('POST', '/v1/vms', { name: VM, disks: [{ name: DISK, size }] });
+      await send(a, ROUTES.createVm, {}, { name: VM, disks: [{ name: DISK, size }] });
       ctx.log(`writing ${ctx.quick ? 16 : 128} MiB into a ${fmtSize(size)} VM and replicating it`);
       const written = await writeSpread(primarySock, size, ctx.quick ? 16 : 128, 1);
-      await a.request('POST', '/v1/relationships', { id: REL, vm: VM, replica: { name: pair.replica.name, endpoint: pair.replica.url }, policy: POLICY_30S });
+      await send(a, ROUTES.createRelationship, {}, { id: REL, vm: VM, replica: { name: pair.replica.name, endpoint: pair.replica.url }, policy: POLICY_30S });
       let t = performance.now();
       const lap = (what: string) => {
         ctx.log(`${what}: ${((performance.now() - t) / 1000).toFixed(1)} s`);
         t = performance.now();
       };
-      await a.request('POST', `/v1/relationships/${REL}/start?wait=true`);
+      await send(a, ROUTES.startReplication, { id: REL }, undefined, { query: { wait: 'true' } });
       lap('initial replication');
       // A delta point on top, so the latest point is not just the initial copy.
       const touched = await writeSpread(primarySock, size, ctx.quick ? 4 : 32, 2);
-      const cyc = (await a.request('POST', `/v1/relationships/${REL}/replicate-now`)).json<{ sequence: number; applied: number }>();
+      const cyc = (await send(a, ROUTES.replicateNow, { id: REL })).json<{ sequence: number; applied: number }>();
       if (cyc.applied !== cyc.sequence) throw new CorrectnessError(`failover: delta point ${cyc.sequence} not applied (replica at ${cyc.applied})`);
       // Suspend the primary side: no scheduled cycle may add a point while the runs compare against this one.
-      await a.request('POST', `/v1/relationships/${REL}/suspend`);
-      const seq = (await b.request('GET', `/v1/relationships/${REL}`)).json<{ appliedSequence: number }>().appliedSequence;
+      await send(a, ROUTES.suspend, { id: REL });
+      const seq = (await send(b, ROUTES.getRelationship, { id: REL })).json<{ appliedSequence: number }>().appliedSequence;
       if (seq < cyc.sequence) throw new CorrectnessError(`failover: replica at ${seq}, delta point ${cyc.sequence} was applied`);
       lap('delta point');
-      const pointSha = (await b.request('GET', `/v1/relationships/${REL}/recovery-points/${seq}/disks/${DISK}/sha256`)).json<{ sha256: string }>().sha256;
+      const pointSha = (await send(b, ROUTES.pointDigest, { id: REL, seq, disk: DISK })).json<{ sha256: string }>().sha256;
       lap('point sha256');
       const probe = touched[touched.length - 1];
       // Reading 4 GiB through NBD takes about 20 s: the whole disk is checked after the first run
@@ -107,8 +108,8 @@ export const failover: BenchCase = {
         const run = await measureOwn(async () => {
           const t0 = performance.now();
           const r = kind === 'test'
-            ? (await b.request('POST', `/v1/relationships/${REL}/test-failover`, { recoveryPoint: 'latest' })).json<{ testVm: string; recoveryPoint: { sequence: number } }>()
-            : (await b.request('POST', `/v1/relationships/${REL}/failover`, { recoveryPoint: 'latest' })).json<{ vm: string; recoveryPoint: { sequence: number } }>();
+            ? (await send(b, ROUTES.testFailover, { id: REL }, { recoveryPoint: 'latest' })).json<{ testVm: string; recoveryPoint: { sequence: number } }>()
+            : (await send(b, ROUTES.failover, { id: REL }, { recoveryPoint: 'latest' })).json<{ vm: string; recoveryPoint: { sequence: number } }>();
           apiMs = performance.now() - t0;
           if (r.recoveryPoint.sequence !== seq) throw new CorrectnessError(`${kind} failover used point ${r.recoveryPoint.sequence}, latest is ${seq}`);
           client = await NbdClient.connect(sock, DISK);
@@ -129,8 +130,8 @@ export const failover: BenchCase = {
         } finally {
           await client?.close();
         }
-        if (kind === 'test') await b.request('POST', `/v1/relationships/${REL}/cleanup-test-failover`);
-        else await b.request('POST', `/v1/relationships/${REL}/cancel`);
+        if (kind === 'test') await send(b, ROUTES.cleanupTestFailover, { id: REL });
+        else await send(b, ROUTES.cancel, { id: REL });
         return run.sample;
       };
 

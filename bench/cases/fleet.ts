@@ -16,6 +16,7 @@ import { measureOwn, spread } from '../lib/measure.ts';
 import { GiB, MiB, fmtBytes, fmtSize } from '../lib/report-helpers.ts';
 import type { BenchCase, BenchContext, CaseResult, Sample, Scenario } from '../lib/types.ts';
 import { CorrectnessError } from '../lib/types.ts';
+import { ROUTES, send } from '../../test/support/agent-client.ts';
 
 const GOAL_RSS = GiB;
 const GOAL_PASS_MS = 1000;
@@ -71,9 +72,9 @@ async function agentPairScenario(ctx: BenchContext): Promise<Scenario> {
     ctx.log(`${count} VMs x ${DISKS.length} disks of ${fmtSize(diskBytes)}: creating and replicating initially`);
     const s0 = performance.now();
     await pool(names, 8, async (vm) => {
-      await a.request('POST', '/v1/vms', { name: vm, disks: DISKS.map((name) => ({ name, size: diskBytes })) });
-      await a.request('POST', '/v1/relationships', { id: rel(vm), vm, replica: { name: pair.replica.name, endpoint: pair.replica.url }, policy });
-      await a.request('POST', `/v1/relationships/${rel(vm)}/start?wait=true`);
+      await send(a, ROUTES.createVm, {}, { name: vm, disks: DISKS.map((name) => ({ name, size: diskBytes })) });
+      await send(a, ROUTES.createRelationship, {}, { id: rel(vm), vm, replica: { name: pair.replica.name, endpoint: pair.replica.url }, policy });
+      await send(a, ROUTES.startReplication, { id: rel(vm) }, undefined, { query: { wait: 'true' } });
     });
     const setupMs = performance.now() - s0;
     ctx.log(`initial replication of ${count} VMs done in ${(setupMs / 1000).toFixed(1)} s; ${CYCLES} cycles of ${intervalMs / 1000} s under a light write load`);
@@ -82,7 +83,7 @@ async function agentPairScenario(ctx: BenchContext): Promise<Scenario> {
     const cuts = new Map<string, { cut: number; seenAt: number }[]>(names.map((vm) => [rel(vm), []]));
     const lags: number[] = [];
     let windowStart = Infinity;
-    const list = async () => (await a.request('GET', '/v1/relationships')).json<PrimaryView[]>().filter((v) => v.role === 'Primary');
+    const list = async () => (await send(a, ROUTES.listRelationships, {})).json<PrimaryView[]>().filter((v) => v.role === 'Primary');
     const poll = async () => {
       const now = Date.now();
       for (const v of await list()) {
@@ -173,8 +174,8 @@ async function agentPairScenario(ctx: BenchContext): Promise<Scenario> {
     const v0 = performance.now();
     // Suspended right after (serialised with cycles): no scheduled cycle prunes the point compared.
     await pool(sample, 8, async (vm) => {
-      await a.request('POST', `/v1/relationships/${rel(vm)}/replicate-now`);
-      await a.request('POST', `/v1/relationships/${rel(vm)}/suspend`);
+      await send(a, ROUTES.replicateNow, { id: rel(vm) });
+      await send(a, ROUTES.suspend, { id: rel(vm) });
     });
     const applied = new Map((await list()).map((v) => [v.id, v.appliedSequence]));
     let compared = 0;
@@ -182,7 +183,7 @@ async function agentPairScenario(ctx: BenchContext): Promise<Scenario> {
       const seq = applied.get(rel(vm)) ?? 0;
       for (const disk of DISKS) {
         const want = await sha256File(join(pair.primary.dataDir, 'vms', vm, `${disk}.img`));
-        const got = (await b.request('GET', `/v1/relationships/${rel(vm)}/recovery-points/${seq}/disks/${disk}/sha256`)).json<{ sha256: string }>();
+        const got = (await send(b, ROUTES.pointDigest, { id: rel(vm), seq, disk })).json<{ sha256: string }>();
         if (got.sha256 !== want) throw new CorrectnessError(`fleet: ${vm}/${disk} replica point ${seq} sha256 ${got.sha256} != primary ${want}`);
         compared++;
       }

@@ -10,6 +10,7 @@ import { measureOwn, runTool } from '../lib/measure.ts';
 import { GiB, MiB, fmtRatio, fmtSize, wallMedian } from '../lib/report-helpers.ts';
 import type { BenchCase, BenchContext, CaseResult, Goal, Sample, Subject } from '../lib/types.ts';
 import { CorrectnessError } from '../lib/types.ts';
+import { ROUTES, send } from '../../test/support/agent-client.ts';
 
 const GOAL = 1.2;
 
@@ -40,17 +41,17 @@ export const initialReplication: BenchCase = {
       for (let r = 0; r < ctx.runs; r++) {
         const vm = `bench-init-${r}`;
         const rel = `rel-${vm}`;
-        await a.request('POST', '/v1/vms', { name: vm, disks: [{ name: 'd0', size }] });
+        await send(a, ROUTES.createVm, {}, { name: vm, disks: [{ name: 'd0', size }] });
         const image = join(pair.primary.dataDir, 'vms', vm, 'd0.img');
         await fillMixed(image, size, 40 + r);
         const want = await sha256File(image);
         // 15-minute policy: no scheduled delta runs inside the measurement.
-        await a.request('POST', '/v1/relationships', { id: rel, vm, replica: { name: pair.replica.name, endpoint: pair.replica.url }, policy: { ...POLICY_30S, frequency: '15m' } });
-        const run = await measureOwn(async () => (await a.request('POST', `/v1/relationships/${rel}/start?wait=true`)).json(), {
+        await send(a, ROUTES.createRelationship, {}, { id: rel, vm, replica: { name: pair.replica.name, endpoint: pair.replica.url }, policy: { ...POLICY_30S, frequency: '15m' } });
+        const run = await measureOwn(async () => (await send(a, ROUTES.startReplication, { id: rel }, undefined, { query: { wait: 'true' } })).json(), {
           helper: () => pair.usage(),
         });
-        const view = (await a.request('GET', `/v1/relationships/${rel}`)).json<{ state: string; appliedSequence: number; bytesShipped?: number }>();
-        const got = (await pair.replica.client.request('GET', `/v1/relationships/${rel}/recovery-points/${view.appliedSequence}/disks/d0/sha256`)).json<{ sha256: string }>();
+        const view = (await send(a, ROUTES.getRelationship, { id: rel })).json<{ state: string; appliedSequence: number; bytesShipped?: number }>();
+        const got = (await send(pair.replica.client, ROUTES.pointDigest, { id: rel, seq: view.appliedSequence, disk: 'd0' })).json<{ sha256: string }>();
         if (got.sha256 !== want) throw new CorrectnessError(`initial replication run ${r + 1}: replica point ${view.appliedSequence} sha256 ${got.sha256} != primary ${want}`);
         ours.push({ ...run.sample, wireBytes: view.bytesShipped });
         const out = join(ctx.workDir, 'dd.img');
@@ -58,7 +59,7 @@ export const initialReplication: BenchCase = {
         if ((await sha256File(out)) !== want) throw new CorrectnessError(`dd copy run ${r + 1} differs`);
         dd.push(t.sample);
         await rm(out);
-        await a.request('DELETE', `/v1/relationships/${rel}`).catch(() => undefined);
+        await send(a, ROUTES.removeRelationship, { id: rel }).catch(() => undefined);
       }
     } finally {
       await pair.stop();

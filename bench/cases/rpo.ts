@@ -11,6 +11,7 @@ import { measureOwn } from '../lib/measure.ts';
 import { GiB, MiB, fmtSize } from '../lib/report-helpers.ts';
 import type { BenchCase, BenchContext, CaseResult, Scenario } from '../lib/types.ts';
 import { CorrectnessError } from '../lib/types.ts';
+import { ROUTES, send } from '../../test/support/agent-client.ts';
 
 const GOAL_P99_S = 60;
 const MB = 1_000_000;
@@ -74,12 +75,12 @@ function rpoCase(spec: RpoSpec): BenchCase {
         const writeMs = writeMsFor(rate);
         const vm = `bench-rpo-${rate}`;
         const rel = `rel-${vm}`;
-        await a.request('POST', '/v1/vms', { name: vm, disks: [{ name: 'd0', size }] });
-        await a.request('POST', '/v1/relationships', { id: rel, vm, replica: { name: pair.replica.name, endpoint: pair.replica.url }, policy: policyOpenNow(spec.frequency) });
-        await a.request('POST', `/v1/relationships/${rel}/start?wait=true`);
+        await send(a, ROUTES.createVm, {}, { name: vm, disks: [{ name: 'd0', size }] });
+        await send(a, ROUTES.createRelationship, {}, { id: rel, vm, replica: { name: pair.replica.name, endpoint: pair.replica.url }, policy: policyOpenNow(spec.frequency) });
+        await send(a, ROUTES.startReplication, { id: rel }, undefined, { query: { wait: 'true' } });
         const applied: Applied[] = [];
         const poll = async () => {
-          const v = (await a.request('GET', `/v1/relationships/${rel}`)).json<{ appliedSequence: number; lastReplicationTime?: string; state: string; health: string }>();
+          const v = (await send(a, ROUTES.getRelationship, { id: rel })).json<{ appliedSequence: number; lastReplicationTime?: string; state: string; health: string }>();
           const last = applied.at(-1);
           if (v.lastReplicationTime && (!last || v.appliedSequence > last.sequence)) {
             applied.push({ sequence: v.appliedSequence, cutTime: Date.parse(v.lastReplicationTime), seenAt: Date.now() });
@@ -98,7 +99,7 @@ function rpoCase(spec: RpoSpec): BenchCase {
           ? (async () => {
             while (!stop) {
               await new Promise((r) => setTimeout(r, driveEveryMs));
-              if (!stop) await a.request('POST', `/v1/relationships/${rel}/replicate-now`).catch(() => undefined);
+              if (!stop) await send(a, ROUTES.replicateNow, { id: rel }).catch(() => undefined);
             }
           })()
           : Promise.resolve();
@@ -137,9 +138,9 @@ function rpoCase(spec: RpoSpec): BenchCase {
         if (view.health === 'Critical') throw new CorrectnessError(`rpo ${rate} MB/s: relationship went Critical (${view.state})`);
         // The replica's latest point now: the agents' schedule goes on cutting after the poller stopped, and
         // retention may already have folded the last point it saw into a newer one of the same hour.
-        const points = (await pair.replica.client.request('GET', `/v1/relationships/${rel}/recovery-points`)).json<{ sequence: number }[]>();
+        const points = (await send(pair.replica.client, ROUTES.recoveryPoints, { id: rel })).json<{ sequence: number }[]>();
         const seq = points.at(-1)?.sequence ?? 0;
-        const digest = (await pair.replica.client.request('GET', `/v1/relationships/${rel}/recovery-points/${seq}/disks/d0/sha256`)).json<{ sha256: string }>();
+        const digest = (await send(pair.replica.client, ROUTES.pointDigest, { id: rel, seq, disk: 'd0' })).json<{ sha256: string }>();
         if (!/^[0-9a-f]{64}$/.test(digest.sha256)) throw new CorrectnessError(`rpo ${rate} MB/s: latest point ${seq} unreadable`);
         scenarios.push({
           name: `${rate} MB/s of random 64 KiB writes (half compressible) for ${writeMs / 1000} s on a ${fmtSize(size)} disk${driveEveryMs ? `, cycle every ${driveEveryMs / 1000} s (quick)` : ''}`,
@@ -151,7 +152,7 @@ function rpoCase(spec: RpoSpec): BenchCase {
           }],
           verified: `${applied.length} points applied during the window; the latest (${seq}) is readable on the replica; health ${view.health}. Byte equality of each point is checked in case 2 and the agent tests, not under load.`,
         });
-        await a.request('DELETE', `/v1/relationships/${rel}`).catch(() => undefined);
+        await send(a, ROUTES.removeRelationship, { id: rel }).catch(() => undefined);
       }
     } finally {
       await pair.stop();

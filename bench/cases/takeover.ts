@@ -18,6 +18,7 @@ import { spread } from '../lib/measure.ts';
 import { MiB } from '../lib/report-helpers.ts';
 import type { BenchCase, BenchContext, CaseResult, Sample, Scenario, Subject } from '../lib/types.ts';
 import { CorrectnessError } from '../lib/types.ts';
+import { ROUTES, send } from '../../test/support/agent-client.ts';
 
 const TTL_S = 3;
 const ETCDCTL = '/usr/bin/etcdctl';
@@ -123,7 +124,7 @@ async function drsiteTakeovers(ctx: BenchContext, etcd: EtcdCluster, runs: numbe
   try {
     for (const name of ['bench-a', 'bench-b']) await hosts.startProcess(name);
     const a = await hosts.client('bench-a');
-    await a.request('POST', '/v1/vms', { name: VM, disks: [{ name: 'os', size: 16 * MiB }] });
+    await send(a, ROUTES.createVm, {}, { name: VM, disks: [{ name: 'os', size: 16 * MiB }] });
     writeManifests(join(root, 'manifests'), hosts);
 
     let leader = start();

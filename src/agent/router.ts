@@ -3,23 +3,25 @@
 // (400 naming the field) before the handler runs.
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { TerminalError } from '../model/errors.ts';
-import { NO_FIELDS, ROUTES, type Caller, type RouteName, type RouteSpec } from '../transport/agent-api.ts';
+import { NO_FIELDS, ROUTES, type Caller, type ParamNames, type RequestOf, type ResponseOf, type RouteName, type RouteSpec } from '../transport/agent-api.ts';
 import { checkBody } from '../transport/body-validation.ts';
 import type { PeerIdentity } from '../transport/peer.ts';
 import { readJson } from '../transport/wire.ts';
 
 export type { Caller };
 
-export interface RouteContext {
+/** What a handler of route `R` gets: its `:name` segments (decoded) and its checked body, typed by the table. */
+export interface RouteContext<R extends RouteSpec = RouteSpec> {
   req: IncomingMessage;
   res: ServerResponse;
-  params: Record<string, string>;
+  params: { readonly [K in ParamNames<R['path']>]: string };
   query: URLSearchParams;
   /** Common name of the client certificate. */
   peer: string;
   identity: PeerIdentity;
-  /** The request body, parsed and checked against the route's schema (undefined for routes without one). */
-  body: unknown;
+  /** The request body, parsed and checked against the route's schema (undefined for routes without one
+   * and for raw routes, whose handler reads `req` itself). */
+  body: RequestOf<R>;
 }
 
 const hasBody = (req: IncomingMessage): boolean => Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
@@ -33,9 +35,10 @@ async function bodyOf(spec: RouteSpec, req: IncomingMessage): Promise<unknown> {
 }
 
 /** A handler returns a JSON body (sent with the route's status) or undefined when it answered itself. */
-export type Handler = (ctx: RouteContext) => Promise<unknown>;
+export type Handler<R extends RouteSpec = RouteSpec> = (ctx: RouteContext<R>) => Promise<ResponseOf<R> | undefined>;
 
-export type Handlers = { readonly [K in RouteName]: Handler };
+/** One handler for every entry of the table, each typed by its entry. */
+export type Handlers = { readonly [K in RouteName]: Handler<(typeof ROUTES)[K]> };
 
 interface Route {
   spec: RouteSpec;
@@ -53,7 +56,8 @@ export class Router {
   constructor(handlers: Handlers) {
     for (const name of Object.keys(ROUTES) as RouteName[]) {
       const spec: RouteSpec = ROUTES[name];
-      const handler = handlers[name];
+      // The table's entries differ only in types; at run time each handler gets its own route's context.
+      const handler = handlers[name] as Handler;
       this.#routes.push({
         spec,
         method: spec.method,

@@ -1,41 +1,28 @@
 // The agent API's handlers, one per route of transport/agent-api.ts's table: each reads its
-// (already checked) body and calls the verb that does the work.
+// (already checked) body, typed by its table entry, and calls the verb that does the work.
 import { join } from 'node:path';
 import { compareRequestFromJSON, digestsToJSON } from '../core/replication/block-checksums.ts';
 import { TerminalError } from '../model/errors.ts';
-import type { ResolvedPolicySpec } from '../model/desired.ts';
-import type {
-  CreateRelationshipRequest,
-  CreateReplicaRequest,
-  AdoptVmRequest,
-  CreateVmRequest,
-  FailbackFromAzureRequest,
-  FailoverRequest,
-  ReverseRequest,
-  SetPowerRequest,
-  TestFailoverRequest,
-} from '../transport/agent-api.ts';
+import { ROUTES } from '../transport/agent-api.ts';
 import { discardUploads, handleUpload } from '../transport/upload-server.ts';
 import type { Agent } from './agent.ts';
 import { ownReplica } from './authorization.ts';
 import { primaryOf, replicaOf } from './context.ts';
 import * as fo from './failover.ts';
 import { createRelationship, createReplica, extend, removeRelationship } from './relationships.ts';
-import type { ReplicaRecord } from '../core/replication/replica.ts';
 import { Router, type RouteContext } from './router.ts';
 import { cycleGroup } from './scheduler.ts';
 import * as vms from './vms.ts';
 import { adoptVm, adoptedView } from './adopted.ts';
 
-const seq = (ctx: RouteContext): number => {
+const seq = (ctx: { params: { seq: string } }): number => {
   const n = Number(ctx.params.seq);
   if (!Number.isSafeInteger(n) || n < 1) throw new TerminalError('invalid-argument', `bad sequence ${ctx.params.seq}`);
   return n;
 };
 
 export function agentRoutes(a: Agent): Router {
-  const body = <T>(ctx: RouteContext) => ctx.body as T;
-  const upload = async (ctx: RouteContext) => {
+  const upload = async (ctx: RouteContext<typeof ROUTES.uploadLog | typeof ROUTES.uploadOffset>) => {
     const rep = ownReplica(a, ctx.params.id, ctx.peer);
     rep.acceptingLogs(); // refuse before taking any data
     const n = seq(ctx);
@@ -59,8 +46,8 @@ export function agentRoutes(a: Agent): Router {
       relationships: a.primaries.size + a.replicas.size,
     }),
     listVms: async () => vms.listVms(a),
-    createVm: async (ctx) => vms.createVm(a, body<CreateVmRequest>(ctx)),
-    adoptVm: async (ctx) => adoptVm(a, body<AdoptVmRequest>(ctx)),
+    createVm: async (ctx) => vms.createVm(a, ctx.body),
+    adoptVm: async (ctx) => adoptVm(a, ctx.body),
     getVm: async (ctx) => {
       const adopted = a.adopted.get(ctx.params.name);
       if (adopted) return adoptedView(adopted);
@@ -68,10 +55,10 @@ export function agentRoutes(a: Agent): Router {
       if (!rt) throw new TerminalError('not-found', `VM ${ctx.params.name} not found on ${a.config.name}`);
       return { ...(await a.hv.get(ctx.params.name)), ...(await vms.vmView(a, rt)) };
     },
-    setVmPower: async (ctx) => vms.setPower(a, ctx.params.name, body<SetPowerRequest>(ctx)),
+    setVmPower: async (ctx) => vms.setPower(a, ctx.params.name, ctx.body),
     // The replication service (primary side, and views of both sides)
     listRelationships: async () => a.relationships(),
-    createRelationship: async (ctx) => createRelationship(a, body<CreateRelationshipRequest>(ctx)),
+    createRelationship: async (ctx) => createRelationship(a, ctx.body),
     getRelationship: async (ctx) => {
       const views = view(ctx.params.id);
       return views.length === 1 ? views[0] : views.find((v) => v.role === 'Primary');
@@ -104,7 +91,7 @@ export function agentRoutes(a: Agent): Router {
     resync: async (ctx) => primaryOf(a, ctx.params.id).requestResync(),
     modifySettings: async (ctx) => {
       const p = primaryOf(a, ctx.params.id);
-      await p.modify(body<{ policy: ResolvedPolicySpec }>(ctx).policy);
+      await p.modify(ctx.body.policy);
       return p.view();
     },
     suspend: async (ctx) => {
@@ -126,25 +113,25 @@ export function agentRoutes(a: Agent): Router {
     },
     recoveryPoints: async (ctx) => replicaOf(a, ctx.params.id).points(),
     pointDigest: async (ctx) => ({ sha256: await replicaOf(a, ctx.params.id).pointDigest(seq(ctx), ctx.params.disk) }),
-    importMedia: async (ctx) => replicaOf(a, ctx.params.id).importMedia(join(body<{ folder: string }>(ctx).folder, ctx.params.id)),
+    importMedia: async (ctx) => replicaOf(a, ctx.params.id).importMedia(join(ctx.body.folder, ctx.params.id)),
     // Failover family
-    testFailover: async (ctx) => fo.testFailover(a, ctx.params.id, body<TestFailoverRequest>(ctx)),
+    testFailover: async (ctx) => fo.testFailover(a, ctx.params.id, ctx.body),
     cleanupTestFailover: async (ctx) => fo.cleanupTestFailover(a, ctx.params.id),
     preparePlannedFailover: async (ctx) => fo.preparePlannedFailover(a, ctx.params.id),
-    failover: async (ctx) => fo.failover(a, ctx.params.id, body<FailoverRequest>(ctx)),
+    failover: async (ctx) => fo.failover(a, ctx.params.id, ctx.body),
     commit: async (ctx) => fo.commit(a, ctx.params.id),
     cancel: async (ctx) => fo.cancel(a, ctx.params.id),
-    failbackFromAzure: async (ctx) => fo.failbackFromAzure(a, ctx.params.id, body<FailbackFromAzureRequest>(ctx)),
+    failbackFromAzure: async (ctx) => fo.failbackFromAzure(a, ctx.params.id, ctx.body),
     replicateToAzure: async (ctx) => fo.replicateToAzure(a, ctx.params.id),
     moveStorage: async (ctx) => {
       const rep = replicaOf(a, ctx.params.id);
-      await rep.moveStorage(body<{ path: string }>(ctx).path);
+      await rep.moveStorage(ctx.body.path);
       return rep.view(a.clock.now());
     },
-    extend: async (ctx) => extend(a, ctx.params.id, body<ReverseRequest>(ctx)),
-    reverse: async (ctx) => fo.reverse(a, ctx.params.id, body<ReverseRequest>(ctx)),
+    extend: async (ctx) => extend(a, ctx.params.id, ctx.body),
+    reverse: async (ctx) => fo.reverse(a, ctx.params.id, ctx.body),
     // Replica server: called by primaries
-    createReplica: async (ctx) => (await createReplica(a, body<CreateReplicaRequest>(ctx), ctx.identity)).status(),
+    createReplica: async (ctx) => (await createReplica(a, ctx.body, ctx.identity)).status(),
     replicaStatus: async (ctx) => ownReplica(a, ctx.params.id, ctx.peer).status(),
     removeReplica: async (ctx) => {
       const rep = ownReplica(a, ctx.params.id, ctx.peer);
@@ -174,7 +161,7 @@ export function agentRoutes(a: Agent): Router {
     // The multi-level compare (64 KiB, then 4 KiB inside differing blocks) with short keyed digests.
     replicaCompare: async (ctx) => digestsToJSON(await ownReplica(a, ctx.params.id, ctx.peer).checksums(ctx.params.disk, compareRequestFromJSON(ctx.body))),
     replicaSettings: async (ctx) => {
-      await ownReplica(a, ctx.params.id, ctx.peer).setRetention(body<{ retention: ReplicaRecord['retention'] }>(ctx).retention);
+      await ownReplica(a, ctx.params.id, ctx.peer).setRetention(ctx.body.retention);
       return { ok: true };
     },
   });

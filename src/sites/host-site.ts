@@ -4,11 +4,12 @@
 import type { PowerState } from '../model/hypervisor.ts';
 import type { ResolvedPolicySpec } from '../model/desired.ts';
 import type { CertBundle } from '../transport/certs.ts';
-import { ROUTES, type RouteSpec } from '../transport/agent-api.ts';
+import { ROUTES, type PathParams, type RequestOf, type ResponseOf, type RouteSpec } from '../transport/agent-api.ts';
 import type {
   CreateRelationshipRequest, CreateVmRequest, FailbackFromAzureRequest, FailbackFromAzureResult, FailoverRequest,
   PrepareResult, RecoveryPointInfo, RelationshipView, ReverseRequest, TestFailoverRequest,
 } from '../transport/agent-api.ts';
+import { callRoute } from '../transport/agent-call.ts';
 import { createMtlsClient, type MtlsClient } from '../transport/mtls.ts';
 import { notOnThisSite, type CycleOutcome, type FailoverContext, type FailoverOutcome, type Site, type SiteSnapshot, type SiteVm, type TerraformOutput } from './site.ts';
 
@@ -30,14 +31,6 @@ export interface HostSiteOptions {
  * default) before it is refused, so its call may be silent that long, and longer than `timeoutMs`.
  */
 const POWER_TIMEOUT_MS = 10 * 60_000;
-
-/** The route's path with its `:name` segments filled in (percent-encoded). */
-export function routePath(route: RouteSpec, params: Record<string, string | number> = {}): string {
-  return route.path.replace(/:(\w+)/g, (_, k: string) => {
-    if (params[k] === undefined) throw new Error(`route ${route.path} needs :${k}`);
-    return encodeURIComponent(String(params[k]));
-  });
-}
 
 export class HostSite implements Site {
   readonly kind = 'host';
@@ -61,10 +54,9 @@ export class HostSite implements Site {
     this.#powerClient = createMtlsClient({ ...tls, timeoutMs: Math.max(opts.timeoutMs ?? 30_000, POWER_TIMEOUT_MS) });
   }
 
-  async #call<T>(route: RouteSpec, params: Record<string, string | number> = {}, body?: object, query = '', client = this.#client): Promise<T> {
-    const method = route.method === 'HEAD' ? 'GET' : route.method;
-    const res = await client.request(method, routePath(route, params) + query, body ?? (route.body ? {} : undefined));
-    return (res.body.length ? res.json<T>() : undefined) as T;
+  /** A route with a body schema always gets a body (an empty one when the verb has no fields). */
+  #call<R extends RouteSpec>(route: R, params: PathParams<R>, body?: RequestOf<R>, client = this.#client): Promise<ResponseOf<R>> {
+    return callRoute(client, route, params, body ?? (route.body ? ({} as RequestOf<R>) : undefined));
   }
 
   async snapshot(): Promise<SiteSnapshot> {
@@ -76,13 +68,13 @@ export class HostSite implements Site {
     }
   }
 
-  vms = (): Promise<SiteVm[]> => this.#call(ROUTES.listVms);
-  relationships = (): Promise<RelationshipView[]> => this.#call(ROUTES.listRelationships);
+  vms = (): Promise<SiteVm[]> => this.#call(ROUTES.listVms, {});
+  relationships = (): Promise<RelationshipView[]> => this.#call(ROUTES.listRelationships, {});
   recoveryPoints = (id: string): Promise<RecoveryPointInfo[]> => this.#call(ROUTES.recoveryPoints, { id });
   pointDigest = (id: string, seq: number, disk: string): Promise<{ sha256: string }> => this.#call(ROUTES.pointDigest, { id, seq, disk });
   createVm = (req: CreateVmRequest): Promise<SiteVm> => this.#call(ROUTES.createVm, {}, req);
   setVmPower = (vm: string, power: PowerState, opts: { timeoutMs?: number; force?: boolean } = {}): Promise<SiteVm> =>
-    this.#call(ROUTES.setVmPower, { name: vm }, { power, ...opts }, '', this.#powerClient);
+    this.#call(ROUTES.setVmPower, { name: vm }, { power, ...opts }, this.#powerClient);
   createRelationship = (req: CreateRelationshipRequest): Promise<RelationshipView> => this.#call(ROUTES.createRelationship, {}, req);
   removeRelationship = (id: string): Promise<{ removed: string }> => this.#call(ROUTES.removeRelationship, { id });
   startReplication = (id: string): Promise<RelationshipView> => this.#call(ROUTES.startReplication, { id });

@@ -13,6 +13,7 @@ import { NbdClient } from '../../src/nbd/client.ts';
 import type { RecoveryPointInfo, RelationshipView } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s } from './cluster.ts';
+import { ROUTES, send } from '../support/agent-client.ts';
 
 const MiB = 1 << 20;
 let cluster: Cluster;
@@ -40,10 +41,10 @@ async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutM
 
 describe('continuous replication', () => {
   test('points follow the writes without replicate-now, and the replica catches up once they stop', async () => {
-    await a.request('POST', '/v1/vms', { name: 'cont', disks: [{ name: 'os', size: 8 * MiB }] });
-    await a.request('POST', '/v1/relationships', { id: 'rel-cont', vm: 'cont', replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: { ...policy30s, frequency: 'continuous' } });
-    await a.request('POST', '/v1/relationships/rel-cont/start?wait=true');
-    const first = (await b.request('GET', '/v1/relationships/rel-cont')).json<RelationshipView>().appliedSequence;
+    await send(a, ROUTES.createVm, {}, { name: 'cont', disks: [{ name: 'os', size: 8 * MiB }] });
+    await send(a, ROUTES.createRelationship, {}, { id: 'rel-cont', vm: 'cont', replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: { ...policy30s, frequency: 'continuous' } });
+    await send(a, ROUTES.startReplication, { id: 'rel-cont' }, undefined, { query: { wait: 'true' } });
+    const first = (await send(b, ROUTES.getRelationship, { id: 'rel-cont' })).json<RelationshipView>().appliedSequence;
     // Writes in rounds; with a 30 s period no cycle would run in this time, continuous ones must.
     const c = await NbdClient.connect(join(cluster.host('host-a').dataDir, 'nbd', 'cont.sock'), 'os');
     for (let round = 0; round < 8; round++) {
@@ -53,16 +54,16 @@ describe('continuous replication', () => {
     }
     await c.close();
     const applied = await until('two continuous points', async () => {
-      const v = (await b.request('GET', '/v1/relationships/rel-cont')).json<RelationshipView>();
+      const v = (await send(b, ROUTES.getRelationship, { id: 'rel-cont' })).json<RelationshipView>();
       return v.appliedSequence >= first + 2 ? v.appliedSequence : undefined;
     });
     expect(applied).toBeGreaterThanOrEqual(first + 2);
     // No more writes: the latest point becomes the disk as it is, by the schedule alone.
     const disk = createHash('sha256').update(await readFile(join(cluster.host('host-a').dataDir, 'vms', 'cont', 'os.img'))).digest('hex');
     await until('the replica equal to the disk', async () => {
-      const pts = (await b.request('GET', '/v1/relationships/rel-cont/recovery-points')).json<RecoveryPointInfo[]>();
+      const pts = (await send(b, ROUTES.recoveryPoints, { id: 'rel-cont' })).json<RecoveryPointInfo[]>();
       // A newer point may apply between the two requests and replace this one (same hour): ask again.
-      const sha = await b.request('GET', `/v1/relationships/rel-cont/recovery-points/${pts.at(-1)!.sequence}/disks/os/sha256`)
+      const sha = await send(b, ROUTES.pointDigest, { id: 'rel-cont', seq: pts.at(-1)!.sequence, disk: 'os' })
         .then((r) => r.json<{ sha256: string }>().sha256, (e: unknown) => {
           if (TerminalError.is(e) && e.code === 'not-found') return undefined;
           throw e;
@@ -70,10 +71,10 @@ describe('continuous replication', () => {
       return sha === disk ? true : undefined;
     });
     // Idle, it makes no empty points: the sequence stays while cycles keep running each second.
-    const idle = (await b.request('GET', '/v1/relationships/rel-cont')).json<RelationshipView>().appliedSequence;
+    const idle = (await send(b, ROUTES.getRelationship, { id: 'rel-cont' })).json<RelationshipView>().appliedSequence;
     await new Promise((r) => setTimeout(r, 2500));
-    expect((await b.request('GET', '/v1/relationships/rel-cont')).json<RelationshipView>().appliedSequence).toBe(idle);
-    const v = (await a.request('GET', '/v1/relationships/rel-cont')).json<RelationshipView>();
+    expect((await send(b, ROUTES.getRelationship, { id: 'rel-cont' })).json<RelationshipView>().appliedSequence).toBe(idle);
+    const v = (await send(a, ROUTES.getRelationship, { id: 'rel-cont' })).json<RelationshipView>();
     // Idle is current: its lag stays within a cycle or two, never growing toward the 30 s health period.
     expect(v.state).toBe('Replicating');
     expect(v.lagSeconds).toBeLessThan(10);

@@ -18,6 +18,7 @@ import { newAtRestKey } from '../../src/core/disk/at-rest.ts';
 import { ReplicaStore } from '../../src/core/replica/replica-store.ts';
 import type { Extent } from '../../src/core/types.ts';
 import { applyToReference, buildLog, header, newKeys, sha } from '../core/replica/helpers.ts';
+import { ROUTES, send } from '../support/agent-client.ts';
 
 const MiB = 1 << 20;
 
@@ -107,13 +108,13 @@ afterAll(async () => {
   }
 }, 60_000);
 
-const view = async (c: MtlsClient, id: string) => (await c.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+const view = async (c: MtlsClient, id: string) => (await send(c, ROUTES.getRelationship, { id })).json<RelationshipView>();
 const digest = async (id: string, seq: number, disk = 'd0') =>
-  (await b.request('GET', `/v1/relationships/${id}/recovery-points/${seq}/disks/${disk}/sha256`)).json<{ sha256: string }>().sha256;
+  (await send(b, ROUTES.pointDigest, { id, seq, disk })).json<{ sha256: string }>().sha256;
 const diskSha = (vm: string, disk = 'd0') => sha256File(join(cluster.host('host-a').dataDir, 'vms', vm, `${disk}.img`));
 const failure = (p: Promise<unknown>) => p.then(() => { throw new Error('expected the cycle to fail'); }, (e: unknown) => e);
 const replicateNow = async (id: string) =>
-  (await a.request('POST', `/v1/relationships/${id}/replicate-now`)).json<{ action: string; sequence: number; applied: number }>();
+  (await send(a, ROUTES.replicateNow, { id })).json<{ action: string; sequence: number; applied: number }>();
 
 /** Writes `mib` MiB of random data through the VM's NBD export, 1 MiB at a time from `fromMiB`. */
 async function writeData(vm: string, fromMiB: number, mib: number): Promise<void> {
@@ -124,9 +125,9 @@ async function writeData(vm: string, fromMiB: number, mib: number): Promise<void
 }
 
 async function createVm(vm: string, sizeMiB: number): Promise<string> {
-  await a.request('POST', '/v1/vms', { name: vm, disks: [{ name: 'd0', size: sizeMiB * MiB }] });
+  await send(a, ROUTES.createVm, {}, { name: vm, disks: [{ name: 'd0', size: sizeMiB * MiB }] });
   const id = `rel-${vm}`;
-  await a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
+  await send(a, ROUTES.createRelationship, {}, { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
   return id;
 }
 
@@ -176,7 +177,7 @@ describe('disk full on the Replica server (its storage path)', () => {
     id = await createVm('r-init', 32);
     await writeData('r-init', 0, 20);
     const fill = ballast(replicaFs.dir, 12 * MiB);
-    const e = await failure(a.request('POST', `/v1/relationships/${id}/start?wait=true`));
+    const e = await failure(send(a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } }));
     expectDiskFull(e, replicaFs.dir);
     await expectRetrying(id, replicaFs.dir, 'InitialReplicationInProgress');
     expect((await view(b, id)).appliedSequence).toBe(0);
@@ -219,7 +220,7 @@ describe('disk full on the Replica server (its storage path)', () => {
     expectDiskFull(e, join(replicaFs.dir, id));
     await expectRetrying(id, replicaFs.dir, 'Replicating');
     const asPrimary = await cluster.client('host-b', 'host-a');
-    const st = (await asPrimary.request('GET', `/v1/replica/relationships/${id}`)).json<ReplicaStatus>();
+    const st = (await send(asPrimary, ROUTES.replicaStatus, { id })).json<ReplicaStatus>();
     expect(st.applied).toBe(before.appliedSequence);
     expect(st.received.d0).toContain(seq); // received and durable: not sent again
     expect(await digest(id, before.appliedSequence)).toBe(beforeDigest);
@@ -309,7 +310,7 @@ describe('disk full on the primary (its data directory)', () => {
     await writeData('p-init', 0, 10);
     const fill = ballast(primaryFs.dir, 4 * MiB);
     try {
-      await a.request('POST', `/v1/relationships/${id}/start?wait=true`);
+      await send(a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } });
       expect((await view(b, id)).appliedSequence).toBe(1);
       expect(await digest(id, 1)).toBe(await diskSha('p-init'));
       const rel = join(primaryFs.dir, 'relationships', id);

@@ -15,6 +15,7 @@ import { ManualClock } from '../../src/model/clock.ts';
 import type { RelationshipView } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s, sha256File } from './cluster.ts';
+import { ROUTES, send } from '../support/agent-client.ts';
 
 const MiB = 1 << 20;
 const HOUR = 3_600_000;
@@ -36,9 +37,9 @@ beforeAll(async () => {
 afterAll(async () => cluster?.destroy());
 
 const hostDir = (h: string) => cluster.host(h).dataDir;
-const view = async (c: MtlsClient, id: string) => (await c.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+const view = async (c: MtlsClient, id: string) => (await send(c, ROUTES.getRelationship, { id })).json<RelationshipView>();
 const digestOn = async (c: MtlsClient, id: string, seq: number, disk: string) =>
-  (await c.request('GET', `/v1/relationships/${id}/recovery-points/${seq}/disks/${disk}/sha256`)).json<{ sha256: string }>().sha256;
+  (await send(c, ROUTES.pointDigest, { id, seq, disk })).json<{ sha256: string }>().sha256;
 
 /** Files under `dir` holding the marker (every file: images, undo, logs, journals, keys). */
 function filesWithMarker(dir: string): string[] {
@@ -74,17 +75,17 @@ async function writeMarker(host: string, vm: string, disk: string, seed: number)
 }
 
 async function cycle(c: MtlsClient, id: string): Promise<number> {
-  const r = (await c.request('POST', `/v1/relationships/${id}/replicate-now`)).json<{ sequence: number; applied: number }>();
+  const r = (await send(c, ROUTES.replicateNow, { id })).json<{ sequence: number; applied: number }>();
   expect(r.applied).toBe(r.sequence);
   return r.sequence;
 }
 
 test('the replica never stores what the guest wrote in the clear; points, test failover, failover and reverse replication read it back', async () => {
-  await a.request('POST', '/v1/vms', { name: 'enc', disks: [{ name: 'os', size: 16 * MiB }, { name: 'data', size: 8 * MiB }] });
+  await send(a, ROUTES.createVm, {}, { name: 'enc', disks: [{ name: 'os', size: 16 * MiB }, { name: 'data', size: 8 * MiB }] });
   await writeMarker('host-a', 'enc', 'os', 1);
   const id = 'rel-enc';
-  await a.request('POST', '/v1/relationships', { id, vm: 'enc', replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
-  await a.request('POST', `/v1/relationships/${id}/start?wait=true`);
+  await send(a, ROUTES.createRelationship, {}, { id, vm: 'enc', replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
+  await send(a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } });
   const primary = (disk: string) => sha256File(join(hostDir('host-a'), 'vms', 'enc', `${disk}.img`));
   // Hourly points, so older ones are retained (their old blocks in undo).
   const at = new Map<number, { os: string; data: string }>();
@@ -103,19 +104,19 @@ test('the replica never stores what the guest wrote in the clear; points, test f
 
   // A test failover of an older point reads through undo and images, decrypted.
   const [older] = at.keys();
-  await b.request('POST', `/v1/relationships/${id}/test-failover`, { recoveryPoint: older });
+  await send(b, ROUTES.testFailover, { id }, { recoveryPoint: older });
   expect(await nbdSha('host-b', 'enc-Test', 'os')).toBe(at.get(older)!.os);
   expect(await nbd('host-b', 'enc-Test', 'os', (c) => c.read(7 * MiB, MARKER.length))).toEqual(MARKER);
-  await b.request('POST', `/v1/relationships/${id}/cleanup-test-failover`);
+  await send(b, ROUTES.cleanupTestFailover, { id });
 
   // Failover to the latest point and commit: the VM runs on host-b from its own (plain) disks.
   const latest = [...at.keys()].at(-1)!;
-  await a.request('POST', '/v1/vms/enc/power', { power: 'Off' });
-  await b.request('POST', `/v1/relationships/${id}/failover`, { recoveryPoint: 'latest' });
+  await send(a, ROUTES.setVmPower, { name: 'enc' }, { power: 'Off' });
+  await send(b, ROUTES.failover, { id }, { recoveryPoint: 'latest' });
   expect(await nbdSha('host-b', 'enc', 'data')).toBe(at.get(latest)!.data);
-  await b.request('POST', `/v1/relationships/${id}/commit`);
+  await send(b, ROUTES.commit, { id });
   // Reverse: host-a's replica starts from host-a's own plain disks, encrypted before use.
-  const rev = (await b.request('POST', `/v1/relationships/${id}/reverse`, { id: `${id}-r1`, replica: { name: 'host-a', endpoint: cluster.host('host-a').url }, policy: policy30s })).json<RelationshipView>();
+  const rev = (await send(b, ROUTES.reverse, { id }, { id: `${id}-r1`, replica: { name: 'host-a', endpoint: cluster.host('host-a').url }, policy: policy30s })).json<RelationshipView>();
   expect(rev.state).toBe('Replicating');
   const store = join(hostDir('host-a'), 'from-host-b', `${id}-r1`);
   expect(filesWithMarker(store)).toEqual([]);
@@ -124,16 +125,16 @@ test('the replica never stores what the guest wrote in the clear; points, test f
 });
 
 test('an existing replica placed as a plain copy is encrypted before the first compare, and only differences ship', async () => {
-  await a.request('POST', '/v1/vms', { name: 'seeded', disks: [{ name: 'os', size: 16 * MiB }] });
+  await send(a, ROUTES.createVm, {}, { name: 'seeded', disks: [{ name: 'os', size: 16 * MiB }] });
   await writeMarker('host-a', 'seeded', 'os', 3);
   // An operator copied the disk to the replica host (a restored backup, say), then the VM changed a little.
   const replicaDir = join(hostDir('host-b'), 'from-host-a', 'rel-seeded');
   mkdirSync(replicaDir, { recursive: true });
   copyFileSync(join(hostDir('host-a'), 'vms', 'seeded', 'os.img'), join(replicaDir, 'os.img'));
   await nbd('host-a', 'seeded', 'os', async (c) => { await c.write(4 * MiB, Buffer.alloc(64 * 1024, 0x77)); await c.flush(); });
-  const policy = { ...policy30s, initialReplication: { method: 'existing-replica', startAt: 'immediately' } };
-  await a.request('POST', '/v1/relationships', { id: 'rel-seeded', vm: 'seeded', replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy });
-  await a.request('POST', '/v1/relationships/rel-seeded/start?wait=true');
+  const policy = { ...policy30s, initialReplication: { method: 'existing-replica' as const, startAt: 'immediately' } };
+  await send(a, ROUTES.createRelationship, {}, { id: 'rel-seeded', vm: 'seeded', replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy });
+  await send(a, ROUTES.startReplication, { id: 'rel-seeded' }, undefined, { query: { wait: 'true' } });
   const v = await view(a, 'rel-seeded');
   expect(v.state).toBe('Replicating');
   expect(await digestOn(b, 'rel-seeded', v.appliedSequence, 'os')).toBe(await sha256File(join(hostDir('host-a'), 'vms', 'seeded', 'os.img')));

@@ -8,6 +8,7 @@ import { TerminalError } from '../../src/model/errors.ts';
 import type { RelationshipView } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s, sha256File } from './cluster.ts';
+import { ROUTES, send } from '../support/agent-client.ts';
 
 const MiB = 1 << 20;
 let cluster: Cluster;
@@ -29,22 +30,22 @@ beforeAll(async () => {
 afterAll(async () => cluster?.destroy());
 
 const digest = async (host: string, id: string, seq: number, disk: string) =>
-  (await c[host].request('GET', `/v1/relationships/${id}/recovery-points/${seq}/disks/${disk}/sha256`)).json<{ sha256: string }>().sha256;
-const cycle = async (host: string, id: string) => (await c[host].request('POST', `/v1/relationships/${id}/replicate-now`)).json<{ sequence: number; applied: number; action: string }>();
+  (await send(c[host], ROUTES.pointDigest, { id, seq, disk })).json<{ sha256: string }>().sha256;
+const cycle = async (host: string, id: string) => (await send(c[host], ROUTES.replicateNow, { id })).json<{ sequence: number; applied: number; action: string }>();
 
 test('A -> B -> C -> D: each hop converges to the points of the one before; failover on C works', async () => {
-  await c['host-a'].request('POST', '/v1/vms', { name: 'app', disks: [{ name: 'os', size: 16 * MiB }, { name: 'data', size: 4 * MiB }] });
+  await send(c['host-a'], ROUTES.createVm, {}, { name: 'app', disks: [{ name: 'os', size: 16 * MiB }, { name: 'data', size: 4 * MiB }] });
   const socket = join(cluster.host('host-a').dataDir, 'nbd', 'app.sock');
   const os = await NbdClient.connect(socket, 'os');
   for (const w of randomWrites(200, os.size, 1)) await os.write(w.offset, w.data);
-  await c['host-a'].request('POST', '/v1/relationships', { id: 'rel-app', vm: 'app', replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
-  await c['host-a'].request('POST', '/v1/relationships/rel-app/start?wait=true');
+  await send(c['host-a'], ROUTES.createRelationship, {}, { id: 'rel-app', vm: 'app', replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
+  await send(c['host-a'], ROUTES.startReplication, { id: 'rel-app' }, undefined, { query: { wait: 'true' } });
   // 30 s is refused for an extended hop.
-  const e = await c['host-b'].request('POST', '/v1/relationships/rel-app/extend', { id: 'rel-app-ext', replica: { name: 'host-c', endpoint: cluster.host('host-c').url }, policy: policy30s }).catch((x: unknown) => x);
+  const e = await send(c['host-b'], ROUTES.extend, { id: 'rel-app' }, { id: 'rel-app-ext', replica: { name: 'host-c', endpoint: cluster.host('host-c').url }, policy: policy30s }).catch((x: unknown) => x);
   expect(TerminalError.is(e) && e.code === 'invalid-argument').toBe(true);
-  const ext = (await c['host-b'].request('POST', '/v1/relationships/rel-app/extend', { id: 'rel-app-ext', replica: { name: 'host-c', endpoint: cluster.host('host-c').url }, policy: policy5m })).json<RelationshipView>();
+  const ext = (await send(c['host-b'], ROUTES.extend, { id: 'rel-app' }, { id: 'rel-app-ext', replica: { name: 'host-c', endpoint: cluster.host('host-c').url }, policy: policy5m })).json<RelationshipView>();
   expect(ext).toMatchObject({ role: 'Primary', state: 'Replicating', peer: 'host-c' });
-  const hop3 = (await c['host-c'].request('POST', '/v1/relationships/rel-app-ext/extend', { id: 'rel-app-ext2', replica: { name: 'host-d', endpoint: cluster.host('host-d').url }, policy: { ...policy30s, frequency: '15m' } })).json<RelationshipView>();
+  const hop3 = (await send(c['host-c'], ROUTES.extend, { id: 'rel-app-ext' }, { id: 'rel-app-ext2', replica: { name: 'host-d', endpoint: cluster.host('host-d').url }, policy: { ...policy30s, frequency: '15m' } })).json<RelationshipView>();
   expect(hop3.state).toBe('Replicating');
 
   const vmDir = join(cluster.host('host-a').dataDir, 'vms', 'app');
@@ -63,12 +64,12 @@ test('A -> B -> C -> D: each hop converges to the points of the one before; fail
   }
   await os.close();
   // Roles as each host reports them.
-  const onB = (await c['host-b'].request('GET', '/v1/relationships')).json<RelationshipView[]>().map((v) => `${v.id}:${v.role}`);
+  const onB = (await send(c['host-b'], ROUTES.listRelationships, {})).json<RelationshipView[]>().map((v) => `${v.id}:${v.role}`);
   expect(onB.sort()).toEqual(['rel-app-ext:Primary', 'rel-app:Replica']);
   // Failover from the extended replica.
-  const latest = (await c['host-c'].request('GET', '/v1/relationships/rel-app-ext')).json<RelationshipView>().appliedSequence;
-  const fo = (await c['host-c'].request('POST', '/v1/relationships/rel-app-ext/failover', {})).json<{ vm: string; recoveryPoint: { sequence: number } }>();
+  const latest = (await send(c['host-c'], ROUTES.getRelationship, { id: 'rel-app-ext' })).json<RelationshipView>().appliedSequence;
+  const fo = (await send(c['host-c'], ROUTES.failover, { id: 'rel-app-ext' }, {})).json<{ vm: string; recoveryPoint: { sequence: number } }>();
   expect(fo).toMatchObject({ vm: 'app', recoveryPoint: { sequence: latest } });
-  await c['host-c'].request('POST', '/v1/relationships/rel-app-ext/commit');
+  await send(c['host-c'], ROUTES.commit, { id: 'rel-app-ext' });
   expect(await sha256File(join(cluster.host('host-c').dataDir, 'vms', 'app', 'os.img'))).toBe(await sha256File(join(vmDir, 'os.img')));
 });

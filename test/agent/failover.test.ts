@@ -12,6 +12,7 @@ import { TerminalError } from '../../src/model/errors.ts';
 import type { RecoveryPointInfo, RelationshipView } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s, sha256File } from './cluster.ts';
+import { ROUTES, send } from '../support/agent-client.ts';
 
 const MiB = 1 << 20;
 const HOUR = 3_600_000;
@@ -31,9 +32,9 @@ beforeAll(async () => {
 afterAll(async () => cluster?.destroy());
 
 const hostDir = (h: string) => cluster.host(h).dataDir;
-const view = async (c: MtlsClient, id: string) => (await c.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+const view = async (c: MtlsClient, id: string) => (await send(c, ROUTES.getRelationship, { id })).json<RelationshipView>();
 const digestOn = async (c: MtlsClient, id: string, seq: number, disk: string) =>
-  (await c.request('GET', `/v1/relationships/${id}/recovery-points/${seq}/disks/${disk}/sha256`)).json<{ sha256: string }>().sha256;
+  (await send(c, ROUTES.pointDigest, { id, seq, disk })).json<{ sha256: string }>().sha256;
 const expectRefused = async (p: Promise<unknown>, code: string) => {
   const e = await p.then(() => undefined, (err: unknown) => err);
   expect(TerminalError.is(e) && e.code === code, `expected ${code}, got ${String(e)}`).toBe(true);
@@ -56,16 +57,16 @@ async function write(host: string, vm: string, disk: string, count: number, seed
 }
 
 async function protect(vm: string): Promise<string> {
-  await a.request('POST', '/v1/vms', { name: vm, disks: [{ name: 'os', size: 16 * MiB }, { name: 'data', size: 8 * MiB }] });
+  await send(a, ROUTES.createVm, {}, { name: vm, disks: [{ name: 'os', size: 16 * MiB }, { name: 'data', size: 8 * MiB }] });
   await write('host-a', vm, 'os', 300, 1);
   const id = `rel-${vm}`;
-  await a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
-  await a.request('POST', `/v1/relationships/${id}/start?wait=true`);
+  await send(a, ROUTES.createRelationship, {}, { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
+  await send(a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } });
   return id;
 }
 
 async function cycle(c: MtlsClient, id: string): Promise<number> {
-  const r = (await c.request('POST', `/v1/relationships/${id}/replicate-now`)).json<{ sequence: number; applied: number }>();
+  const r = (await send(c, ROUTES.replicateNow, { id })).json<{ sequence: number; applied: number }>();
   expect(r.applied).toBe(r.sequence);
   return r.sequence;
 }
@@ -89,7 +90,7 @@ describe('failover', () => {
     const pointOs = await digestOn(b, id, seq, 'os');
     const store = join(hostDir('host-b'), 'from-host-a', id);
     const before = await filesDigest(store);
-    const r = (await b.request('POST', `/v1/relationships/${id}/test-failover`, { recoveryPoint: 'latest', network: 'test-net' })).json<{ testVm: string; recoveryPoint: RecoveryPointInfo }>();
+    const r = (await send(b, ROUTES.testFailover, { id }, { recoveryPoint: 'latest', network: 'test-net' })).json<{ testVm: string; recoveryPoint: RecoveryPointInfo }>();
     expect(r.testVm).toBe('tf-Test');
     expect(r.recoveryPoint.sequence).toBe(seq);
     const vmJson = JSON.parse(readFileSync(join(hostDir('host-b'), 'vms', 'tf-Test', 'vm.json'), 'utf8'));
@@ -111,13 +112,13 @@ describe('failover', () => {
     b = await cluster.client('host-b');
     expect(await nbdSha('host-b', 'tf-Test', 'os')).toBe(written);
     // A second test failover is refused and changes nothing.
-    await expectRefused(b.request('POST', `/v1/relationships/${id}/test-failover`, {}), 'invalid-state');
+    await expectRefused(send(b, ROUTES.testFailover, { id }, {}), 'invalid-state');
     expect((await view(b, id)).testFailover).toEqual({ vm: 'tf-Test', sequence: seq });
-    const cleaned = (await b.request('POST', `/v1/relationships/${id}/cleanup-test-failover`)).json<{ removed: string[] }>();
+    const cleaned = (await send(b, ROUTES.cleanupTestFailover, { id })).json<{ removed: string[] }>();
     expect(cleaned.removed).toEqual(['tf-Test']);
     expect((await readdir(join(hostDir('host-b'), 'vms')).catch(() => [] as string[])).includes('tf-Test')).toBe(false);
     expect((await readdir(join(hostDir('host-b'), 'nbd'))).includes('tf-Test.sock')).toBe(false);
-    await expectRefused(b.request('POST', `/v1/relationships/${id}/cleanup-test-failover`), 'invalid-state');
+    await expectRefused(send(b, ROUTES.cleanupTestFailover, { id }), 'invalid-state');
   });
 
   test('planned failover: zero data loss, reverse replication ships only differences, failback restores the direction', async () => {
@@ -125,14 +126,14 @@ describe('failover', () => {
     await cycle(a, id);
     await write('host-a', 'pf', 'data', 100, 3); // acknowledged writes after the last cycle
     // Refused while the VM runs; nothing changes.
-    await expectRefused(a.request('POST', `/v1/relationships/${id}/prepare-planned-failover`), 'invalid-state');
+    await expectRefused(send(a, ROUTES.preparePlannedFailover, { id }), 'invalid-state');
     expect((await view(a, id)).state).toBe('Replicating');
-    await a.request('POST', '/v1/vms/pf/power', { power: 'Off' });
+    await send(a, ROUTES.setVmPower, { name: 'pf' }, { power: 'Off' });
     const primaryOs = await sha256File(join(hostDir('host-a'), 'vms', 'pf', 'os.img'));
     const primaryData = await sha256File(join(hostDir('host-a'), 'vms', 'pf', 'data.img'));
-    const prep = (await a.request('POST', `/v1/relationships/${id}/prepare-planned-failover`)).json<{ sequence: number; state: string }>();
+    const prep = (await send(a, ROUTES.preparePlannedFailover, { id })).json<{ sequence: number; state: string }>();
     expect(prep.state).toBe('PreparedForPlannedFailover');
-    const fo = (await b.request('POST', `/v1/relationships/${id}/failover`, {
+    const fo = (await send(b, ROUTES.failover, { id }, {
       recoveryPoint: 'latest',
       adapters: [{ name: 'eth0', network: 'dr-lan', ipv4: { address: '10.20.0.11/24', gateway: '10.20.0.1', dns: ['10.20.0.2'] } }],
     })).json<{ vm: string; recoveryPoint: RecoveryPointInfo; state: string }>();
@@ -143,10 +144,10 @@ describe('failover', () => {
     expect(await nbdSha('host-b', 'pf', 'os')).toBe(primaryOs);
     expect(await nbdSha('host-b', 'pf', 'data')).toBe(primaryData);
     // Reverse: host-b replicates back to host-a, seeded from host-a's own disks.
-    const rev = (await b.request('POST', `/v1/relationships/${id}/reverse`, { id: `${id}-r1`, replica: { name: 'host-a', endpoint: cluster.host('host-a').url }, policy: policy30s })).json<RelationshipView>();
+    const rev = (await send(b, ROUTES.reverse, { id }, { id: `${id}-r1`, replica: { name: 'host-a', endpoint: cluster.host('host-a').url }, policy: policy30s })).json<RelationshipView>();
     expect(rev).toMatchObject({ role: 'Primary', state: 'Replicating', peer: 'host-a' });
     expect(rev.bytesShipped).toBeLessThan(0.05 * 24 * MiB);
-    const onA = (await a.request('GET', '/v1/relationships')).json<RelationshipView[]>().filter((v) => v.vm === 'pf');
+    const onA = (await send(a, ROUTES.listRelationships, {})).json<RelationshipView[]>().filter((v) => v.vm === 'pf');
     expect(onA.map((v) => `${v.id}:${v.role}`)).toEqual([`${id}-r1:Replica`]);
     // 2% changes on the new primary ship as a small delta.
     await write('host-b', 'pf', 'os', Math.round((16 * MiB * 0.02) / 4096 / 2.5), 4);
@@ -155,11 +156,11 @@ describe('failover', () => {
     expect(await digestOn(a, `${id}-r1`, s1, 'os')).toBe(bOs);
     expect((await view(b, `${id}-r1`)).bytesShipped).toBeLessThan(0.05 * 24 * MiB);
     // Failback: planned failover back to host-a, then reverse again.
-    await b.request('POST', '/v1/vms/pf/power', { power: 'Off' });
-    await b.request('POST', `/v1/relationships/${id}-r1/prepare-planned-failover`);
-    await a.request('POST', `/v1/relationships/${id}-r1/failover`, {});
-    await a.request('POST', `/v1/relationships/${id}-r1/commit`);
-    const back = (await a.request('POST', `/v1/relationships/${id}-r1/reverse`, { id: `${id}-r2`, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s })).json<RelationshipView>();
+    await send(b, ROUTES.setVmPower, { name: 'pf' }, { power: 'Off' });
+    await send(b, ROUTES.preparePlannedFailover, { id: `${id}-r1` });
+    await send(a, ROUTES.failover, { id: `${id}-r1` }, {});
+    await send(a, ROUTES.commit, { id: `${id}-r1` });
+    const back = (await send(a, ROUTES.reverse, { id: `${id}-r1` }, { id: `${id}-r2`, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s })).json<RelationshipView>();
     expect(back).toMatchObject({ role: 'Primary', peer: 'host-b', state: 'Replicating' });
     expect(await sha256File(join(hostDir('host-a'), 'vms', 'pf', 'os.img'))).toBe(bOs);
     const s2 = await cycle(a, `${id}-r2`);
@@ -169,10 +170,10 @@ describe('failover', () => {
   test('reverse with full-download discards the former primary disks and copies everything again', async () => {
     const id = await protect('fd');
     await cycle(a, id);
-    await a.request('POST', '/v1/vms/fd/power', { power: 'Off' });
-    await a.request('POST', `/v1/relationships/${id}/prepare-planned-failover`);
-    await b.request('POST', `/v1/relationships/${id}/failover`, {});
-    const rev = (await b.request('POST', `/v1/relationships/${id}/reverse`, {
+    await send(a, ROUTES.setVmPower, { name: 'fd' }, { power: 'Off' });
+    await send(a, ROUTES.preparePlannedFailover, { id });
+    await send(b, ROUTES.failover, { id }, {});
+    const rev = (await send(b, ROUTES.reverse, { id }, {
       id: `${id}-r1`, replica: { name: 'host-a', endpoint: cluster.host('host-a').url }, policy: policy30s, method: 'full-download',
     })).json<RelationshipView>();
     expect(rev).toMatchObject({ state: 'Replicating', initialReplication: { method: 'network' } });
@@ -192,25 +193,25 @@ describe('failover', () => {
       const seq = await cycle(a, id);
       at.set(seq, await sha256File(join(hostDir('host-a'), 'vms', 'uf', 'os.img')));
     }
-    const points = (await b.request('GET', `/v1/relationships/${id}/recovery-points`)).json<RecoveryPointInfo[]>();
+    const points = (await send(b, ROUTES.recoveryPoints, { id })).json<RecoveryPointInfo[]>();
     expect(points.length).toBeGreaterThanOrEqual(3);
     const older = points.at(-2)!;
     // The primary is gone.
     await cluster.stopInProcess('host-a');
-    const fo = (await b.request('POST', `/v1/relationships/${id}/failover`, { recoveryPoint: older.time })).json<{ recoveryPoint: RecoveryPointInfo }>();
+    const fo = (await send(b, ROUTES.failover, { id }, { recoveryPoint: older.time })).json<{ recoveryPoint: RecoveryPointInfo }>();
     expect(fo.recoveryPoint.sequence).toBe(older.sequence);
     expect(await nbdSha('host-b', 'uf', 'os')).toBe(at.get(older.sequence));
     // Change of mind before commit: the latest point instead.
     const latest = points.at(-1)!;
-    await b.request('POST', `/v1/relationships/${id}/failover`, { recoveryPoint: 'latest' });
+    await send(b, ROUTES.failover, { id }, { recoveryPoint: 'latest' });
     expect(await nbdSha('host-b', 'uf', 'os')).toBe(at.get(latest.sequence));
-    const committed = (await b.request('POST', `/v1/relationships/${id}/commit`)).json<RelationshipView>();
+    const committed = (await send(b, ROUTES.commit, { id })).json<RelationshipView>();
     expect(committed.state).toBe('FailedOver');
     expect(committed.recoveryPoints).toBe(0);
     expect(await sha256File(join(hostDir('host-b'), 'vms', 'uf', 'os.img'))).toBe(at.get(latest.sequence));
     // After commit, cancel and a second commit are refused.
-    await expectRefused(b.request('POST', `/v1/relationships/${id}/cancel`), 'invalid-state');
-    await expectRefused(b.request('POST', `/v1/relationships/${id}/commit`), 'invalid-state');
+    await expectRefused(send(b, ROUTES.cancel, { id }), 'invalid-state');
+    await expectRefused(send(b, ROUTES.commit, { id }), 'invalid-state');
     await cluster.startInProcess('host-a', { clock });
     a = await cluster.client('host-a');
   });
@@ -218,16 +219,16 @@ describe('failover', () => {
   test('cancel returns to replicating with the failed-over VM removed; commit without failover is refused', async () => {
     const id = await protect('cf');
     await cycle(a, id);
-    await expectRefused(b.request('POST', `/v1/relationships/${id}/commit`), 'invalid-state');
+    await expectRefused(send(b, ROUTES.commit, { id }), 'invalid-state');
     expect((await view(b, id)).state).toBe('Replicating');
-    await b.request('POST', `/v1/relationships/${id}/failover`, {});
+    await send(b, ROUTES.failover, { id }, {});
     // While failed over the replica refuses new logs: the primary's cycle fails and changes nothing there.
     await write('host-a', 'cf', 'os', 20, 5);
-    await expectRefused(a.request('POST', `/v1/relationships/${id}/replicate-now`), 'invalid-state');
-    await b.request('POST', `/v1/relationships/${id}/cancel`);
+    await expectRefused(send(a, ROUTES.replicateNow, { id }), 'invalid-state');
+    await send(b, ROUTES.cancel, { id });
     expect((await view(b, id)).state).toBe('Replicating');
     expect((await readdir(join(hostDir('host-b'), 'vms'))).includes('cf')).toBe(false);
-    await a.request('POST', `/v1/relationships/${id}/resume`);
+    await send(a, ROUTES.resume, { id });
     const seq = await cycle(a, id);
     expect(await digestOn(b, id, seq, 'os')).toBe(await sha256File(join(hostDir('host-a'), 'vms', 'cf', 'os.img')));
   });
@@ -239,32 +240,32 @@ describe('storage and removal', () => {
     await cycle(a, id);
     const old = join(hostDir('host-b'), 'from-host-a', id);
     const target = join(cluster.root, 'new-storage');
-    const v = (await b.request('POST', `/v1/relationships/${id}/move-storage`, { path: target })).json<RelationshipView>();
+    const v = (await send(b, ROUTES.moveStorage, { id }, { path: target })).json<RelationshipView>();
     expect(v.storagePath).toBe(join(target, id));
     expect((await readdir(join(hostDir('host-b'), 'from-host-a'))).includes(id)).toBe(false);
     expect((await readdir(join(target, id))).sort()).toEqual(expect.arrayContaining(['data.img', 'os.img']));
     await write('host-a', 'mv', 'os', 50, 6);
     const seq = await cycle(a, id);
     expect(await digestOn(b, id, seq, 'os')).toBe(await sha256File(join(hostDir('host-a'), 'vms', 'mv', 'os.img')));
-    await expectRefused(b.request('POST', `/v1/relationships/${id}/move-storage`, { path: 'relative/path' }), 'invalid-argument');
+    await expectRefused(send(b, ROUTES.moveStorage, { id }, { path: 'relative/path' }), 'invalid-argument');
   });
 
   test('remove replication from the primary removes both sides; from the replica, the primary stops with a clear error', async () => {
     const id1 = await protect('rm1');
-    await a.request('DELETE', `/v1/relationships/${id1}`);
-    await expectRefused(a.request('GET', `/v1/relationships/${id1}`), 'not-found');
-    await expectRefused(b.request('GET', `/v1/relationships/${id1}`), 'not-found');
+    await send(a, ROUTES.removeRelationship, { id: id1 });
+    await expectRefused(send(a, ROUTES.getRelationship, { id: id1 }), 'not-found');
+    await expectRefused(send(b, ROUTES.getRelationship, { id: id1 }), 'not-found');
     expect((await readdir(join(hostDir('host-b'), 'from-host-a'))).includes(id1)).toBe(false);
     // The VM itself stays on the primary.
-    expect((await a.request('GET', '/v1/vms/rm1')).json<{ name: string }>().name).toBe('rm1');
+    expect((await send(a, ROUTES.getVm, { name: 'rm1' })).json<{ name: string }>().name).toBe('rm1');
 
     const id2 = await protect('rm2');
-    await b.request('DELETE', `/v1/relationships/${id2}`);
-    await expectRefused(b.request('GET', `/v1/relationships/${id2}`), 'not-found');
-    await expectRefused(a.request('POST', `/v1/relationships/${id2}/replicate-now`), 'not-found');
+    await send(b, ROUTES.removeRelationship, { id: id2 });
+    await expectRefused(send(b, ROUTES.getRelationship, { id: id2 }), 'not-found');
+    await expectRefused(send(a, ROUTES.replicateNow, { id: id2 }), 'not-found');
     const v = await view(a, id2);
     expect(v).toMatchObject({ state: 'Critical', health: 'Critical' });
-    await a.request('DELETE', `/v1/relationships/${id2}`); // the primary side can still be removed
-    await expectRefused(a.request('GET', `/v1/relationships/${id2}`), 'not-found');
+    await send(a, ROUTES.removeRelationship, { id: id2 }); // the primary side can still be removed
+    await expectRefused(send(a, ROUTES.getRelationship, { id: id2 }), 'not-found');
   });
 });

@@ -15,6 +15,7 @@ import { createMtlsClient, type MtlsClient } from '../../src/transport/mtls.ts';
 import { uploadFile } from '../../src/transport/upload-client.ts';
 import { Cluster, policy30s, sha256File } from './cluster.ts';
 import { killPlan } from '../support/kills.ts';
+import { ROUTES, pathOf, send } from '../support/agent-client.ts';
 
 // Seeded kill moments: DRSITE_SEED replays them, DRSITE_KILLS sets how many (8 in npm test).
 const kills = killPlan(import.meta.filename);
@@ -34,15 +35,15 @@ beforeAll(async () => {
 afterAll(async () => cluster?.destroy());
 
 async function protect(vm: string, disks: { name: string; size: number }[]): Promise<string> {
-  await a.request('POST', '/v1/vms', { name: vm, disks });
+  await send(a, ROUTES.createVm, {}, { name: vm, disks });
   const id = `rel-${vm}`;
-  await a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
-  await a.request('POST', `/v1/relationships/${id}/start?wait=true`);
+  await send(a, ROUTES.createRelationship, {}, { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
+  await send(a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } });
   return id;
 }
 
 async function digest(id: string, seq: number, disk: string): Promise<string> {
-  return (await b.request('GET', `/v1/relationships/${id}/recovery-points/${seq}/disks/${disk}/sha256`)).json<{ sha256: string }>().sha256;
+  return (await send(b, ROUTES.pointDigest, { id, seq, disk })).json<{ sha256: string }>().sha256;
 }
 
 describe('faults', () => {
@@ -67,9 +68,9 @@ describe('faults', () => {
       ]);
       // No writes happen between this and the cycle's cut, so this is the state at the cut.
       const expected = await state();
-      const seq = (await a.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>().lastCutSequence! + 1;
+      const seq = (await send(a, ROUTES.getRelationship, { id })).json<RelationshipView>().lastCutSequence! + 1;
       let settled = false;
-      const cyc = a.request('POST', `/v1/relationships/${id}/replicate-now`).then(
+      const cyc = send(a, ROUTES.replicateNow, { id }).then(
         (r) => r.json<{ sequence: number; applied: number }>(),
         (e: unknown) => e as Error,
       ).finally(() => (settled = true));
@@ -89,12 +90,12 @@ describe('faults', () => {
       if (journal.applying) hits.applying++;
       else hits.other++;
       const result = await cyc;
-      const cutAfter = (await a.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>().lastCutSequence!;
+      const cutAfter = (await send(a, ROUTES.getRelationship, { id })).json<RelationshipView>().lastCutSequence!;
       expect(cutAfter).toBe(seq);
       atCut.set(seq, expected);
       if (!(result instanceof Error)) acknowledged = result.applied;
       await cluster.startProcess('host-b');
-      const status = (await b.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+      const status = (await send(b, ROUTES.getRelationship, { id })).json<RelationshipView>();
       // Exactly at some complete point, never between, never before an acknowledged one.
       expect(status.appliedSequence).toBeGreaterThanOrEqual(acknowledged);
       const want = atCut.get(status.appliedSequence);
@@ -103,7 +104,7 @@ describe('faults', () => {
       acknowledged = Math.max(acknowledged, status.appliedSequence);
     }
     // Converges: one more cycle brings the replica to the primary.
-    const last = (await a.request('POST', `/v1/relationships/${id}/replicate-now`)).json<{ sequence: number; applied: number }>();
+    const last = (await send(a, ROUTES.replicateNow, { id })).json<{ sequence: number; applied: number }>();
     expect(last.applied).toBe(last.sequence);
     expect([await digest(id, last.sequence, 'd0'), await digest(id, last.sequence, 'd1')]).toEqual(await state());
     if (process.env.DRSITE_TEST_VERBOSE) console.log(hits);
@@ -115,7 +116,7 @@ describe('faults', () => {
 
   test('a damaged or truncated log is refused, nothing of it applied, health Warning, then the log is accepted when sent again', async () => {
     const id = await protect('tamper', [{ name: 'd0', size: 4 * MiB }]);
-    const before = (await b.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+    const before = (await send(b, ROUTES.getRelationship, { id })).json<RelationshipView>();
     const beforeDigest = await digest(id, before.appliedSequence, 'd0');
     // Act as host-a (its certificate) and send a log it sealed with the relationship's keys.
     const keys = JSON.parse(readFileSync(join(cluster.host('host-a').dataDir, 'relationships', id, 'keys.json'), 'utf8')) as { encryptionKey: string; macKey: string };
@@ -129,7 +130,7 @@ describe('faults', () => {
       good,
     );
     const asPrimary = await cluster.client('host-b', 'host-a');
-    const url = `/v1/replica/relationships/${id}/logs/${seq}/d0`;
+    const url = pathOf(ROUTES.uploadLog, { id, seq, disk: 'd0' });
     const flipped = join(cluster.root, 'flipped.hrl');
     const bytes = readFileSync(good);
     bytes[Math.floor(bytes.length / 2)] ^= 0x01;
@@ -140,17 +141,17 @@ describe('faults', () => {
     for (const bad of [flipped, truncated]) {
       const err = await uploadFile(asPrimary, bad, url, { retries: 0 }).catch((e: unknown) => e);
       expect(RetryableError.is(err) && err.code === 'integrity', String(err)).toBe(true);
-      const st = (await asPrimary.request('GET', `/v1/replica/relationships/${id}`)).json<ReplicaStatus>();
+      const st = (await send(asPrimary, ROUTES.replicaStatus, { id })).json<ReplicaStatus>();
       expect(st.applied).toBe(before.appliedSequence);
       expect(st.received.d0 ?? []).not.toContain(seq); // not kept: the primary must send it again
     }
     expect(await digest(id, before.appliedSequence, 'd0')).toBe(beforeDigest);
-    const warned = (await b.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+    const warned = (await send(b, ROUTES.getRelationship, { id })).json<RelationshipView>();
     expect(warned.health).toBe('Warning');
     expect(warned.statistics.replicationErrors).toBe(2);
     // Sent again intact: accepted and applied.
     await uploadFile(asPrimary, good, url, { retries: 0 });
-    const applied = (await asPrimary.request('POST', `/v1/replica/relationships/${id}/apply`, {})).json<ReplicaStatus>();
+    const applied = (await send(asPrimary, ROUTES.replicaApply, { id }, {})).json<ReplicaStatus>();
     expect(applied.applied).toBe(seq);
   });
 
@@ -162,22 +163,22 @@ describe('faults', () => {
     const rogue = issueCertificate(rogueCa, { commonName: 'host-a', altNames: ['host-a', '127.0.0.1'], usage: 'client' });
     const caPem = readFileSync(join(cluster.certs, 'ca.crt'), 'utf8');
     const rogueClient = createMtlsClient({ ca: caPem, cert: rogue.certPem, key: rogue.keyPem, baseUrl: url });
-    const e1 = await rogueClient.request('POST', '/v1/replica/relationships', create).catch((e: unknown) => e);
+    const e1 = await send(rogueClient, ROUTES.createReplica, {}, create).catch((e: unknown) => e);
     expect(TerminalError.is(e1) && e1.code === 'authentication', String(e1)).toBe(true);
     rogueClient.close();
     // From our CA, but not an allowed primary.
     const intruder = await cluster.client('host-b', 'intruder');
-    const e2 = await intruder.request('POST', '/v1/replica/relationships', create).catch((e: unknown) => e);
+    const e2 = await send(intruder, ROUTES.createReplica, {}, create).catch((e: unknown) => e);
     expect(TerminalError.is(e2) && e2.code === 'authorization', String(e2)).toBe(true);
     // An allowed primary may not use the operator API.
     const hostA = await cluster.client('host-b', 'host-a');
-    const e3 = await hostA.request('GET', '/v1/relationships').catch((e: unknown) => e);
+    const e3 = await send(hostA, ROUTES.listRelationships, {}).catch((e: unknown) => e);
     expect(TerminalError.is(e3) && e3.code === 'authorization', String(e3)).toBe(true);
     // A wildcard entry admits a matching name; another primary cannot touch that replica.
     const stranger = await cluster.client('host-b', 'stranger-1');
-    const created = (await stranger.request('POST', '/v1/replica/relationships', create)).json<ReplicaStatus>();
+    const created = (await send(stranger, ROUTES.createReplica, {}, create)).json<ReplicaStatus>();
     expect(created.primary).toBe('stranger-1');
-    const e4 = await hostA.request('GET', '/v1/replica/relationships/rel-x').catch((e: unknown) => e);
+    const e4 = await send(hostA, ROUTES.replicaStatus, { id: 'rel-x' }).catch((e: unknown) => e);
     expect(TerminalError.is(e4) && e4.code === 'authorization', String(e4)).toBe(true);
   });
 
@@ -193,13 +194,13 @@ describe('faults', () => {
     }
     await cluster.kill('host-a', 'SIGKILL');
     await cluster.startProcess('host-a');
-    const after = (await a.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+    const after = (await send(a, ROUTES.getRelationship, { id })).json<RelationshipView>();
     expect(after.state).toBe('ResynchronizationRequired');
     expect(after.health).toBe('Warning');
     const shippedBefore = after.bytesShipped ?? 0;
-    const r = (await a.request('POST', `/v1/relationships/${id}/resync`)).json<{ action: string; sequence: number; applied: number }>();
+    const r = (await send(a, ROUTES.resync, { id })).json<{ action: string; sequence: number; applied: number }>();
     expect(r.action).toBe('resync');
-    const done = (await a.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+    const done = (await send(a, ROUTES.getRelationship, { id })).json<RelationshipView>();
     expect(done.state).toBe('Replicating');
     expect(await digest(id, r.sequence, 'd0')).toBe(await sha256File(join(vmDir, 'd0.img')));
     expect(await digest(id, r.sequence, 'd1')).toBe(await sha256File(join(vmDir, 'd1.img')));
@@ -215,7 +216,7 @@ describe('faults', () => {
     await dev.close();
     const uploads = join(cluster.host('host-b').dataDir, 'replica-records', id, 'uploads');
     let settled = false;
-    const first = a.request('POST', `/v1/relationships/${id}/resync`).then(
+    const first = send(a, ROUTES.resync, { id }).then(
       () => undefined,
       (e: unknown) => e,
     ).finally(() => (settled = true));
@@ -223,14 +224,14 @@ describe('faults', () => {
     while (!settled && !(await readdir(uploads).catch(() => [] as string[])).some((n) => n.endsWith('.part'))) await new Promise((r) => setTimeout(r, 2));
     await cluster.kill('host-b', 'SIGKILL');
     expect(await first).toBeInstanceOf(Error);
-    expect((await a.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>().state).toBe('Resynchronizing');
+    expect((await send(a, ROUTES.getRelationship, { id })).json<RelationshipView>().state).toBe('Resynchronizing');
     const outbox = join(cluster.host('host-a').dataDir, 'relationships', id, 'outbox');
     const [sealedSeq] = await readdir(outbox);
     const sealed = await readLogHeader(join(outbox, sealedSeq, 'd0.hrl'));
     await cluster.startProcess('host-b');
-    const r = (await a.request('POST', `/v1/relationships/${id}/resync`)).json<{ action: string; sequence: number }>();
+    const r = (await send(a, ROUTES.resync, { id })).json<{ action: string; sequence: number }>();
     expect(r).toMatchObject({ action: 'resync', sequence: sealed.sequence });
-    const point = (await b.request('GET', `/v1/relationships/${id}/recovery-points`)).json<RecoveryPointInfo[]>().at(-1)!;
+    const point = (await send(b, ROUTES.recoveryPoints, { id })).json<RecoveryPointInfo[]>().at(-1)!;
     expect(point.cutId).toBe(sealed.cutId); // the same sealed log, not a new compare
     expect(await digest(id, point.sequence, 'd0')).toBe(await sha256File(join(cluster.host('host-a').dataDir, 'vms', 'resumable', 'd0.img')));
   });

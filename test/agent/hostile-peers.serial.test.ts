@@ -10,10 +10,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { ROUTES, type RouteSpec } from '../../src/transport/agent-api.ts';
+import type { RouteSpec } from '../../src/transport/agent-api.ts';
 import { loadCertBundle } from '../../src/transport/certs.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, OPERATOR, policy30s } from './cluster.ts';
+import { ROUTES, pathOf, send } from '../support/agent-client.ts';
 
 const MiB = 1 << 20;
 const REL = 'rel-vm1';
@@ -40,10 +41,10 @@ beforeAll(async () => {
   await cluster.startInProcess('host-b');
   a = await cluster.client('host-a');
   b = await cluster.client('host-b');
-  await a.request('POST', '/v1/vms', { name: 'vm1', disks: [{ name: 'os', size: 1 * MiB }, { name: 'data', size: 1 * MiB }] });
-  await a.request('POST', '/v1/relationships', { id: REL, vm: 'vm1', replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
-  await a.request('POST', `/v1/relationships/${REL}/start?wait=true`);
-  await a.request('POST', `/v1/relationships/${REL}/replicate-now`);
+  await send(a, ROUTES.createVm, {}, { name: 'vm1', disks: [{ name: 'os', size: 1 * MiB }, { name: 'data', size: 1 * MiB }] });
+  await send(a, ROUTES.createRelationship, {}, { id: REL, vm: 'vm1', replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
+  await send(a, ROUTES.startReplication, { id: REL }, undefined, { query: { wait: 'true' } });
+  await send(a, ROUTES.replicateNow, { id: REL });
   canary = mkdtempSync(join(tmpdir(), 'drsite-canary-'));
 });
 
@@ -96,7 +97,7 @@ function changes(before: Map<string, string>, after: Map<string, string>): strin
 }
 
 async function replicaView(): Promise<unknown> {
-  const v = (await b.request('GET', `/v1/relationships/${REL}`)).json<Record<string, unknown>>();
+  const v = (await send(b, ROUTES.getRelationship, { id: REL })).json<Record<string, unknown>>();
   return { state: v.state, appliedSequence: v.appliedSequence, role: v.role };
 }
 
@@ -106,21 +107,21 @@ describe('trust groups', () => {
     const view = await replicaView();
     const id = REL;
     const attempts: [string, string, (Buffer | string)?, Record<string, string>?][] = [
-      ['GET', '/v1/relationships'],
-      ['GET', `/v1/relationships/${id}`],
-      ['GET', `/v1/relationships/${id}/recovery-points`],
-      ['POST', `/v1/relationships/${id}/failover`, '{}'],
-      ['POST', `/v1/relationships/${id}/test-failover`, '{}'],
-      ['DELETE', `/v1/relationships/${id}`],
-      ['GET', `/v1/replica/relationships/${id}`],
-      ['PUT', `/v1/replica/relationships/${id}/settings`, JSON.stringify({ retention: { additional: 0 } })],
-      ['POST', `/v1/replica/relationships/${id}/apply`],
-      ['POST', `/v1/replica/relationships/${id}/discard-pending`],
-      ['GET', `/v1/replica/relationships/${id}/disks/os/checksums`],
-      ['POST', `/v1/replica/relationships/${id}/disks/os/checksums`, JSON.stringify({ blockSize: 65536 })],
-      ['DELETE', `/v1/replica/relationships/${id}`],
-      ['HEAD', `/v1/replica/relationships/${id}/logs/99/os`],
-      ['PUT', `/v1/replica/relationships/${id}/logs/99/os`, 'evil', { 'upload-offset': '0', 'upload-length': '4', 'upload-checksum': `sha256=${createHash('sha256').update('evil').digest('base64')}` }],
+      ['GET', pathOf(ROUTES.listRelationships, {})],
+      ['GET', pathOf(ROUTES.getRelationship, { id })],
+      ['GET', pathOf(ROUTES.recoveryPoints, { id })],
+      ['POST', pathOf(ROUTES.failover, { id }), '{}'],
+      ['POST', pathOf(ROUTES.testFailover, { id }), '{}'],
+      ['DELETE', pathOf(ROUTES.removeRelationship, { id })],
+      ['GET', pathOf(ROUTES.replicaStatus, { id })],
+      ['PUT', pathOf(ROUTES.replicaSettings, { id }), JSON.stringify({ retention: { additional: 0 } })],
+      ['POST', pathOf(ROUTES.replicaApply, { id })],
+      ['POST', pathOf(ROUTES.replicaDiscardPending, { id })],
+      ['GET', pathOf(ROUTES.replicaChecksums, { id, disk: 'os' })],
+      ['POST', pathOf(ROUTES.replicaCompare, { id, disk: 'os' }), JSON.stringify({ blockSize: 65536 })],
+      ['DELETE', pathOf(ROUTES.removeReplica, { id })],
+      ['HEAD', pathOf(ROUTES.uploadOffset, { id, seq: 99, disk: 'os' })],
+      ['PUT', pathOf(ROUTES.uploadLog, { id, seq: 99, disk: 'os' }), 'evil', { 'upload-offset': '0', 'upload-length': '4', 'upload-checksum': `sha256=${createHash('sha256').update('evil').digest('base64')}` }],
     ];
     for (const [method, path, body, headers] of attempts) {
       const r = await raw('host-b', 'host-c', method, path, body, headers);
@@ -131,19 +132,19 @@ describe('trust groups', () => {
     }
     // Creating a replica under host-a's id is refused too, and names no secret of it.
     const keys = { encryptionKey: randomBytes(32).toString('base64'), macKey: randomBytes(32).toString('base64') };
-    const take = await raw('host-b', 'host-c', 'POST', '/v1/replica/relationships', JSON.stringify({ id, vm: 'vm1', disks: [{ id: 'os', size: MiB }], keys, retention: { additional: 1 } }));
+    const take = await raw('host-b', 'host-c', 'POST', pathOf(ROUTES.createReplica, {}), JSON.stringify({ id, vm: 'vm1', disks: [{ id: 'os', size: MiB }], keys, retention: { additional: 1 } }));
     expect(take.status, take.body).toBe(403);
     expect(take.body).toContain(`relationship ${id} belongs to another primary`);
     expect(await replicaView()).toEqual(view);
     expect(changes(before, snapshot(cluster.root))).toEqual([]);
 
     // host-c's own replica lands in its own trust group's storage.
-    const own = await raw('host-b', 'host-c', 'POST', '/v1/replica/relationships', JSON.stringify({ id: 'rel-c', vm: 'vm-c', disks: [{ id: 'os', size: MiB }], keys, retention: { additional: 1 } }));
+    const own = await raw('host-b', 'host-c', 'POST', pathOf(ROUTES.createReplica, {}), JSON.stringify({ id: 'rel-c', vm: 'vm-c', disks: [{ id: 'os', size: MiB }], keys, retention: { additional: 1 } }));
     expect(own.status, own.body).toBe(201);
-    const rc = (await b.request('GET', '/v1/relationships/rel-c')).json<{ storagePath?: string; trustGroup?: string }>();
+    const rc = (await send(b, ROUTES.getRelationship, { id: 'rel-c' })).json<{ storagePath?: string; trustGroup?: string }>();
     expect(JSON.stringify(rc)).toContain(join(cluster.host('host-b').dataDir, 'from-host-c', 'rel-c'));
     // And host-a cannot touch host-c's.
-    const r = await raw('host-b', 'host-a', 'GET', '/v1/replica/relationships/rel-c');
+    const r = await raw('host-b', 'host-a', 'GET', pathOf(ROUTES.replicaStatus, { id: 'rel-c' }));
     expect(r.status).toBe(403);
     expect(r.body).toContain('relationship rel-c belongs to primary host-c, not host-a');
     expect(await replicaView()).toEqual(view);
@@ -247,7 +248,7 @@ describe('names and ids', () => {
       ['relationship id "../rel" is not valid', { id: '../rel' }],
     ];
     for (const [says, over] of cases) {
-      const r = await raw('host-b', 'host-a', 'POST', '/v1/replica/relationships', JSON.stringify({ ...base, ...over }));
+      const r = await raw('host-b', 'host-a', 'POST', pathOf(ROUTES.createReplica, {}), JSON.stringify({ ...base, ...over }));
       expect(r.status, `${says}: ${r.body}`).toBe(400);
       expect((JSON.parse(r.body) as { error: { message: string } }).error.message).toContain(says);
     }
@@ -256,7 +257,7 @@ describe('names and ids', () => {
   });
 
   test("a primary cannot place its replica outside its entry's storage path, nor seed from a VM the host does not replicate to it: 403, nothing created or moved", async () => {
-    await b.request('POST', '/v1/vms', { name: 'vm-b', disks: [{ name: 'os', size: MiB }], power: 'Off' });
+    await send(b, ROUTES.createVm, {}, { name: 'vm-b', disks: [{ name: 'os', size: MiB }], power: 'Off' });
     const before = snapshot(cluster.root);
     const keys = { encryptionKey: randomBytes(32).toString('base64'), macKey: randomBytes(32).toString('base64') };
     const base = { vm: 'vm-x', disks: [{ id: 'os', size: MiB }], keys, retention: { additional: 1 } };
@@ -268,20 +269,20 @@ describe('names and ids', () => {
       ['host-a', 'may not seed from VM vm-b on host-b: it is not replicated to host-a', { id: 'rel-seed2', vm: 'vm-b', seedFromVm: 'vm-b', discardSeed: true }],
     ];
     for (const [as, says, over] of cases) {
-      const r = await raw('host-b', as, 'POST', '/v1/replica/relationships', JSON.stringify({ ...base, ...over }));
+      const r = await raw('host-b', as, 'POST', pathOf(ROUTES.createReplica, {}), JSON.stringify({ ...base, ...over }));
       expect(r.status, `${says}: ${r.body}`).toBe(403);
       expect((JSON.parse(r.body) as { error: { message: string } }).error.message).toContain(says);
     }
     expect(changes(before, snapshot(cluster.root))).toEqual([]);
     expect(readdirSync(canary)).toEqual([]);
-    expect((await b.request('GET', '/v1/vms/vm-b')).json<{ name: string }>().name).toBe('vm-b');
+    expect((await send(b, ROUTES.getVm, { name: 'vm-b' })).json<{ name: string }>().name).toBe('vm-b');
   });
 });
 
 /** The legitimate operator client is served (the agent's health, and host-a's relationship). */
 async function legitServed(): Promise<void> {
-  expect((await a.request('GET', '/v1/health')).json()).toMatchObject({ name: 'host-a' });
-  expect((await a.request('GET', `/v1/relationships/${REL}`)).json()).toMatchObject({ id: REL, state: 'Replicating' });
+  expect((await send(a, ROUTES.health, {})).json()).toMatchObject({ name: 'host-a' });
+  expect((await send(a, ROUTES.getRelationship, { id: REL })).json()).toMatchObject({ id: REL, state: 'Replicating' });
 }
 
 /** Opens a TLS connection to host-a with the operator's certificate. */
@@ -298,10 +299,10 @@ describe('hostile bodies and connections', () => {
   test('malformed JSON is a 400 saying so, on operator and primary routes, and changes nothing', async () => {
     const before = snapshot(cluster.root);
     for (const body of ['{"name": ', 'null x', '\u0000\u0001', '{"name":"v","disks":[{"name":"os","size":1}]}}']) {
-      const r = await raw('host-a', OPERATOR, 'POST', '/v1/vms', body, { 'content-type': 'application/json' });
+      const r = await raw('host-a', OPERATOR, 'POST', pathOf(ROUTES.createVm, {}), body, { 'content-type': 'application/json' });
       expect(r.status, r.body).toBe(400);
       expect(r.body).toContain('request body is not valid JSON');
-      const p = await raw('host-b', 'host-a', 'POST', '/v1/replica/relationships', body);
+      const p = await raw('host-b', 'host-a', 'POST', pathOf(ROUTES.createReplica, {}), body);
       expect(p.status, p.body).toBe(400);
       expect(p.body).toContain('request body is not valid JSON');
     }
@@ -312,10 +313,10 @@ describe('hostile bodies and connections', () => {
   test('a 100 MB body is refused with 413 before it is sent (declared) or without being buffered (chunked)', async () => {
     const t = await loadCertBundle(cluster.certs, OPERATOR);
     // Declared: the 413 arrives while the client has sent only 1 MiB of the 100 MB.
-    for (const [path, host] of [['/v1/vms', 'host-a'], ['/v1/health', 'host-a'], [`/v1/relationships/${REL}/settings`, 'host-a']] as const) {
+    for (const [path, host] of [[pathOf(ROUTES.createVm, {}), 'host-a'], [pathOf(ROUTES.health, {}), 'host-a'], [pathOf(ROUTES.modifySettings, { id: REL }), 'host-a']] as const) {
       const status = await new Promise<{ status: number; body: string }>((resolve, reject) => {
         const req = https.request(
-          { host: '127.0.0.1', port: cluster.host(host).port, method: path === '/v1/health' ? 'GET' : path.endsWith('settings') ? 'PUT' : 'POST', path, ca: t.ca, cert: t.cert, key: t.key, agent: false, headers: { 'content-length': 100_000_000, 'content-type': 'application/json' } },
+          { host: '127.0.0.1', port: cluster.host(host).port, method: path === pathOf(ROUTES.health, {}) ? 'GET' : path.endsWith('settings') ? 'PUT' : 'POST', path, ca: t.ca, cert: t.cert, key: t.key, agent: false, headers: { 'content-length': 100_000_000, 'content-type': 'application/json' } },
           (res) => {
             const parts: Buffer[] = [];
             res.on('data', (c: Buffer) => parts.push(c));
@@ -335,7 +336,7 @@ describe('hostile bodies and connections', () => {
     const rss = process.memoryUsage().rss;
     const chunked = await new Promise<{ status: number; body: string }>((resolve, reject) => {
       const req = https.request(
-        { host: '127.0.0.1', port: cluster.host('host-a').port, method: 'POST', path: '/v1/vms', ca: t.ca, cert: t.cert, key: t.key, agent: false, headers: { 'transfer-encoding': 'chunked' } },
+        { host: '127.0.0.1', port: cluster.host('host-a').port, method: 'POST', path: pathOf(ROUTES.createVm, {}), ca: t.ca, cert: t.cert, key: t.key, agent: false, headers: { 'transfer-encoding': 'chunked' } },
         (res) => {
           const parts: Buffer[] = [];
           res.on('data', (c: Buffer) => parts.push(c));
@@ -367,7 +368,7 @@ describe('hostile bodies and connections', () => {
     s.on('data', (c: Buffer) => (answer += c));
     const closed = new Promise<void>((resolve) => s.once('close', () => resolve()));
     s.on('error', () => {});
-    const request = 'GET /v1/health HTTP/1.1\r\nHost: host-a\r\nX-Slow: ' + 'a'.repeat(100);
+    const request = `GET ${pathOf(ROUTES.health, {})} HTTP/1.1\r\nHost: host-a\r\nX-Slow: ` + 'a'.repeat(100);
     let i = 0;
     const drip = setInterval(() => {
       if (!s.destroyed && i < request.length) s.write(request[i++]);
@@ -397,7 +398,7 @@ describe('hostile bodies and connections', () => {
     const one = () =>
       new Promise<string>((resolve) => {
         const req = https.request(
-          { host: '127.0.0.1', port: cluster.host('host-a').port, path: '/v1/health', ca: t.ca, cert: t.cert, key: t.key, agent: false },
+          { host: '127.0.0.1', port: cluster.host('host-a').port, path: pathOf(ROUTES.health, {}), ca: t.ca, cert: t.cert, key: t.key, agent: false },
           (res) => {
             res.resume();
             res.on('end', () => resolve(String(res.statusCode)));

@@ -12,6 +12,7 @@ import { Cluster, policy30s } from './cluster.ts';
 import { killPlan } from '../support/kills.ts';
 import { SEGMENT_BYTES } from '../../src/core/replication/initial-stream.ts';
 import { untilSegments, vmWithData } from './stream-copy.ts';
+import { ROUTES, send } from '../support/agent-client.ts';
 
 // Seeded kill moments (test/support/kills.ts): DRSITE_SEED replays them, DRSITE_KILLS sets how many (at most 20 here).
 const plan = killPlan(import.meta.filename, { default: 3, max: 20 });
@@ -29,7 +30,7 @@ beforeAll(async () => {
 }, 60_000);
 afterAll(async () => cluster?.destroy());
 
-const view = async (id: string) => (await a.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+const view = async (id: string) => (await send(a, ROUTES.getRelationship, { id })).json<RelationshipView>();
 
 describe('replica killed -9 during a streamed initial copy', () => {
   test(`${KILLS} kills at random moments: the copy resumes from the replica's checkpoint and point 1 equals the disk`, async () => {
@@ -40,9 +41,9 @@ describe('replica killed -9 during a streamed initial copy', () => {
       // Data in every segment, so each carries several MiB.
       const image = await vmWithData(cluster, 'host-a', a, vm, DISK, 1000 + k);
       const want = await sha(image);
-      await a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
+      await send(a, ROUTES.createRelationship, {}, { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
 
-      const started = a.request('POST', `/v1/relationships/${id}/start?wait=true`).then(() => 'done', (e: unknown) => e);
+      const started = send(a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } }).then(() => 'done', (e: unknown) => e);
       // A random moment of the copy: after some segments went in (the replica's checkpoint says so).
       const asPrimary = await cluster.client('host-b', 'host-a');
       await untilSegments(asPrimary, id, 1 + (k % 3));
@@ -52,7 +53,7 @@ describe('replica killed -9 during a streamed initial copy', () => {
       const cutBefore = outcome === 'done' ? undefined : (await view(id)).state;
       await cluster.startProcess('host-b');
       const back = await cluster.client('host-b', 'host-a');
-      const before = await back.request('GET', `/v1/replica/relationships/${id}`).then((r) => r.json<ReplicaStatus>());
+      const before = await send(back, ROUTES.replicaStatus, { id }).then((r) => r.json<ReplicaStatus>());
       if (outcome !== 'done') {
         interrupted++;
         expect(cutBefore).toBe('InitialReplicationInProgress');
@@ -61,19 +62,19 @@ describe('replica killed -9 during a streamed initial copy', () => {
         expect(before.points).toEqual([]);
         const resumedFrom = before.initial?.segments.d0 ?? 0;
         const shippedBefore = (await view(id)).bytesShipped ?? 0;
-        const r = await a.request('POST', `/v1/relationships/${id}/replicate-now`).then((x) => x.json<{ action: string; applied: number }>());
+        const r = await send(a, ROUTES.replicateNow, { id }).then((x) => x.json<{ action: string; applied: number }>());
         expect(r).toMatchObject({ action: 'initial', applied: 1 });
         // Resumed: only the segments the checkpoint did not hold were sent again.
         const resent = ((await view(id)).bytesShipped ?? 0) - shippedBefore;
         expect(resent).toBeLessThanOrEqual((4 - resumedFrom) * (SEGMENT_BYTES + (1 << 20)));
         if (before.initial) expect(before.initial.cutId).toBeTruthy();
       }
-      const after = await back.request('GET', `/v1/replica/relationships/${id}`).then((r) => r.json<ReplicaStatus>());
+      const after = await send(back, ROUTES.replicaStatus, { id }).then((r) => r.json<ReplicaStatus>());
       expect(after.applied).toBe(1);
       expect(after.initial).toBeUndefined();
       if (before.initial) expect(after.points[0].cutId).toBe(before.initial.cutId); // the same cut, not a new copy
       const b = await cluster.client('host-b');
-      const got = (await b.request('GET', `/v1/relationships/${id}/recovery-points/1/disks/d0/sha256`)).json<{ sha256: string }>().sha256;
+      const got = (await send(b, ROUTES.pointDigest, { id, seq: 1, disk: 'd0' })).json<{ sha256: string }>().sha256;
       // The disk was not written during the copy, so the cut is the disk as it is now.
       expect(got).toBe(want);
       expect((await view(id)).state).toBe('Replicating');

@@ -19,6 +19,7 @@ import { uploadFile } from '../../src/transport/upload-client.ts';
 import { UPLOAD_CHECKSUM, UPLOAD_LENGTH, UPLOAD_OFFSET } from '../../src/transport/upload-protocol.ts';
 import { Cluster, policy30s, sha256File } from './cluster.ts';
 import { TcpProxy } from '../support/tcp-proxy.ts';
+import { ROUTES, pathOf, send } from '../support/agent-client.ts';
 
 // The replica link's no-progress timeout (the agents' `linkTimeout`): seconds, so a stall past it
 // costs seconds, not a minute.
@@ -56,10 +57,10 @@ interface Cycle {
 
 /** A VM with one disk, protected through the proxy and initially replicated. */
 async function protect(vm: string): Promise<{ id: string; disk: NbdClient; image: string }> {
-  await a.request('POST', '/v1/vms', { name: vm, disks: [{ name: 'd0', size: DISK }] });
+  await send(a, ROUTES.createVm, {}, { name: vm, disks: [{ name: 'd0', size: DISK }] });
   const id = `rel-${vm}`;
-  await a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: proxy.url }, policy: policy30s });
-  await a.request('POST', `/v1/relationships/${id}/start?wait=true`);
+  await send(a, ROUTES.createRelationship, {}, { id, vm, replica: { name: 'host-b', endpoint: proxy.url }, policy: policy30s });
+  await send(a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } });
   const disk = await NbdClient.connect(join(cluster.host('host-a').dataDir, 'nbd', `${vm}.sock`), 'd0');
   return { id, disk, image: join(cluster.host('host-a').dataDir, 'vms', vm, 'd0.img') };
 }
@@ -71,18 +72,18 @@ async function write(disk: NbdClient, image: string, seed: number): Promise<stri
   return sha256File(image);
 }
 
-const primaryView = async (id: string) => (await a.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+const primaryView = async (id: string) => (await send(a, ROUTES.getRelationship, { id })).json<RelationshipView>();
 const shipped = async (id: string) => (await primaryView(id)).bytesShipped ?? 0;
-const replicaStatus = async (id: string) => (await asPrimary.request('GET', `/v1/replica/relationships/${id}`)).json<ReplicaStatus>();
+const replicaStatus = async (id: string) => (await send(asPrimary, ROUTES.replicaStatus, { id })).json<ReplicaStatus>();
 const pointDigest = async (id: string, seq: number) =>
-  (await b.request('GET', `/v1/relationships/${id}/recovery-points/${seq}/disks/d0/sha256`)).json<{ sha256: string }>().sha256;
-const replicateNow = async (id: string) => (await a.request('POST', `/v1/relationships/${id}/replicate-now`)).json<Cycle>();
+  (await send(b, ROUTES.pointDigest, { id, seq, disk: 'd0' })).json<{ sha256: string }>().sha256;
+const replicateNow = async (id: string) => (await send(a, ROUTES.replicateNow, { id })).json<Cycle>();
 const outboxLog = (id: string, seq: number) =>
   join(cluster.host('host-a').dataDir, 'relationships', id, 'outbox', String(seq).padStart(12, '0'), 'd0.hrl');
 
 /** A cycle that must fail: resolves with its error. */
 async function failingCycle(id: string): Promise<unknown> {
-  return a.request('POST', `/v1/relationships/${id}/replicate-now`).then(
+  return send(a, ROUTES.replicateNow, { id }).then(
     (r) => new Error(`the cycle succeeded: ${r.body.toString()}`),
     (e: unknown) => e,
   );
@@ -129,7 +130,7 @@ async function cycleCutMidUpload(id: string, bytes: number): Promise<{ err: unkn
   await cut;
   proxy.resetHandshakes(0);
   const seq = (await primaryView(id)).lastCutSequence!;
-  const head = await asPrimary.request('HEAD', `/v1/replica/relationships/${id}/logs/${seq}/d0`);
+  const head = await send(asPrimary, ROUTES.uploadOffset, { id, seq, disk: 'd0' });
   return { err, seq, durable: Number(head.headers[UPLOAD_OFFSET]) };
 }
 
@@ -296,12 +297,12 @@ describe('network faults between a primary and its Replica server, through a TCP
     const bytes = readFileSync(outboxLog(id, seq));
     bytes[durable + Math.floor((bytes.length - durable) / 2)] ^= 0x01;
     writeFileSync(damaged, bytes);
-    const refused = await uploadFile(asPrimary, damaged, `/v1/replica/relationships/${id}/logs/${seq}/d0`, { retries: 0 }).catch((e: unknown) => e);
+    const refused = await uploadFile(asPrimary, damaged, pathOf(ROUTES.uploadLog, { id, seq, disk: 'd0' }), { retries: 0 }).catch((e: unknown) => e);
     expect(RetryableError.is(refused) && refused.code === 'integrity', String(refused)).toBe(true);
     const st = await replicaStatus(id);
     expect(st.applied).toBe(applied2);
     expect(st.received.d0 ?? []).not.toContain(seq);
-    const head = await asPrimary.request('HEAD', `/v1/replica/relationships/${id}/logs/${seq}/d0`);
+    const head = await send(asPrimary, ROUTES.uploadOffset, { id, seq, disk: 'd0' });
     expect(head.headers[UPLOAD_OFFSET]).toBe('0'); // discarded: the next send starts from zero
     expect(await pointDigest(id, applied2)).toBe(atCut2);
     const before = proxy.bytesUp;
@@ -327,9 +328,9 @@ describe('network faults between a primary and its Replica server, through a TCP
     proxy.record(false);
     expect(r).toMatchObject({ sequence: seq + 1, applied: seq + 1 }); // seq, then an empty delta on it
     expect(await pointDigest(id, r.sequence)).toBe(atCut);
-    const pointsBefore = (await b.request('GET', `/v1/relationships/${id}/recovery-points`)).json<RecoveryPointInfo[]>();
+    const pointsBefore = (await send(b, ROUTES.recoveryPoints, { id })).json<RecoveryPointInfo[]>();
     const statusBefore = await replicaStatus(id);
-    const url = `/v1/replica/relationships/${id}/logs/${seq}/d0`;
+    const url = pathOf(ROUTES.uploadLog, { id, seq, disk: 'd0' });
     const body = readFileSync(copy);
     const sha = await sha256File(copy);
 
@@ -351,7 +352,7 @@ describe('network faults between a primary and its Replica server, through a TCP
 
     const statusAfter = await replicaStatus(id);
     expect(statusAfter).toEqual(statusBefore);
-    expect((await b.request('GET', `/v1/relationships/${id}/recovery-points`)).json<RecoveryPointInfo[]>()).toEqual(pointsBefore);
+    expect((await send(b, ROUTES.recoveryPoints, { id })).json<RecoveryPointInfo[]>()).toEqual(pointsBefore);
     expect(await pointDigest(id, r.sequence)).toBe(atCut);
     // The primary's next cycle is unaffected.
     const next = await replicateNow(id);

@@ -14,6 +14,7 @@ import type { RecoveryPointInfo, RelationshipView } from '../../src/transport/ag
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s } from './cluster.ts';
 import { killPlan } from '../support/kills.ts';
+import { ROUTES, send } from '../support/agent-client.ts';
 
 const plan = killPlan(import.meta.filename);
 const KILLS = plan.kills;
@@ -31,10 +32,10 @@ beforeAll(async () => {
   b = await cluster.client('host-b');
   await cluster.startProcess('host-a');
   a = await cluster.client('host-a');
-  await a.request('POST', '/v1/vms', { name: 'vm-k', disks: [{ name: 'os', size: 4 * MiB }] });
+  await send(a, ROUTES.createVm, {}, { name: 'vm-k', disks: [{ name: 'os', size: 4 * MiB }] });
   // Two retained points besides the latest, so older acknowledged points are checked too.
-  await a.request('POST', '/v1/relationships', { id: ID, vm: 'vm-k', replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: { ...policy30s, recoveryPoints: { additional: 2 } } });
-  await a.request('POST', `/v1/relationships/${ID}/start?wait=true`);
+  await send(a, ROUTES.createRelationship, {}, { id: ID, vm: 'vm-k', replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: { ...policy30s, recoveryPoints: { additional: 2 } } });
+  await send(a, ROUTES.startReplication, { id: ID }, undefined, { query: { wait: 'true' } });
 }, 60_000);
 afterAll(async () => cluster?.destroy());
 
@@ -45,9 +46,9 @@ async function write(seed: number): Promise<void> {
   await c.close();
 }
 
-const replicaView = async () => (await b.request('GET', `/v1/relationships/${ID}`)).json<RelationshipView>();
-const points = async () => (await b.request('GET', `/v1/relationships/${ID}/recovery-points`)).json<RecoveryPointInfo[]>();
-const pointSha = async (seq: number) => (await b.request('GET', `/v1/relationships/${ID}/recovery-points/${seq}/disks/os/sha256`)).json<{ sha256: string }>().sha256;
+const replicaView = async () => (await send(b, ROUTES.getRelationship, { id: ID })).json<RelationshipView>();
+const points = async () => (await send(b, ROUTES.recoveryPoints, { id: ID })).json<RecoveryPointInfo[]>();
+const pointSha = async (seq: number) => (await send(b, ROUTES.pointDigest, { id: ID, seq, disk: 'os' })).json<{ sha256: string }>().sha256;
 
 describe('primary killed -9 mid-cycle', () => {
   test(`${KILLS} kills at random moments: converges each time, nothing acknowledged lost, every point a cut the primary made`, async () => {
@@ -57,14 +58,14 @@ describe('primary killed -9 mid-cycle', () => {
     await write(1);
     states.add(await sha(image()));
     const t0 = Date.now();
-    await a.request('POST', `/v1/relationships/${ID}/replicate-now`);
+    await send(a, ROUTES.replicateNow, { id: ID });
     const cycleMs = Math.max(20, Date.now() - t0);
     let acknowledged = (await replicaView()).appliedSequence;
     let resyncs = 0;
     for (let k = 0; k < KILLS; k++) {
       await write(100 + k);
       states.add(await sha(image()));
-      const pending = a.request('POST', `/v1/relationships/${ID}/replicate-now`).catch(() => undefined);
+      const pending = send(a, ROUTES.replicateNow, { id: ID }).catch(() => undefined);
       await new Promise((r) => setTimeout(r, plan.random() * 1.3 * cycleMs));
       await cluster.kill('host-a', 'SIGKILL');
       await pending;
@@ -79,16 +80,16 @@ describe('primary killed -9 mid-cycle', () => {
       // cycle that succeeds after the unclean stop compares with the replica instead of trusting tracking.
       let first: string | undefined;
       for (let attempt = 0; attempt < 6; attempt++) {
-        const r = await a.request('POST', `/v1/relationships/${ID}/replicate-now`).then((x) => x.json<{ action: string }>(), () => undefined);
+        const r = await send(a, ROUTES.replicateNow, { id: ID }).then((x) => x.json<{ action: string }>(), () => undefined);
         if (r && first === undefined) first = r.action;
-        const v = (await a.request('GET', `/v1/relationships/${ID}`)).json<RelationshipView>();
+        const v = (await send(a, ROUTES.getRelationship, { id: ID })).json<RelationshipView>();
         if (r && v.state === 'Replicating') break;
       }
       // A resync when the kill left unreplicated writes or an open cut behind; a delta or nothing when
       // the tracker's state on disk still accounts for every write (it persists before acknowledging).
       expect(['resync', 'delta', 'none'], `kill ${k}: the first cycle after the restart`).toContain(first);
       if (first === 'resync') resyncs++;
-      const view = (await a.request('GET', `/v1/relationships/${ID}`)).json<RelationshipView>();
+      const view = (await send(a, ROUTES.getRelationship, { id: ID })).json<RelationshipView>();
       expect(view.state, `kill ${k}: ${JSON.stringify(view.healthReasons)} ${JSON.stringify((view as { lastError?: unknown }).lastError ?? null)}`).toBe('Replicating');
       const pts = await points();
       expect(await pointSha(pts.at(-1)!.sequence), `kill ${k}: the latest point is the disk as it is now`).toBe(await sha(image()));

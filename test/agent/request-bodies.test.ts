@@ -3,10 +3,10 @@
 // agent, real mutual TLS; the primary routes are called with an allowed primary's certificate.
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { TerminalError } from '../../src/model/errors.ts';
-import { routePath } from '../../src/sites/host-site.ts';
-import { NO_FIELDS, ROUTES, type RouteSpec } from '../../src/transport/agent-api.ts';
+import { NO_FIELDS, type RouteSpec } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { twoHosts, type Cluster } from './cluster.ts';
+import { ROUTES, send, sendRaw } from '../support/agent-client.ts';
 
 let cluster: Cluster;
 let operator: MtlsClient;
@@ -48,20 +48,20 @@ for (const [name, route] of withBodies) {
   test(`${name}: ${route.method} ${route.path} refuses a bad body with 400 naming the field`, async () => {
     const client = route.caller === 'primary' ? primary : operator;
     const { body, field, says } = badBody(route);
-    const before = (await operator.request('GET', '/v1/relationships')).json<unknown[]>();
-    const e = await client.request(route.method, routePath(route, params), body).catch((x: unknown) => x);
+    const before = (await send(operator, ROUTES.listRelationships, {})).json<unknown[]>();
+    const e = await sendRaw(client, route, params, body).catch((x: unknown) => x);
     expect(TerminalError.is(e) && e.code, String(e)).toBe('invalid-argument');
     expect((e as Error).message).toContain(`body field ${field} ${says}`);
-    expect((await operator.request('GET', '/v1/relationships')).json<unknown[]>()).toEqual(before);
+    expect((await send(operator, ROUTES.listRelationships, {})).json<unknown[]>()).toEqual(before);
   });
 }
 
 test('a wrong type deep inside a body names the whole field path', async () => {
-  const e = await operator.request('POST', '/v1/vms', { name: 'v', disks: [{ name: 'os', size: 'big' }] }).catch((x: unknown) => x);
+  const e = await sendRaw(operator, ROUTES.createVm, {}, { name: 'v', disks: [{ name: 'os', size: 'big' }] }).catch((x: unknown) => x);
   expect((e as Error).message).toContain('body field disks.0.size must be integer');
-  const p = await operator.request('POST', '/v1/vms/v/power', { power: 'Sideways' }).catch((x: unknown) => x);
+  const p = await sendRaw(operator, ROUTES.setVmPower, { name: 'v' }, { power: 'Sideways' }).catch((x: unknown) => x);
   expect((p as Error).message).toContain('body field power must be equal to one of the allowed values');
-  const j = await operator.request('POST', '/v1/vms', Buffer.from('{"name": ')).catch((x: unknown) => x);
+  const j = await sendRaw(operator, ROUTES.createVm, {}, Buffer.from('{"name": ')).catch((x: unknown) => x);
   expect(TerminalError.is(j) && j.code).toBe('invalid-argument');
-  expect((await operator.request('GET', '/v1/vms')).json<unknown[]>()).toEqual([]);
+  expect((await send(operator, ROUTES.listVms, {})).json<unknown[]>()).toEqual([]);
 });

@@ -11,6 +11,7 @@ import { ManualClock } from '../../src/model/clock.ts';
 import type { RelationshipView } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s, sha256File } from './cluster.ts';
+import { ROUTES, send } from '../support/agent-client.ts';
 
 const MiB = 1 << 20;
 const MIN = 60_000;
@@ -29,7 +30,7 @@ beforeAll(async () => {
 });
 afterAll(async () => cluster?.destroy());
 
-const view = async (id: string) => (await a.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+const view = async (id: string) => (await send(a, ROUTES.getRelationship, { id })).json<RelationshipView>();
 
 /** Waits (real time) until the relationship's view satisfies `ok`. */
 async function until(id: string, ok: (v: RelationshipView) => boolean, what: string): Promise<RelationshipView> {
@@ -48,10 +49,10 @@ async function write(vm: string, disk: string, bytes: number, seed: number): Pro
 }
 
 async function protect(vm: string, size = 8 * MiB): Promise<string> {
-  await a.request('POST', '/v1/vms', { name: vm, disks: [{ name: 'd0', size }] });
+  await send(a, ROUTES.createVm, {}, { name: vm, disks: [{ name: 'd0', size }] });
   const id = `rel-${vm}`;
-  await a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
-  await a.request('POST', `/v1/relationships/${id}/start?wait=true`);
+  await send(a, ROUTES.createRelationship, {}, { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
+  await send(a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } });
   return id;
 }
 
@@ -98,7 +99,7 @@ describe('schedule', () => {
     expect(v.state).toBe('Replicating');
     // Still Warning for the cycles missed during the outage, until the statistics are reset.
     expect(v.healthReasons.join()).toMatch(/missed/);
-    await a.request('POST', `/v1/relationships/${id}/statistics/reset`);
+    await send(a, ROUTES.resetStatistics, { id });
     expect((await view(id)).health).toBe('Normal');
   });
 
@@ -122,12 +123,12 @@ describe('schedule', () => {
     await cluster.stopInProcess('host-b');
     writeFileSync(config, original);
     await cluster.startInProcess('host-b', { clock });
-    await a.request('POST', `/v1/relationships/${id}/resume`);
+    await send(a, ROUTES.resume, { id });
     v = await view(id);
     expect(v.state).toBe('ResynchronizationRequired');
-    await a.request('POST', `/v1/relationships/${id}/resync`);
+    await send(a, ROUTES.resync, { id });
     await until(id, (x) => x.state === 'Replicating', 'replicating again');
-    await a.request('POST', `/v1/relationships/${id}/statistics/reset`);
+    await send(a, ROUTES.resetStatistics, { id });
     expect((await view(id)).health).toBe('Normal');
   });
 
@@ -147,7 +148,7 @@ describe('schedule', () => {
     tenPm.setHours(22, 0, 30, 0);
     await clock.advance(tenPm.getTime() - clock.now());
     v = await until(id, (x) => x.state === 'Replicating' && x.appliedSequence > applied, 'resync in the window');
-    const digest = (await b.request('GET', `/v1/relationships/${id}/recovery-points/${v.appliedSequence}/disks/d0/sha256`)).json<{ sha256: string }>().sha256;
+    const digest = (await send(b, ROUTES.pointDigest, { id, seq: v.appliedSequence, disk: 'd0' })).json<{ sha256: string }>().sha256;
     expect(digest).toBe(await sha256File(join(cluster.host('host-a').dataDir, 'vms', 'big', 'd0.img')));
   });
 
@@ -159,13 +160,13 @@ describe('schedule', () => {
     await clock.advance(30_000); // one cycle, and no further clock movement
     const v = await until(id, (x) => x.state === 'Replicating' && x.appliedSequence > applied, 'resync in the same cycle');
     expect(v.appliedSequence).toBe(applied + 1);
-    const digest = (await b.request('GET', `/v1/relationships/${id}/recovery-points/${v.appliedSequence}/disks/d0/sha256`)).json<{ sha256: string }>().sha256;
+    const digest = (await send(b, ROUTES.pointDigest, { id, seq: v.appliedSequence, disk: 'd0' })).json<{ sha256: string }>().sha256;
     expect(digest).toBe(await sha256File(join(cluster.host('host-a').dataDir, 'vms', 'big-night', 'd0.img')));
   });
 
   test('pause: tracking continues, nothing ships; resume catches up', async () => {
     const id = await protect('paused');
-    await a.request('POST', `/v1/relationships/${id}/suspend`);
+    await send(a, ROUTES.suspend, { id });
     const applied = (await view(id)).appliedSequence;
     await write('paused', 'd0', 256 * 1024, 3);
     await clock.advance(30_000);
@@ -173,11 +174,11 @@ describe('schedule', () => {
     let v = await view(id);
     expect(v).toMatchObject({ state: 'Suspended', appliedSequence: applied });
     expect(v.pendingBytes).toBeGreaterThan(0);
-    await a.request('POST', `/v1/relationships/${id}/resume`);
+    await send(a, ROUTES.resume, { id });
     await clock.advance(30_000);
     v = await until(id, (x) => x.appliedSequence === applied + 1, 'catch-up after resume');
     expect(v.pendingBytes).toBe(0);
-    const digest = (await b.request('GET', `/v1/relationships/${id}/recovery-points/${v.appliedSequence}/disks/d0/sha256`)).json<{ sha256: string }>().sha256;
+    const digest = (await send(b, ROUTES.pointDigest, { id, seq: v.appliedSequence, disk: 'd0' })).json<{ sha256: string }>().sha256;
     expect(digest).toBe(await sha256File(join(cluster.host('host-a').dataDir, 'vms', 'paused', 'd0.img')));
   });
 });

@@ -20,6 +20,7 @@ import { SEGMENT_BYTES } from '../../src/core/replication/initial-stream.ts';
 import { killPlan } from '../support/kills.ts';
 import { Cluster, policy30s } from './cluster.ts';
 import { untilSegments, vmWithData } from './stream-copy.ts';
+import { ROUTES, send } from '../support/agent-client.ts';
 
 const MiB = 1 << 20;
 // Seeded kill moments (test/support/kills.ts): DRSITE_SEED replays them, DRSITE_KILLS sets how many (at most 20 here).
@@ -31,9 +32,9 @@ afterAll(async () => {
   for (const c of clusters) await c.destroy();
 }, 60_000);
 
-const view = async (c: MtlsClient, id: string) => (await c.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+const view = async (c: MtlsClient, id: string) => (await send(c, ROUTES.getRelationship, { id })).json<RelationshipView>();
 const pointSha = async (c: MtlsClient, id: string, seq: number) =>
-  (await c.request('GET', `/v1/relationships/${id}/recovery-points/${seq}/disks/d0/sha256`)).json<{ sha256: string }>().sha256;
+  (await send(c, ROUTES.pointDigest, { id, seq, disk: 'd0' })).json<{ sha256: string }>().sha256;
 
 describe('replica killed -9 while a delta streams to it', () => {
   const KILLS = streamKills.kills;
@@ -46,9 +47,9 @@ describe('replica killed -9 while a delta streams to it', () => {
     const b = await cluster.client('host-b');
     const vm = 'vm-s';
     const id = `rel-${vm}`;
-    await a.request('POST', '/v1/vms', { name: vm, disks: [{ name: 'd0', size: 64 * MiB }] });
-    await a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
-    await a.request('POST', `/v1/relationships/${id}/start?wait=true`);
+    await send(a, ROUTES.createVm, {}, { name: vm, disks: [{ name: 'd0', size: 64 * MiB }] });
+    await send(a, ROUTES.createRelationship, {}, { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
+    await send(a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } });
     const image = join(cluster.host('host-a').dataDir, 'vms', vm, 'd0.img');
     const outbox = join(cluster.host('host-a').dataDir, 'relationships', id, 'outbox');
     const atCut = new Map<number, string>([[1, await sha(image)]]);
@@ -68,7 +69,7 @@ describe('replica killed -9 while a delta streams to it', () => {
       await Promise.all(randomWrites(192, disk.size, 500 + k, { maxBlocks: 16 }).map((w) => disk.write(w.offset, w.data)));
       const expected = await sha(image); // no writes until the cut: the disk at the cut
       const seq = (await view(a, id)).lastCutSequence! + 1;
-      const cycle = a.request('POST', `/v1/relationships/${id}/replicate-now`).then(
+      const cycle = send(a, ROUTES.replicateNow, { id }).then(
         (r) => r.json<{ sequence: number; applied: number }>(),
         (e: unknown) => e as Error,
       );
@@ -94,7 +95,7 @@ describe('replica killed -9 while a delta streams to it', () => {
       expect(at).toBeGreaterThanOrEqual(acknowledged);
       expect(await pointSha(b, id, at)).toBe(atCut.get(at));
       // The next cycle converges: the interrupted log ships from the replica's offset, then a new cut.
-      const next = (await a.request('POST', `/v1/relationships/${id}/replicate-now`)).json<{ sequence: number; applied: number }>();
+      const next = (await send(a, ROUTES.replicateNow, { id })).json<{ sequence: number; applied: number }>();
       expect(next.applied).toBe(next.sequence);
       atCut.set(next.sequence, await sha(image));
       expect(await pointSha(b, id, next.sequence)).toBe(atCut.get(next.sequence));
@@ -122,8 +123,8 @@ describe('primary killed -9 during a streamed initial copy', () => {
       const vm = `vm-${k}`;
       const id = `rel-${vm}`;
       const imagePath = await vmWithData(cluster, 'host-a', a, vm, DISK, 2000 + k);
-      await a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
-      const started = a.request('POST', `/v1/relationships/${id}/start?wait=true`).then(() => 'done', () => 'killed');
+      await send(a, ROUTES.createRelationship, {}, { id, vm, replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
+      const started = send(a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } }).then(() => 'done', () => 'killed');
       // A random moment of the copy: after some segments went in (the replica's checkpoint says so).
       const asPrimary = await cluster.client('host-b', 'host-a');
       await untilSegments(asPrimary, id, 1 + (k % 3));
@@ -136,7 +137,7 @@ describe('primary killed -9 during a streamed initial copy', () => {
       await fh.write(randomBytes(64 << 10), 0, 64 << 10, 1 << 20);
       await fh.close();
       const want = await sha(imagePath);
-      const before = (await asPrimary.request('GET', `/v1/replica/relationships/${id}`)).json<ReplicaStatus>();
+      const before = (await send(asPrimary, ROUTES.replicaStatus, { id })).json<ReplicaStatus>();
       await cluster.startProcess('host-a');
       const back = await cluster.client('host-a');
       if (outcome !== 'done' && before.applied === 0) {
@@ -146,10 +147,10 @@ describe('primary killed -9 during a streamed initial copy', () => {
         // The restarted primary cannot trust its tracking: it resynchronises against what the
         // replica holds (the segments it took), or copies again. Its own schedule may be at it
         // already; either way this ends with point 1.
-        const r = (await back.request('POST', `/v1/relationships/${id}/replicate-now`)).json<{ action: string; applied: number }>();
+        const r = (await send(back, ROUTES.replicateNow, { id })).json<{ action: string; applied: number }>();
         expect(r.applied).toBe(1);
       }
-      const after = (await asPrimary.request('GET', `/v1/replica/relationships/${id}`)).json<ReplicaStatus>();
+      const after = (await send(asPrimary, ROUTES.replicaStatus, { id })).json<ReplicaStatus>();
       expect(after.applied).toBe(1);
       expect(after.initial).toBeUndefined();
       // A primary restart loses the cut: a new copy, under a new cut id.

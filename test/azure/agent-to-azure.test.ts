@@ -12,6 +12,7 @@ import type { RelationshipView } from '../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../src/transport/mtls.ts';
 import { Cluster, policy30s } from '../agent/cluster.ts';
 import { startAzurite, type Azurite } from './azurite.ts';
+import { ROUTES, send } from '../support/agent-client.ts';
 
 const run = promisify(execFile);
 const MiB = 1 << 20;
@@ -36,27 +37,27 @@ afterAll(async () => {
 });
 
 test('agent cycles ship into page blobs; each blob is a fixed VHD equal to the primary at its cut', async () => {
-  await a.request('POST', '/v1/vms', { name: 'web', disks: [{ name: 'os', size: 16 * MiB }, { name: 'data', size: 8 * MiB }] });
+  await send(a, ROUTES.createVm, {}, { name: 'web', disks: [{ name: 'os', size: 16 * MiB }, { name: 'data', size: 8 * MiB }] });
   const azure = {
-    type: 'azure',
+    type: 'azure' as const,
     storageAccount: 'devstoreaccount1',
     container: 'dr-replicas',
     credentials: { connectionStringEnv: 'DRSITE_TEST_AZURE_CONNECTION' },
     resourceGroup: 'rg-dr',
     location: 'westeurope',
   };
-  await a.request('POST', '/v1/relationships', { id: 'rel-web', vm: 'web', replica: { name: 'azure-dr', endpoint: '', azure }, policy: policy30s });
+  await send(a, ROUTES.createRelationship, {}, { id: 'rel-web', vm: 'web', replica: { name: 'azure-dr', endpoint: '', azure }, policy: policy30s });
   const socket = join(cluster.host('host-a').dataDir, 'nbd', 'web.sock');
   const os = await NbdClient.connect(socket, 'os');
   for (const w of randomWrites(200, os.size, 1)) await os.write(w.offset, w.data);
-  await a.request('POST', '/v1/relationships/rel-web/start?wait=true');
+  await send(a, ROUTES.startReplication, { id: 'rel-web' }, undefined, { query: { wait: 'true' } });
   for (let i = 0; i < 3; i++) {
     for (const w of randomWrites(60, os.size, 10 + i)) await os.write(w.offset, w.data);
-    const r = (await a.request('POST', '/v1/relationships/rel-web/replicate-now')).json<{ sequence: number; applied: number }>();
+    const r = (await send(a, ROUTES.replicateNow, { id: 'rel-web' })).json<{ sequence: number; applied: number }>();
     expect(r.applied).toBe(r.sequence);
   }
   await os.close();
-  const v = (await a.request('GET', '/v1/relationships/rel-web')).json<RelationshipView>();
+  const v = (await send(a, ROUTES.getRelationship, { id: 'rel-web' })).json<RelationshipView>();
   expect(v).toMatchObject({ state: 'Replicating', health: 'Normal', peer: 'azure-dr' });
   const vmDir = join(cluster.host('host-a').dataDir, 'vms', 'web');
   for (const disk of ['os', 'data']) {

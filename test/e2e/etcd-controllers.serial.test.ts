@@ -22,6 +22,7 @@ import { Vault, type Job } from '../../src/vault/vault.ts';
 import { Cluster, sha256File } from '../agent/cluster.ts';
 import { planJob, quickstart, startRun, vmStatus, waitFor, type Quickstart, type Running } from './helpers.ts';
 import { startEtcd, type EtcdCluster } from '../support/etcd-cluster.ts';
+import { ROUTES, send } from '../support/agent-client.ts';
 
 const MiB = 1 << 20;
 const VMS = ['db-01', 'web-01'] as const;
@@ -101,7 +102,7 @@ beforeAll(async () => {
   writeFileSync(join(q.qs, 'scripts', 'gate.sh'), GATE_SCRIPT);
   chmodSync(join(q.qs, 'scripts', 'gate.sh'), 0o755);
   for (const [i, vm] of VMS.entries()) {
-    await clients.get('site-a')!.request('POST', '/v1/vms', { name: vm, disks: DISKS, adapters: [{ name: 'eth0', network: 'lan' }] });
+    await send(clients.get('site-a')!, ROUTES.createVm, {}, { name: vm, disks: [...DISKS], adapters: [{ name: 'eth0', network: 'lan' }] });
     await write('site-a', vm, 1 + i);
   }
   vault = Vault.open(etcd.url);
@@ -187,7 +188,7 @@ test('one leader at a time; a test and a planned failover declared in the manife
     ['TestFailover', 'ProtectedVM/db-01', 'Succeeded'],
     ['TestFailover', 'ProtectedVM/web-01', 'Succeeded'],
   ]);
-  const onB = (await clients.get('site-b')!.request('GET', '/v1/vms')).json<{ name: string }[]>().map((v) => v.name);
+  const onB = (await send(clients.get('site-b')!, ROUTES.listVms, {})).json<{ name: string }[]>().map((v) => v.name);
   expect(onB.filter((n) => n.endsWith('-Test')).sort()).toEqual(['db-01-Test', 'web-01-Test']);
   q.setFailover(['id: drill-1-cleanup', 'type: test', 'cleanupTest: true']);
   expect((await ended('drill-1-cleanup')).state).toBe('Succeeded');
@@ -217,11 +218,11 @@ test('leader, its agent and its etcd member killed -9 mid-plan: a follower takes
   for (const [i, vm] of VMS.entries()) {
     await write('site-b', vm, 100 + i);
     const id = `rel-${vm}.r1`;
-    const r = (await clients.get('site-b')!.request('POST', `/v1/relationships/${id}/replicate-now`)).json<{ sequence: number; applied: number }>();
+    const r = (await send(clients.get('site-b')!, ROUTES.replicateNow, { id })).json<{ sequence: number; applied: number }>();
     expect(r.applied).toBe(r.sequence);
     acknowledged[vm] = await diskShas('site-b', vm);
     for (const d of DISKS) {
-      const onA = (await clients.get('site-a')!.request('GET', `/v1/relationships/${id}/recovery-points/${r.sequence}/disks/${d.name}/sha256`)).json<{ sha256: string }>();
+      const onA = (await send(clients.get('site-a')!, ROUTES.pointDigest, { id, seq: r.sequence, disk: d.name })).json<{ sha256: string }>();
       expect(onA.sha256, `${vm}/${d.name}`).toBe(acknowledged[vm][d.name]);
     }
   }
@@ -280,7 +281,7 @@ test('leader, its agent and its etcd member killed -9 mid-plan: a follower takes
   const resolved = (web.steps[0].output as { resolved?: string } | null)?.resolved;
   expect([undefined, 'found already done after a restart']).toContain(resolved);
   expect(scriptsOf('drill-2')).toEqual(['database-up', 'web-starting', 'web-up']);
-  const onA = (await clients.get('site-a')!.request('GET', '/v1/vms')).json<{ name: string }[]>().map((v) => v.name);
+  const onA = (await send(clients.get('site-a')!, ROUTES.listVms, {})).json<{ name: string }[]>().map((v) => v.name);
   expect(onA.filter((n) => n.endsWith('-Test')).sort()).toEqual(['db-01-Test', 'web-01-Test']);
   expect(vault.listPending()).toEqual([]);
   // The CLI reads the same job from etcd.
@@ -296,7 +297,7 @@ test('leader, its agent and its etcd member killed -9 mid-plan: a follower takes
   expect(dr.state, `${JSON.stringify(dr.error)}\n${allOutput()}`).toBe('Succeeded');
   expect(childSummary(dr)).toEqual(VMS.flatMap((vm) => ['UnplannedFailover', 'CommitFailover'].map((t) => [t, `ProtectedVM/${vm}`, 'Succeeded'])));
   for (const vm of VMS) expect(await diskShas('site-a', vm), vm).toEqual(acknowledged[vm]);
-  const views = (await clients.get('site-a')!.request('GET', '/v1/relationships')).json<RelationshipView[]>();
+  const views = (await send(clients.get('site-a')!, ROUTES.listRelationships, {})).json<RelationshipView[]>();
   for (const vm of VMS) expect(views.find((v) => v.id === `rel-${vm}.r1`), vm).toMatchObject({ role: 'Replica', state: 'FailedOver' });
   expect(scriptsOf('dr-1')).toEqual(['database-up', 'web-starting', 'web-up']);
 

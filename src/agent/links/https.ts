@@ -1,9 +1,10 @@
 // The primary's link to a Replica server over HTTPS with mutual TLS: the agent API's replica
 // verbs, and log transfers that resume where the server's durable offset stands.
-import { compareRequestToJSON, digestsFromJSON, type BlockDigests, type BlockDigestsJSON, type CompareRequest } from '../../core/replication/block-checksums.ts';
+import { compareRequestToJSON, digestsFromJSON, type BlockDigests, type CompareRequest } from '../../core/replication/block-checksums.ts';
 import { Readable } from 'node:stream';
 import { TerminalError } from '../../model/errors.ts';
-import { API, type CreateReplicaRequest, type ReplicaStatus } from '../../transport/agent-api.ts';
+import { pathOf, ROUTES, type CreateReplicaRequest, type ReplicaStatus } from '../../transport/agent-api.ts';
+import { callRoute, requestRoute } from '../../transport/agent-call.ts';
 import type { CertBundle } from '../../transport/certs.ts';
 import { createMtlsClient, type MtlsClient } from '../../transport/mtls.ts';
 import { TransferCounters } from '../../transport/transfer-counters.ts';
@@ -21,18 +22,18 @@ export class HttpReplicaLink implements ReplicaLink {
   }
 
   async createReplica(req: CreateReplicaRequest): Promise<ReplicaStatus> {
-    return (await this.#client.request('POST', API.replicaRelationships, req)).json<ReplicaStatus>();
+    return callRoute(this.#client, ROUTES.createReplica, {}, req);
   }
 
   async status(id: string): Promise<ReplicaStatus> {
-    return (await this.#client.request('GET', API.replicaRelationship(id))).json<ReplicaStatus>();
+    return callRoute(this.#client, ROUTES.replicaStatus, { id });
   }
 
   async upload(id: string, sequence: number, diskId: string, path: string, onProgress?: (done: number, total: number) => void, opts?: UploadOptions): Promise<void> {
     // A short in-place retry rides over a dropped connection; longer outages belong to the
     // relationship's retry schedule (1, 2, 4, 8, 10, then 30 minutes), not to this call.
     // `pace` (a bandwidth cap) paces the body slice by slice inside each PUT, of `chunkSize` bytes.
-    await uploadFile(this.#client, path, API.replicaLog(id, sequence, diskId), {
+    await uploadFile(this.#client, path, pathOf(ROUTES.uploadLog, { id, seq: sequence, disk: diskId }), {
       retries: 2,
       retryDelayMs: 100,
       ...(onProgress && { onProgress }),
@@ -42,22 +43,22 @@ export class HttpReplicaLink implements ReplicaLink {
   }
 
   async uploadStream(id: string, sequence: number, diskId: string, body: AsyncIterable<Buffer>): Promise<void> {
-    await uploadStream(this.#client, API.replicaLog(id, sequence, diskId), body);
+    await uploadStream(this.#client, pathOf(ROUTES.uploadLog, { id, seq: sequence, disk: diskId }), body);
   }
 
   async initialSegment(id: string, diskId: string, index: number, body: AsyncIterable<Buffer>): Promise<ReplicaStatus> {
-    const res = await this.#client.request('PUT', API.replicaInitialSegment(id, diskId, index), Readable.from(body, { objectMode: false }), {
-      'content-type': CONTENT_TYPE_OCTETS,
+    const res = await requestRoute(this.#client, ROUTES.uploadInitialSegment, { id, disk: diskId, segment: index }, Readable.from(body, { objectMode: false }), {
+      headers: { 'content-type': CONTENT_TYPE_OCTETS },
     });
     return res.json<ReplicaStatus>();
   }
 
   async apply(id: string): Promise<ReplicaStatus> {
-    return (await this.#client.request('POST', API.replicaApply(id), {})).json<ReplicaStatus>();
+    return callRoute(this.#client, ROUTES.replicaApply, { id }, {});
   }
 
   async discardPending(id: string): Promise<ReplicaStatus> {
-    return (await this.#client.request('POST', API.replicaDiscardPending(id), {})).json<ReplicaStatus>();
+    return callRoute(this.#client, ROUTES.replicaDiscardPending, { id }, {});
   }
 
   /**
@@ -66,23 +67,23 @@ export class HttpReplicaLink implements ReplicaLink {
    * instead; the primary's one-block probe sees that and compares the older way.
    */
   async checksums(id: string, diskId: string, compare?: CompareRequest): Promise<BlockDigests> {
-    const path = API.replicaChecksums(id, diskId);
+    const params = { id, disk: diskId };
     if (compare) {
       try {
-        return digestsFromJSON((await this.#client.request('POST', path, compareRequestToJSON(compare))).json<BlockDigestsJSON>());
+        return digestsFromJSON(await callRoute(this.#client, ROUTES.replicaCompare, params, compareRequestToJSON(compare)));
       } catch (e) {
         if (!(TerminalError.is(e) && e.code === 'invalid-argument')) throw e;
       }
     }
-    return digestsFromJSON((await this.#client.request('GET', path)).json<BlockDigestsJSON>());
+    return digestsFromJSON(await callRoute(this.#client, ROUTES.replicaChecksums, params));
   }
 
   async settings(id: string, retention: CreateReplicaRequest['retention']): Promise<void> {
-    await this.#client.request('PUT', API.replicaSettings(id), { retention });
+    await callRoute(this.#client, ROUTES.replicaSettings, { id }, { retention });
   }
 
   async remove(id: string): Promise<void> {
-    await this.#client.request('DELETE', API.replicaRelationship(id));
+    await callRoute(this.#client, ROUTES.removeReplica, { id });
   }
 
   close(): void {

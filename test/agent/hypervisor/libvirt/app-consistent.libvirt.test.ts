@@ -9,6 +9,7 @@ import { policy30s } from '../../cluster.ts';
 import { waitForLine } from '../qemu/guest.ts';
 import { cleanup, defineGuestDomain, suffix, virsh } from './libvirt.ts';
 import { cycle, libvirtSites, view, type LibvirtSites } from './sites.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 const sfx = suffix();
 const withAgent = `drt-${sfx}-app`;
@@ -27,12 +28,12 @@ afterAll(async () => {
 
 async function protectWith(vm: string): Promise<string> {
   const id = `rel-${vm}`;
-  await s!.a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: s!.cluster.host('host-b').url }, policy: hourly });
-  await s!.a.request('POST', `/v1/relationships/${id}/start?wait=true`);
+  await send(s!.a, ROUTES.createRelationship, {}, { id, vm, replica: { name: 'host-b', endpoint: s!.cluster.host('host-b').url }, policy: hourly });
+  await send(s!.a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } });
   return id;
 }
 
-const points = async (id: string) => (await s!.b.request('GET', `/v1/relationships/${id}/recovery-points`)).json<RecoveryPointInfo[]>();
+const points = async (id: string) => (await send(s!.b, ROUTES.recoveryPoints, { id })).json<RecoveryPointInfo[]>();
 
 describe('application-consistent points of a libvirt domain', () => {
   test('a guest with an agent: frozen with domfsfreeze for the cut, thawed after it, the point marked app', async () => {

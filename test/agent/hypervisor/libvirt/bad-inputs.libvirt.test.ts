@@ -11,6 +11,7 @@ import { policy30s } from '../../cluster.ts';
 import { waitForLine } from '../qemu/guest.ts';
 import { cleanup, defineGuestDomain, domState, ensureLibvirtd, IMAGES, suffix, virsh } from './libvirt.ts';
 import { libvirtSites, protect, view, type LibvirtSites } from './sites.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 const run = promisify(execFile);
 const sfx = suffix();
@@ -30,12 +31,12 @@ afterAll(async () => {
 
 async function protectError(vm: string, opts: { listable?: boolean } = {}): Promise<string> {
   const req = { id: `rel-${vm}`, vm, replica: { name: 'host-b', endpoint: s!.cluster.host('host-b').url }, policy: policy30s };
-  const e = await s!.a.request('POST', '/v1/relationships', req).then(() => undefined, (x: Error) => x);
+  const e = await send(s!.a, ROUTES.createRelationship, {}, req).then(() => undefined, (x: Error) => x);
   expect(e, `protecting ${vm} was not refused`).toBeInstanceOf(Error);
   // Nothing was recorded: no relationship, no adopted VM (a listed domain is not tracked).
-  expect((await s!.a.request('GET', '/v1/relationships')).json<unknown[]>()).toEqual([]);
+  expect((await send(s!.a, ROUTES.listRelationships, {})).json<unknown[]>()).toEqual([]);
   if (opts.listable === false) return e!.message;
-  expect((await s!.a.request('GET', '/v1/vms')).json<{ name: string; tracking?: string }[]>().find((v) => v.name === vm)?.tracking).toBeUndefined();
+  expect((await send(s!.a, ROUTES.listVms, {})).json<{ name: string; tracking?: string }[]>().find((v) => v.name === vm)?.tracking).toBeUndefined();
   return e!.message;
 }
 
@@ -81,7 +82,7 @@ describe('bad inputs on a libvirt site', () => {
     try {
       expect(await protectError(vm, { listable: false })).toMatch(new RegExp(`libvirt domain "${vm}" at qemu:///system: libvirtd does not answer \\(is it running\\?`));
       // The site's VM list says the same, rather than reporting the domain absent.
-      await expect(s!.a.request('GET', '/v1/vms')).rejects.toThrow(/libvirt at qemu:\/\/\/system: libvirtd does not answer/);
+      await expect(send(s!.a, ROUTES.listVms, {})).rejects.toThrow(/libvirt at qemu:\/\/\/system: libvirtd does not answer/);
     } finally {
       await ensureLibvirtd();
     }
@@ -99,7 +100,7 @@ describe('bad inputs on a libvirt site', () => {
     const xmlFile = join(IMAGES, vm, 'clash.xml');
     await writeFile(xmlFile, `<domain type='qemu'><name>${clash}</name><memory unit='MiB'>64</memory><os><type arch='x86_64'>hvm</type></os></domain>`);
     await virsh('define', xmlFile);
-    const e = await s!.b.request('POST', `/v1/relationships/${id}/failover`, { adapters: [{ name: 'eth0' }] }).then(() => undefined, (x: Error) => x);
+    const e = await send(s!.b, ROUTES.failover, { id }, { adapters: [{ name: 'eth0' }] }).then(() => undefined, (x: Error) => x);
     expect(e?.message).toMatch(new RegExp(`libvirt domain "${clash}" already exists at qemu:///system on this site \\(drsite did not define it\\), so VM ${vm} cannot be defined here`));
     // Refused before anything changed: the replica still replicates, the other domain is untouched.
     expect((await view(s!.b, id)).state).toBe('Replicating');

@@ -11,6 +11,7 @@ import { waitForLine } from '../qemu/guest.ts';
 import { cleanup, defineGuestDomain, IMAGES, imageSha, suffix, virsh, type GuestDomain } from './libvirt.ts';
 import { cycle, libvirtSites, pointSha, view, type LibvirtSites } from './sites.ts';
 import { untilListening } from '../../../support/sockets.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 const sfx = suffix();
 const name = `drt-${sfx}-ex`;
@@ -47,15 +48,15 @@ describe('disks.exclude on a libvirt domain', () => {
   test('a network disk is refused by name, and protection with it excluded tracks the other disk by checkpoints', async () => {
     await virsh('start', name);
     await waitForLine(dom.serial, /DRSITE churn 10\b/, 90_000);
-    await expect(s!.a.request('POST', '/v1/relationships', request())).rejects.toThrow(new RegExp(`libvirt domain "${name}": disk vdb cannot be tracked: it is a network disk \\(protocol nbd\\).*or exclude it`));
-    await expect(s!.a.request('POST', '/v1/relationships', request(['vdc']))).rejects.toThrow(new RegExp(`libvirt domain "${name}" has no disk vdc to exclude \\(its disks: vda, vdb\\)`));
+    await expect(send(s!.a, ROUTES.createRelationship, {}, request())).rejects.toThrow(new RegExp(`libvirt domain "${name}": disk vdb cannot be tracked: it is a network disk \\(protocol nbd\\).*or exclude it`));
+    await expect(send(s!.a, ROUTES.createRelationship, {}, request(['vdc']))).rejects.toThrow(new RegExp(`libvirt domain "${name}" has no disk vdc to exclude \\(its disks: vda, vdb\\)`));
 
     const id = `rel-${name}`;
-    await s!.a.request('POST', '/v1/relationships', request(['vdb']));
-    await s!.a.request('POST', `/v1/relationships/${id}/start?wait=true`);
+    await send(s!.a, ROUTES.createRelationship, {}, request(['vdb']));
+    await send(s!.a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } });
     const v = await view(s!.a, id);
     expect(v.state).toBe('Replicating');
-    expect((await s!.a.request('GET', '/v1/vms')).json<{ name: string; tracking?: string; disks: { name: string }[] }[]>().find((x) => x.name === name)).toMatchObject({ disks: [{ name: 'vda' }], tracking: expect.stringMatching(/libvirt checkpoints/) });
+    expect((await send(s!.a, ROUTES.listVms, {})).json<{ name: string; tracking?: string; disks: { name: string }[] }[]>().find((x) => x.name === name)).toMatchObject({ disks: [{ name: 'vda' }], tracking: expect.stringMatching(/libvirt checkpoints/) });
     const [cp] = (await virsh('checkpoint-list', name, '--name')).trim().split('\n');
     expect(await virsh('checkpoint-dumpxml', name, cp!, '--no-domain')).toMatch(/<disk name='vdb' checkpoint='no'\/>/);
 

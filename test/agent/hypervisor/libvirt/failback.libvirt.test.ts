@@ -11,6 +11,7 @@ import { sha256, waitForLine } from '../qemu/guest.ts';
 import { join } from 'node:path';
 import { domState, runningDomains, suffix, virsh } from './libvirt.ts';
 import { cycle, protect, view, writingGuest } from './sites.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 const sfx = suffix();
 const name = `drt-${sfx}-fb`;
@@ -32,35 +33,35 @@ describe('failback to the original libvirt domain', () => {
     await cycle(site.a, id);
 
     // Planned failover to host-b; the guest writes b.txt there.
-    await site.a.request('POST', `/v1/vms/${name}/power`, { power: 'Off' });
-    await site.a.request('POST', `/v1/relationships/${id}/prepare-planned-failover`);
-    await site.b.request('POST', `/v1/relationships/${id}/failover`, { adapters: [{ name: 'eth0', network: nets.b }] });
+    await send(site.a, ROUTES.setVmPower, { name }, { power: 'Off' });
+    await send(site.a, ROUTES.preparePlannedFailover, { id });
+    await send(site.b, ROUTES.failover, { id }, { adapters: [{ name: 'eth0', network: nets.b }] });
     const onB = join(site.runDirs[1]!, 'vms', name, 'serial.log');
     await waitForLine(onB, new RegExp(`DRSITE wrote /files/b.txt sha256=${sha256(B)}`), 90_000);
-    await site.b.request('POST', `/v1/vms/${name}/power`, { power: 'Off' });
-    await site.b.request('POST', `/v1/relationships/${id}/commit`);
+    await send(site.b, ROUTES.setVmPower, { name }, { power: 'Off' });
+    await send(site.b, ROUTES.commit, { id });
 
     // Reverse replication towards host-a, seeded from the original domain's image; it stays defined.
     const back = `${id}-back`;
-    const rev = (await site.b.request('POST', `/v1/relationships/${id}/reverse`, { id: back, replica: { name: 'host-a', endpoint: site.cluster.host('host-a').url }, policy: policy30s })).json<{ state: string }>();
+    const rev = (await send(site.b, ROUTES.reverse, { id }, { id: back, replica: { name: 'host-a', endpoint: site.cluster.host('host-a').url }, policy: policy30s })).json<{ state: string }>();
     expect(rev.state).toBe('Replicating');
     expect(await domState(name)).toBe('shut off');
     expect((await virsh('checkpoint-list', name, '--name')).trim()).toBe(''); // drsite's checkpoints went with the old relationship
 
     // Failback: the point goes into the original's image and the original domain starts.
-    const prep = (await site.b.request('POST', `/v1/relationships/${back}/prepare-planned-failover`)).json<{ sequence: number }>();
-    const fb = (await site.a.request('POST', `/v1/relationships/${back}/failover`, {})).json<{ vm: string; state: string; recoveryPoint: { sequence: number } }>();
+    const prep = (await send(site.b, ROUTES.preparePlannedFailover, { id: back })).json<{ sequence: number }>();
+    const fb = (await send(site.a, ROUTES.failover, { id: back }, {})).json<{ vm: string; state: string; recoveryPoint: { sequence: number } }>();
     expect(fb).toMatchObject({ vm: name, state: 'FailoverWaitingCompletion', recoveryPoint: { sequence: prep.sequence } });
     await waitForLine(dom.serial, new RegExp(`DRSITE have /files/b.txt sha256=${sha256(B)}`), 90_000);
     expect(await virsh('dumpxml', '--inactive', name)).toBe(original);
     expect((await virsh('domuuid', name)).trim()).toBe(uuid);
     expect((await runningDomains()).filter((d) => d.includes(name))).toEqual([name]);
-    await site.a.request('POST', `/v1/relationships/${back}/commit`);
+    await send(site.a, ROUTES.commit, { id: back });
     expect((await view(site.a, back)).state).toBe('FailedOver');
 
     // Protected again towards host-b: host-b's copy goes into the replica, its domain undefined.
     const again = `${id}-again`;
-    const view2 = (await site.a.request('POST', `/v1/relationships/${back}/reverse`, { id: again, replica: { name: 'host-b', endpoint: site.cluster.host('host-b').url }, policy: policy30s })).json<{ state: string }>();
+    const view2 = (await send(site.a, ROUTES.reverse, { id: back }, { id: again, replica: { name: 'host-b', endpoint: site.cluster.host('host-b').url }, policy: policy30s })).json<{ state: string }>();
     expect(view2.state).toBe('Replicating');
     expect(await domState(`${site.prefixB}${name}`)).toBe('absent');
     await cycle(site.a, again);

@@ -18,6 +18,7 @@ import { describe, expect, test } from 'vitest';
 import { sha256, waitForLine } from '../qemu/guest.ts';
 import { domState, imageSha, runningDomains, suffix, virsh } from './libvirt.ts';
 import { cycle, pointSha, protect, view, writingGuest, type LibvirtSites } from './sites.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 const sfx = suffix();
 const name = `drt-${sfx}-app`;
@@ -26,7 +27,7 @@ const A = randomBytes(3000);
 const B = randomBytes(2000);
 const g = writingGuest(sfx, name, Object.values(nets), 'seed,script,wait', { A, B });
 
-const guestOf = async (c: LibvirtSites['b'], vm: string) => (await c.request('GET', `/v1/vms/${vm}`)).json<{ guest?: { state: string; since: number; evidence: string } }>();
+const guestOf = async (c: LibvirtSites['b'], vm: string) => (await send(c, ROUTES.getVm, { name: vm })).json<{ guest?: { state: string; since: number; evidence: string } }>();
 const consoleOnB = (vm: string) => join(g.sites.runDirs[1]!, 'vms', vm, 'serial.log');
 
 describe('failover of a libvirt domain to another libvirt site', () => {
@@ -41,7 +42,7 @@ describe('failover of a libvirt domain to another libvirt site', () => {
 
     // Test failover: <vm>-Test on the isolated network, from the latest point; replication goes on.
     const testVm = `${name}-Test`;
-    const tf = (await site.b.request('POST', `/v1/relationships/${id}/test-failover`, { network: nets.test })).json<{ testVm: string }>();
+    const tf = (await send(site.b, ROUTES.testFailover, { id }, { network: nets.test })).json<{ testVm: string }>();
     expect(tf.testVm).toBe(testVm);
     const testDomain = `${site.prefixB}${testVm}`;
     expect(await domState(testDomain)).toBe('running');
@@ -52,19 +53,19 @@ describe('failover of a libvirt domain to another libvirt site', () => {
     await waitForLine(consoleOnB(testVm), new RegExp(`DRSITE have /files/a.txt sha256=${sha256(A)}`), 90_000);
     expect((await guestOf(site.b, testVm)).guest).toEqual({ state: 'alive', since: expect.any(Number), evidence: 'serial console output' });
     await cycle(site.a, id); // replication keeps running meanwhile
-    expect((await site.b.request('POST', `/v1/relationships/${id}/cleanup-test-failover`)).json<{ removed: string[] }>().removed).toEqual([testVm]);
+    expect((await send(site.b, ROUTES.cleanupTestFailover, { id })).json<{ removed: string[] }>().removed).toEqual([testVm]);
     expect(await domState(testDomain)).toBe('absent');
     expect(existsSync(join(site.runDirs[1]!, 'vms', testVm))).toBe(false);
     expect(existsSync(join(site.cluster.host('host-b').dataDir, 'vms', testVm))).toBe(false);
 
     // Planned failover: shut down through libvirt, final delta from the shut-off image, host-b.
-    await site.a.request('POST', `/v1/vms/${name}/power`, { power: 'Off' });
+    await send(site.a, ROUTES.setVmPower, { name }, { power: 'Off' });
     await waitForLine(dom.serial, /DRSITE power button/, 30_000);
     expect(await domState(name)).toBe('shut off');
-    const prep = (await site.a.request('POST', `/v1/relationships/${id}/prepare-planned-failover`)).json<{ sequence: number; state: string }>();
+    const prep = (await send(site.a, ROUTES.preparePlannedFailover, { id })).json<{ sequence: number; state: string }>();
     expect(prep.state).toBe('PreparedForPlannedFailover');
     expect(await pointSha(site.b, id, prep.sequence)).toBe(await imageSha(dom.disk));
-    const fo = (await site.b.request('POST', `/v1/relationships/${id}/failover`, {
+    const fo = (await send(site.b, ROUTES.failover, { id }, {
       recoveryPoint: 'latest',
       adapters: [{ name: 'eth0', network: nets.b, ipv4: { address: '10.20.0.11/24', gateway: '10.20.0.1' } }],
     })).json<{ vm: string; state: string; recoveryPoint: { sequence: number } }>();
@@ -88,7 +89,7 @@ describe('failover of a libvirt domain to another libvirt site', () => {
 
     // Commit while it runs: the guest shuts down cleanly (libvirt cannot move a running domain's
     // NBD disks), its disks become images, and it boots again from them with both files.
-    await site.b.request('POST', `/v1/relationships/${id}/commit`);
+    await send(site.b, ROUTES.commit, { id });
     expect((await view(site.b, id)).state).toBe('FailedOver');
     await waitForLine(onB, new RegExp(`DRSITE have /files/b.txt sha256=${sha256(B)}`), 90_000);
     expect(await domState(target)).toBe('running');

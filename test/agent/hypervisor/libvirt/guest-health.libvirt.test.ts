@@ -8,6 +8,7 @@ import type { RelationshipView } from '../../../../src/transport/agent-api.ts';
 import { waitFor } from '../qemu/guest.ts';
 import { cleanup, defineGuestDomain, domState, suffix, virsh } from './libvirt.ts';
 import { cycle, libvirtSites, protect, view, type LibvirtSites } from './sites.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 const sfx = suffix();
 const name = `drt-${sfx}-mute`;
@@ -31,7 +32,7 @@ test('a test failover whose guest never prints is Warning guest-not-booting on h
   await virsh('start', name);
   const id = await protect(site, name);
   await cycle(site.a, id);
-  const testVm = (await site.b.request('POST', `/v1/relationships/${id}/test-failover`, {})).json<{ testVm: string }>().testVm;
+  const testVm = (await send(site.b, ROUTES.testFailover, { id }, {})).json<{ testVm: string }>().testVm;
   expect(await domState(`${site.prefixB}${testVm}`)).toBe('running');
 
   const late = await waitFor('a guest reason on host-b', async () => {
@@ -40,11 +41,11 @@ test('a test failover whose guest never prints is Warning guest-not-booting on h
   }, 30_000);
   expect(late.health).toBe('Warning');
   expect(reasons(late)).toEqual([`guest-not-booting: VM "${testVm}" runs but shows no boot progress: no serial console output within 3 s since libvirt started it`]);
-  const vmView = (await site.b.request('GET', `/v1/vms/${testVm}`)).json<{ guest?: { state: string } }>();
+  const vmView = (await send(site.b, ROUTES.getVm, { name: testVm })).json<{ guest?: { state: string } }>();
   expect(vmView.guest?.state).toBe('not-booting');
   // The primary's own domain is not one host-a started: no guest reason there.
   expect(reasons(await view(site.a, id))).toEqual([]);
 
-  await site.b.request('POST', `/v1/relationships/${id}/cleanup-test-failover`);
+  await send(site.b, ROUTES.cleanupTestFailover, { id });
   expect(reasons(await view(site.b, id))).toEqual([]);
 }, 180_000);

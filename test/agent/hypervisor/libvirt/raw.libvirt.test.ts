@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { waitForLine } from '../qemu/guest.ts';
 import { cleanup, defineGuestDomain, domState, ensureLibvirtd, imageSha, suffix, virsh, type GuestDomain } from './libvirt.ts';
 import { cycleOutcome, libvirtSites, pointSha, protect, view, type LibvirtSites } from './sites.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 const sfx = suffix();
 const name = `drt-${sfx}-raw`;
@@ -51,7 +52,7 @@ describe('a libvirt domain on a raw image', () => {
     await virsh('start', name);
     await moreWrites(10);
     const id = await protect(s!, name);
-    const vms = (await s!.a.request('GET', '/v1/vms')).json<{ name: string; tracking?: string }[]>();
+    const vms = (await send(s!.a, ROUTES.listVms, {})).json<{ name: string; tracking?: string }[]>();
     expect(vms.find((v) => v.name === name)?.tracking).toMatch(/QEMU dirty bitmaps through libvirt monitor passthrough \(not persistent\)/);
 
     for (let round = 0; round < 2; round++) {
@@ -82,7 +83,7 @@ describe('a libvirt domain on a raw image', () => {
     expect(await pointSha(s!.b, id, after.seq)).toBe(after.image);
 
     // Shut off: the cut reads the whole image, and the point equals it.
-    await s!.a.request('POST', `/v1/vms/${name}/power`, { power: 'Off', force: true, timeoutMs: 0 });
+    await send(s!.a, ROUTES.setVmPower, { name }, { power: 'Off', force: true, timeoutMs: 0 });
     expect(await domState(name)).toBe('shut off');
     const off = await cycleOutcome(s!.a, id);
     expect(await pointSha(s!.b, id, off.sequence)).toBe(await imageSha(dom.disk, 'raw'));
@@ -93,10 +94,10 @@ describe('a libvirt domain on a raw image', () => {
     await s!.cluster.startInProcess('host-a');
     // (Its first cycle, the scheduler's or this one, finds that out and fails; a forced one resyncs.)
     type Cycle = { action: string; sequence: number };
-    let offResync = await s!.a.request('POST', `/v1/relationships/${id}/replicate-now`).then((r) => r.json<Cycle>(), (e: Error) => e);
+    let offResync = await send(s!.a, ROUTES.replicateNow, { id }).then((r) => r.json<Cycle>(), (e: Error) => e);
     if (offResync instanceof Error) {
       expect(offResync.message).toMatch(/was shut off when the agent started again: .*resynchronization required/);
-      offResync = (await s!.a.request('POST', `/v1/relationships/${id}/resync`)).json<Cycle>();
+      offResync = (await send(s!.a, ROUTES.resync, { id })).json<Cycle>();
     }
     expect(offResync.action).toBe('resync');
     expect((await view(s!.a, id)).state).toBe('Replicating');
@@ -106,11 +107,11 @@ describe('a libvirt domain on a raw image', () => {
     // Started again: new bitmaps, so the relationship resynchronises, saying why.
     await virsh('start', name);
     await moreWrites(10);
-    await expect(s!.a.request('POST', `/v1/relationships/${id}/replicate-now`)).rejects.toThrow(/was started again: its QEMU dirty bitmaps are new/);
+    await expect(send(s!.a, ROUTES.replicateNow, { id })).rejects.toThrow(/was started again: its QEMU dirty bitmaps are new/);
     expect((await view(s!.a, id)).state).toBe('ResynchronizationRequired');
     await virsh('suspend', name);
     try {
-      const r = (await s!.a.request('POST', `/v1/relationships/${id}/resync`)).json<{ action: string; sequence: number }>();
+      const r = (await send(s!.a, ROUTES.resync, { id })).json<{ action: string; sequence: number }>();
       expect(r.action).toBe('resync');
       expect(await pointSha(s!.b, id, r.sequence)).toBe(await imageSha(dom.disk, 'raw'));
     } finally {

@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { waitForLine } from '../qemu/guest.ts';
 import { cleanup, defineGuestDomain, domState, ensureLibvirtd, imageSha, suffix, virsh, type GuestDomain } from './libvirt.ts';
 import { cycleOutcome, libvirtSites, pointSha, protect, view, type LibvirtSites } from './sites.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 const sfx = suffix();
 const name = `drt-${sfx}-web`;
@@ -55,11 +56,11 @@ describe('a libvirt domain protected through checkpoints', () => {
     await virsh('start', name);
     await moreWrites(10);
     // Listed before protection (what the reconciler checks a ProtectedVM against), not yet tracked.
-    const before = (await s!.a.request('GET', '/v1/vms')).json<{ name: string; power: string; tracking?: string; disks: { name: string; size: number }[] }[]>();
+    const before = (await send(s!.a, ROUTES.listVms, {})).json<{ name: string; power: string; tracking?: string; disks: { name: string; size: number }[] }[]>();
     expect(before.find((v) => v.name === name)).toEqual({ name, power: 'Running', adapters: [], disks: [{ name: 'vda', size: 32 << 20 }] });
     const id = await protect(s!, name);
     expect((await view(s!.a, id)).state).toBe('Replicating');
-    const vms = (await s!.a.request('GET', '/v1/vms')).json<{ name: string; tracking?: string; disks: { name: string }[] }[]>();
+    const vms = (await send(s!.a, ROUTES.listVms, {})).json<{ name: string; tracking?: string; disks: { name: string }[] }[]>();
     expect(vms.find((v) => v.name === name)).toMatchObject({ disks: [{ name: 'vda' }], tracking: expect.stringMatching(/libvirt checkpoints.*persistent/) });
     expect(await virsh('checkpoint-list', name, '--name')).toMatch(/drsite-\d+/);
 
@@ -111,12 +112,12 @@ describe('a libvirt domain protected through checkpoints', () => {
     const [cp] = (await virsh('checkpoint-list', name, '--name')).trim().split('\n');
     await virsh('checkpoint-delete', name, cp!);
     await moreWrites(10);
-    await expect(s!.a.request('POST', `/v1/relationships/${id}/replicate-now`)).rejects.toThrow(/resynchronization required/);
+    await expect(send(s!.a, ROUTES.replicateNow, { id })).rejects.toThrow(/resynchronization required/);
     const lost = await view(s!.a, id);
     expect(lost.state).toBe('ResynchronizationRequired');
     await virsh('suspend', name);
     try {
-      const r = (await s!.a.request('POST', `/v1/relationships/${id}/resync`)).json<{ action: string; sequence: number }>();
+      const r = (await send(s!.a, ROUTES.resync, { id })).json<{ action: string; sequence: number }>();
       expect(r.action).toBe('resync');
       expect(await pointSha(s!.b, id, r.sequence)).toBe(await imageSha(dom.disk));
     } finally {

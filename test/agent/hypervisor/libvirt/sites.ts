@@ -8,6 +8,7 @@ import { rm } from 'node:fs/promises';
 import { afterAll, beforeAll } from 'vitest';
 import { testGuest, writeNextFileScript } from '../qemu/guest.ts';
 import { cleanup, defineGuestDomain, defineIsolatedNetwork, ensureLibvirtd, type GuestDomain } from './libvirt.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 export interface LibvirtSites {
   cluster: Cluster;
@@ -74,8 +75,8 @@ export function writingGuest(sfx: string, name: string, nets: readonly string[],
 }
 
 export async function protect(s: LibvirtSites, vm: string, id = `rel-${vm}`): Promise<string> {
-  await s.a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: s.cluster.host('host-b').url }, policy: policy30s });
-  await s.a.request('POST', `/v1/relationships/${id}/start?wait=true`);
+  await send(s.a, ROUTES.createRelationship, {}, { id, vm, replica: { name: 'host-b', endpoint: s.cluster.host('host-b').url }, policy: policy30s });
+  await send(s.a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } });
   return id;
 }
 
@@ -84,13 +85,13 @@ export async function cycle(c: MtlsClient, id: string): Promise<number> {
 }
 
 export async function cycleOutcome(c: MtlsClient, id: string): Promise<{ sequence: number; action: string; bytes?: number }> {
-  const r = (await c.request('POST', `/v1/relationships/${id}/replicate-now`)).json<{ sequence: number; applied: number; action: string; bytes?: number }>();
+  const r = (await send(c, ROUTES.replicateNow, { id })).json<{ sequence: number; applied: number; action: string; bytes?: number }>();
   if (r.applied !== r.sequence) throw new Error(`cycle ${r.sequence} of ${id} was not applied (applied ${r.applied})`);
   return r;
 }
 
-export const view = async (c: MtlsClient, id: string) => (await c.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+export const view = async (c: MtlsClient, id: string) => (await send(c, ROUTES.getRelationship, { id })).json<RelationshipView>();
 
 export async function pointSha(c: MtlsClient, id: string, seq: number, disk = 'vda'): Promise<string> {
-  return (await c.request('GET', `/v1/relationships/${id}/recovery-points/${seq}/disks/${disk}/sha256`)).json<{ sha256: string }>().sha256;
+  return (await send(c, ROUTES.pointDigest, { id, seq, disk })).json<{ sha256: string }>().sha256;
 }

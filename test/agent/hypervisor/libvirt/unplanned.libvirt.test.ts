@@ -9,6 +9,7 @@ import { describe, expect, test } from 'vitest';
 import { sha256, waitForLine } from '../qemu/guest.ts';
 import { domState, runningDomains, suffix, virsh } from './libvirt.ts';
 import { cycle, protect, view, writingGuest } from './sites.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 const sfx = suffix();
 const name = `drt-${sfx}-lost`;
@@ -30,7 +31,7 @@ describe('unplanned failover of a libvirt domain', () => {
     await virsh('destroy', name);
     expect(await domState(name)).toBe('shut off');
 
-    const fo = (await site.b.request('POST', `/v1/relationships/${id}/failover`, {
+    const fo = (await send(site.b, ROUTES.failover, { id }, {
       recoveryPoint: 'latest',
       adapters: [{ name: 'eth0', network: nets.b, ipv4: { address: '10.30.0.7/24', gateway: '10.30.0.1' } }],
     })).json<{ vm: string; state: string; recoveryPoint: { sequence: number } }>();
@@ -43,7 +44,7 @@ describe('unplanned failover of a libvirt domain', () => {
     expect(await virsh('dumpxml', target)).toContain(`<source network='${nets.b}'`);
     expect((await runningDomains()).filter((d) => d.includes(name))).toEqual([target]);
 
-    await site.b.request('POST', `/v1/relationships/${id}/commit`);
+    await send(site.b, ROUTES.commit, { id });
     expect((await view(site.b, id)).state).toBe('FailedOver');
     expect((await runningDomains()).filter((d) => d.includes(name))).toEqual([target]);
   }, 240_000);

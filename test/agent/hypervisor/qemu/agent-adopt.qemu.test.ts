@@ -12,6 +12,7 @@ import type { RelationshipView } from '../../../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../../../src/transport/mtls.ts';
 import { Cluster, policy30s } from '../../cluster.ts';
 import { startVm, type TestVm } from './qemu-vm.ts';
+import { ROUTES, send, sendRaw } from '../../../support/agent-client.ts';
 
 const MiB = 1 << 20;
 const SIZES = [16 * MiB, 8 * MiB];
@@ -24,14 +25,14 @@ let b: MtlsClient;
 const ID = 'rel-ext';
 
 const sha = (buf: Buffer) => createHash('sha256').update(buf).digest('hex');
-const view = async () => (await a.request('GET', `/v1/relationships/${ID}`)).json<RelationshipView>();
+const view = async () => (await send(a, ROUTES.getRelationship, { id: ID })).json<RelationshipView>();
 async function expectReplicaEqualsQemu(seq: number): Promise<void> {
   for (const [i, id] of ['os', 'data'].entries()) {
-    const got = (await b.request('GET', `/v1/relationships/${ID}/recovery-points/${seq}/disks/${id}/sha256`)).json<{ sha256: string }>().sha256;
+    const got = (await send(b, ROUTES.pointDigest, { id: ID, seq, disk: id })).json<{ sha256: string }>().sha256;
     expect(got, `${id} at point ${seq}`).toBe(sha(await readFile(disks[i]!)));
   }
 }
-const cycle = async () => (await a.request('POST', `/v1/relationships/${ID}/replicate-now`)).json<{ action: string; sequence: number; applied: number; bytes: number }>();
+const cycle = async () => (await send(a, ROUTES.replicateNow, { id: ID })).json<{ action: string; sequence: number; applied: number; bytes: number }>();
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'drsite-adopt-'));
@@ -59,24 +60,24 @@ afterAll(async () => {
 describe('an adopted QEMU VM through the agent', () => {
   test('bad adoption requests are refused naming what is wrong', async () => {
     const refused = async (body: object) => {
-      const e = await a.request('POST', '/v1/vms/adopt', body).then(() => undefined, (err: unknown) => err);
+      const e = await sendRaw(a, ROUTES.adoptVm, {}, body).then(() => undefined, (err: unknown) => err);
       // Unreachable is retryable (the VM may come up), a missing node terminal: both refuse.
       if (!TerminalError.is(e) && !RetryableError.is(e)) throw new Error(`expected a refusal, got ${String(e)}`);
       return (e as Error).message;
     };
     expect(await refused({ name: 'ext', qmpSocket: join(dir, 'nope.sock'), disks: [{ name: 'os', node: 'disk0' }] })).toMatch(/nope\.sock/);
     expect(await refused({ name: 'ext', qmpSocket: vm.drsiteSocket, disks: [{ name: 'os', node: 'no-such-node' }] })).toMatch(/no block node "no-such-node" \(disk os\)/);
-    expect((await a.request('GET', '/v1/vms')).json<unknown[]>()).toEqual([]);
+    expect((await send(a, ROUTES.listVms, {})).json<unknown[]>()).toEqual([]);
   });
 
   test('adopt, protect: the initial copy and deltas of only the written blocks equal QEMU at each cut', async () => {
-    const adopted = (await a.request('POST', '/v1/vms/adopt', { name: 'ext', qmpSocket: vm.drsiteSocket, disks: [{ name: 'os', node: 'disk0' }, { name: 'data', node: 'disk1' }] })).json<{ name: string; disks: { name: string; size: number }[] }>();
+    const adopted = (await send(a, ROUTES.adoptVm, {}, { name: 'ext', qmpSocket: vm.drsiteSocket, disks: [{ name: 'os', node: 'disk0' }, { name: 'data', node: 'disk1' }] })).json<{ name: string; disks: { name: string; size: number }[] }>();
     expect(adopted.disks).toEqual([{ name: 'os', size: SIZES[0] }, { name: 'data', size: SIZES[1] }]);
-    await a.request('POST', '/v1/relationships', { id: ID, vm: 'ext', replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
-    await a.request('POST', `/v1/relationships/${ID}/start?wait=true`);
+    await send(a, ROUTES.createRelationship, {}, { id: ID, vm: 'ext', replica: { name: 'host-b', endpoint: cluster.host('host-b').url }, policy: policy30s });
+    await send(a, ROUTES.startReplication, { id: ID }, undefined, { query: { wait: 'true' } });
     const v = await view();
     expect(v.state).toBe('Replicating');
-    const pts = (await b.request('GET', `/v1/relationships/${ID}/recovery-points`)).json<{ sequence: number }[]>();
+    const pts = (await send(b, ROUTES.recoveryPoints, { id: ID })).json<{ sequence: number }[]>();
     await expectReplicaEqualsQemu(pts.at(-1)!.sequence);
     for (let round = 0; round < 2; round++) {
       let written = 0;
@@ -101,9 +102,9 @@ describe('an adopted QEMU VM through the agent', () => {
     await vm.write(0, 0x77, 5 * 4096, 3 * 4096); // while no agent watches
     await cluster.startInProcess('host-a');
     a = await cluster.client('host-a');
-    expect((await a.request('GET', '/v1/vms/ext')).json<{ power: string }>().power).toBe('Running');
+    expect((await send(a, ROUTES.getVm, { name: 'ext' })).json<{ power: string }>().power).toBe('Running');
     expect((await view()).state).toBe('ResynchronizationRequired');
-    const r = (await a.request('POST', `/v1/relationships/${ID}/resync`)).json<{ action: string; sequence: number }>();
+    const r = (await send(a, ROUTES.resync, { id: ID })).json<{ action: string; sequence: number }>();
     expect(r.action).toBe('resync');
     await expectReplicaEqualsQemu(r.sequence);
     expect((await view()).state).toBe('Replicating');

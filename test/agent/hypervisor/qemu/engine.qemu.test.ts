@@ -19,6 +19,7 @@ import type { MtlsClient } from '../../../../src/transport/mtls.ts';
 import { Cluster, policy30s } from '../../cluster.ts';
 import type { ResolvedPolicySpec } from '../../../../src/model/desired.ts';
 import { startVm, type TestVm } from './qemu-vm.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 const MiB = 1 << 20;
 const SIZES = [16 * MiB, 8 * MiB];
@@ -33,7 +34,7 @@ let primary: PrimaryReplication;
 
 const sha = (buf: Buffer) => createHash('sha256').update(buf).digest('hex');
 const pointDigest = async (seq: number, disk: string) =>
-  (await b.request('GET', `/v1/relationships/rel-adopted/recovery-points/${seq}/disks/${disk}/sha256`)).json<{ sha256: string }>().sha256;
+  (await send(b, ROUTES.pointDigest, { id: 'rel-adopted', seq, disk })).json<{ sha256: string }>().sha256;
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'drsite-qengine-'));

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { policy30s } from '../../cluster.ts';
 import type { RecoveryPointInfo } from '../../../../src/transport/agent-api.ts';
 import { createGuest, lastRound, cycle, line, qemuSites, view, type QemuSites } from './failover-sites.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 let s: QemuSites;
 beforeAll(async () => {
@@ -28,17 +29,17 @@ done
 
 async function protectWith(vm: string): Promise<string> {
   const id = `rel-${vm}`;
-  await s.a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: s.cluster.host('host-b').url }, policy: hourly });
-  await s.a.request('POST', `/v1/relationships/${id}/start?wait=true`);
+  await send(s.a, ROUTES.createRelationship, {}, { id, vm, replica: { name: 'host-b', endpoint: s.cluster.host('host-b').url }, policy: hourly });
+  await send(s.a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } });
   return id;
 }
 
-const points = async (id: string) => (await s.b.request('GET', `/v1/relationships/${id}/recovery-points`)).json<RecoveryPointInfo[]>();
+const points = async (id: string) => (await send(s.b, ROUTES.recoveryPoints, { id })).json<RecoveryPointInfo[]>();
 describe('application-consistent points through qemu-guest-agent', () => {
   test('a guest with an agent: frozen for the cut, thawed after it, the point marked app and selected by latest-app-consistent', async () => {
     await createGuest(s, 'app-01', CHURN, { run: 'qga,script' });
     const id = await protectWith('app-01');
-    await s.a.request('POST', '/v1/vms/app-01/power', { power: 'Running' });
+    await send(s.a, ROUTES.setVmPower, { name: 'app-01' }, { power: 'Running' });
     const serial = s.serial('host-a', 'app-01');
     await line(serial, /DRSITE qga started on \/dev\/vport/);
     await line(serial, /DRSITE round 3\b/);
@@ -50,15 +51,15 @@ describe('application-consistent points through qemu-guest-agent', () => {
     expect(pts.find((p) => p.sequence === appSeq)?.consistency).toBe('app');
     expect(pts.find((p) => p.sequence === crashSeq)?.consistency).toBe('crash');
     expect((await view(s.a, id)).health).toBe('Normal');
-    const tf = (await s.b.request('POST', `/v1/relationships/${id}/test-failover`, { recoveryPoint: 'latest-app-consistent' })).json<{ recoveryPoint: { sequence: number; consistency: string } }>();
+    const tf = (await send(s.b, ROUTES.testFailover, { id }, { recoveryPoint: 'latest-app-consistent' })).json<{ recoveryPoint: { sequence: number; consistency: string } }>();
     expect(tf.recoveryPoint).toMatchObject({ sequence: appSeq, consistency: 'app' });
-    await s.b.request('POST', `/v1/relationships/${id}/cleanup-test-failover`);
+    await send(s.b, ROUTES.cleanupTestFailover, { id });
   }, 180_000);
 
   test('a guest without an agent: crash-consistent points within the timeout, health Warning saying why', async () => {
     await createGuest(s, 'plain-01', CHURN, { run: 'script' });
     const id = await protectWith('plain-01');
-    await s.a.request('POST', '/v1/vms/plain-01/power', { power: 'Running' });
+    await send(s.a, ROUTES.setVmPower, { name: 'plain-01' }, { power: 'Running' });
     await line(s.serial('host-a', 'plain-01'), /DRSITE round 3\b/);
     const seq = await cycle(s.a, id);
     expect((await points(id)).find((p) => p.sequence === seq)?.consistency).toBe('crash');

@@ -11,6 +11,7 @@ import { Cluster } from '../../cluster.ts';
 import { testGuest, append } from './guest.ts';
 import { createGuest, lastRound, cycle, line, powerState, protect, QEMU_SITE, view, type QemuSites } from './failover-sites.ts';
 import { readFile } from 'node:fs/promises';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 let s: QemuSites;
 let noEmulator: Awaited<ReturnType<Cluster['client']>>;
@@ -55,27 +56,27 @@ describe('real guests: bad input and faults', () => {
   test('a running, protected guest is not disturbed by the refusals below', async () => {
     await createGuest(s, 'steady', CHURN, { run: 'script' });
     const id = await protect(s, 'steady');
-    await s.a.request('POST', '/v1/vms/steady/power', { power: 'Running' });
+    await send(s.a, ROUTES.setVmPower, { name: 'steady' }, { power: 'Running' });
     await line(s.serial('host-a', 'steady'), /DRSITE churn 3\b/);
     expect(await cycle(s.a, id)).toBeGreaterThan(0);
   }, 120_000);
 
   test('missing emulator: a clear error naming the VM and the emulator; the VM stays defined and off', async () => {
     const g = await testGuest();
-    const e = await refusal(noEmulator.request('POST', '/v1/vms', { name: 'orphan', disks: [{ name: 'os', size: 1 << 20 }], boot: { kernel: g.kernel, initrd: g.initrd } }));
+    const e = await refusal(send(noEmulator, ROUTES.createVm, {}, { name: 'orphan', disks: [{ name: 'os', size: 1 << 20 }], boot: { kernel: g.kernel, initrd: g.initrd } }));
     expect(e.code).toBe('not-found');
     expect(e.message).toContain('VM "orphan": emulator "/nonexistent/qemu-system-x86_64" not found');
-    expect((await noEmulator.request('GET', '/v1/vms/orphan')).json<{ power: string }>().power).toBe('Off');
-    expect((await noEmulator.request('GET', '/v1/health')).json<{ vms: number }>().vms).toBe(1);
+    expect((await send(noEmulator, ROUTES.getVm, { name: 'orphan' })).json<{ power: string }>().power).toBe('Off');
+    expect((await send(noEmulator, ROUTES.health, {})).json<{ vms: number }>().vms).toBe(1);
   });
 
   test('a kernel path that is not a file, and a file that is not a kernel: refused naming the VM', async () => {
-    const missing = await refusal(s.a.request('POST', '/v1/vms', { name: 'nokernel', disks: [{ name: 'os', size: 1 << 20 }], boot: { kernel: '/nonexistent/vmlinuz' } }));
+    const missing = await refusal(send(s.a, ROUTES.createVm, {}, { name: 'nokernel', disks: [{ name: 'os', size: 1 << 20 }], boot: { kernel: '/nonexistent/vmlinuz' } }));
     expect(missing.code).toBe('invalid-argument');
     expect(missing.message).toContain('VM "nokernel": boot kernel /nonexistent/vmlinuz is not a readable file');
     const junk = join(s.cluster.root, 'junk-kernel');
     await writeFile(junk, 'not a kernel image\n'.repeat(100));
-    const bad = await refusal(s.a.request('POST', '/v1/vms', { name: 'badkernel', disks: [{ name: 'os', size: 1 << 20 }], boot: { kernel: junk } }));
+    const bad = await refusal(send(s.a, ROUTES.createVm, {}, { name: 'badkernel', disks: [{ name: 'os', size: 1 << 20 }], boot: { kernel: junk } }));
     expect(bad.code).toBe('invalid-state');
     expect(bad.message).toMatch(/VM "badkernel": QEMU did not start: .*kernel/);
     for (const vm of ['nokernel', 'badkernel']) expect((await powerState(s.a, vm)).power).toBe('Off');
@@ -83,13 +84,13 @@ describe('real guests: bad input and faults', () => {
 
   test('a guest that ignores the power button: refused within the timeout and still running; force stops it', async () => {
     const g = await testGuest();
-    await s.a.request('POST', '/v1/vms', { name: 'stubborn', disks: [{ name: 'os', size: 1 << 20 }], boot: { kernel: g.kernel, initrd: g.initrd, append: append({ run: 'hang' }) } });
+    await send(s.a, ROUTES.createVm, {}, { name: 'stubborn', disks: [{ name: 'os', size: 1 << 20 }], boot: { kernel: g.kernel, initrd: g.initrd, append: append({ run: 'hang' }) } });
     await line(s.serial('host-a', 'stubborn'), /DRSITE hanging/);
-    const e = await refusal(s.a.request('POST', '/v1/vms/stubborn/power', { power: 'Off', timeoutMs: 2000 }));
+    const e = await refusal(send(s.a, ROUTES.setVmPower, { name: 'stubborn' }, { power: 'Off', timeoutMs: 2000 }));
     expect(e.code).toBe('invalid-state');
     expect(e.message).toContain('VM "stubborn" did not power off within 2000 ms of an ACPI power-down (system_powerdown); it is still running');
     expect(await powerState(s.a, 'stubborn')).toMatchObject({ power: 'Running', detail: 'running' });
-    const off = (await s.a.request('POST', '/v1/vms/stubborn/power', { power: 'Off', timeoutMs: 1000, force: true })).json<{ power: string }>();
+    const off = (await send(s.a, ROUTES.setVmPower, { name: 'stubborn' }, { power: 'Off', timeoutMs: 1000, force: true })).json<{ power: string }>();
     expect(off.power).toBe('Off');
     expect(await powerState(s.a, 'stubborn')).toMatchObject({ power: 'Off', detail: 'stopped' });
   });

@@ -10,6 +10,7 @@ import { Cluster } from '../../cluster.ts';
 import { waitFor } from './guest.ts';
 import { writeHangKernel } from './hang-kernel.ts';
 import { cycle, powerState, protect, view, type QemuSites } from './failover-sites.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 const SITE = ['hypervisor: qemu', 'qemu: { accel: tcg, memoryMiB: 64, bootTimeout: 5s, shutdownTimeout: 10s, networks: { lan: user, lan-dr: user } }'];
 let s: QemuSites;
@@ -36,32 +37,32 @@ const notBooting = (vm: string) => (v: RelationshipView) =>
 
 test('a guest that hangs is Warning on the primary, and on the recovery site for a test failover and after an unplanned failover', async () => {
   const vm = 'stuck-01';
-  await s.a.request('POST', '/v1/vms', { name: vm, disks: [{ name: 'os', size: 4 << 20 }], adapters: [{ name: 'eth0', network: 'lan' }], power: 'Off', boot: { kernel } });
+  await send(s.a, ROUTES.createVm, {}, { name: vm, disks: [{ name: 'os', size: 4 << 20 }], adapters: [{ name: 'eth0', network: 'lan' }], power: 'Off', boot: { kernel } });
   const id = await protect(s, vm);
   expect((await view(s.a, id)).health).toBe('Normal'); // off: nothing to boot, nothing to say
-  await s.a.request('POST', `/v1/vms/${vm}/power`, { power: 'Running' });
+  await send(s.a, ROUTES.setVmPower, { name: vm }, { power: 'Running' });
 
   const onA = await waitFor('primary Warning', async () => notBooting(vm)(await view(s.a, id)), 60_000);
   expect(onA.role).toBe('Primary');
   const guest = (await powerState(s.a, vm)) as { guest?: { state: string } };
   expect(guest.guest?.state).toBe('not-booting');
   // Listed the same way (what a remote site's observation reads).
-  const listed = (await s.a.request('GET', '/v1/relationships')).json<RelationshipView[]>().find((v) => v.id === id)!;
+  const listed = (await send(s.a, ROUTES.listRelationships, {})).json<RelationshipView[]>().find((v) => v.id === id)!;
   expect(listed.healthReasons).toEqual(onA.healthReasons);
 
   await cycle(s.a, id);
   // A test failover's <vm>-Test that does not boot is named on the recovery site's view.
-  const tf = (await s.b.request('POST', `/v1/relationships/${id}/test-failover`, { recoveryPoint: 'latest', adapters: [{ name: 'eth0' }] })).json<{ testVm: string }>();
+  const tf = (await send(s.b, ROUTES.testFailover, { id }, { recoveryPoint: 'latest', adapters: [{ name: 'eth0' }] })).json<{ testVm: string }>();
   const onTest = await waitFor('test failover Warning', async () => notBooting(tf.testVm)(await view(s.b, id)), 60_000);
   expect(onTest.role).toBe('Replica');
-  await s.b.request('POST', `/v1/relationships/${id}/cleanup-test-failover`);
+  await send(s.b, ROUTES.cleanupTestFailover, { id });
   expect((await view(s.b, id)).health).toBe('Normal');
 
-  await s.a.request('POST', `/v1/vms/${vm}/power`, { power: 'Off', force: true, timeoutMs: 0 });
+  await send(s.a, ROUTES.setVmPower, { name: vm }, { power: 'Off', force: true, timeoutMs: 0 });
   // Powered off, it is no longer a guest that should be booting.
   await waitFor('primary back to Normal', async () => ((await view(s.a, id)).health === 'Normal' ? true : undefined), 30_000);
 
-  const fo = (await s.b.request('POST', `/v1/relationships/${id}/failover`, { recoveryPoint: 'latest', adapters: [{ name: 'eth0', network: 'lan-dr' }] })).json<{ state: string }>();
+  const fo = (await send(s.b, ROUTES.failover, { id }, { recoveryPoint: 'latest', adapters: [{ name: 'eth0', network: 'lan-dr' }] })).json<{ state: string }>();
   expect(fo.state).toBe('FailoverWaitingCompletion');
   const onB = await waitFor('recovery site Warning', async () => notBooting(vm)(await view(s.b, id)), 60_000);
   expect(onB.role).toBe('Replica');

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { policy30s } from '../../cluster.ts';
 import { writeNextFileScript } from './guest.ts';
 import { createGuest, cycle, exportSha, line, pointSha, powerState, protect, qemuSites, sha256, view, type QemuSites } from './failover-sites.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 let s: QemuSites;
 beforeAll(async () => {
@@ -28,7 +29,7 @@ describe('planned failover and failback of a real guest', () => {
     const id = await protect(s, vm);
     // First boot, on host-a: no seed disk (it is not a failover's VM), a.txt written.
     const tBoot = Date.now();
-    await s.a.request('POST', `/v1/vms/${vm}/power`, { power: 'Running' });
+    await send(s.a, ROUTES.setVmPower, { name: vm }, { power: 'Running' });
     await line(s.serial('host-a', vm), /DRSITE boot /);
     const bootMs = Date.now() - tBoot;
     await line(s.serial('host-a', vm), new RegExp(`DRSITE wrote /files/a.txt sha256=${sha256(A)}`));
@@ -36,15 +37,15 @@ describe('planned failover and failback of a real guest', () => {
     await cycle(s.a, id);
 
     // Planned failover: a clean shutdown through QMP, then the final delta, then host-b.
-    await s.a.request('POST', `/v1/vms/${vm}/power`, { power: 'Off' });
+    await send(s.a, ROUTES.setVmPower, { name: vm }, { power: 'Off' });
     await line(s.serial('host-a', vm), /DRSITE power button/);
     expect((await powerState(s.a, vm)).power).toBe('Off');
     const homeDisk = await exportSha(s, 'host-a', vm);
-    const prep = (await s.a.request('POST', `/v1/relationships/${id}/prepare-planned-failover`)).json<{ sequence: number; state: string }>();
+    const prep = (await send(s.a, ROUTES.preparePlannedFailover, { id })).json<{ sequence: number; state: string }>();
     expect(prep.state).toBe('PreparedForPlannedFailover');
     expect(await pointSha(s.b, id, prep.sequence)).toBe(homeDisk);
     const t0 = Date.now();
-    const fo = (await s.b.request('POST', `/v1/relationships/${id}/failover`, {
+    const fo = (await send(s.b, ROUTES.failover, { id }, {
       recoveryPoint: 'latest',
       adapters: [{ name: 'eth0', network: 'lan-dr', ipv4: { address: '10.20.0.11/24', gateway: '10.20.0.1', dns: ['10.20.0.2'] } }],
     })).json<{ vm: string; recoveryPoint: { sequence: number }; state: string }>();
@@ -59,26 +60,26 @@ describe('planned failover and failback of a real guest', () => {
     expect((await line(onB, /DRSITE seed gateway \S+ \S+ (\S+)/))[1]).toBe('10.20.0.1');
 
     // Reverse replication (commits first: the running guest is paused while its disks move, and goes on).
-    const rev = (await s.b.request('POST', `/v1/relationships/${id}/reverse`, { id: `${id}-back`, replica: { name: 'host-a', endpoint: s.cluster.host('host-a').url }, policy: policy30s })).json<{ state: string }>();
+    const rev = (await send(s.b, ROUTES.reverse, { id }, { id: `${id}-back`, replica: { name: 'host-a', endpoint: s.cluster.host('host-a').url }, policy: policy30s })).json<{ state: string }>();
     expect(rev.state).toBe('Replicating');
     expect((await powerState(s.b, vm)).detail).toBe('running');
     await cycle(s.b, `${id}-back`);
 
     // Failback: the same planned failover the other way.
-    await s.b.request('POST', `/v1/vms/${vm}/power`, { power: 'Off' });
+    await send(s.b, ROUTES.setVmPower, { name: vm }, { power: 'Off' });
     await line(onB, /DRSITE power button/);
     const drDisk = await exportSha(s, 'host-b', vm);
-    const back = (await s.b.request('POST', `/v1/relationships/${id}-back/prepare-planned-failover`)).json<{ sequence: number }>();
+    const back = (await send(s.b, ROUTES.preparePlannedFailover, { id: `${id}-back` })).json<{ sequence: number }>();
     expect(await pointSha(s.a, `${id}-back`, back.sequence)).toBe(drDisk);
-    await s.a.request('POST', `/v1/relationships/${id}-back/failover`, { adapters: [{ name: 'eth0', network: 'lan' }] });
+    await send(s.a, ROUTES.failover, { id: `${id}-back` }, { adapters: [{ name: 'eth0', network: 'lan' }] });
     const home = s.serial('host-a', vm);
     await line(home, new RegExp(`DRSITE have /files/a.txt sha256=${sha256(A)}`));
     await line(home, new RegExp(`DRSITE have /files/b.txt sha256=${sha256(B)}`));
-    await s.a.request('POST', `/v1/relationships/${id}-back/commit`);
-    await s.a.request('POST', `/v1/relationships/${id}-back/reverse`, { id: `${id}-again`, replica: { name: 'host-b', endpoint: s.cluster.host('host-b').url }, policy: policy30s });
+    await send(s.a, ROUTES.commit, { id: `${id}-back` });
+    await send(s.a, ROUTES.reverse, { id: `${id}-back` }, { id: `${id}-again`, replica: { name: 'host-b', endpoint: s.cluster.host('host-b').url }, policy: policy30s });
     expect((await view(s.a, `${id}-again`)).state).toBe('Replicating');
     // Home again and protected again: a clean shutdown, and host-b's latest point equals host-a's disk.
-    await s.a.request('POST', `/v1/vms/${vm}/power`, { power: 'Off' });
+    await send(s.a, ROUTES.setVmPower, { name: vm }, { power: 'Off' });
     const seq = await cycle(s.a, `${id}-again`);
     expect(await pointSha(s.b, `${id}-again`, seq)).toBe(await exportSha(s, 'host-a', vm));
     // host-b's copy of the VM went into its replica: no guest or folder of it is left there.

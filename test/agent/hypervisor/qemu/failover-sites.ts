@@ -11,6 +11,7 @@ import type { RelationshipView } from '../../../../src/transport/agent-api.ts';
 import type { MtlsClient } from '../../../../src/transport/mtls.ts';
 import { Cluster, policy30s } from '../../cluster.ts';
 import { append, sha256, testGuest, waitForLine, type GuestRun } from './guest.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 export const MiB = 1 << 20;
 // Both sites' networks are QEMU user-mode networking: a NIC with a backend, nothing to set up.
@@ -47,7 +48,7 @@ export async function qemuSites(): Promise<QemuSites> {
  */
 export async function createGuest(s: QemuSites, vm: string, runSh: string, run: GuestRun, size = 32 * MiB): Promise<void> {
   const g = await testGuest();
-  await s.a.request('POST', '/v1/vms', {
+  await send(s.a, ROUTES.createVm, {}, {
     name: vm,
     disks: [{ name: 'os', size }],
     adapters: [{ name: 'eth0', network: 'lan' }],
@@ -72,21 +73,21 @@ export async function createGuest(s: QemuSites, vm: string, runSh: string, run: 
 
 export async function protect(s: QemuSites, vm: string): Promise<string> {
   const id = `rel-${vm}`;
-  await s.a.request('POST', '/v1/relationships', { id, vm, replica: { name: 'host-b', endpoint: s.cluster.host('host-b').url }, policy: policy30s });
-  await s.a.request('POST', `/v1/relationships/${id}/start?wait=true`);
+  await send(s.a, ROUTES.createRelationship, {}, { id, vm, replica: { name: 'host-b', endpoint: s.cluster.host('host-b').url }, policy: policy30s });
+  await send(s.a, ROUTES.startReplication, { id }, undefined, { query: { wait: 'true' } });
   return id;
 }
 
 export async function cycle(c: MtlsClient, id: string): Promise<number> {
-  const r = (await c.request('POST', `/v1/relationships/${id}/replicate-now`)).json<{ sequence: number; applied: number }>();
+  const r = (await send(c, ROUTES.replicateNow, { id })).json<{ sequence: number; applied: number }>();
   if (r.applied !== r.sequence) throw new Error(`cycle ${r.sequence} of ${id} was not applied (applied ${r.applied})`);
   return r.sequence;
 }
 
-export const view = async (c: MtlsClient, id: string) => (await c.request('GET', `/v1/relationships/${id}`)).json<RelationshipView>();
+export const view = async (c: MtlsClient, id: string) => (await send(c, ROUTES.getRelationship, { id })).json<RelationshipView>();
 
 export async function pointSha(c: MtlsClient, id: string, seq: number, disk = 'os'): Promise<string> {
-  return (await c.request('GET', `/v1/relationships/${id}/recovery-points/${seq}/disks/${disk}/sha256`)).json<{ sha256: string }>().sha256;
+  return (await send(c, ROUTES.pointDigest, { id, seq, disk })).json<{ sha256: string }>().sha256;
 }
 
 /** sha256 of a disk as the agent serves it (the guest must be off for this to be a handover's digest). */
@@ -99,7 +100,7 @@ export async function exportSha(s: QemuSites, host: string, vm: string, disk = '
 }
 
 export async function powerState(c: MtlsClient, vm: string): Promise<{ power: string; detail?: string; crashed?: { message: string } }> {
-  return (await c.request('GET', `/v1/vms/${vm}`)).json();
+  return (await send(c, ROUTES.getVm, { name: vm })).json();
 }
 
 /** The last round a writing guest reported (serial lines `DRSITE <word> <n>`), 0 before the first. */

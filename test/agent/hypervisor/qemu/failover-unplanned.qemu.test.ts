@@ -9,6 +9,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { createGuest, lastRound, cycle, line, powerState, protect, qemuSites, view, type QemuSites } from './failover-sites.ts';
+import { ROUTES, send } from '../../../support/agent-client.ts';
 
 let s: QemuSites;
 beforeAll(async () => {
@@ -45,7 +46,7 @@ describe('test failover and unplanned failover of a guest that keeps writing', (
     const vm = 'db-01';
     await createGuest(s, vm, RUN_SH, { run: 'seed,script,wait' });
     const id = await protect(s, vm);
-    await s.a.request('POST', `/v1/vms/${vm}/power`, { power: 'Running' });
+    await send(s.a, ROUTES.setVmPower, { name: vm }, { power: 'Running' });
     const onA = s.serial('host-a', vm);
     await line(onA, /DRSITE churn 5\b/);
     const before1 = await lastRound(onA);
@@ -53,7 +54,7 @@ describe('test failover and unplanned failover of a guest that keeps writing', (
 
     // Test failover from the latest point: no network, its address from the seed disk.
     const t0 = Date.now();
-    const tf = (await s.b.request('POST', `/v1/relationships/${id}/test-failover`, {
+    const tf = (await send(s.b, ROUTES.testFailover, { id }, {
       recoveryPoint: 'latest',
       adapters: [{ name: 'eth0', ipv4: { address: '10.99.0.5/24' } }],
     })).json<{ testVm: string; recoveryPoint: { sequence: number } }>();
@@ -76,7 +77,7 @@ describe('test failover and unplanned failover of a guest that keeps writing', (
     expect((await view(s.b, id)).state).toBe('Replicating');
 
     // Cleanup: the test VM's process, overlays and seed are gone.
-    const cleaned = (await s.b.request('POST', `/v1/relationships/${id}/cleanup-test-failover`)).json<{ removed: string[] }>();
+    const cleaned = (await send(s.b, ROUTES.cleanupTestFailover, { id })).json<{ removed: string[] }>();
     expect(cleaned.removed).toEqual([tf.testVm]);
     expect(await alive(testPid)).toBe(false);
     expect(existsSync(testDir)).toBe(false);
@@ -100,7 +101,7 @@ describe('test failover and unplanned failover of a guest that keeps writing', (
 
     // Unplanned failover to the latest point: the replica boots, mounts (journal replay) and has its rounds.
     const t1 = Date.now();
-    const fo = (await s.b.request('POST', `/v1/relationships/${id}/failover`, { recoveryPoint: 'latest', adapters: [{ name: 'eth0', network: 'lan-dr' }] })).json<{ recoveryPoint: { sequence: number }; state: string }>();
+    const fo = (await send(s.b, ROUTES.failover, { id }, { recoveryPoint: 'latest', adapters: [{ name: 'eth0', network: 'lan-dr' }] })).json<{ recoveryPoint: { sequence: number }; state: string }>();
     const unplannedToRunning = Date.now() - t1;
     expect(fo).toMatchObject({ state: 'FailoverWaitingCompletion', recoveryPoint: { sequence: seq3 } });
     const onB = s.serial('host-b', vm);
@@ -108,7 +109,7 @@ describe('test failover and unplanned failover of a guest that keeps writing', (
     const recovered = Number((await line(onB, /DRSITE recovered (\d+)/))[1]);
     expect(recovered).toBeGreaterThanOrEqual(before3);
     expect(recovered).toBeLessThanOrEqual(atKill + 1);
-    await s.b.request('POST', `/v1/relationships/${id}/commit`);
+    await send(s.b, ROUTES.commit, { id });
     expect((await view(s.b, id)).state).toBe('FailedOver');
     console.log(`test failover to QEMU running: ${testToRunning} ms; unplanned failover to QEMU running: ${unplannedToRunning} ms`);
   }, 600_000);
