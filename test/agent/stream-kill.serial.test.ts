@@ -59,7 +59,7 @@ describe('replica killed -9 while a delta streams to it', () => {
     // One cycle of the size the kills interrupt, timed whole (writes to the replica's apply).
     await Promise.all(randomWrites(192, disk.size, 499, { maxBlocks: 16 }).map((w) => disk.write(w.offset, w.data)));
     const warmStart = performance.now();
-    const warm = (await a.request('POST', `/v1/relationships/${id}/replicate-now`)).json<{ sequence: number; applied: number }>();
+    const warm = (await send(a, ROUTES.replicateNow, { id })).json<{ sequence: number; applied: number }>();
     const cycleMs = performance.now() - warmStart;
     expect(warm.applied).toBe(warm.sequence);
     atCut.set(warm.sequence, await sha(image));
